@@ -1,0 +1,502 @@
+//! The backup pipeline (DESIGN §4, protocol.md §3.6).
+//!
+//! ```text
+//! walk ─► unchanged since parent (size, mtime, inode)? reuse its blob ids
+//!      ─► FastCDC ─► blob id ─► known? skip ─► zstd + AEAD ─► pack writer
+//!      ─► sealed packs (bounded channel) ─► PackSink::place (N holders, concurrent)
+//!      ─► commit pack + index ─► … ─► trees ─► snapshot (last pack) ─► snapshot recorded
+//! ```
+//! The walk, chunking, hashing, compression and encryption run on one blocking thread;
+//! uploads run concurrently on the runtime, at most `upload_concurrency` packs at a time,
+//! with at most two sealed packs queued between them, so memory stays bounded whatever
+//! the size of the backup. A snapshot is recorded only after every pack it needs is
+//! acknowledged by its holders; an error on one file is reported and the file skipped.
+
+use crate::control::BackupSummary;
+use crate::id::{BlobId, SnapshotId};
+use crate::identity::Identity;
+use crate::repo::blob::{BlobKind, blob_id};
+use crate::repo::chunker;
+use crate::repo::pack::{PackWriter, SealedPack};
+use crate::repo::tree::{self, Node, NodeKind, Snapshot, Tree};
+use crate::state::{IndexEntry, PackRecord, State, StateError};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+/// Places one sealed pack on its holders and reports them (implemented by the daemon over
+/// the network; by an in-memory store in tests).
+#[async_trait::async_trait]
+pub trait PackSink: Send + Sync {
+    /// Stores `pack` on the required number of distinct holders; errors say why not.
+    async fn place(&self, pack: Arc<SealedPack>) -> Result<PackRecord, String>;
+}
+
+/// Errors that stop a backup.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A path given on the command line is unusable.
+    #[error("{0}")]
+    BadPath(String),
+    /// A pack could not be placed.
+    #[error("upload failed: {0}")]
+    Upload(String),
+    /// Local state failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The pipeline stopped unexpectedly.
+    #[error("backup stopped: {0}")]
+    Internal(String),
+}
+
+/// Backup settings.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// Absolute paths to back up.
+    pub paths: Vec<PathBuf>,
+    /// Target pack size, bytes.
+    pub pack_size: usize,
+    /// zstd level.
+    pub zstd_level: i32,
+    /// Packs uploaded at once.
+    pub upload_concurrency: usize,
+}
+
+/// Live counters a caller can poll for progress.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Bytes of file content to go through (from the scan).
+    pub total: AtomicU64,
+    /// Bytes of file content gone through (read, or skipped as unchanged).
+    pub done: AtomicU64,
+    /// Bytes sent to holders.
+    pub uploaded: AtomicU64,
+}
+
+/// Checks the paths: each must exist, and their last components must differ (they name
+/// the root tree's entries). Returns them made absolute.
+pub fn check_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, BackupError> {
+    if paths.is_empty() {
+        return Err(BackupError::BadPath("no path to back up".into()));
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for p in paths {
+        let abs = std::path::absolute(p)
+            .map_err(|e| BackupError::BadPath(format!("{}: {e}", p.display())))?;
+        std::fs::symlink_metadata(&abs)
+            .map_err(|e| BackupError::BadPath(format!("{}: {e}", abs.display())))?;
+        let name = abs
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_else(|| b"root".to_vec());
+        if !names.insert(name) {
+            return Err(BackupError::BadPath(format!(
+                "two paths end in the same name as {}; back them up separately",
+                abs.display()
+            )));
+        }
+        out.push(abs);
+    }
+    Ok(out)
+}
+
+fn scan_size(p: &Path) -> u64 {
+    let Ok(m) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if m.is_dir() {
+        std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| scan_size(&e.path())).sum())
+            .unwrap_or(0)
+    } else if m.is_file() {
+        m.len()
+    } else {
+        0
+    }
+}
+
+/// Runs a backup of `opts.paths`; packs go to `sink`. Returns the summary once the
+/// snapshot is recorded.
+pub async fn run(
+    id: &Identity,
+    state: &State,
+    opts: BackupOptions,
+    sink: Arc<dyn PackSink>,
+    counters: Arc<Counters>,
+) -> Result<BackupSummary, BackupError> {
+    let started = std::time::Instant::now();
+    let paths = check_paths(&opts.paths)?;
+    let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let parent = state
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.paths == path_strings);
+
+    let (tx, mut rx) = mpsc::channel::<SealedPack>(2);
+    let walker = Walker {
+        id_key: id.id_key,
+        enc_key: id.enc_key,
+        state: state.clone(),
+        opts: opts.clone(),
+        tx,
+        counters: counters.clone(),
+        writer: PackWriter::new(id.enc_key, opts.zstd_level),
+        in_run: HashSet::new(),
+        trees: Vec::new(),
+        stats: Stats::default(),
+    };
+    let scan_paths = paths.clone();
+    let c2 = counters.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        c2.total.store(
+            scan_paths.iter().map(|p| scan_size(p)).sum(),
+            Ordering::Relaxed,
+        );
+        walker.run(&scan_paths, parent)
+    });
+
+    let mut uploads = tokio::task::JoinSet::new();
+    let mut packs = 0u64;
+    let mut bytes_uploaded = 0u64;
+    let mut failure: Option<String> = None;
+    let mut commit = |r: Result<
+        Result<(Arc<SealedPack>, PackRecord), String>,
+        tokio::task::JoinError,
+    >|
+     -> Result<(), String> {
+        let (pack, rec) = r.map_err(|e| e.to_string())??;
+        let blobs: Vec<(BlobId, IndexEntry)> = pack
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.id,
+                    IndexEntry {
+                        pack: pack.id,
+                        kind: e.kind,
+                        offset: e.offset,
+                        length: e.length,
+                        raw_length: e.raw_length,
+                    },
+                )
+            })
+            .collect();
+        state
+            .commit_pack(&pack.id, &rec, &blobs)
+            .map_err(|e| e.to_string())?;
+        packs += 1;
+        bytes_uploaded += rec.size * rec.holders.len() as u64;
+        Ok(())
+    };
+    while let Some(pack) = rx.recv().await {
+        while uploads.len() >= opts.upload_concurrency {
+            if let Some(r) = uploads.join_next().await
+                && let Err(e) = commit(r)
+            {
+                failure = Some(e);
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+        let sink = sink.clone();
+        let c = counters.clone();
+        uploads.spawn(async move {
+            let pack = Arc::new(pack);
+            let rec = sink.place(pack.clone()).await?;
+            c.uploaded
+                .fetch_add(rec.size * rec.holders.len() as u64, Ordering::Relaxed);
+            Ok((pack, rec))
+        });
+    }
+    drop(rx);
+    while let Some(r) = uploads.join_next().await {
+        if let Err(e) = commit(r)
+            && failure.is_none()
+        {
+            failure = Some(e);
+        }
+    }
+    let walked = producer
+        .await
+        .map_err(|e| BackupError::Internal(e.to_string()))?;
+    if let Some(e) = failure {
+        return Err(BackupError::Upload(e));
+    }
+    let (snap_id, snapshot, stats, trees) = walked?;
+    state.put_trees(&trees)?;
+    state.put_snapshot(&snap_id, &snapshot)?;
+    Ok(BackupSummary {
+        snapshot: snap_id.to_string(),
+        files: snapshot.files,
+        files_read: stats.files_read,
+        bytes_read: stats.bytes_read,
+        bytes_new: stats.bytes_new,
+        packs,
+        bytes_uploaded,
+        seconds: started.elapsed().as_secs_f64(),
+        errors: stats.errors,
+    })
+}
+
+#[derive(Default)]
+struct Stats {
+    files: u64,
+    bytes: u64,
+    files_read: u64,
+    bytes_read: u64,
+    bytes_new: u64,
+    errors: Vec<String>,
+}
+
+struct Walker {
+    id_key: [u8; 32],
+    enc_key: [u8; 32],
+    state: State,
+    opts: BackupOptions,
+    tx: mpsc::Sender<SealedPack>,
+    counters: Arc<Counters>,
+    writer: PackWriter,
+    in_run: HashSet<BlobId>,
+    trees: Vec<(BlobId, Vec<u8>)>,
+    stats: Stats,
+}
+
+type Walked = (SnapshotId, Snapshot, Stats, Vec<(BlobId, Vec<u8>)>);
+
+fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
+}
+
+impl Walker {
+    fn run(
+        mut self,
+        paths: &[PathBuf],
+        parent: Option<(SnapshotId, Snapshot)>,
+    ) -> Result<Walked, BackupError> {
+        let parent_root = parent.as_ref().and_then(|(_, s)| self.load_tree(&s.tree));
+        let mut nodes = Vec::new();
+        for p in paths {
+            let name = p
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_else(|| b"root".to_vec());
+            let prev = parent_root
+                .as_ref()
+                .and_then(|t| t.nodes.iter().find(|n| n.name == name).cloned());
+            match self.node(p, name, prev.as_ref())? {
+                Some(n) => nodes.push(n),
+                None => {
+                    return Err(BackupError::BadPath(format!(
+                        "{}: {}",
+                        p.display(),
+                        self.stats.errors.last().cloned().unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        let root = self.put_tree(Tree { nodes })?;
+        let snapshot = Snapshot {
+            time: crate::protocol::now(),
+            hostname: hostname(),
+            paths: paths.iter().map(|p| p.display().to_string()).collect(),
+            tree: root,
+            parent: parent.map(|(id, _)| id),
+            files: self.stats.files,
+            bytes: self.stats.bytes,
+        };
+        let doc = tree::encode(&snapshot);
+        let sid = blob_id(&self.id_key, &doc);
+        self.add_blob(BlobKind::Tree, sid, &doc)?;
+        self.trees.push((sid, doc));
+        self.flush()?;
+        Ok((SnapshotId(sid.0), snapshot, self.stats, self.trees))
+    }
+
+    fn load_tree(&self, id: &BlobId) -> Option<Tree> {
+        self.state
+            .tree(id)
+            .ok()
+            .flatten()
+            .and_then(|b| tree::decode_tree(&b).ok())
+    }
+
+    fn known(&self, id: &BlobId) -> Result<bool, BackupError> {
+        Ok(self.in_run.contains(id) || self.state.blob(id)?.is_some())
+    }
+
+    fn add_blob(&mut self, kind: BlobKind, id: BlobId, plain: &[u8]) -> Result<(), BackupError> {
+        if self.known(&id)? {
+            return Ok(());
+        }
+        let before = self.writer.len();
+        self.writer.add(kind, id, plain);
+        self.stats.bytes_new += (self.writer.len() - before) as u64;
+        self.in_run.insert(id);
+        if self.writer.len() >= self.opts.pack_size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), BackupError> {
+        if self.writer.is_empty() {
+            return Ok(());
+        }
+        let w = std::mem::replace(
+            &mut self.writer,
+            PackWriter::new(self.enc_key, self.opts.zstd_level),
+        );
+        self.tx
+            .blocking_send(w.finish())
+            .map_err(|_| BackupError::Internal("uploads stopped".into()))
+    }
+
+    fn put_tree(&mut self, t: Tree) -> Result<BlobId, BackupError> {
+        let doc = tree::encode(&t);
+        let id = blob_id(&self.id_key, &doc);
+        self.add_blob(BlobKind::Tree, id, &doc)?;
+        self.trees.push((id, doc));
+        Ok(id)
+    }
+
+    /// The node for `path`; `None` (with the reason recorded) when it cannot be read.
+    fn node(
+        &mut self,
+        path: &Path,
+        name: Vec<u8>,
+        prev: Option<&Node>,
+    ) -> Result<Option<Node>, BackupError> {
+        let m = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.errors.push(format!("{}: {e}", path.display()));
+                return Ok(None);
+            }
+        };
+        let mut node = Node {
+            name,
+            kind: NodeKind::File,
+            mode: m.mode() & 0o7777,
+            mtime_ns: mtime_ns(&m),
+            size: 0,
+            inode: m.ino(),
+            content: vec![],
+            subtree: None,
+            target: vec![],
+        };
+        let ft = m.file_type();
+        if ft.is_symlink() {
+            node.kind = NodeKind::Symlink;
+            match std::fs::read_link(path) {
+                Ok(t) => node.target = t.as_os_str().as_bytes().to_vec(),
+                Err(e) => {
+                    self.stats.errors.push(format!("{}: {e}", path.display()));
+                    return Ok(None);
+                }
+            }
+        } else if ft.is_dir() {
+            node.kind = NodeKind::Dir;
+            let prev_tree = prev
+                .filter(|p| p.kind == NodeKind::Dir)
+                .and_then(|p| p.subtree)
+                .and_then(|id| self.load_tree(&id));
+            let prev_by_name: HashMap<Vec<u8>, Node> = prev_tree
+                .map(|t| t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect())
+                .unwrap_or_default();
+            let mut entries =
+                match std::fs::read_dir(path).and_then(|rd| rd.collect::<Result<Vec<_>, _>>()) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.stats.errors.push(format!("{}: {e}", path.display()));
+                        return Ok(None);
+                    }
+                };
+            entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+            let mut nodes = Vec::with_capacity(entries.len());
+            for e in entries {
+                let n = e.file_name().as_bytes().to_vec();
+                if let Some(child) = self.node(&e.path(), n.clone(), prev_by_name.get(&n))? {
+                    nodes.push(child);
+                }
+            }
+            node.subtree = Some(self.put_tree(Tree { nodes })?);
+        } else if ft.is_file() {
+            node.size = m.len();
+            self.stats.files += 1;
+            self.stats.bytes += node.size;
+            if let Some(p) = prev
+                && p.kind == NodeKind::File
+                && p.size == node.size
+                && p.mtime_ns == node.mtime_ns
+                && p.inode == node.inode
+                && p.content.iter().all(|c| self.known(c).unwrap_or(false))
+            {
+                node.content = p.content.clone();
+                self.counters.done.fetch_add(node.size, Ordering::Relaxed);
+                return Ok(Some(node));
+            }
+            match self.read_file(path, &mut node) {
+                Ok(()) => self.stats.files_read += 1,
+                Err(ReadError::Io(e)) => {
+                    self.stats.files -= 1;
+                    self.stats.bytes -= node.size;
+                    self.stats.errors.push(format!("{}: {e}", path.display()));
+                    return Ok(None);
+                }
+                Err(ReadError::Fatal(e)) => return Err(e),
+            }
+        } else {
+            self.stats.errors.push(format!(
+                "{}: not a regular file, directory or symlink; skipped",
+                path.display()
+            ));
+            return Ok(None);
+        }
+        Ok(Some(node))
+    }
+
+    fn read_file(&mut self, path: &Path, node: &mut Node) -> Result<(), ReadError> {
+        let f = std::fs::File::open(path).map_err(ReadError::Io)?;
+        let mut size = 0u64;
+        for chunk in chunker::chunks(std::io::BufReader::with_capacity(1 << 20, f)) {
+            let chunk = chunk.map_err(ReadError::Io)?;
+            size += chunk.len() as u64;
+            self.stats.bytes_read += chunk.len() as u64;
+            self.counters
+                .done
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let id = blob_id(&self.id_key, &chunk);
+            self.add_blob(BlobKind::Data, id, &chunk)
+                .map_err(ReadError::Fatal)?;
+            node.content.push(id);
+        }
+        // The file may have changed size while read: record what was read.
+        self.stats.bytes = self.stats.bytes - node.size + size;
+        node.size = size;
+        Ok(())
+    }
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Fatal(BackupError),
+}
+
+/// This machine's host name (from `/proc/sys/kernel/hostname`, else `$HOSTNAME`, else "unknown").
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}

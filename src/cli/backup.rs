@@ -1,0 +1,69 @@
+//! `peer backup PATH... --copies N`.
+
+use super::{CliError, CliResult, call, human, print_json, progress_bar};
+use crate::config::Home;
+use crate::control::{Reply, Request};
+use std::path::PathBuf;
+
+/// Arguments of `peer backup`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Files and directories to back up.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Distinct peers that hold each pack.
+    #[arg(long, default_value_t = 3)]
+    copies: u32,
+    /// Print JSON lines (status lines, then a summary) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Asks the daemon to back up the paths (made absolute here) and prints the summary.
+pub fn run(home: &Home, a: Args) -> CliResult {
+    let mut paths = Vec::new();
+    for p in &a.paths {
+        let abs = std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::symlink_metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+        paths.push(abs);
+    }
+    let reply = call(
+        home,
+        Request::Backup {
+            paths,
+            copies: a.copies,
+        },
+        progress_bar(a.json),
+    )?;
+    let Reply::Backup(s) = reply else {
+        return Err(CliError {
+            message: "unexpected reply from the daemon".into(),
+            code: 1,
+        });
+    };
+    if a.json {
+        return print_json("summary", &s);
+    }
+    for e in &s.errors {
+        eprintln!("peer: skipped {e}");
+    }
+    println!("snapshot {} saved", &s.snapshot[..16]);
+    println!(
+        "  files:     {} ({} read, {} unchanged)",
+        s.files,
+        s.files_read,
+        s.files - s.files_read.min(s.files)
+    );
+    println!("  read:      {}", human(s.bytes_read));
+    println!(
+        "  new:       {} after dedup and compression",
+        human(s.bytes_new)
+    );
+    println!(
+        "  uploaded:  {} in {} packs",
+        human(s.bytes_uploaded),
+        s.packs
+    );
+    println!("  time:      {:.1} s", s.seconds);
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The command line: one module per subcommand, each with its clap arguments and `run()`.
+//!
+//! Exit codes (as restic): 0 success, 1 error, 2 usage error (clap), 3 restore incomplete
+//! (some files could not be restored). Errors print as `peer: <message>` on stderr.
+
+mod backup;
+mod daemon;
+mod demo;
+mod init;
+mod offer;
+mod restore;
+mod snapshots;
+mod status;
+
+use crate::config::Home;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code: the restore finished but some files could not be restored.
+pub const EXIT_PARTIAL: u8 = 3;
+
+/// `peer`: decentralized peer-to-peer backup. Give storage, get storage.
+#[derive(Parser, Debug)]
+#[command(name = "peer", version, about)]
+pub struct Cli {
+    /// The peer's home: key, config, state and store. Default: $XDG_DATA_HOME/peer.
+    #[arg(long, global = true, env = "PEER_HOME")]
+    pub home: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the identity and configuration of a new peer.
+    Init(init::Args),
+    /// Run the node in the foreground until SIGINT/SIGTERM.
+    Daemon,
+    /// Set how much disk this peer gives others (e.g. 50GB, 500MiB, 0 to stop).
+    OfferStorage(offer::Args),
+    /// Back up files and directories to other peers.
+    Backup(backup::Args),
+    /// Restore a snapshot.
+    Restore(restore::Args),
+    /// List snapshots.
+    Snapshots(snapshots::Args),
+    /// Show this peer, its connections, offer and contracts.
+    Status(status::Args),
+    /// Start a local network of peers, back up a folder, restore it and verify it.
+    Demo(demo::Args),
+}
+
+/// An error for the user, with the exit code to use.
+#[derive(Debug)]
+pub struct CliError {
+    /// Message printed after `peer: `.
+    pub message: String,
+    /// Exit code.
+    pub code: u8,
+}
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError {
+            message: e.to_string(),
+            code: 1,
+        }
+    }
+}
+
+/// Result of a subcommand.
+pub type CliResult = Result<(), CliError>;
+
+/// Parses arguments, sets up logging (`PEER_LOG`, default `warn,peer=info` for the daemon),
+/// runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = if matches!(cli.command, Command::Daemon) {
+        "warn,peer=info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PEER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = Home::resolve(cli.home.clone())
+        .map_err(CliError::from)
+        .and_then(|home| match cli.command {
+            Command::Init(a) => init::run(&home, a),
+            Command::Daemon => daemon::run(home),
+            Command::OfferStorage(a) => offer::run(&home, a),
+            Command::Backup(a) => backup::run(&home, a),
+            Command::Restore(a) => restore::run(&home, a),
+            Command::Snapshots(a) => snapshots::run(&home, a),
+            Command::Status(a) => status::run(&home, a),
+            Command::Demo(a) => demo::run(a),
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !e.message.is_empty() {
+                eprintln!("peer: {}", e.message);
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// Runs a future on a small single-threaded runtime (for commands that talk to the daemon).
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T, CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(f))
+}
+
+/// Sends one request to the daemon and returns its final reply, feeding progress to `on_progress`.
+fn call(
+    home: &Home,
+    req: crate::control::Request,
+    on_progress: impl FnMut(&crate::control::Progress),
+) -> Result<crate::control::Reply, CliError> {
+    let reply = block_on(crate::control::call(
+        &home.dir,
+        &home.control_socket(),
+        &req,
+        on_progress,
+    ))??;
+    match reply {
+        crate::control::Reply::Error(e) => Err(CliError {
+            message: e,
+            code: 1,
+        }),
+        r => Ok(r),
+    }
+}
+
+/// A progress bar on a terminal (hidden otherwise): bytes, rate, ETA.
+fn progress_bar(json: bool) -> impl FnMut(&crate::control::Progress) {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = ProgressBar::with_draw_target(
+        Some(0),
+        if json {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    move |p: &crate::control::Progress| {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"message_type": "status", "phase": p.phase, "bytes_done": p.done, "bytes_total": p.total})
+            );
+            return;
+        }
+        bar.set_message(p.phase.clone());
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    }
+}
+
+/// Prints `v` as one line of JSON with `message_type` set.
+fn print_json<T: serde::Serialize>(kind: &str, v: &T) -> CliResult {
+    let mut j = serde_json::to_value(v)?;
+    if let Some(o) = j.as_object_mut() {
+        o.insert("message_type".into(), kind.into());
+    }
+    println!("{j}");
+    Ok(())
+}
+
+/// Human-readable bytes (`1.2 GiB`).
+fn human(b: u64) -> String {
+    bytesize::ByteSize(b).to_string()
+}

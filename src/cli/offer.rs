@@ -1,0 +1,46 @@
+//! `peer offer-storage SIZE`: set the bytes offered to others.
+
+use super::{CliResult, call, human};
+use crate::config::Home;
+use crate::control::{ControlError, Request};
+
+/// Arguments of `peer offer-storage`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Size to offer: 50GB, 500MiB, 1TB, or 0 to stop offering.
+    size: String,
+}
+
+/// Parses a size like `50GB` or `500MiB` (bytesize syntax; plain digits are bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("'{s}' is not a size; write e.g. 50GB, 500MiB or 0"))
+}
+
+/// Sends the offer to the running daemon, or writes it to the state when none runs.
+pub fn run(home: &Home, a: Args) -> CliResult {
+    let bytes = parse_size(&a.size)?;
+    if !home.key_file().exists() {
+        return Err(
+            crate::identity::IdentityError::Missing(home.key_file().display().to_string()).into(),
+        );
+    }
+    match call(home, Request::Offer(bytes), |_| {}) {
+        Ok(_) => {}
+        Err(e)
+            if e.message == ControlError::NoDaemon(home.dir.display().to_string()).to_string() =>
+        {
+            crate::daemon::check_offer(home, bytes, 0)?;
+            crate::state::State::open(&home.state_file())?.set_offered(bytes)?;
+        }
+        Err(e) => return Err(e),
+    }
+    if bytes == 0 {
+        println!("this peer offers no storage now (and so cannot back up to others)");
+    } else {
+        println!("offering {} to other peers", human(bytes));
+    }
+    Ok(())
+}

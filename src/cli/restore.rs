@@ -1,0 +1,68 @@
+//! `peer restore [SNAPSHOT|latest] [--target DIR]`.
+
+use super::{CliError, CliResult, EXIT_PARTIAL, call, human, print_json, progress_bar};
+use crate::config::Home;
+use crate::control::{Reply, Request};
+use std::path::PathBuf;
+
+/// Arguments of `peer restore`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Snapshot id (or a unique prefix), or `latest`.
+    #[arg(default_value = "latest")]
+    snapshot: String,
+    /// Restore under this directory (each backed-up path as DIR/<its name>). Default: the original paths.
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// Replace existing files that differ (otherwise they are kept and listed).
+    #[arg(long)]
+    overwrite: bool,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Asks the daemon to restore; exit code 3 when some files could not be restored.
+pub fn run(home: &Home, a: Args) -> CliResult {
+    let target = a
+        .target
+        .map(|t| std::path::absolute(&t).map_err(|e| format!("{}: {e}", t.display())))
+        .transpose()?;
+    let req = Request::Restore {
+        snapshot: Some(a.snapshot),
+        target,
+        overwrite: a.overwrite,
+    };
+    let Reply::Restore(s) = call(home, req, progress_bar(a.json))? else {
+        return Err(CliError {
+            message: "unexpected reply from the daemon".into(),
+            code: 1,
+        });
+    };
+    if a.json {
+        print_json("summary", &s)?;
+    } else {
+        for k in &s.skipped {
+            eprintln!("peer: kept existing {k} (differs; use --overwrite to replace)");
+        }
+        for f in &s.failed {
+            eprintln!("peer: could not restore {f}");
+        }
+        println!(
+            "restored snapshot {}: {} files, {} directories, {} symlinks, {} in {:.1} s",
+            &s.snapshot[..16],
+            s.files,
+            s.dirs,
+            s.symlinks,
+            human(s.bytes),
+            s.seconds
+        );
+    }
+    if !s.failed.is_empty() {
+        return Err(CliError {
+            message: format!("{} files could not be restored", s.failed.len()),
+            code: EXIT_PARTIAL,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! `peer status`.
+
+use super::{CliError, CliResult, call, human};
+use crate::config::Home;
+use crate::control::{Reply, Request};
+
+/// Arguments of `peer status`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Shows PeerId, addresses, connections, offer, contracts.
+pub fn run(home: &Home, a: Args) -> CliResult {
+    let Reply::Status(s) = call(home, Request::Status, |_| {})? else {
+        return Err(CliError {
+            message: "unexpected reply from the daemon".into(),
+            code: 1,
+        });
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    println!("peer id:          {}", s.peer_id);
+    for l in &s.listen {
+        println!("listening on:     {l}");
+    }
+    println!("connected peers:  {}", s.connected.len());
+    println!(
+        "offered:          {} ({} granted in contracts, {} used by others)",
+        human(s.offered),
+        human(s.granted),
+        human(s.used_by_others)
+    );
+    println!("held at others:   {}", human(s.held_at_others));
+    println!("contracts:        {}", s.contracts.len());
+    for c in &s.contracts {
+        println!(
+            "  {} {:<8} {}  {} of {} used",
+            &c.id[..8],
+            c.role,
+            c.peer,
+            human(c.used),
+            human(c.bytes)
+        );
+    }
+    Ok(())
+}

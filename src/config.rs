@@ -1,0 +1,280 @@
+//! The home directory layout and the TOML configuration (`home/config.toml`).
+//!
+//! A home holds one peer: `identity.key` (0600), `config.toml`, `state.redb` (local
+//! state, see [`crate::state`]), `store/` (packs held for other clients, see
+//! [`crate::provider`]) and `control.sock` (0600, the daemon's control socket).
+//! Units: sizes are bytes, durations are seconds.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Paths inside one home directory.
+#[derive(Clone, Debug)]
+pub struct Home {
+    /// The home directory itself.
+    pub dir: PathBuf,
+}
+
+impl Home {
+    /// The home at `dir`, or the platform default (`$XDG_DATA_HOME/peer`, usually `~/.local/share/peer`).
+    pub fn resolve(dir: Option<PathBuf>) -> Result<Self, ConfigError> {
+        match dir {
+            Some(d) => Ok(Home { dir: d }),
+            None => directories::ProjectDirs::from("", "", "peer")
+                .map(|p| Home {
+                    dir: p.data_dir().to_path_buf(),
+                })
+                .ok_or(ConfigError::NoDefaultHome),
+        }
+    }
+    /// `identity.key`: the ed25519 secret, 64 hex digits, mode 0600.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("identity.key")
+    }
+    /// `config.toml`.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    /// `state.redb`: local state.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.redb")
+    }
+    /// `store/`: packs held for other peers, one subdirectory per client PeerId.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+    /// `control.sock`: the daemon's Unix control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+}
+
+/// Errors reading or writing the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No `--home` and no platform data directory.
+    #[error("cannot find a default home directory; pass --home DIR or set PEER_HOME")]
+    NoDefaultHome,
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The config file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has a wrong key or value.
+    #[error("{path} is not a valid configuration: {message}")]
+    Invalid {
+        /// The config file.
+        path: String,
+        /// What is wrong, from the TOML parser.
+        message: String,
+    },
+}
+
+/// The whole configuration. Every key has a default, so an empty file is valid.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Networking.
+    pub network: NetworkConfig,
+    /// Contracts and reciprocity.
+    pub contracts: ContractsConfig,
+    /// Backup.
+    pub backup: BackupConfig,
+}
+
+/// `[network]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Multiaddrs to listen on. Default: TCP and QUIC on all interfaces, port 0 (any free port).
+    pub listen: Vec<String>,
+    /// Multiaddrs of peers to bootstrap from, each ending in `/p2p/<PeerId>`.
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS. Default true.
+    pub mdns: bool,
+    /// Connections to keep open at most, in total. Default 256.
+    pub max_connections: u32,
+}
+
+/// `[contracts]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContractsConfig {
+    /// A peer may hold at most `ratio × offered` bytes at others, each copy counted. Default 1.0.
+    pub ratio: f64,
+    /// Length of a new contract, seconds. Default 30 days.
+    pub duration_secs: u64,
+    /// How long a client waits for acceptances of its proposal, seconds. Default 30.
+    pub proposal_wait_secs: u64,
+}
+
+/// `[backup]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Target pack size, bytes: a pack is sealed once it reaches this. Default 16 MiB; at most 24 MiB.
+    pub pack_size: u64,
+    /// Packs uploaded at once (each to all its holders). Default 4.
+    pub upload_concurrency: usize,
+    /// zstd level for blobs, 1 to 19. Default 3.
+    pub zstd_level: i32,
+}
+
+/// Largest allowed `backup.pack_size`: keeps every pack under the store request cap (protocol.md §6).
+pub const MAX_PACK_TARGET: u64 = 24 << 20;
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".into(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+            ],
+            bootstrap: vec![],
+            mdns: true,
+            max_connections: 256,
+        }
+    }
+}
+
+impl Default for ContractsConfig {
+    fn default() -> Self {
+        ContractsConfig {
+            ratio: 1.0,
+            duration_secs: 30 * 24 * 3600,
+            proposal_wait_secs: 30,
+        }
+    }
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            pack_size: 16 << 20,
+            upload_concurrency: 4,
+            zstd_level: 3,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            network: NetworkConfig::default(),
+            contracts: ContractsConfig::default(),
+            backup: BackupConfig::default(),
+        }
+    }
+}
+
+const HEADER: &str = "\
+# peer configuration (TOML). Sizes are bytes, durations seconds.
+#
+# [network]
+#   listen            multiaddrs to listen on (port 0 = any free port)
+#   bootstrap         multiaddrs of known peers, each ending in /p2p/<PeerId>
+#   mdns              find peers on the local network (true/false)
+#   max_connections   open connections at most
+# [contracts]
+#   ratio             bytes you may keep at others = ratio x bytes you offer (each copy counted)
+#   duration_secs     length of a new contract
+#   proposal_wait_secs  how long a backup waits for providers to accept
+# [backup]
+#   pack_size         target pack size (at most 24 MiB)
+#   upload_concurrency  packs uploaded at once
+#   zstd_level        compression level 1..19
+
+";
+
+impl Config {
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(ConfigError::Io { path: p, source: e }),
+        };
+        let c: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        c.validate()
+            .map_err(|message| ConfigError::Invalid { path: p, message })?;
+        Ok(c)
+    }
+
+    /// Checks ranges that TOML types cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.contracts.ratio > 0.0 && self.contracts.ratio.is_finite()) {
+            return Err("contracts.ratio must be a positive number".into());
+        }
+        if self.backup.pack_size < 1 << 20 || self.backup.pack_size > MAX_PACK_TARGET {
+            return Err(format!(
+                "backup.pack_size must be between 1 MiB and {MAX_PACK_TARGET} bytes"
+            ));
+        }
+        if !(1..=19).contains(&self.backup.zstd_level) {
+            return Err("backup.zstd_level must be between 1 and 19".into());
+        }
+        if self.backup.upload_concurrency == 0 {
+            return Err("backup.upload_concurrency must be at least 1".into());
+        }
+        for a in self.network.listen.iter().chain(&self.network.bootstrap) {
+            a.parse::<libp2p::Multiaddr>()
+                .map_err(|e| format!("'{a}' is not a multiaddr: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the config with a commented header; refuses to overwrite an existing file.
+    pub fn save_new(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::io::Write;
+        let p = path.display().to_string();
+        let body = toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| ConfigError::Io {
+                path: p.clone(),
+                source: e,
+            })?;
+        f.write_all(HEADER.as_bytes())
+            .and_then(|_| f.write_all(body.as_bytes()))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| ConfigError::Io { path: p, source: e })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_config_reads_back_and_bad_keys_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("config.toml");
+        let mut c = Config::default();
+        c.network.bootstrap.push("/ip4/127.0.0.1/tcp/4001".into());
+        c.save_new(&p).unwrap();
+        assert_eq!(Config::load(&p).unwrap(), c);
+        assert!(c.save_new(&p).is_err());
+        std::fs::write(&p, "[network]\nlisten = [\"not an addr\"]\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("not an addr"), "{e}");
+        std::fs::write(&p, "[backup]\nbogus = 1\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        assert_eq!(
+            Config::load(&d.path().join("none")).unwrap(),
+            Config::default()
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! Reciprocity policy (protocol.md §4.4, DESIGN §5): what a provider accepts and what a
+//! client may ask for. Pure functions over numbers, so the rules are testable without a
+//! network; the daemon applies them to proposals and contracts.
+//!
+//! Give to get: a peer may hold at most `ratio × offered` bytes at others, each copy
+//! counted. A provider refuses a proposal from a peer that offers nothing or asks more
+//! than `ratio × offered`, grants at most its own free offer, and contracts at most once
+//! per client (copies must land on distinct providers).
+
+/// Smallest grant worth a contract, bytes: two maximum-size packs.
+pub const MIN_GRANT: u64 = 2 * crate::repo::pack::MAX_PACK_SIZE as u64;
+
+/// Why a provider turns a proposal down.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// This peer offers no storage.
+    #[error("this peer offers no storage")]
+    NotOffering,
+    /// The client offers nothing to others.
+    #[error("the client offers no storage (give to get)")]
+    FreeRider,
+    /// The client asks more than `ratio × offered`.
+    #[error("the client asks {asked} bytes but offers only {offered} (ratio {ratio})")]
+    OverRatio {
+        /// Bytes asked.
+        asked: u64,
+        /// Bytes the client offers.
+        offered: u64,
+        /// The ratio in force.
+        ratio: f64,
+    },
+    /// Not enough of our offer is free.
+    #[error("only {free} bytes of the offer are free")]
+    NoRoom {
+        /// Free bytes.
+        free: u64,
+    },
+    /// We already have a live contract with this client.
+    #[error("already a provider for this client")]
+    AlreadyContracted,
+}
+
+/// What a provider that offers `offered` bytes, of which `granted` are promised already,
+/// grants to a client that asks `asked` and offers `client_offered`. Returns the bytes granted.
+pub fn provider_grant(
+    offered: u64,
+    granted: u64,
+    asked: u64,
+    client_offered: u64,
+    ratio: f64,
+    already: bool,
+) -> Result<u64, Refusal> {
+    if offered == 0 {
+        return Err(Refusal::NotOffering);
+    }
+    if client_offered == 0 {
+        return Err(Refusal::FreeRider);
+    }
+    if asked as f64 > ratio * client_offered as f64 {
+        return Err(Refusal::OverRatio {
+            asked,
+            offered: client_offered,
+            ratio,
+        });
+    }
+    if already {
+        return Err(Refusal::AlreadyContracted);
+    }
+    let free = offered.saturating_sub(granted);
+    let grant = asked.min(free);
+    if grant < MIN_GRANT.min(asked) {
+        return Err(Refusal::NoRoom { free });
+    }
+    Ok(grant)
+}
+
+/// Bytes a client asks of each of `missing` new providers, given its offer and the bytes
+/// already granted to it: its remaining allowance `ratio × offered − held`, split evenly.
+/// `None` when nothing is left to ask.
+pub fn client_ask(offered: u64, ratio: f64, held: u64, missing: usize) -> Option<u64> {
+    let allowance = (ratio * offered as f64) as u64;
+    let left = allowance.saturating_sub(held);
+    let each = left / missing.max(1) as u64;
+    (each >= MIN_GRANT.min(left.max(1)))
+        .then_some(each)
+        .filter(|&e| e > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const G: u64 = 1 << 30;
+
+    #[test]
+    fn providers_refuse_free_riders_and_greed() {
+        assert_eq!(
+            provider_grant(0, 0, G, G, 1.0, false),
+            Err(Refusal::NotOffering)
+        );
+        assert_eq!(
+            provider_grant(10 * G, 0, G, 0, 1.0, false),
+            Err(Refusal::FreeRider)
+        );
+        assert!(matches!(
+            provider_grant(10 * G, 0, 3 * G, 2 * G, 1.0, false),
+            Err(Refusal::OverRatio { .. })
+        ));
+        assert_eq!(
+            provider_grant(10 * G, 0, 3 * G, 2 * G, 2.0, false),
+            Ok(3 * G)
+        );
+        assert_eq!(
+            provider_grant(10 * G, 0, G, G, 1.0, true),
+            Err(Refusal::AlreadyContracted)
+        );
+        assert_eq!(
+            provider_grant(10 * G, 9 * G, 2 * G, 2 * G, 1.0, false),
+            Ok(G)
+        );
+        assert!(matches!(
+            provider_grant(10 * G, 10 * G, G, G, 1.0, false),
+            Err(Refusal::NoRoom { .. })
+        ));
+    }
+
+    #[test]
+    fn clients_ask_within_their_allowance() {
+        assert_eq!(client_ask(3 * G, 1.0, 0, 3), Some(G));
+        assert_eq!(client_ask(3 * G, 1.0, 3 * G, 1), None);
+        assert_eq!(client_ask(0, 1.0, 0, 3), None);
+        assert_eq!(client_ask(4 * G, 0.5, G, 1), Some(G));
+    }
+}

@@ -1,0 +1,247 @@
+//! The control socket between the CLI and the daemon (`home/control.sock`, mode 0600).
+//!
+//! One request per connection. Frames are a 4-byte big-endian length then CBOR, at most
+//! [`MAX_FRAME`] bytes. The daemon answers with zero or more [`Reply::Progress`] frames
+//! and then exactly one final frame.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Largest control frame, bytes.
+pub const MAX_FRAME: u32 = 16 << 20;
+
+/// A command for the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Node, contract and storage status.
+    Status,
+    /// Set the bytes offered to others.
+    Offer(u64),
+    /// Back up paths (absolute) to `copies` distinct providers per pack.
+    Backup {
+        /// Absolute paths.
+        paths: Vec<PathBuf>,
+        /// Distinct holders per pack.
+        copies: u32,
+    },
+    /// Restore a snapshot.
+    Restore {
+        /// Snapshot id or unique prefix; `None` = latest.
+        snapshot: Option<String>,
+        /// Restore under this directory; `None` = original paths.
+        target: Option<PathBuf>,
+        /// Replace existing files that differ.
+        overwrite: bool,
+    },
+    /// List snapshots.
+    Snapshots,
+}
+
+/// Progress of a long operation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// What is happening ("scanning", "contracts", "uploading", "restoring").
+    pub phase: String,
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes in all (0 while unknown).
+    pub total: u64,
+}
+
+/// Result of a backup.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupSummary {
+    /// The new snapshot's id (hex).
+    pub snapshot: String,
+    /// Regular files in the snapshot.
+    pub files: u64,
+    /// Files whose content was read (not unchanged since the parent).
+    pub files_read: u64,
+    /// Bytes of file content read.
+    pub bytes_read: u64,
+    /// Bytes of new blobs after dedup and compression (stored form).
+    pub bytes_new: u64,
+    /// Packs uploaded.
+    pub packs: u64,
+    /// Bytes sent to providers, all copies counted.
+    pub bytes_uploaded: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Files that could not be read, with the reason.
+    pub errors: Vec<String>,
+}
+
+/// Result of a restore.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RestoreSummary {
+    /// Snapshot restored (hex).
+    pub snapshot: String,
+    /// Files restored.
+    pub files: u64,
+    /// Directories restored.
+    pub dirs: u64,
+    /// Symlinks restored.
+    pub symlinks: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Existing files that differ and were left alone (no `--overwrite`).
+    pub skipped: Vec<String>,
+    /// Files no holder could supply, or that failed to write.
+    pub failed: Vec<String>,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// One snapshot in a listing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Id (hex).
+    pub id: String,
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    /// Host name.
+    pub hostname: String,
+    /// Paths backed up.
+    pub paths: Vec<String>,
+    /// Files.
+    pub files: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+}
+
+/// One contract in the status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContractInfo {
+    /// Id (hex).
+    pub id: String,
+    /// "client" (we store there) or "provider" (we store for them).
+    pub role: String,
+    /// The other side.
+    pub peer: String,
+    /// Bytes granted.
+    pub bytes: u64,
+    /// Bytes used.
+    pub used: u64,
+    /// End, seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+/// `peer status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Our PeerId.
+    pub peer_id: String,
+    /// Listen multiaddrs with `/p2p/<PeerId>`.
+    pub listen: Vec<String>,
+    /// Connected peers.
+    pub connected: Vec<String>,
+    /// Bytes offered to others.
+    pub offered: u64,
+    /// Bytes of the offer granted in contracts.
+    pub granted: u64,
+    /// Bytes others store here.
+    pub used_by_others: u64,
+    /// Bytes of our packs held at others, all copies counted.
+    pub held_at_others: u64,
+    /// Contracts, both roles.
+    pub contracts: Vec<ContractInfo>,
+}
+
+/// A daemon reply frame.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// Intermediate progress.
+    Progress(Progress),
+    /// Done, nothing to report.
+    Ok,
+    /// Failed; the message says what and how to fix it.
+    Error(String),
+    /// Status.
+    Status(StatusReport),
+    /// Snapshot list.
+    Snapshots(Vec<SnapshotInfo>),
+    /// Backup finished.
+    Backup(BackupSummary),
+    /// Restore finished (maybe partially: see `failed`).
+    Restore(RestoreSummary),
+}
+
+/// Errors talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No daemon listens on the home's socket.
+    #[error("no daemon is running for {0}; start one with 'peer daemon'")]
+    NoDaemon(String),
+    /// The connection broke or a frame was malformed.
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(
+    s: &mut (impl AsyncWriteExt + Unpin),
+    msg: &T,
+) -> std::io::Result<()> {
+    let body = crate::protocol::to_cbor(msg);
+    if body.len() > MAX_FRAME as usize {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "control frame too large",
+        ));
+    }
+    s.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    s.write_all(&body).await?;
+    s.flush().await
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<T: for<'de> Deserialize<'de>>(
+    s: &mut (impl AsyncReadExt + Unpin),
+) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match s.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = u32::from_be_bytes(len);
+    if n > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "control frame too large",
+        ));
+    }
+    let mut body = vec![0u8; n as usize];
+    s.read_exact(&mut body).await?;
+    ciborium::from_reader(&body[..])
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Sends `req` to the daemon of `home` and calls `on_progress` for each progress frame;
+/// returns the final reply.
+pub async fn call(
+    home: &Path,
+    socket: &Path,
+    req: &Request,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<Reply, ControlError> {
+    let mut s = UnixStream::connect(socket)
+        .await
+        .map_err(|_| ControlError::NoDaemon(home.display().to_string()))?;
+    write_frame(&mut s, req).await?;
+    loop {
+        match read_frame::<Reply>(&mut s).await? {
+            Some(Reply::Progress(p)) => on_progress(&p),
+            Some(r) => return Ok(r),
+            None => {
+                return Err(ControlError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the daemon closed the connection without an answer",
+                )));
+            }
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! The network: one task owns the libp2p `Swarm`; everything else holds a cloneable
+//! [`NetHandle`] and receives [`NetEvent`]s (shape of rust-libp2p's file-sharing example).
+//!
+//! The event loop decides nothing: inbound proposals, contract requests and data requests
+//! go out as events to the daemon, which answers through the handle. Every channel is
+//! bounded; when the daemon falls behind, inbound requests are dropped (the remote sees a
+//! failed request) rather than queued without limit. Protocols: TCP+Noise+Yamux, QUIC,
+//! DNS, identify, ping, Kademlia (server mode, [`KAD_PROTOCOL`]), gossipsub (author-signed,
+//! strict, validated by us, message id = SHA-256 of the data), two request-response
+//! protocols with CBOR and size caps, and optional mDNS. See protocol.md §1.
+
+use crate::protocol::codec::CborCodec;
+use crate::protocol::{
+    CONTRACT_PROTOCOL, ContractRequest, ContractResponse, DATA_PROTOCOL, DataRequest, DataResponse,
+    IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE, MAX_DATA_MESSAGE,
+    MAX_GOSSIP, PROPOSAL_TOPIC,
+};
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, connection_limits, gossipsub, identify, kad, mdns,
+    multiaddr::Protocol, noise, ping, tcp, yamux,
+};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Timeout of one data request (a pack of up to 34 MiB), seconds.
+pub const DATA_TIMEOUT_SECS: u64 = 120;
+/// Timeout of one contract request, seconds.
+pub const CONTRACT_TIMEOUT_SECS: u64 = 20;
+/// Inbound data streams served at once per connection.
+pub const MAX_CONCURRENT_STREAMS: usize = 8;
+/// Peers we keep dialing toward through Kademlia discovery.
+pub const TARGET_PEERS: usize = 32;
+
+type ContractBehaviour = request_response::Behaviour<CborCodec<ContractRequest, ContractResponse>>;
+type DataBehaviour = request_response::Behaviour<CborCodec<DataRequest, DataResponse>>;
+
+/// The composed behaviour (private: its generated event enum is an implementation detail).
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    contract: ContractBehaviour,
+    data: DataBehaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Errors of network operations.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum NetError {
+    /// A request to a peer failed: unreachable, timed out (maybe processed), or refused the protocol.
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// libp2p's reason.
+        reason: String,
+    },
+    /// The network task has stopped.
+    #[error("the network task has stopped")]
+    Stopped,
+    /// Publishing or dialing failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the daemon is told.
+pub enum NetEvent {
+    /// A new listen address, with `/p2p/<PeerId>` appended.
+    Listening(Multiaddr),
+    /// A gossip message on the proposal topic, awaiting our validation ([`NetHandle::validate`]).
+    Proposal {
+        /// gossipsub message id.
+        id: gossipsub::MessageId,
+        /// The peer that forwarded it.
+        source: PeerId,
+        /// The message data.
+        data: Vec<u8>,
+    },
+    /// An inbound contract request.
+    Contract {
+        /// The requester.
+        peer: PeerId,
+        /// The request.
+        request: ContractRequest,
+        /// Where the answer goes ([`NetHandle::respond_contract`]).
+        channel: ResponseChannel<ContractResponse>,
+    },
+    /// An inbound data request.
+    Data {
+        /// The requester.
+        peer: PeerId,
+        /// The request.
+        request: DataRequest,
+        /// Where the answer goes ([`NetHandle::respond_data`]).
+        channel: ResponseChannel<DataResponse>,
+    },
+}
+
+/// A snapshot of the network state for `peer status`.
+#[derive(Clone, Debug)]
+pub struct NetStatus {
+    /// Our listen addresses (without `/p2p`).
+    pub listen: Vec<Multiaddr>,
+    /// Peers with an open connection.
+    pub connected: Vec<PeerId>,
+}
+
+enum Command {
+    Publish(Vec<u8>, oneshot::Sender<Result<(), NetError>>),
+    Validate(gossipsub::MessageId, PeerId, gossipsub::MessageAcceptance),
+    Contract(
+        PeerId,
+        Vec<Multiaddr>,
+        ContractRequest,
+        oneshot::Sender<Result<ContractResponse, NetError>>,
+    ),
+    Data(
+        PeerId,
+        DataRequest,
+        oneshot::Sender<Result<DataResponse, NetError>>,
+    ),
+    RespondContract(ResponseChannel<ContractResponse>, ContractResponse),
+    RespondData(ResponseChannel<DataResponse>, DataResponse),
+    Status(oneshot::Sender<NetStatus>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Cloneable handle to the network task.
+#[derive(Clone)]
+pub struct NetHandle {
+    tx: mpsc::Sender<Command>,
+    /// This peer's id.
+    pub peer_id: PeerId,
+}
+
+impl NetHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Publishes `data` on the proposal topic.
+    pub async fn publish(&self, data: Vec<u8>) -> Result<(), NetError> {
+        self.call(|tx| Command::Publish(data, tx)).await?
+    }
+
+    /// Reports our verdict on a gossip message; only accepted ones are forwarded.
+    pub async fn validate(&self, id: gossipsub::MessageId, source: PeerId, accept: bool) {
+        let a = if accept {
+            gossipsub::MessageAcceptance::Accept
+        } else {
+            gossipsub::MessageAcceptance::Reject
+        };
+        let _ = self.tx.send(Command::Validate(id, source, a)).await;
+    }
+
+    /// Sends a contract request, dialing `addrs` if not connected.
+    pub async fn contract_request(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        req: ContractRequest,
+    ) -> Result<ContractResponse, NetError> {
+        self.call(|tx| Command::Contract(peer, addrs, req, tx))
+            .await?
+    }
+
+    /// Sends a data request.
+    pub async fn data_request(
+        &self,
+        peer: PeerId,
+        req: DataRequest,
+    ) -> Result<DataResponse, NetError> {
+        self.call(|tx| Command::Data(peer, req, tx)).await?
+    }
+
+    /// Answers an inbound contract request.
+    pub async fn respond_contract(
+        &self,
+        ch: ResponseChannel<ContractResponse>,
+        resp: ContractResponse,
+    ) {
+        let _ = self.tx.send(Command::RespondContract(ch, resp)).await;
+    }
+
+    /// Answers an inbound data request.
+    pub async fn respond_data(&self, ch: ResponseChannel<DataResponse>, resp: DataResponse) {
+        let _ = self.tx.send(Command::RespondData(ch, resp)).await;
+    }
+
+    /// Listen addresses and connected peers.
+    pub async fn status(&self) -> Result<NetStatus, NetError> {
+        self.call(Command::Status).await
+    }
+
+    /// Closes every connection and stops the task.
+    pub async fn shutdown(&self) {
+        let _ = self.call(Command::Shutdown).await;
+    }
+}
+
+/// Settings for [`start`].
+pub struct NetConfig {
+    /// Multiaddrs to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap multiaddrs ending in `/p2p/<PeerId>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Enable mDNS.
+    pub mdns: bool,
+    /// Total connection cap.
+    pub max_connections: u32,
+}
+
+/// Builds the Swarm, starts listening, and spawns the event loop.
+/// Returns the handle and the event stream (bounded, 128 events).
+pub fn start(
+    keypair: libp2p::identity::Keypair,
+    cfg: NetConfig,
+) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
+    let other = |e: &dyn std::fmt::Display| NetError::Other(e.to_string());
+    let mdns_on = cfg.mdns;
+    let max_conn = cfg.max_connections;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| other(&e))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| other(&e))?
+        .with_behaviour(|key| build_behaviour(key, mdns_on, max_conn))
+        .map_err(|e| other(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+    let topic = gossipsub::IdentTopic::new(PROPOSAL_TOPIC);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| other(&e))?;
+    for a in cfg.listen {
+        swarm
+            .listen_on(a.clone())
+            .map_err(|e| NetError::Other(format!("cannot listen on {a}: {e}")))?;
+    }
+    for a in &cfg.bootstrap {
+        if let Some(Protocol::P2p(peer)) = a.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+        }
+        if let Err(e) = swarm.dial(a.clone()) {
+            tracing::warn!("cannot dial bootstrap peer {a}: {e}");
+        }
+    }
+    let peer_id = *swarm.local_peer_id();
+    let (tx, rx) = mpsc::channel(64);
+    let (ev_tx, ev_rx) = mpsc::channel(128);
+    let lp = EventLoop {
+        swarm,
+        commands: rx,
+        events: ev_tx,
+        topic,
+        pending_contract: HashMap::new(),
+        pending_data: HashMap::new(),
+    };
+    tokio::spawn(lp.run());
+    Ok((NetHandle { tx, peer_id }, ev_rx))
+}
+
+fn build_behaviour(
+    key: &libp2p::identity::Keypair,
+    mdns_on: bool,
+    max_conn: u32,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer_id = key.public().to_peer_id();
+    let gcfg = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_GOSSIP)
+        .heartbeat_interval(Duration::from_secs(1))
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(crate::id::sha256(&m.data).to_vec())
+        })
+        .build()?;
+    let gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)?;
+    let mut kcfg = kad::Config::new(KAD_PROTOCOL);
+    kcfg.set_query_timeout(Duration::from_secs(30));
+    let kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kcfg);
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+            .with_agent_version(format!("peer/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let contract = request_response::Behaviour::with_codec(
+        CborCodec::new(MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE),
+        [(CONTRACT_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(CONTRACT_TIMEOUT_SECS)),
+    );
+    let data = request_response::Behaviour::with_codec(
+        CborCodec::new(MAX_DATA_MESSAGE, MAX_DATA_MESSAGE),
+        [(DATA_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(DATA_TIMEOUT_SECS))
+            .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
+    );
+    let mdns = if mdns_on {
+        Some(mdns::tokio::Behaviour::new(
+            mdns::Config::default(),
+            peer_id,
+        )?)
+    } else {
+        None
+    };
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(max_conn))
+            .with_max_established_per_peer(Some(2))
+            .with_max_pending_incoming(Some(64)),
+    );
+    Ok(Behaviour {
+        limits,
+        identify,
+        ping: ping::Behaviour::default(),
+        kad,
+        gossipsub,
+        contract,
+        data,
+        mdns: mdns.into(),
+    })
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    topic: gossipsub::IdentTopic,
+    pending_contract:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<ContractResponse, NetError>>>,
+    pending_data: HashMap<OutboundRequestId, oneshot::Sender<Result<DataResponse, NetError>>>,
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        let mut bootstrap = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Shutdown(done)) => { let _ = done.send(()); return; }
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                _ = bootstrap.tick() => { let _ = self.swarm.behaviour_mut().kad.bootstrap(); }
+            }
+        }
+    }
+
+    fn emit(&self, ev: NetEvent) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(ev) {
+            tracing::warn!("daemon busy: dropped an inbound message");
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        let b = self.swarm.behaviour_mut();
+        match c {
+            Command::Publish(data, reply) => {
+                let r = b
+                    .gossipsub
+                    .publish(self.topic.clone(), data)
+                    .map(|_| ())
+                    .map_err(|e| NetError::Other(format!("cannot publish: {e}")));
+                let _ = reply.send(r);
+            }
+            Command::Validate(id, source, acc) => {
+                b.gossipsub
+                    .report_message_validation_result(&id, &source, acc);
+            }
+            Command::Contract(peer, addrs, req, reply) => {
+                let id = b.contract.send_request_with_addresses(&peer, req, addrs);
+                self.pending_contract.insert(id, reply);
+            }
+            Command::Data(peer, req, reply) => {
+                let id = b.data.send_request(&peer, req);
+                self.pending_data.insert(id, reply);
+            }
+            Command::RespondContract(ch, r) => {
+                let _ = b.contract.send_response(ch, r);
+            }
+            Command::RespondData(ch, r) => {
+                let _ = b.data.send_response(ch, r);
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(NetStatus {
+                    listen: self.swarm.listeners().cloned().collect(),
+                    connected: self.swarm.connected_peers().cloned().collect(),
+                });
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn dial_if_wanted(&mut self, peer: PeerId) {
+        if peer != *self.swarm.local_peer_id()
+            && !self.swarm.is_connected(&peer)
+            && self.swarm.connected_peers().count() < TARGET_PEERS
+        {
+            let _ = self.swarm.dial(peer);
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                self.emit(NetEvent::Listening(full));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for a in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, ..
+            })) => self.dial_if_wanted(peer),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    self.dial_if_wanted(peer);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                self.emit(NetEvent::Proposal {
+                    id: message_id,
+                    source: propagation_source,
+                    data: message.data,
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Contract(e)) => self.on_contract(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Data(e)) => self.on_data(e),
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                tracing::debug!(
+                    "connected to {peer_id} at {}",
+                    endpoint.get_remote_address()
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn on_contract(&mut self, e: request_response::Event<ContractRequest, ContractResponse>) {
+        use request_response::{Event, Message};
+        match e {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.emit(NetEvent::Contract {
+                peer,
+                request,
+                channel,
+            }),
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(tx) = self.pending_contract.remove(&request_id) {
+                    let _ = tx.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(tx) = self.pending_contract.remove(&request_id) {
+                    let _ = tx.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!("inbound contract request from {peer} failed: {error}")
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_data(&mut self, e: request_response::Event<DataRequest, DataResponse>) {
+        use request_response::{Event, Message};
+        match e {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.emit(NetEvent::Data {
+                peer,
+                request,
+                channel,
+            }),
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(tx) = self.pending_data.remove(&request_id) {
+                    let _ = tx.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(tx) = self.pending_data.remove(&request_id) {
+                    let _ = tx.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!("inbound data request from {peer} failed: {error}")
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Wire messages, protocol ids and size limits: the code side of protocol.md, in its order.
+//!
+//! Encoding (protocol.md §2.1): CBOR (RFC 8949) as produced by serde + ciborium: a struct is
+//! a map with text keys in field order; an enum variant is a one-entry map `{name: fields}`;
+//! ids and byte payloads are byte strings. Every signed body is carried as its exact bytes
+//! inside a [`Signed`] envelope (protocol.md §2.2).
+
+pub mod codec;
+
+use crate::id::{ContractId, PackId, ProposalId, sha256};
+use crate::identity::{Identity, SignatureError, Signed, peer_id_of};
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+
+/// Kademlia protocol id (protocol.md §1): our own DHT, not the IPFS one.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peer/kad/1.0.0");
+/// identify protocol id.
+pub const IDENTIFY_PROTOCOL: &str = "/peer/id/1.0.0";
+/// request-response protocol for contracts (§4).
+pub const CONTRACT_PROTOCOL: StreamProtocol = StreamProtocol::new("/peer/contract/1.0.0");
+/// request-response protocol for pack transfer (§5).
+pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/peer/data/1.0.0");
+/// gossipsub topic for proposals (§4.1).
+pub const PROPOSAL_TOPIC: &str = "peer/proposals/1";
+
+/// Signature domain of a proposal body.
+pub const DOMAIN_PROPOSAL: &str = "peer/proposal/v1";
+/// Signature domain of an acceptance body.
+pub const DOMAIN_ACCEPTANCE: &str = "peer/acceptance/v1";
+/// Signature domain of the client's countersignature (over the acceptance body).
+pub const DOMAIN_CONTRACT: &str = "peer/contract/v1";
+
+/// Largest gossip message, bytes (gossipsub `max_transmit_size`, protocol.md §6).
+pub const MAX_GOSSIP: usize = 64 * 1024;
+/// Largest contract request, bytes.
+pub const MAX_CONTRACT_REQUEST: u64 = 64 * 1024;
+/// Largest contract response, bytes.
+pub const MAX_CONTRACT_RESPONSE: u64 = 4 * 1024;
+/// Largest data request or response, bytes: one pack plus 64 KiB of framing.
+pub const MAX_DATA_MESSAGE: u64 = crate::repo::pack::MAX_PACK_SIZE as u64 + 64 * 1024;
+/// Most listen addresses a proposal may carry.
+pub const MAX_PROPOSAL_ADDRS: usize = 16;
+/// Longest a proposal may stay valid, seconds after it is made.
+pub const MAX_PROPOSAL_TTL: u64 = 600;
+
+/// Errors validating a message: each names the rule broken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MessageError {
+    /// CBOR did not decode into the expected message.
+    #[error("malformed {0}: {1}")]
+    Malformed(&'static str, String),
+    /// A signature failed.
+    #[error("bad signature on {0}: {1}")]
+    Signature(&'static str, SignatureError),
+    /// Past its expiry time.
+    #[error("{0} expired")]
+    Expired(&'static str),
+    /// A field is out of its allowed range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Encodes a message as CBOR.
+pub fn to_cbor<T: Serialize>(m: &T) -> Vec<u8> {
+    let mut v = Vec::new();
+    ciborium::into_writer(m, &mut v).expect("CBOR encoding into a Vec cannot fail");
+    v
+}
+
+/// Decodes a message from CBOR; `what` names it in the error.
+pub fn from_cbor<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    b: &[u8],
+) -> Result<T, MessageError> {
+    ciborium::from_reader(b).map_err(|e| MessageError::Malformed(what, e.to_string()))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A client's request for storage (protocol.md §4.1), signed by the client under
+/// [`DOMAIN_PROPOSAL`] and published on [`PROPOSAL_TOPIC`]. The signer is the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Bytes wanted from each provider that accepts.
+    pub bytes: u64,
+    /// Contract length wanted, seconds.
+    pub duration_secs: u64,
+    /// Bytes the client offers to others.
+    pub offered: u64,
+    /// Bytes of its offer not yet granted to anyone.
+    pub free: u64,
+    /// Multiaddrs where providers can reach the client (at most [`MAX_PROPOSAL_ADDRS`]).
+    pub addrs: Vec<String>,
+    /// Time after which the proposal is void, seconds since the Unix epoch.
+    pub expires: u64,
+    /// Random number making each proposal unique.
+    pub nonce: u64,
+}
+
+/// A proposal checked for signature, expiry and ranges.
+#[derive(Clone, Debug)]
+pub struct VerifiedProposal {
+    /// Id: SHA-256 of the signed body.
+    pub id: ProposalId,
+    /// The client (signer).
+    pub client: PeerId,
+    /// The decoded body.
+    pub proposal: Proposal,
+    /// The signed envelope, as received.
+    pub signed: Signed,
+}
+
+impl Proposal {
+    /// Signs the proposal as `client`.
+    pub fn sign(&self, client: &Identity) -> Signed {
+        client.sign(DOMAIN_PROPOSAL, to_cbor(self))
+    }
+}
+
+/// Checks a signed proposal received at time `now` (seconds).
+pub fn verify_proposal(signed: &Signed, now: u64) -> Result<VerifiedProposal, MessageError> {
+    let client = signed
+        .verify(DOMAIN_PROPOSAL)
+        .map_err(|e| MessageError::Signature("proposal", e))?;
+    let proposal: Proposal = from_cbor("proposal", &signed.body)?;
+    if proposal.expires < now {
+        return Err(MessageError::Expired("proposal"));
+    }
+    if proposal.expires > now + MAX_PROPOSAL_TTL {
+        return Err(MessageError::Invalid(
+            "proposal expiry is too far in the future".into(),
+        ));
+    }
+    if proposal.addrs.len() > MAX_PROPOSAL_ADDRS {
+        return Err(MessageError::Invalid(
+            "proposal lists too many addresses".into(),
+        ));
+    }
+    Ok(VerifiedProposal {
+        id: ProposalId(sha256(&signed.body)),
+        client,
+        proposal,
+        signed: signed.clone(),
+    })
+}
+
+/// A provider's acceptance of a proposal (protocol.md §4.2), signed by the provider under
+/// [`DOMAIN_ACCEPTANCE`] and sent to the client in [`ContractRequest::Accept`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acceptance {
+    /// The client's signed proposal, exactly as received.
+    pub proposal: Signed,
+    /// Bytes granted (at most the proposal's `bytes`).
+    pub bytes: u64,
+    /// When the contract ends, seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+/// A contract (protocol.md §4.3): the provider-signed acceptance and the client's
+/// countersignature over the same acceptance body under [`DOMAIN_CONTRACT`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contract {
+    /// The provider's signed acceptance (which embeds the client's signed proposal).
+    pub acceptance: Signed,
+    /// The client's 64-byte signature over the acceptance body.
+    #[serde(with = "serde_bytes")]
+    pub client_sig: Vec<u8>,
+}
+
+/// A contract with all signatures checked and its terms decoded.
+#[derive(Clone, Debug)]
+pub struct ContractTerms {
+    /// SHA-256 of the acceptance body.
+    pub id: ContractId,
+    /// The client.
+    pub client: PeerId,
+    /// The provider.
+    pub provider: PeerId,
+    /// Bytes the provider stores for the client at most.
+    pub bytes: u64,
+    /// End, seconds since the Unix epoch.
+    pub expires: u64,
+    /// The proposal it answers.
+    pub proposal: Proposal,
+}
+
+/// Checks an acceptance's provider signature, the embedded proposal's signature, and that
+/// it grants no more than was asked. Expiry of the proposal is not checked here.
+pub fn verify_acceptance(
+    signed: &Signed,
+) -> Result<(PeerId, Acceptance, VerifiedProposal), MessageError> {
+    let provider = signed
+        .verify(DOMAIN_ACCEPTANCE)
+        .map_err(|e| MessageError::Signature("acceptance", e))?;
+    let a: Acceptance = from_cbor("acceptance", &signed.body)?;
+    let client = a
+        .proposal
+        .verify(DOMAIN_PROPOSAL)
+        .map_err(|e| MessageError::Signature("proposal", e))?;
+    let proposal: Proposal = from_cbor("proposal", &a.proposal.body)?;
+    if a.bytes == 0 || a.bytes > proposal.bytes {
+        return Err(MessageError::Invalid(format!(
+            "acceptance grants {} bytes of the {} proposed",
+            a.bytes, proposal.bytes
+        )));
+    }
+    if provider == client {
+        return Err(MessageError::Invalid(
+            "a peer cannot contract with itself".into(),
+        ));
+    }
+    let vp = VerifiedProposal {
+        id: ProposalId(sha256(&a.proposal.body)),
+        client,
+        proposal,
+        signed: a.proposal.clone(),
+    };
+    Ok((provider, a, vp))
+}
+
+impl Contract {
+    /// Checks every signature and returns the terms.
+    pub fn verify(&self) -> Result<ContractTerms, MessageError> {
+        let (provider, a, vp) = verify_acceptance(&self.acceptance)?;
+        let client_key = a.proposal.key;
+        crate::identity::verify_detached(
+            &client_key,
+            DOMAIN_CONTRACT,
+            &self.acceptance.body,
+            &self.client_sig,
+        )
+        .map_err(|e| MessageError::Signature("contract", e))?;
+        let client = peer_id_of(&client_key).map_err(|e| MessageError::Signature("contract", e))?;
+        Ok(ContractTerms {
+            id: ContractId(sha256(&self.acceptance.body)),
+            client,
+            provider,
+            bytes: a.bytes,
+            expires: a.expires,
+            proposal: vp.proposal,
+        })
+    }
+}
+
+/// Requests on [`CONTRACT_PROTOCOL`], provider to client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContractRequest {
+    /// "I accept your proposal": a signed [`Acceptance`].
+    Accept(Signed),
+}
+
+/// Responses on [`CONTRACT_PROTOCOL`], client to provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContractResponse {
+    /// The client's countersignature over the acceptance body: the contract now exists.
+    Countersigned(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The client does not take this acceptance (enough providers already, unknown proposal…).
+    Declined(String),
+}
+
+/// Requests on [`DATA_PROTOCOL`], client to provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataRequest {
+    /// Store a pack under a contract. Idempotent: storing a pack held already succeeds.
+    Store {
+        /// The contract whose bytes it uses.
+        contract: ContractId,
+        /// The pack id (Merkle root); the provider checks the bytes against it.
+        pack: PackId,
+        /// The whole pack, at most [`crate::repo::pack::MAX_PACK_SIZE`] bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Send back a pack the requester stored.
+    Fetch {
+        /// The pack id.
+        pack: PackId,
+    },
+}
+
+/// Why a data request failed (protocol.md §5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataErrorCode {
+    /// No live contract between the requester and this provider under that id.
+    NoContract,
+    /// The pack would exceed the contract's bytes, or this disk is full.
+    NoRoom,
+    /// The bytes do not hash to the pack id, or exceed the size limit.
+    BadPack,
+    /// This provider holds no such pack for the requester.
+    NotFound,
+    /// A local failure at the provider (I/O); retry elsewhere.
+    Internal,
+}
+
+/// Responses on [`DATA_PROTOCOL`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataResponse {
+    /// The pack is on disk (written and synced).
+    Stored,
+    /// The requested pack.
+    Pack(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The request failed.
+    Error {
+        /// Machine-readable reason.
+        code: DataErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! The provider's pack store: packs held for other clients, at
+//! `home/store/<client PeerId>/<pack id>` (protocol.md §5.2, DESIGN §7).
+//!
+//! A pack is written to a temporary file in the same directory, checked against its id
+//! (Merkle root), fsynced, renamed into place, and the directory fsynced: a crash leaves
+//! the whole pack or nothing, and a temporary file is never served (its name cannot parse
+//! as a pack id) and is removed at the next start. Quotas (a contract's bytes) are the
+//! caller's business; this module only counts bytes per client.
+
+use crate::id::PackId;
+use crate::repo::merkle;
+use libp2p::PeerId;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Errors of the pack store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The bytes do not hash to the claimed pack id.
+    #[error("pack {0} does not match its id")]
+    Mismatch(PackId),
+    /// Not enough free disk for the pack.
+    #[error("not enough free disk at {path} for {need} bytes")]
+    DiskFull {
+        /// The store directory.
+        path: String,
+        /// Bytes needed.
+        need: u64,
+    },
+    /// An I/O error, with the path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The pack store. Cheap to clone.
+#[derive(Clone)]
+pub struct PackStore {
+    dir: PathBuf,
+    /// Bytes held per client.
+    used: Arc<Mutex<HashMap<PeerId, u64>>>,
+}
+
+/// Free bytes on the filesystem holding `path`, for an unprivileged user.
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    fs4::available_space(path)
+}
+
+impl PackStore {
+    /// Opens the store at `dir`, creating it, removing leftover temporary files and counting bytes per client.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut used = HashMap::new();
+        for client in std::fs::read_dir(dir).map_err(io(dir))? {
+            let client = client.map_err(io(dir))?;
+            let Some(peer) = client
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<PeerId>().ok())
+            else {
+                continue;
+            };
+            let cdir = client.path();
+            let mut total = 0;
+            for f in std::fs::read_dir(&cdir).map_err(io(&cdir))? {
+                let f = f.map_err(io(&cdir))?;
+                let name = f.file_name();
+                if name
+                    .to_str()
+                    .and_then(|s| s.parse::<PackId>().ok())
+                    .is_some()
+                {
+                    total += f.metadata().map_err(io(&f.path()))?.len();
+                } else if name.to_string_lossy().starts_with(".tmp-") {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+            used.insert(peer, total);
+        }
+        Ok(PackStore {
+            dir: dir.to_path_buf(),
+            used: Arc::new(Mutex::new(used)),
+        })
+    }
+
+    fn path(&self, client: &PeerId, pack: &PackId) -> PathBuf {
+        self.dir.join(client.to_string()).join(pack.to_string())
+    }
+
+    /// Bytes held for `client`.
+    pub fn used(&self, client: &PeerId) -> u64 {
+        self.used
+            .lock()
+            .map(|m| m.get(client).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Bytes held for all clients.
+    pub fn used_total(&self) -> u64 {
+        self.used.lock().map(|m| m.values().sum()).unwrap_or(0)
+    }
+
+    /// True when the pack is held for `client`.
+    pub fn has(&self, client: &PeerId, pack: &PackId) -> bool {
+        self.path(client, pack).is_file()
+    }
+
+    /// Verifies and atomically writes a pack. Blocking; run off the async runtime.
+    /// Storing a pack held already succeeds without writing.
+    pub fn put(&self, client: &PeerId, pack: &PackId, data: &[u8]) -> Result<(), StoreError> {
+        if merkle::root(data) != *pack {
+            return Err(StoreError::Mismatch(*pack));
+        }
+        let dest = self.path(client, pack);
+        if dest.is_file() {
+            return Ok(());
+        }
+        let cdir = self.dir.join(client.to_string());
+        std::fs::create_dir_all(&cdir).map_err(io(&cdir))?;
+        let free = free_space(&cdir).map_err(io(&cdir))?;
+        if free < data.len() as u64 + (64 << 20) {
+            return Err(StoreError::DiskFull {
+                path: cdir.display().to_string(),
+                need: data.len() as u64,
+            });
+        }
+        let tmp = cdir.join(format!(".tmp-{}-{}", pack, rand::random::<u64>()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &dest)?;
+            std::fs::File::open(&cdir)?.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::Io {
+                path: dest.display().to_string(),
+                source: e,
+            });
+        }
+        if let Ok(mut m) = self.used.lock() {
+            *m.entry(*client).or_default() += data.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads a pack held for `client`; `Ok(None)` when not held. Blocking.
+    pub fn get(&self, client: &PeerId, pack: &PackId) -> Result<Option<Vec<u8>>, StoreError> {
+        let p = self.path(client, pack);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                path: p.display().to_string(),
+                source: e,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_verifies_is_atomic_and_counts() {
+        let d = tempfile::tempdir().unwrap();
+        let s = PackStore::open(d.path()).unwrap();
+        let client = PeerId::random();
+        let data = vec![9u8; 200_000];
+        let id = merkle::root(&data);
+        assert!(matches!(
+            s.put(&client, &PackId([0; 32]), &data),
+            Err(StoreError::Mismatch(_))
+        ));
+        assert_eq!(s.used(&client), 0);
+        s.put(&client, &id, &data).unwrap();
+        s.put(&client, &id, &data).unwrap();
+        assert_eq!(s.used(&client), 200_000);
+        assert_eq!(s.get(&client, &id).unwrap().unwrap(), data);
+        assert!(s.get(&PeerId::random(), &id).unwrap().is_none());
+        // a leftover temporary file is removed and not counted at the next open
+        std::fs::write(d.path().join(client.to_string()).join(".tmp-x"), b"partial").unwrap();
+        let s2 = PackStore::open(d.path()).unwrap();
+        assert_eq!(s2.used(&client), 200_000);
+        assert!(!d.path().join(client.to_string()).join(".tmp-x").exists());
+    }
+}

@@ -1,0 +1,442 @@
+//! Restore: the backup flow backwards (DESIGN §4).
+//!
+//! The snapshot's trees are walked into a plan (directories, files with their content
+//! blobs, symlinks). Every file is written to a temporary file beside its destination;
+//! the needed blobs are grouped by pack so each pack is fetched once (a few at a time),
+//! verified against its id by the [`PackSource`], and its blobs written at their offsets.
+//! A file is renamed into place only when all its content arrived, so a failure never
+//! leaves a half-written file under the real name. Existing files that differ are left
+//! alone unless `overwrite`; modes and mtimes are set last, directories deepest first.
+
+use crate::control::RestoreSummary;
+use crate::id::{BlobId, PackId, SnapshotId};
+use crate::identity::Identity;
+use crate::repo::pack::{self, PackEntry};
+use crate::repo::tree::{self, Node, NodeKind, Snapshot};
+use crate::state::{State, StateError};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Packs fetched at once.
+pub const FETCH_CONCURRENCY: usize = 4;
+
+/// Supplies verified packs (implemented by the daemon: tries each holder in turn, checks the
+/// Merkle root, fails over).
+#[async_trait::async_trait]
+pub trait PackSource: Send + Sync {
+    /// The bytes of `pack`, already checked against its id.
+    async fn fetch(&self, pack: PackId) -> Result<Vec<u8>, String>;
+}
+
+/// Errors that stop a restore before it starts writing.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// No snapshot matches.
+    #[error("{0}")]
+    NoSnapshot(String),
+    /// The snapshot's trees cannot be loaded.
+    #[error("cannot read the snapshot's metadata: {0}")]
+    Metadata(String),
+    /// The target is unusable.
+    #[error("{0}")]
+    Target(String),
+    /// Local state failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Finds a snapshot by id prefix, or the latest when `which` is `None` or `"latest"`.
+pub fn resolve(state: &State, which: Option<&str>) -> Result<(SnapshotId, Snapshot), RestoreError> {
+    let all = state.snapshots()?;
+    match which {
+        None | Some("latest") => all.into_iter().last().ok_or_else(|| {
+            RestoreError::NoSnapshot("no snapshot yet; run 'peer backup PATH' first".into())
+        }),
+        Some(p) => {
+            let p = p.to_ascii_lowercase();
+            let mut m: Vec<_> = all
+                .into_iter()
+                .filter(|(id, _)| id.to_string().starts_with(&p))
+                .collect();
+            match m.len() {
+                0 => Err(RestoreError::NoSnapshot(format!(
+                    "no snapshot matches '{p}'; see 'peer snapshots'"
+                ))),
+                1 => Ok(m.remove(0)),
+                n => Err(RestoreError::NoSnapshot(format!(
+                    "'{p}' matches {n} snapshots; give more digits"
+                ))),
+            }
+        }
+    }
+}
+
+struct FilePlan {
+    dest: PathBuf,
+    tmp: PathBuf,
+    node: Node,
+    failed: Option<String>,
+}
+
+/// Loads tree documents: local cache first, else from their pack.
+struct Docs<'a> {
+    id: &'a Identity,
+    state: &'a State,
+    source: &'a dyn PackSource,
+    last: Option<(PackId, Vec<u8>)>,
+}
+
+impl Docs<'_> {
+    async fn get(&mut self, blob: &BlobId) -> Result<Vec<u8>, String> {
+        if let Some(d) = self.state.tree(blob).map_err(|e| e.to_string())? {
+            return Ok(d);
+        }
+        let e = self
+            .state
+            .blob(blob)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("tree {blob} is in no known pack"))?;
+        if self.last.as_ref().map(|(p, _)| *p) != Some(e.pack) {
+            let bytes = self.source.fetch(e.pack).await?;
+            self.last = Some((e.pack, bytes));
+        }
+        let bytes = &self.last.as_ref().expect("set just above").1;
+        let entry = PackEntry {
+            id: *blob,
+            kind: e.kind,
+            offset: e.offset,
+            length: e.length,
+            raw_length: e.raw_length,
+        };
+        let doc = pack::read_blob((&self.id.id_key, &self.id.enc_key), bytes, &entry)
+            .map_err(|e| e.to_string())?;
+        let _ = self.state.put_tree(blob, &doc);
+        Ok(doc)
+    }
+}
+
+/// Restores snapshot `which` (see [`resolve`]) under `target`, or to its original paths.
+/// `done` counts bytes written. Files that no holder could supply are listed in
+/// `failed`; the caller maps a non-empty list to exit code 3.
+pub async fn run(
+    id: &Identity,
+    state: &State,
+    source: Arc<dyn PackSource>,
+    which: Option<&str>,
+    target: Option<&Path>,
+    overwrite: bool,
+    total: &AtomicU64,
+    done: Arc<AtomicU64>,
+) -> Result<RestoreSummary, RestoreError> {
+    let started = std::time::Instant::now();
+    let (sid, snap) = resolve(state, which)?;
+    if let Some(t) = target {
+        std::fs::create_dir_all(t)
+            .map_err(|e| RestoreError::Target(format!("cannot create {}: {e}", t.display())))?;
+    }
+    let mut docs = Docs {
+        id,
+        state,
+        source: source.as_ref(),
+        last: None,
+    };
+    let root = tree::decode_tree(&docs.get(&snap.tree).await.map_err(RestoreError::Metadata)?)
+        .map_err(|e| RestoreError::Metadata(e.to_string()))?;
+
+    // Plan: walk the trees.
+    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
+    let mut files: Vec<FilePlan> = Vec::new();
+    let mut links: Vec<(PathBuf, Node)> = Vec::new();
+    let mut stack: Vec<(PathBuf, Node)> = Vec::new();
+    for n in root.nodes {
+        let dest = match target {
+            Some(t) => t.join(std::ffi::OsStr::from_bytes(&n.name)),
+            None => snap
+                .paths
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.file_name().map(|f| f.as_bytes()) == Some(&n.name[..]))
+                .ok_or_else(|| RestoreError::Metadata("root entry without a path".into()))?,
+        };
+        stack.push((dest, n));
+    }
+    while let Some((dest, n)) = stack.pop() {
+        if n.name.is_empty() || n.name == b"." || n.name == b".." || n.name.contains(&b'/') {
+            return Err(RestoreError::Metadata(format!(
+                "unsafe name in tree under {}",
+                dest.display()
+            )));
+        }
+        match n.kind {
+            NodeKind::Dir => {
+                let sub = n.subtree.ok_or_else(|| {
+                    RestoreError::Metadata(format!("{}: directory without a tree", dest.display()))
+                })?;
+                let t = tree::decode_tree(&docs.get(&sub).await.map_err(RestoreError::Metadata)?)
+                    .map_err(|e| RestoreError::Metadata(e.to_string()))?;
+                for c in t.nodes {
+                    stack.push((dest.join(std::ffi::OsStr::from_bytes(&c.name)), c));
+                }
+                dirs.push((dest, n));
+            }
+            NodeKind::File => {
+                let i = files.len();
+                let tmp = dest
+                    .with_file_name(format!(".peer-restore-{i}-{:x}.tmp", rand::random::<u32>()));
+                files.push(FilePlan {
+                    dest,
+                    tmp,
+                    node: n,
+                    failed: None,
+                });
+            }
+            NodeKind::Symlink => links.push((dest, n)),
+        }
+    }
+    drop(docs);
+    total.store(files.iter().map(|f| f.node.size).sum(), Ordering::Relaxed);
+
+    // Directories, then temporary files at full size.
+    dirs.sort_by_key(|(p, _)| p.components().count());
+    for (d, _) in &dirs {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            return Err(RestoreError::Target(format!(
+                "cannot create {}: {e}",
+                d.display()
+            )));
+        }
+    }
+    let mut needs: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
+    for (i, f) in files.iter_mut().enumerate() {
+        let created = std::fs::File::create(&f.tmp).and_then(|h| h.set_len(f.node.size));
+        if let Err(e) = created {
+            f.failed = Some(format!("cannot write {}: {e}", f.tmp.display()));
+            continue;
+        }
+        let mut off = 0u64;
+        for b in &f.node.content {
+            needs.entry(*b).or_default().push((i, off));
+            match state.blob(b)? {
+                Some(e) => off += e.raw_length as u64,
+                None => {
+                    f.failed = Some(format!("blob {} is in no known pack", b.short()));
+                    break;
+                }
+            }
+        }
+    }
+    let mut by_pack: HashMap<PackId, Vec<(BlobId, PackEntry)>> = HashMap::new();
+    for b in needs.keys() {
+        if let Some(e) = state.blob(b)? {
+            by_pack.entry(e.pack).or_default().push((
+                *b,
+                PackEntry {
+                    id: *b,
+                    kind: e.kind,
+                    offset: e.offset,
+                    length: e.length,
+                    raw_length: e.raw_length,
+                },
+            ));
+        }
+    }
+
+    // Fetch each pack once and write its blobs where they belong.
+    let plans: Arc<Vec<(PathBuf, u64)>> =
+        Arc::new(files.iter().map(|f| (f.tmp.clone(), f.node.size)).collect());
+    let needs = Arc::new(needs);
+    let failures: Arc<Mutex<HashMap<usize, String>>> = Arc::new(Mutex::new(HashMap::new()));
+    let keys = (id.id_key, id.enc_key);
+    futures::stream::iter(by_pack.into_iter())
+        .map(|(pack_id, blobs)| {
+            let (source, needs, plans, failures, done) = (
+                source.clone(),
+                needs.clone(),
+                plans.clone(),
+                failures.clone(),
+                done.clone(),
+            );
+            async move {
+                let fail_all = |why: String| {
+                    if let Ok(mut f) = failures.lock() {
+                        for (b, _) in &blobs {
+                            for (i, _) in needs.get(b).into_iter().flatten() {
+                                f.entry(*i).or_insert_with(|| why.clone());
+                            }
+                        }
+                    }
+                };
+                let bytes = match source.fetch(pack_id).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return fail_all(format!("pack {} unavailable: {e}", pack_id.short()));
+                    }
+                };
+                let r = tokio::task::spawn_blocking(move || {
+                    for (b, entry) in &blobs {
+                        let places = needs.get(b).map(|v| v.as_slice()).unwrap_or(&[]);
+                        let plain = match pack::read_blob((&keys.0, &keys.1), &bytes, entry) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                if let Ok(mut f) = failures.lock() {
+                                    for (i, _) in places {
+                                        f.entry(*i).or_insert_with(|| e.to_string());
+                                    }
+                                }
+                                continue;
+                            }
+                        };
+                        for (i, off) in places {
+                            let (path, size) = &plans[*i];
+                            let w =
+                                std::fs::OpenOptions::new()
+                                    .write(true)
+                                    .open(path)
+                                    .and_then(|f| {
+                                        if off + plain.len() as u64 > *size {
+                                            return Err(std::io::Error::other(
+                                                "content longer than the recorded size",
+                                            ));
+                                        }
+                                        f.write_all_at(&plain, *off)
+                                    });
+                            match w {
+                                Ok(()) => {
+                                    done.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                                }
+                                Err(e) => {
+                                    if let Ok(mut f) = failures.lock() {
+                                        f.entry(*i)
+                                            .or_insert_with(|| format!("{}: {e}", path.display()));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                })
+                .await;
+                if let Err(e) = r {
+                    tracing::error!("restore worker failed: {e}");
+                }
+            }
+        })
+        .buffer_unordered(FETCH_CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+
+    // Finish files.
+    let mut summary = RestoreSummary {
+        snapshot: sid.to_string(),
+        files: 0,
+        dirs: 0,
+        symlinks: 0,
+        bytes: 0,
+        skipped: vec![],
+        failed: vec![],
+        seconds: 0.0,
+    };
+    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    for (i, f) in files.iter_mut().enumerate() {
+        if let Some(why) = f.failed.take().or_else(|| failures.get(&i).cloned()) {
+            let _ = std::fs::remove_file(&f.tmp);
+            summary.failed.push(format!("{}: {why}", f.dest.display()));
+            continue;
+        }
+        match finish_file(f, overwrite) {
+            Ok(true) => {
+                summary.files += 1;
+                summary.bytes += f.node.size;
+            }
+            Ok(false) => summary.skipped.push(f.dest.display().to_string()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&f.tmp);
+                summary.failed.push(format!("{}: {e}", f.dest.display()));
+            }
+        }
+    }
+    for (dest, n) in &links {
+        match restore_link(dest, n, overwrite) {
+            Ok(true) => summary.symlinks += 1,
+            Ok(false) => summary.skipped.push(dest.display().to_string()),
+            Err(e) => summary.failed.push(format!("{}: {e}", dest.display())),
+        }
+    }
+    for (d, n) in dirs.iter().rev() {
+        let r = std::fs::set_permissions(d, std::fs::Permissions::from_mode(n.mode))
+            .and_then(|_| filetime::set_file_mtime(d, ft(n.mtime_ns)));
+        match r {
+            Ok(()) => summary.dirs += 1,
+            Err(e) => summary.failed.push(format!("{}: {e}", d.display())),
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn ft(ns: i64) -> filetime::FileTime {
+    filetime::FileTime::from_unix_time(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
+fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (ma, mb) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
+    if ma.len() != mb.len() {
+        return Ok(false);
+    }
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Moves a complete temporary file into place. `Ok(false)`: an existing different file was kept.
+fn finish_file(f: &FilePlan, overwrite: bool) -> std::io::Result<bool> {
+    if let Ok(m) = std::fs::symlink_metadata(&f.dest) {
+        let identical = m.is_file() && same_content(&f.dest, &f.tmp)?;
+        if !identical && !overwrite {
+            std::fs::remove_file(&f.tmp)?;
+            return Ok(false);
+        }
+        if m.is_dir() {
+            std::fs::remove_file(&f.tmp)?;
+            return Err(std::io::Error::other("a directory is in the way"));
+        }
+    }
+    std::fs::set_permissions(&f.tmp, std::fs::Permissions::from_mode(f.node.mode))?;
+    filetime::set_file_mtime(&f.tmp, ft(f.node.mtime_ns))?;
+    std::fs::rename(&f.tmp, &f.dest)?;
+    Ok(true)
+}
+
+fn restore_link(dest: &Path, n: &Node, overwrite: bool) -> std::io::Result<bool> {
+    let target = std::ffi::OsStr::from_bytes(&n.target);
+    if let Ok(m) = std::fs::symlink_metadata(dest) {
+        if m.file_type().is_symlink() && std::fs::read_link(dest)?.as_os_str() == target {
+            filetime::set_symlink_file_times(dest, ft(n.mtime_ns), ft(n.mtime_ns))?;
+            return Ok(true);
+        }
+        if !overwrite || m.is_dir() {
+            return Ok(false);
+        }
+        std::fs::remove_file(dest)?;
+    }
+    std::os::unix::fs::symlink(target, dest)?;
+    filetime::set_symlink_file_times(dest, ft(n.mtime_ns), ft(n.mtime_ns))?;
+    Ok(true)
+}

@@ -1,0 +1,376 @@
+//! Local persistent state in redb (`home/state.redb`): settings, contracts, where each
+//! pack is held, the blob index, cached tree and snapshot documents, and the snapshot list.
+//!
+//! Values are CBOR. All of it describes data that lives on the network; the trees cache
+//! can be refilled from packs. Only the daemon opens the database (redb takes a file lock);
+//! commands reach it through the control socket, except `offer-storage` with no daemon.
+
+use crate::id::{BlobId, ContractId, PackId, SnapshotId};
+use crate::protocol::Contract;
+use crate::repo::blob::BlobKind;
+use crate::repo::tree::Snapshot;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+
+const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
+const CONTRACTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contracts");
+const PACKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("packs");
+const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+const TREES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trees");
+const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshots");
+
+/// Errors of the local state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The database could not be opened (often: a daemon already runs on this home).
+    #[error("cannot open {path}: {message}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// redb's reason.
+        message: String,
+    },
+    /// A read or write failed.
+    #[error("local state: {0}")]
+    Db(String),
+    /// A stored value does not decode.
+    #[error("local state is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for StateError {
+    fn from(e: E) -> Self {
+        StateError::Db(e.into().to_string())
+    }
+}
+
+/// Which side of a contract this peer is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// We store packs at the provider.
+    Client,
+    /// We store packs for the client.
+    Provider,
+}
+
+/// A contract as kept locally.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContractRecord {
+    /// The signed contract.
+    pub contract: Contract,
+    /// Our side.
+    pub role: Role,
+    /// The other side's PeerId, as bytes.
+    #[serde(with = "serde_bytes")]
+    pub peer: Vec<u8>,
+    /// Bytes granted.
+    pub bytes: u64,
+    /// Bytes used so far by packs (client side: acknowledged uploads).
+    pub used: u64,
+    /// End, seconds since the Unix epoch.
+    pub expires: u64,
+    /// Listen addresses of the other side, as last seen.
+    pub addrs: Vec<String>,
+}
+
+impl ContractRecord {
+    /// The other side's PeerId.
+    pub fn peer_id(&self) -> Option<libp2p::PeerId> {
+        libp2p::PeerId::from_bytes(&self.peer).ok()
+    }
+}
+
+/// One holder of a pack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The provider's PeerId, as bytes.
+    #[serde(with = "serde_bytes")]
+    pub peer: Vec<u8>,
+    /// The contract the pack is stored under.
+    pub contract: ContractId,
+}
+
+/// Where a pack lives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PackRecord {
+    /// Size, bytes.
+    pub size: u64,
+    /// Providers that acknowledged it.
+    pub holders: Vec<Holder>,
+}
+
+/// Index entry: where a blob is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The pack.
+    pub pack: PackId,
+    /// The blob's kind.
+    pub kind: BlobKind,
+    /// Offset in the pack, bytes.
+    pub offset: u32,
+    /// Stored length, bytes.
+    pub length: u32,
+    /// Plaintext length, bytes.
+    pub raw_length: u32,
+}
+
+/// The local state. Cheap to clone.
+#[derive(Clone)]
+pub struct State {
+    db: Arc<Database>,
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    crate::protocol::to_cbor(v)
+}
+
+fn dec<T: for<'de> Deserialize<'de>>(what: &str, b: &[u8]) -> Result<T, StateError> {
+    ciborium::from_reader(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
+}
+
+impl State {
+    /// Opens or creates the database and its tables.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let db = Database::create(path).map_err(|e| StateError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let tx = db.begin_write()?;
+        tx.open_table(SETTINGS)?;
+        for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS] {
+            tx.open_table(t)?;
+        }
+        tx.commit()?;
+        Ok(State { db: Arc::new(db) })
+    }
+
+    fn put(&self, t: TableDefinition<&[u8], &[u8]>, k: &[u8], v: &[u8]) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(t)?.insert(k, v)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get(
+        &self,
+        t: TableDefinition<&[u8], &[u8]>,
+        k: &[u8],
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(t)?;
+        Ok(table.get(k)?.map(|v| v.value().to_vec()))
+    }
+
+    fn all(&self, t: TableDefinition<&[u8], &[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(t)?;
+        let mut out = Vec::new();
+        for r in table.iter()? {
+            let (k, v) = r?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Bytes this peer offers to others (0 when never set).
+    pub fn offered(&self) -> Result<u64, StateError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx
+            .open_table(SETTINGS)?
+            .get("offered")?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// Sets the bytes offered.
+    pub fn set_offered(&self, bytes: u64) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SETTINGS)?.insert("offered", bytes)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores or replaces a contract.
+    pub fn put_contract(&self, id: &ContractId, r: &ContractRecord) -> Result<(), StateError> {
+        self.put(CONTRACTS, id.as_bytes(), &enc(r))
+    }
+
+    /// One contract.
+    pub fn contract(&self, id: &ContractId) -> Result<Option<ContractRecord>, StateError> {
+        self.get(CONTRACTS, id.as_bytes())?
+            .map(|b| dec("contract", &b))
+            .transpose()
+    }
+
+    /// Every contract, both roles.
+    pub fn contracts(&self) -> Result<Vec<(ContractId, ContractRecord)>, StateError> {
+        self.all(CONTRACTS)?
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((
+                    ContractId::from_slice(&k)
+                        .ok_or_else(|| StateError::Corrupt("contract key".into()))?,
+                    dec("contract", &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Adds `bytes` to a contract's used count (client side, after an acknowledged upload).
+    pub fn add_contract_use(&self, id: &ContractId, bytes: u64) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(CONTRACTS)?;
+            let cur = t.get(id.as_bytes().as_slice())?.map(|v| v.value().to_vec());
+            if let Some(b) = cur {
+                let mut r: ContractRecord = dec("contract", &b)?;
+                r.used = r.used.saturating_add(bytes);
+                t.insert(id.as_bytes().as_slice(), enc(&r).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Where a pack is held, if known.
+    pub fn pack(&self, id: &PackId) -> Result<Option<PackRecord>, StateError> {
+        self.get(PACKS, id.as_bytes())?
+            .map(|b| dec("pack", &b))
+            .transpose()
+    }
+
+    /// Every pack this client placed, with its holders.
+    pub fn packs(&self) -> Result<Vec<(PackId, PackRecord)>, StateError> {
+        self.all(PACKS)?
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((
+                    PackId::from_slice(&k).ok_or_else(|| StateError::Corrupt("pack key".into()))?,
+                    dec("pack", &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Records an acknowledged pack and its blobs in one transaction: after this the
+    /// blobs count as stored for dedup (write order, protocol.md §3.6).
+    pub fn commit_pack(
+        &self,
+        id: &PackId,
+        rec: &PackRecord,
+        blobs: &[(BlobId, IndexEntry)],
+    ) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            tx.open_table(PACKS)?
+                .insert(id.as_bytes().as_slice(), enc(rec).as_slice())?;
+            let mut t = tx.open_table(BLOBS)?;
+            for (b, e) in blobs {
+                t.insert(b.as_bytes().as_slice(), enc(e).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Where a blob is, if stored.
+    pub fn blob(&self, id: &BlobId) -> Result<Option<IndexEntry>, StateError> {
+        self.get(BLOBS, id.as_bytes())?
+            .map(|b| dec("index entry", &b))
+            .transpose()
+    }
+
+    /// Number of blobs in the index.
+    pub fn blob_count(&self) -> Result<u64, StateError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(BLOBS)?.len()?)
+    }
+
+    /// Caches a tree or snapshot document's plaintext.
+    pub fn put_tree(&self, id: &BlobId, doc: &[u8]) -> Result<(), StateError> {
+        self.put(TREES, id.as_bytes(), doc)
+    }
+
+    /// Caches many tree documents in one transaction.
+    pub fn put_trees(&self, docs: &[(BlobId, Vec<u8>)]) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(TREES)?;
+            for (id, doc) in docs {
+                t.insert(id.as_bytes().as_slice(), doc.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A cached tree or snapshot document.
+    pub fn tree(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StateError> {
+        self.get(TREES, id.as_bytes())
+    }
+
+    /// Records a snapshot whose packs are all stored.
+    pub fn put_snapshot(&self, id: &SnapshotId, s: &Snapshot) -> Result<(), StateError> {
+        self.put(SNAPSHOTS, id.as_bytes(), &enc(s))
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StateError> {
+        let mut v: Vec<(SnapshotId, Snapshot)> = self
+            .all(SNAPSHOTS)?
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((
+                    SnapshotId::from_slice(&k)
+                        .ok_or_else(|| StateError::Corrupt("snapshot key".into()))?,
+                    dec("snapshot", &v)?,
+                ))
+            })
+            .collect::<Result<_, StateError>>()?;
+        v.sort_by_key(|(id, s)| (s.time, *id));
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_packs_and_index_persist() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.redb");
+        {
+            let s = State::open(&p).unwrap();
+            assert_eq!(s.offered().unwrap(), 0);
+            s.set_offered(5 << 30).unwrap();
+            let e = IndexEntry {
+                pack: PackId([2; 32]),
+                kind: BlobKind::Data,
+                offset: 0,
+                length: 10,
+                raw_length: 8,
+            };
+            let rec = PackRecord {
+                size: 10,
+                holders: vec![Holder {
+                    peer: vec![1],
+                    contract: ContractId([3; 32]),
+                }],
+            };
+            s.commit_pack(&PackId([2; 32]), &rec, &[(BlobId([1; 32]), e)])
+                .unwrap();
+        }
+        let s = State::open(&p).unwrap();
+        assert_eq!(s.offered().unwrap(), 5 << 30);
+        assert_eq!(
+            s.blob(&BlobId([1; 32])).unwrap().unwrap().pack,
+            PackId([2; 32])
+        );
+        assert!(s.blob(&BlobId([9; 32])).unwrap().is_none());
+        assert_eq!(s.pack(&PackId([2; 32])).unwrap().unwrap().holders.len(), 1);
+        assert_eq!(s.blob_count().unwrap(), 1);
+    }
+}
