@@ -86,14 +86,9 @@ pub fn check_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, BackupError> {
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for p in paths {
-        let abs = std::path::absolute(p)
-            .map_err(|e| BackupError::BadPath(format!("{}: {e}", p.display())))?;
-        std::fs::symlink_metadata(&abs)
-            .map_err(|e| BackupError::BadPath(format!("{}: {e}", abs.display())))?;
-        let name = abs
-            .file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .unwrap_or_else(|| b"root".to_vec());
+        let abs = std::path::absolute(p).map_err(|e| BackupError::BadPath(format!("{}: {e}", p.display())))?;
+        std::fs::symlink_metadata(&abs).map_err(|e| BackupError::BadPath(format!("{}: {e}", abs.display())))?;
+        let name = abs.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_else(|| b"root".to_vec());
         if !names.insert(name) {
             return Err(BackupError::BadPath(format!(
                 "two paths end in the same name as {}; back them up separately",
@@ -110,9 +105,7 @@ fn scan_size(p: &Path) -> u64 {
         return 0;
     };
     if m.is_dir() {
-        std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| scan_size(&e.path())).sum())
-            .unwrap_or(0)
+        std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| scan_size(&e.path())).sum()).unwrap_or(0)
     } else if m.is_file() {
         m.len()
     } else {
@@ -132,11 +125,7 @@ pub async fn run(
     let started = std::time::Instant::now();
     let paths = check_paths(&opts.paths)?;
     let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    let parent = state
-        .snapshots()?
-        .into_iter()
-        .rev()
-        .find(|(_, s)| s.paths == path_strings);
+    let parent = state.snapshots()?.into_iter().rev().find(|(_, s)| s.paths == path_strings);
 
     let (tx, mut rx) = mpsc::channel::<SealedPack>(2);
     let walker = Walker {
@@ -154,10 +143,7 @@ pub async fn run(
     let scan_paths = paths.clone();
     let c2 = counters.clone();
     let producer = tokio::task::spawn_blocking(move || {
-        c2.total.store(
-            scan_paths.iter().map(|p| scan_size(p)).sum(),
-            Ordering::Relaxed,
-        );
+        c2.total.store(scan_paths.iter().map(|p| scan_size(p)).sum(), Ordering::Relaxed);
         walker.run(&scan_paths, parent)
     });
 
@@ -165,35 +151,30 @@ pub async fn run(
     let mut packs = 0u64;
     let mut bytes_uploaded = 0u64;
     let mut failure: Option<String> = None;
-    let mut commit = |r: Result<
-        Result<(Arc<SealedPack>, PackRecord), String>,
-        tokio::task::JoinError,
-    >|
-     -> Result<(), String> {
-        let (pack, rec) = r.map_err(|e| e.to_string())??;
-        let blobs: Vec<(BlobId, IndexEntry)> = pack
-            .entries
-            .iter()
-            .map(|e| {
-                (
-                    e.id,
-                    IndexEntry {
-                        pack: pack.id,
-                        kind: e.kind,
-                        offset: e.offset,
-                        length: e.length,
-                        raw_length: e.raw_length,
-                    },
-                )
-            })
-            .collect();
-        state
-            .commit_pack(&pack.id, &rec, &blobs)
-            .map_err(|e| e.to_string())?;
-        packs += 1;
-        bytes_uploaded += rec.size * rec.holders.len() as u64;
-        Ok(())
-    };
+    let mut commit =
+        |r: Result<Result<(Arc<SealedPack>, PackRecord), String>, tokio::task::JoinError>| -> Result<(), String> {
+            let (pack, rec) = r.map_err(|e| e.to_string())??;
+            let blobs: Vec<(BlobId, IndexEntry)> = pack
+                .entries
+                .iter()
+                .map(|e| {
+                    (
+                        e.id,
+                        IndexEntry {
+                            pack: pack.id,
+                            kind: e.kind,
+                            offset: e.offset,
+                            length: e.length,
+                            raw_length: e.raw_length,
+                        },
+                    )
+                })
+                .collect();
+            state.commit_pack(&pack.id, &rec, &blobs).map_err(|e| e.to_string())?;
+            packs += 1;
+            bytes_uploaded += rec.size * rec.holders.len() as u64;
+            Ok(())
+        };
     while let Some(pack) = rx.recv().await {
         while uploads.len() >= opts.upload_concurrency {
             if let Some(r) = uploads.join_next().await
@@ -210,8 +191,7 @@ pub async fn run(
         uploads.spawn(async move {
             let pack = Arc::new(pack);
             let rec = sink.place(pack.clone()).await?;
-            c.uploaded
-                .fetch_add(rec.size * rec.holders.len() as u64, Ordering::Relaxed);
+            c.uploaded.fetch_add(rec.size * rec.holders.len() as u64, Ordering::Relaxed);
             Ok((pack, rec))
         });
     }
@@ -223,9 +203,7 @@ pub async fn run(
             failure = Some(e);
         }
     }
-    let walked = producer
-        .await
-        .map_err(|e| BackupError::Internal(e.to_string()))?;
+    let walked = producer.await.map_err(|e| BackupError::Internal(e.to_string()))?;
     if let Some(e) = failure {
         return Err(BackupError::Upload(e));
     }
@@ -271,27 +249,16 @@ struct Walker {
 type Walked = (SnapshotId, Snapshot, Stats, Vec<(BlobId, Vec<u8>)>);
 
 fn mtime_ns(m: &std::fs::Metadata) -> i64 {
-    m.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(m.mtime_nsec())
+    m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
 }
 
 impl Walker {
-    fn run(
-        mut self,
-        paths: &[PathBuf],
-        parent: Option<(SnapshotId, Snapshot)>,
-    ) -> Result<Walked, BackupError> {
+    fn run(mut self, paths: &[PathBuf], parent: Option<(SnapshotId, Snapshot)>) -> Result<Walked, BackupError> {
         let parent_root = parent.as_ref().and_then(|(_, s)| self.load_tree(&s.tree));
         let mut nodes = Vec::new();
         for p in paths {
-            let name = p
-                .file_name()
-                .map(|n| n.as_bytes().to_vec())
-                .unwrap_or_else(|| b"root".to_vec());
-            let prev = parent_root
-                .as_ref()
-                .and_then(|t| t.nodes.iter().find(|n| n.name == name).cloned());
+            let name = p.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_else(|| b"root".to_vec());
+            let prev = parent_root.as_ref().and_then(|t| t.nodes.iter().find(|n| n.name == name).cloned());
             match self.node(p, name, prev.as_ref())? {
                 Some(n) => nodes.push(n),
                 None => {
@@ -322,11 +289,7 @@ impl Walker {
     }
 
     fn load_tree(&self, id: &BlobId) -> Option<Tree> {
-        self.state
-            .tree(id)
-            .ok()
-            .flatten()
-            .and_then(|b| tree::decode_tree(&b).ok())
+        self.state.tree(id).ok().flatten().and_then(|b| tree::decode_tree(&b).ok())
     }
 
     fn known(&self, id: &BlobId) -> Result<bool, BackupError> {
@@ -351,13 +314,8 @@ impl Walker {
         if self.writer.is_empty() {
             return Ok(());
         }
-        let w = std::mem::replace(
-            &mut self.writer,
-            PackWriter::new(self.enc_key, self.opts.zstd_level),
-        );
-        self.tx
-            .blocking_send(w.finish())
-            .map_err(|_| BackupError::Internal("uploads stopped".into()))
+        let w = std::mem::replace(&mut self.writer, PackWriter::new(self.enc_key, self.opts.zstd_level));
+        self.tx.blocking_send(w.finish()).map_err(|_| BackupError::Internal("uploads stopped".into()))
     }
 
     fn put_tree(&mut self, t: Tree) -> Result<BlobId, BackupError> {
@@ -369,12 +327,7 @@ impl Walker {
     }
 
     /// The node for `path`; `None` (with the reason recorded) when it cannot be read.
-    fn node(
-        &mut self,
-        path: &Path,
-        name: Vec<u8>,
-        prev: Option<&Node>,
-    ) -> Result<Option<Node>, BackupError> {
+    fn node(&mut self, path: &Path, name: Vec<u8>, prev: Option<&Node>) -> Result<Option<Node>, BackupError> {
         let m = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) => {
@@ -405,21 +358,17 @@ impl Walker {
             }
         } else if ft.is_dir() {
             node.kind = NodeKind::Dir;
-            let prev_tree = prev
-                .filter(|p| p.kind == NodeKind::Dir)
-                .and_then(|p| p.subtree)
-                .and_then(|id| self.load_tree(&id));
-            let prev_by_name: HashMap<Vec<u8>, Node> = prev_tree
-                .map(|t| t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect())
-                .unwrap_or_default();
-            let mut entries =
-                match std::fs::read_dir(path).and_then(|rd| rd.collect::<Result<Vec<_>, _>>()) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        self.stats.errors.push(format!("{}: {e}", path.display()));
-                        return Ok(None);
-                    }
-                };
+            let prev_tree =
+                prev.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree).and_then(|id| self.load_tree(&id));
+            let prev_by_name: HashMap<Vec<u8>, Node> =
+                prev_tree.map(|t| t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect()).unwrap_or_default();
+            let mut entries = match std::fs::read_dir(path).and_then(|rd| rd.collect::<Result<Vec<_>, _>>()) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.stats.errors.push(format!("{}: {e}", path.display()));
+                    return Ok(None);
+                }
+            };
             entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
             let mut nodes = Vec::with_capacity(entries.len());
             for e in entries {
@@ -455,10 +404,7 @@ impl Walker {
                 Err(ReadError::Fatal(e)) => return Err(e),
             }
         } else {
-            self.stats.errors.push(format!(
-                "{}: not a regular file, directory or symlink; skipped",
-                path.display()
-            ));
+            self.stats.errors.push(format!("{}: not a regular file, directory or symlink; skipped", path.display()));
             return Ok(None);
         }
         Ok(Some(node))
@@ -471,12 +417,9 @@ impl Walker {
             let chunk = chunk.map_err(ReadError::Io)?;
             size += chunk.len() as u64;
             self.stats.bytes_read += chunk.len() as u64;
-            self.counters
-                .done
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.counters.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             let id = blob_id(&self.id_key, &chunk);
-            self.add_blob(BlobKind::Data, id, &chunk)
-                .map_err(ReadError::Fatal)?;
+            self.add_blob(BlobKind::Data, id, &chunk).map_err(ReadError::Fatal)?;
             node.content.push(id);
         }
         // The file may have changed size while read: record what was read.

@@ -21,9 +21,7 @@ impl Home {
         match dir {
             Some(d) => Ok(Home { dir: d }),
             None => directories::ProjectDirs::from("", "", "peer")
-                .map(|p| Home {
-                    dir: p.data_dir().to_path_buf(),
-                })
+                .map(|p| Home { dir: p.data_dir().to_path_buf() })
                 .ok_or(ConfigError::NoDefaultHome),
         }
     }
@@ -74,7 +72,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration. Every key has a default, so an empty file is valid.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Networking.
@@ -129,10 +127,7 @@ pub const MAX_PACK_TARGET: u64 = 24 << 20;
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
-            listen: vec![
-                "/ip4/0.0.0.0/tcp/0".into(),
-                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
-            ],
+            listen: vec!["/ip4/0.0.0.0/tcp/0".into(), "/ip4/0.0.0.0/udp/0/quic-v1".into()],
             bootstrap: vec![],
             mdns: true,
             max_connections: 256,
@@ -142,31 +137,13 @@ impl Default for NetworkConfig {
 
 impl Default for ContractsConfig {
     fn default() -> Self {
-        ContractsConfig {
-            ratio: 1.0,
-            duration_secs: 30 * 24 * 3600,
-            proposal_wait_secs: 30,
-        }
+        ContractsConfig { ratio: 1.0, duration_secs: 30 * 24 * 3600, proposal_wait_secs: 30 }
     }
 }
 
 impl Default for BackupConfig {
     fn default() -> Self {
-        BackupConfig {
-            pack_size: 16 << 20,
-            upload_concurrency: 4,
-            zstd_level: 3,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            network: NetworkConfig::default(),
-            contracts: ContractsConfig::default(),
-            backup: BackupConfig::default(),
-        }
+        BackupConfig { pack_size: 16 << 20, upload_concurrency: 4, zstd_level: 3 }
     }
 }
 
@@ -198,12 +175,9 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(e) => return Err(ConfigError::Io { path: p, source: e }),
         };
-        let c: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: p.clone(),
-            message: e.to_string(),
-        })?;
-        c.validate()
-            .map_err(|message| ConfigError::Invalid { path: p, message })?;
+        let c: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: p.clone(), message: e.to_string() })?;
+        c.validate().map_err(|message| ConfigError::Invalid { path: p, message })?;
         Ok(c)
     }
 
@@ -213,9 +187,7 @@ impl Config {
             return Err("contracts.ratio must be a positive number".into());
         }
         if self.backup.pack_size < 1 << 20 || self.backup.pack_size > MAX_PACK_TARGET {
-            return Err(format!(
-                "backup.pack_size must be between 1 MiB and {MAX_PACK_TARGET} bytes"
-            ));
+            return Err(format!("backup.pack_size must be between 1 MiB and {MAX_PACK_TARGET} bytes"));
         }
         if !(1..=19).contains(&self.backup.zstd_level) {
             return Err("backup.zstd_level must be between 1 and 19".into());
@@ -224,8 +196,7 @@ impl Config {
             return Err("backup.upload_concurrency must be at least 1".into());
         }
         for a in self.network.listen.iter().chain(&self.network.bootstrap) {
-            a.parse::<libp2p::Multiaddr>()
-                .map_err(|e| format!("'{a}' is not a multiaddr: {e}"))?;
+            a.parse::<libp2p::Multiaddr>().map_err(|e| format!("'{a}' is not a multiaddr: {e}"))?;
         }
         Ok(())
     }
@@ -234,18 +205,13 @@ impl Config {
     pub fn save_new(&self, path: &Path) -> Result<(), ConfigError> {
         use std::io::Write;
         let p = path.display().to_string();
-        let body = toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid {
-            path: p.clone(),
-            message: e.to_string(),
-        })?;
+        let body = toml::to_string_pretty(self)
+            .map_err(|e| ConfigError::Invalid { path: p.clone(), message: e.to_string() })?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
-            .map_err(|e| ConfigError::Io {
-                path: p.clone(),
-                source: e,
-            })?;
+            .map_err(|e| ConfigError::Io { path: p.clone(), source: e })?;
         f.write_all(HEADER.as_bytes())
             .and_then(|_| f.write_all(body.as_bytes()))
             .and_then(|_| f.sync_all())
@@ -272,9 +238,6 @@ mod tests {
         std::fs::write(&p, "[backup]\nbogus = 1\n").unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
-        assert_eq!(
-            Config::load(&d.path().join("none")).unwrap(),
-            Config::default()
-        );
+        assert_eq!(Config::load(&d.path().join("none")).unwrap(), Config::default());
     }
 }

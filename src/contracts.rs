@@ -57,11 +57,7 @@ pub fn provider_grant(
         return Err(Refusal::FreeRider);
     }
     if asked as f64 > ratio * client_offered as f64 {
-        return Err(Refusal::OverRatio {
-            asked,
-            offered: client_offered,
-            ratio,
-        });
+        return Err(Refusal::OverRatio { asked, offered: client_offered, ratio });
     }
     if already {
         return Err(Refusal::AlreadyContracted);
@@ -81,9 +77,7 @@ pub fn client_ask(offered: u64, ratio: f64, held: u64, missing: usize) -> Option
     let allowance = (ratio * offered as f64) as u64;
     let left = allowance.saturating_sub(held);
     let each = left / missing.max(1) as u64;
-    (each >= MIN_GRANT.min(left.max(1)))
-        .then_some(each)
-        .filter(|&e| e > 0)
+    (each >= MIN_GRANT.min(left.max(1))).then_some(each).filter(|&e| e > 0)
 }
 
 #[cfg(test)]
@@ -93,34 +87,13 @@ mod tests {
 
     #[test]
     fn providers_refuse_free_riders_and_greed() {
-        assert_eq!(
-            provider_grant(0, 0, G, G, 1.0, false),
-            Err(Refusal::NotOffering)
-        );
-        assert_eq!(
-            provider_grant(10 * G, 0, G, 0, 1.0, false),
-            Err(Refusal::FreeRider)
-        );
-        assert!(matches!(
-            provider_grant(10 * G, 0, 3 * G, 2 * G, 1.0, false),
-            Err(Refusal::OverRatio { .. })
-        ));
-        assert_eq!(
-            provider_grant(10 * G, 0, 3 * G, 2 * G, 2.0, false),
-            Ok(3 * G)
-        );
-        assert_eq!(
-            provider_grant(10 * G, 0, G, G, 1.0, true),
-            Err(Refusal::AlreadyContracted)
-        );
-        assert_eq!(
-            provider_grant(10 * G, 9 * G, 2 * G, 2 * G, 1.0, false),
-            Ok(G)
-        );
-        assert!(matches!(
-            provider_grant(10 * G, 10 * G, G, G, 1.0, false),
-            Err(Refusal::NoRoom { .. })
-        ));
+        assert_eq!(provider_grant(0, 0, G, G, 1.0, false), Err(Refusal::NotOffering));
+        assert_eq!(provider_grant(10 * G, 0, G, 0, 1.0, false), Err(Refusal::FreeRider));
+        assert!(matches!(provider_grant(10 * G, 0, 3 * G, 2 * G, 1.0, false), Err(Refusal::OverRatio { .. })));
+        assert_eq!(provider_grant(10 * G, 0, 3 * G, 2 * G, 2.0, false), Ok(3 * G));
+        assert_eq!(provider_grant(10 * G, 0, G, G, 1.0, true), Err(Refusal::AlreadyContracted));
+        assert_eq!(provider_grant(10 * G, 9 * G, 2 * G, 2 * G, 1.0, false), Ok(G));
+        assert!(matches!(provider_grant(10 * G, 10 * G, G, G, 1.0, false), Err(Refusal::NoRoom { .. })));
     }
 
     #[test]

@@ -180,16 +180,10 @@ pub enum ControlError {
 }
 
 /// Writes one frame.
-pub async fn write_frame<T: Serialize>(
-    s: &mut (impl AsyncWriteExt + Unpin),
-    msg: &T,
-) -> std::io::Result<()> {
+pub async fn write_frame<T: Serialize>(s: &mut (impl AsyncWriteExt + Unpin), msg: &T) -> std::io::Result<()> {
     let body = crate::protocol::to_cbor(msg);
     if body.len() > MAX_FRAME as usize {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "control frame too large",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "control frame too large"));
     }
     s.write_all(&(body.len() as u32).to_be_bytes()).await?;
     s.write_all(&body).await?;
@@ -208,10 +202,7 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(
     }
     let n = u32::from_be_bytes(len);
     if n > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "control frame too large",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "control frame too large"));
     }
     let mut body = vec![0u8; n as usize];
     s.read_exact(&mut body).await?;
@@ -228,9 +219,7 @@ pub async fn call(
     req: &Request,
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<Reply, ControlError> {
-    let mut s = UnixStream::connect(socket)
-        .await
-        .map_err(|_| ControlError::NoDaemon(home.display().to_string()))?;
+    let mut s = UnixStream::connect(socket).await.map_err(|_| ControlError::NoDaemon(home.display().to_string()))?;
     write_frame(&mut s, req).await?;
     loop {
         match read_frame::<Reply>(&mut s).await? {

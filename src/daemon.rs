@@ -19,8 +19,8 @@ use crate::id::{ContractId, PackId, ProposalId};
 use crate::identity::{Identity, Signed};
 use crate::net::{self, NetEvent, NetHandle};
 use crate::protocol::{
-    self, Acceptance, Contract, ContractRequest, ContractResponse, DOMAIN_ACCEPTANCE,
-    DOMAIN_CONTRACT, DataErrorCode, DataRequest, DataResponse, Proposal, now,
+    self, Acceptance, Contract, ContractRequest, ContractResponse, DOMAIN_ACCEPTANCE, DOMAIN_CONTRACT, DataErrorCode,
+    DataRequest, DataResponse, Proposal, now,
 };
 use crate::provider::PackStore;
 use crate::repo::merkle;
@@ -79,19 +79,12 @@ fn setup<E: std::fmt::Display>(e: E) -> DaemonError {
 pub async fn run(home: Home) -> Result<(), DaemonError> {
     let id = Identity::load(&home.key_file()).map_err(setup)?;
     let config = Config::load(&home.config_file()).map_err(setup)?;
-    let state = State::open(&home.state_file()).map_err(|e| {
-        DaemonError::Setup(format!(
-            "{e} (is a daemon already running for {}?)",
-            home.dir.display()
-        ))
-    })?;
+    let state = State::open(&home.state_file())
+        .map_err(|e| DaemonError::Setup(format!("{e} (is a daemon already running for {}?)", home.dir.display())))?;
     let store = PackStore::open(&home.store_dir()).map_err(setup)?;
     let parse = |v: &[String]| {
         v.iter()
-            .map(|a| {
-                a.parse::<Multiaddr>()
-                    .map_err(|e| setup(format!("'{a}': {e}")))
-            })
+            .map(|a| a.parse::<Multiaddr>().map_err(|e| setup(format!("'{a}': {e}"))))
             .collect::<Result<Vec<_>, _>>()
     };
     let cfg = net::NetConfig {
@@ -105,8 +98,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
 
     let sock = home.control_socket();
     let _ = std::fs::remove_file(&sock); // stale: we hold the state lock, so no daemon owns it
-    let listener = UnixListener::bind(&sock)
-        .map_err(|e| setup(format!("cannot bind {}: {e}", sock.display())))?;
+    let listener = UnixListener::bind(&sock).map_err(|e| setup(format!("cannot bind {}: {e}", sock.display())))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(setup)?;
@@ -140,8 +132,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         }
     });
 
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(setup)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(setup)?;
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -202,19 +193,11 @@ impl Inner {
                     }
                 }
             }
-            NetEvent::Contract {
-                peer,
-                request: ContractRequest::Accept(signed),
-                channel,
-            } => {
+            NetEvent::Contract { peer, request: ContractRequest::Accept(signed), channel } => {
                 let resp = self.on_acceptance(peer, signed);
                 self.net.respond_contract(channel, resp).await;
             }
-            NetEvent::Data {
-                peer,
-                request,
-                channel,
-            } => {
+            NetEvent::Data { peer, request, channel } => {
                 let Ok(permit) = self.inbound.clone().try_acquire_owned() else {
                     let busy = DataResponse::Error {
                         code: DataErrorCode::Internal,
@@ -263,32 +246,19 @@ impl Inner {
                 }
             }
         };
-        let duration = vp
-            .proposal
-            .duration_secs
-            .min(self.config.contracts.duration_secs);
+        let duration = vp.proposal.duration_secs.min(self.config.contracts.duration_secs);
         let acc = Acceptance {
+            provider: self.me().to_bytes(),
             proposal: vp.signed.clone(),
             bytes: grant,
             expires: now() + duration,
         };
         let signed = self.id.sign(DOMAIN_ACCEPTANCE, protocol::to_cbor(&acc));
-        let addrs: Vec<Multiaddr> = vp
-            .proposal
-            .addrs
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        let resp = self
-            .net
-            .contract_request(vp.client, addrs, ContractRequest::Accept(signed.clone()))
-            .await;
+        let addrs: Vec<Multiaddr> = vp.proposal.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let resp = self.net.contract_request(vp.client, addrs, ContractRequest::Accept(signed.clone())).await;
         match resp {
             Ok(ContractResponse::Countersigned(sig)) => {
-                let contract = Contract {
-                    acceptance: signed,
-                    client_sig: sig,
-                };
+                let contract = Contract { acceptance: signed, client_sig: sig };
                 match contract.verify() {
                     Ok(t) if t.client == vp.client && t.provider == self.me() => {
                         let rec = ContractRecord {
@@ -339,28 +309,17 @@ impl Inner {
         if vp.client != self.me() {
             return decline("not our proposal");
         }
-        let Some(session) = self
-            .sessions
-            .lock()
-            .ok()
-            .and_then(|s| s.get(&vp.id).cloned())
-        else {
+        let Some(session) = self.sessions.lock().ok().and_then(|s| s.get(&vp.id).cloned()) else {
             return decline("the proposal is no longer open");
         };
         let Ok(mut accepted) = session.accepted.lock() else {
             return decline("internal error");
         };
-        if accepted.len() >= session.wanted
-            || session.exclude.contains(&provider)
-            || accepted.contains(&provider)
-        {
+        if accepted.len() >= session.wanted || session.exclude.contains(&provider) || accepted.contains(&provider) {
             return decline("enough providers already");
         }
         let sig = self.id.sign_detached(DOMAIN_CONTRACT, &signed.body);
-        let contract = Contract {
-            acceptance: signed,
-            client_sig: sig.clone(),
-        };
+        let contract = Contract { acceptance: signed, client_sig: sig.clone() };
         let terms = match contract.verify() {
             Ok(t) => t,
             Err(e) => return decline(&e.to_string()),
@@ -378,11 +337,7 @@ impl Inner {
             tracing::error!("cannot persist contract: {e}");
             return decline("internal error");
         }
-        tracing::info!(
-            "contract {} as client with {provider} ({} bytes)",
-            terms.id.short(),
-            acc.bytes
-        );
+        tracing::info!("contract {} as client with {provider} ({} bytes)", terms.id.short(), acc.bytes);
         accepted.push(provider);
         session.notify.notify_one();
         ContractResponse::Countersigned(sig)
@@ -391,11 +346,7 @@ impl Inner {
     async fn on_data(&self, peer: PeerId, req: DataRequest) -> DataResponse {
         let err = |code, message: String| DataResponse::Error { code, message };
         match req {
-            DataRequest::Store {
-                contract,
-                pack,
-                data,
-            } => {
+            DataRequest::Store { contract, pack, data } => {
                 let Some(c) = self.state.contract(&contract).ok().flatten() else {
                     return err(DataErrorCode::NoContract, format!("no contract {contract}"));
                 };
@@ -412,30 +363,21 @@ impl Inner {
                 if used + data.len() as u64 > c.bytes {
                     return err(
                         DataErrorCode::NoRoom,
-                        format!(
-                            "contract {} has {} of {} bytes used",
-                            contract.short(),
-                            used,
-                            c.bytes
-                        ),
+                        format!("contract {} has {} of {} bytes used", contract.short(), used, c.bytes),
                     );
                 }
                 let store = self.store.clone();
                 match tokio::task::spawn_blocking(move || store.put(&peer, &pack, &data)).await {
                     Ok(Ok(())) => DataResponse::Stored,
-                    Ok(Err(crate::provider::StoreError::Mismatch(p))) => err(
-                        DataErrorCode::BadPack,
-                        format!("pack {p} does not match its id"),
-                    ),
+                    Ok(Err(crate::provider::StoreError::Mismatch(p))) => {
+                        err(DataErrorCode::BadPack, format!("pack {p} does not match its id"))
+                    }
                     Ok(Err(e @ crate::provider::StoreError::DiskFull { .. })) => {
                         err(DataErrorCode::NoRoom, e.to_string())
                     }
                     Ok(Err(e)) => {
                         tracing::error!("store failed: {e}");
-                        err(
-                            DataErrorCode::Internal,
-                            "provider could not write the pack".into(),
-                        )
+                        err(DataErrorCode::Internal, "provider could not write the pack".into())
                     }
                     Err(e) => err(DataErrorCode::Internal, e.to_string()),
                 }
@@ -444,16 +386,10 @@ impl Inner {
                 let store = self.store.clone();
                 match tokio::task::spawn_blocking(move || store.get(&peer, &pack)).await {
                     Ok(Ok(Some(b))) => DataResponse::Pack(b),
-                    Ok(Ok(None)) => err(
-                        DataErrorCode::NotFound,
-                        format!("no pack {pack} held for {peer}"),
-                    ),
+                    Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no pack {pack} held for {peer}")),
                     Ok(Err(e)) => {
                         tracing::error!("read failed: {e}");
-                        err(
-                            DataErrorCode::Internal,
-                            "provider could not read the pack".into(),
-                        )
+                        err(DataErrorCode::Internal, "provider could not read the pack".into())
                     }
                     Err(e) => err(DataErrorCode::Internal, e.to_string()),
                 }
@@ -473,9 +409,7 @@ impl Inner {
             let live = self.live_contracts(Role::Client);
             let with_room: HashSet<PeerId> = live
                 .iter()
-                .filter(|(_, c)| {
-                    c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64
-                })
+                .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
                 .filter_map(|(_, c)| c.peer_id())
                 .collect();
             if with_room.len() >= n {
@@ -490,9 +424,7 @@ impl Inner {
             }
             let missing = n - with_room.len();
             let held: u64 = live.iter().map(|(_, c)| c.bytes).sum();
-            let Some(ask) =
-                contracts::client_ask(offered, self.config.contracts.ratio, held, missing)
-            else {
+            let Some(ask) = contracts::client_ask(offered, self.config.contracts.ratio, held, missing) else {
                 break Err(format!(
                     "your offer of {} lets you hold no more at others (ratio {}); give to get: raise it with 'peer offer-storage SIZE'",
                     bytesize::ByteSize(offered),
@@ -505,20 +437,11 @@ impl Inner {
                 accepted: Mutex::new(vec![]),
                 notify: Notify::new(),
             });
-            let granted_out: u64 = self
-                .live_contracts(Role::Provider)
-                .iter()
-                .map(|(_, c)| c.bytes)
-                .sum();
+            let granted_out: u64 = self.live_contracts(Role::Provider).iter().map(|(_, c)| c.bytes).sum();
             let addrs: Vec<String> = self
                 .listen
                 .lock()
-                .map(|l| {
-                    l.iter()
-                        .take(protocol::MAX_PROPOSAL_ADDRS)
-                        .map(|a| a.to_string())
-                        .collect()
-                })
+                .map(|l| l.iter().take(protocol::MAX_PROPOSAL_ADDRS).map(|a| a.to_string()).collect())
                 .unwrap_or_default();
             let p = Proposal {
                 bytes: ask,
@@ -541,17 +464,10 @@ impl Inner {
             session = Some(s.clone());
             let step = tokio::time::Instant::now() + Duration::from_secs(REPROPOSE_SECS);
             loop {
-                if s.accepted
-                    .lock()
-                    .map(|a| a.len() >= s.wanted)
-                    .unwrap_or(true)
-                {
+                if s.accepted.lock().map(|a| a.len() >= s.wanted).unwrap_or(true) {
                     break;
                 }
-                if tokio::time::timeout_at(step.min(deadline), s.notify.notified())
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout_at(step.min(deadline), s.notify.notified()).await.is_err() {
                     break;
                 }
             }
@@ -568,18 +484,10 @@ impl Inner {
     fn status(&self) -> Result<StatusReport, String> {
         let contracts = self.state.contracts().map_err(|e| e.to_string())?;
         let t = now();
-        let live = |r: Role| {
-            contracts
-                .iter()
-                .filter(move |(_, c)| c.role == r && c.expires > t)
-        };
+        let live = |r: Role| contracts.iter().filter(move |(_, c)| c.role == r && c.expires > t);
         Ok(StatusReport {
             peer_id: self.me().to_string(),
-            listen: self
-                .listen
-                .lock()
-                .map(|l| l.iter().map(|a| a.to_string()).collect())
-                .unwrap_or_default(),
+            listen: self.listen.lock().map(|l| l.iter().map(|a| a.to_string()).collect()).unwrap_or_default(),
             connected: vec![],
             offered: self.state.offered().map_err(|e| e.to_string())?,
             granted: live(Role::Provider).map(|(_, c)| c.bytes).sum(),
@@ -616,11 +524,7 @@ impl Inner {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
-                let _ = control::write_frame(
-                    &mut s,
-                    &Reply::Error(format!("bad control request: {e}")),
-                )
-                .await;
+                let _ = control::write_frame(&mut s, &Reply::Error(format!("bad control request: {e}"))).await;
                 return;
             }
         };
@@ -654,25 +558,14 @@ impl Inner {
                 Err(e) => Reply::Error(e.to_string()),
             },
             Request::Backup { paths, copies } => self.clone().backup(&mut s, paths, copies).await,
-            Request::Restore {
-                snapshot,
-                target,
-                overwrite,
-            } => {
-                self.clone()
-                    .restore(&mut s, snapshot, target, overwrite)
-                    .await
+            Request::Restore { snapshot, target, overwrite } => {
+                self.clone().restore(&mut s, snapshot, target, overwrite).await
             }
         };
         let _ = control::write_frame(&mut s, &reply).await;
     }
 
-    async fn backup(
-        self: Arc<Self>,
-        s: &mut UnixStream,
-        paths: Vec<PathBuf>,
-        copies: u32,
-    ) -> Reply {
+    async fn backup(self: Arc<Self>, s: &mut UnixStream, paths: Vec<PathBuf>, copies: u32) -> Reply {
         let Ok(_guard) = self.busy.try_lock() else {
             return Reply::Error("another backup or restore is running on this daemon".into());
         };
@@ -687,15 +580,8 @@ impl Inner {
             Ok(_) => {}
             Err(e) => return Reply::Error(e.to_string()),
         }
-        let _ = control::write_frame(
-            s,
-            &Reply::Progress(Progress {
-                phase: "contracts".into(),
-                done: 0,
-                total: 0,
-            }),
-        )
-        .await;
+        let _ =
+            control::write_frame(s, &Reply::Progress(Progress { phase: "contracts".into(), done: 0, total: 0 })).await;
         if let Err(e) = self.ensure_providers(copies as usize).await {
             return Reply::Error(e);
         }
@@ -706,11 +592,8 @@ impl Inner {
             zstd_level: self.config.backup.zstd_level,
             upload_concurrency: self.config.backup.upload_concurrency,
         };
-        let sink: Arc<dyn PackSink> = Arc::new(NetSink {
-            inner: self.clone(),
-            copies: copies as usize,
-            pending: Mutex::new(HashMap::new()),
-        });
+        let sink: Arc<dyn PackSink> =
+            Arc::new(NetSink { inner: self.clone(), copies: copies as usize, pending: Mutex::new(HashMap::new()) });
         let c2 = counters.clone();
         let inner = self.clone();
         let op = async move { backup::run(&inner.id, &inner.state, opts, sink, c2).await };
@@ -738,22 +621,11 @@ impl Inner {
         };
         let total = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicU64::new(0));
-        let source: Arc<dyn PackSource> = Arc::new(NetSource {
-            inner: self.clone(),
-        });
+        let source: Arc<dyn PackSource> = Arc::new(NetSource { inner: self.clone() });
         let (t2, d2, inner) = (total.clone(), done.clone(), self.clone());
         let op = async move {
-            restore::run(
-                &inner.id,
-                &inner.state,
-                source,
-                which.as_deref(),
-                target.as_deref(),
-                overwrite,
-                &t2,
-                d2,
-            )
-            .await
+            let what = restore::RestoreWhat { snapshot: which, target, overwrite };
+            restore::run(&inner.id, &inner.state, source, &what, &t2, d2).await
         };
         let result = with_progress(s, op, || Progress {
             phase: "restore".into(),
@@ -790,8 +662,7 @@ async fn with_progress<T>(
 
 /// Refuses an offer larger than the free disk of the home (plus what others already store here).
 pub fn check_offer(home: &Home, bytes: u64, stored: u64) -> Result<(), String> {
-    let free = crate::provider::free_space(&home.dir)
-        .map_err(|e| format!("{}: {e}", home.dir.display()))?;
+    let free = crate::provider::free_space(&home.dir).map_err(|e| format!("{}: {e}", home.dir.display()))?;
     if bytes > free + stored {
         return Err(format!(
             "cannot offer {}: the disk holding {} has only {} free",
@@ -812,22 +683,11 @@ struct NetSink {
 }
 
 impl NetSink {
-    async fn store_at(
-        &self,
-        peer: PeerId,
-        contract: ContractId,
-        pack: &Arc<SealedPack>,
-    ) -> Result<(), String> {
-        let req = DataRequest::Store {
-            contract,
-            pack: pack.id,
-            data: pack.bytes.clone(),
-        };
+    async fn store_at(&self, peer: PeerId, contract: ContractId, pack: &Arc<SealedPack>) -> Result<(), String> {
+        let req = DataRequest::Store { contract, pack: pack.id, data: pack.bytes.clone() };
         match self.inner.net.data_request(peer, req).await {
             Ok(DataResponse::Stored) => Ok(()),
-            Ok(DataResponse::Error { code, message }) => {
-                Err(format!("{peer}: {code:?}: {message}"))
-            }
+            Ok(DataResponse::Error { code, message }) => Err(format!("{peer}: {code:?}: {message}")),
             Ok(_) => Err(format!("{peer}: unexpected answer to a store request")),
             Err(e) => Err(e.to_string()),
         }
@@ -847,15 +707,11 @@ impl PackSink for NetSink {
                 .live_contracts(Role::Client)
                 .into_iter()
                 .filter_map(|(id, c)| {
-                    let free = c
-                        .bytes
-                        .saturating_sub(c.used + pending.get(&id).copied().unwrap_or(0));
-                    (free >= size)
-                        .then(|| c.peer_id().map(|p| (free, p, id)))
-                        .flatten()
+                    let free = c.bytes.saturating_sub(c.used + pending.get(&id).copied().unwrap_or(0));
+                    (free >= size).then(|| c.peer_id().map(|p| (free, p, id))).flatten()
                 })
                 .collect();
-            v.sort_by(|a, b| b.0.cmp(&a.0));
+            v.sort_by_key(|c| std::cmp::Reverse(c.0));
             v.retain(|(_, p, _)| seen.insert(*p));
             v
         };
@@ -873,10 +729,7 @@ impl PackSink for NetSink {
                     *p.entry(*c).or_default() += size;
                 }
             }
-            let results = futures::future::join_all(
-                batch.iter().map(|(_, p, c)| self.store_at(*p, *c, &pack)),
-            )
-            .await;
+            let results = futures::future::join_all(batch.iter().map(|(_, p, c)| self.store_at(*p, *c, &pack))).await;
             for ((_, p, c), r) in batch.into_iter().zip(results) {
                 if let Ok(mut pm) = self.pending.lock() {
                     let e = pm.entry(c).or_default();
@@ -885,10 +738,7 @@ impl PackSink for NetSink {
                 match r {
                     Ok(()) => {
                         let _ = self.inner.state.add_contract_use(&c, size);
-                        holders.push(Holder {
-                            peer: p.to_bytes(),
-                            contract: c,
-                        });
+                        holders.push(Holder { peer: p.to_bytes(), contract: c });
                     }
                     Err(e) => errors.push(e),
                 }
@@ -930,23 +780,13 @@ impl PackSource for NetSource {
             let Ok(peer) = PeerId::from_bytes(&h.peer) else {
                 continue;
             };
-            match self
-                .inner
-                .net
-                .data_request(peer, DataRequest::Fetch { pack })
-                .await
-            {
+            match self.inner.net.data_request(peer, DataRequest::Fetch { pack }).await {
                 Ok(DataResponse::Pack(b)) if merkle::root(&b) == pack => return Ok(b),
                 Ok(DataResponse::Pack(_)) => {
-                    tracing::warn!(
-                        "holder {peer} returned a corrupt copy of pack {}",
-                        pack.short()
-                    );
+                    tracing::warn!("holder {peer} returned a corrupt copy of pack {}", pack.short());
                     errors.push(format!("{peer}: corrupt copy"));
                 }
-                Ok(DataResponse::Error { code, message }) => {
-                    errors.push(format!("{peer}: {code:?}: {message}"))
-                }
+                Ok(DataResponse::Error { code, message }) => errors.push(format!("{peer}: {code:?}: {message}")),
                 Ok(_) => errors.push(format!("{peer}: unexpected answer to a fetch request")),
                 Err(e) => errors.push(e.to_string()),
             }

@@ -76,16 +76,9 @@ impl Identity {
         let hk = Hkdf::<Sha256>::new(Some(b"peer/keys/v1"), &secret);
         let mut id_key = [0u8; 32];
         let mut enc_key = [0u8; 32];
-        hk.expand(b"peer/blob-id", &mut id_key)
-            .expect("32 bytes is a valid HKDF-SHA-256 output length");
-        hk.expand(b"peer/blob-enc", &mut enc_key)
-            .expect("32 bytes is a valid HKDF-SHA-256 output length");
-        Identity {
-            signing,
-            keypair: kp.into(),
-            id_key,
-            enc_key,
-        }
+        hk.expand(b"peer/blob-id", &mut id_key).expect("32 bytes is a valid HKDF-SHA-256 output length");
+        hk.expand(b"peer/blob-enc", &mut enc_key).expect("32 bytes is a valid HKDF-SHA-256 output length");
+        Identity { signing, keypair: kp.into(), id_key, enc_key }
     }
 
     /// A fresh random identity.
@@ -102,10 +95,7 @@ impl Identity {
             if e.kind() == std::io::ErrorKind::NotFound {
                 IdentityError::Missing(p.clone())
             } else {
-                IdentityError::Io {
-                    path: p.clone(),
-                    source: e,
-                }
+                IdentityError::Io { path: p.clone(), source: e }
             }
         })?;
         let bytes = hex::decode(text.trim()).map_err(|_| IdentityError::Corrupt(p.clone()))?;
@@ -117,25 +107,15 @@ impl Identity {
     pub fn save_new(&self, path: &Path) -> Result<(), IdentityError> {
         use std::os::unix::fs::OpenOptionsExt;
         let p = path.display().to_string();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    IdentityError::Exists(p.clone())
-                } else {
-                    IdentityError::Io {
-                        path: p.clone(),
-                        source: e,
-                    }
-                }
-            })?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                IdentityError::Exists(p.clone())
+            } else {
+                IdentityError::Io { path: p.clone(), source: e }
+            }
+        })?;
         let line = format!("{}\n", hex::encode(self.signing.to_bytes()));
-        f.write_all(line.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| IdentityError::Io { path: p, source: e })
+        f.write_all(line.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| IdentityError::Io { path: p, source: e })
     }
 
     /// This peer's PeerId (identity multihash of the protobuf-encoded ed25519 public key, libp2p peer-ids spec).
@@ -156,19 +136,12 @@ impl Identity {
     /// Signs `body` under `domain` and wraps both in a [`Signed`] envelope (protocol.md §2.2).
     pub fn sign(&self, domain: &str, body: Vec<u8>) -> Signed {
         let sig = self.signing.sign(&signed_bytes(domain, &body));
-        Signed {
-            body,
-            key: self.public_key(),
-            sig: sig.to_bytes().to_vec(),
-        }
+        Signed { body, key: self.public_key(), sig: sig.to_bytes().to_vec() }
     }
 
     /// A detached signature over `domain || 0x00 || body` (64 bytes).
     pub fn sign_detached(&self, domain: &str, body: &[u8]) -> Vec<u8> {
-        self.signing
-            .sign(&signed_bytes(domain, body))
-            .to_bytes()
-            .to_vec()
+        self.signing.sign(&signed_bytes(domain, body)).to_bytes().to_vec()
     }
 }
 
@@ -183,23 +156,15 @@ pub fn signed_bytes(domain: &str, body: &[u8]) -> Vec<u8> {
 
 /// PeerId of a 32-byte ed25519 public key.
 pub fn peer_id_of(key: &[u8; 32]) -> Result<PeerId, SignatureError> {
-    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(key)
-        .map_err(|_| SignatureError::BadKey)?;
+    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(key).map_err(|_| SignatureError::BadKey)?;
     Ok(libp2p::identity::PublicKey::from(pk).to_peer_id())
 }
 
 /// Checks a detached signature by `key` over `domain || 0x00 || body`.
-pub fn verify_detached(
-    key: &[u8; 32],
-    domain: &str,
-    body: &[u8],
-    sig: &[u8],
-) -> Result<(), SignatureError> {
+pub fn verify_detached(key: &[u8; 32], domain: &str, body: &[u8], sig: &[u8]) -> Result<(), SignatureError> {
     let vk = VerifyingKey::from_bytes(key).map_err(|_| SignatureError::BadKey)?;
-    let sig =
-        ed25519_dalek::Signature::from_slice(sig).map_err(|_| SignatureError::BadSignature)?;
-    vk.verify_strict(&signed_bytes(domain, body), &sig)
-        .map_err(|_| SignatureError::BadSignature)
+    let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| SignatureError::BadSignature)?;
+    vk.verify_strict(&signed_bytes(domain, body), &sig).map_err(|_| SignatureError::BadSignature)
 }
 
 /// A signed message: the exact CBOR bytes of a body, the signer's ed25519 public key and
@@ -270,10 +235,7 @@ mod tests {
         a.save_new(&p).unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(
-            Identity::generate().save_new(&p),
-            Err(IdentityError::Exists(_))
-        ));
+        assert!(matches!(Identity::generate().save_new(&p), Err(IdentityError::Exists(_))));
         assert_eq!(Identity::load(&p).unwrap().peer_id(), a.peer_id());
         std::fs::write(&p, "nothex").unwrap();
         assert!(matches!(Identity::load(&p), Err(IdentityError::Corrupt(_))));

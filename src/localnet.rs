@@ -61,11 +61,7 @@ impl LocalNet {
         offer: u64,
         configure: impl Fn(usize, &mut String),
     ) -> Result<Self, String> {
-        let mut net = LocalNet {
-            exe: exe.to_path_buf(),
-            dir: dir.to_path_buf(),
-            peers: Vec::new(),
-        };
+        let mut net = LocalNet { exe: exe.to_path_buf(), dir: dir.to_path_buf(), peers: Vec::new() };
         for i in 0..n {
             let home = dir.join(format!("peer{i}"));
             let mut args = vec!["init", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
@@ -79,12 +75,7 @@ impl LocalNet {
             configure(i, &mut text);
             std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
             run_peer(exe, &home, &["offer-storage", &offer.to_string()])?;
-            let mut p = LocalPeer {
-                home,
-                addr: String::new(),
-                peer_id,
-                child: None,
-            };
+            let mut p = LocalPeer { home, addr: String::new(), peer_id, child: None };
             net.spawn(&mut p)?;
             net.peers.push(p);
         }
@@ -112,22 +103,16 @@ impl LocalNet {
             }
         });
         p.child = Some(child);
-        p.addr = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
-            format!(
-                "daemon in {} printed no address; see its daemon.log",
-                p.home.display()
-            )
-        })?;
+        p.addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| format!("daemon in {} printed no address; see its daemon.log", p.home.display()))?;
         Ok(())
     }
 
     /// Runs a `peer` command against daemon `i`.
     pub fn cmd(&self, i: usize, args: &[&str]) -> Command {
         let mut c = Command::new(&self.exe);
-        c.arg("--home")
-            .arg(&self.peers[i].home)
-            .args(args)
-            .env_remove("PEER_HOME");
+        c.arg("--home").arg(&self.peers[i].home).args(args).env_remove("PEER_HOME");
         c
     }
 
@@ -170,10 +155,7 @@ impl LocalNet {
     /// Stops daemon `i` with SIGTERM and waits for it to exit; returns its exit status.
     pub fn stop(&mut self, i: usize) -> Option<std::process::ExitStatus> {
         let mut c = self.peers[i].child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         c.wait().ok()
     }
 }
@@ -204,9 +186,7 @@ fn compare(a: &Path, b: &Path, d: &mut Vec<String>) {
     if ma.file_type() != mb.file_type() {
         return d.push(format!("{}: kind differs", b.display()));
     }
-    if !ma.file_type().is_symlink()
-        && ma.permissions().mode() & 0o7777 != mb.permissions().mode() & 0o7777
-    {
+    if !ma.file_type().is_symlink() && ma.permissions().mode() & 0o7777 != mb.permissions().mode() & 0o7777 {
         d.push(format!(
             "{}: mode {:o} != {:o}",
             b.display(),
@@ -219,20 +199,14 @@ fn compare(a: &Path, b: &Path, d: &mut Vec<String>) {
     }
     if ma.is_dir() {
         let names = |p: &Path| -> Vec<std::ffi::OsString> {
-            let mut v: Vec<_> = std::fs::read_dir(p)
-                .map(|r| r.flatten().map(|e| e.file_name()).collect())
-                .unwrap_or_default();
+            let mut v: Vec<_> =
+                std::fs::read_dir(p).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
             v.sort();
             v
         };
         let (na, nb) = (names(a), names(b));
         if na != nb {
-            d.push(format!(
-                "{}: entries differ ({} vs {})",
-                b.display(),
-                na.len(),
-                nb.len()
-            ));
+            d.push(format!("{}: entries differ ({} vs {})", b.display(), na.len(), nb.len()));
         }
         for n in na.iter().filter(|n| nb.contains(n)) {
             compare(&a.join(n), &b.join(n), d);

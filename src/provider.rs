@@ -40,10 +40,7 @@ pub enum StoreError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| StoreError::Io { path: path.display().to_string(), source }
 }
 
 /// The pack store. Cheap to clone.
@@ -66,11 +63,7 @@ impl PackStore {
         let mut used = HashMap::new();
         for client in std::fs::read_dir(dir).map_err(io(dir))? {
             let client = client.map_err(io(dir))?;
-            let Some(peer) = client
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<PeerId>().ok())
-            else {
+            let Some(peer) = client.file_name().to_str().and_then(|s| s.parse::<PeerId>().ok()) else {
                 continue;
             };
             let cdir = client.path();
@@ -78,11 +71,7 @@ impl PackStore {
             for f in std::fs::read_dir(&cdir).map_err(io(&cdir))? {
                 let f = f.map_err(io(&cdir))?;
                 let name = f.file_name();
-                if name
-                    .to_str()
-                    .and_then(|s| s.parse::<PackId>().ok())
-                    .is_some()
-                {
+                if name.to_str().and_then(|s| s.parse::<PackId>().ok()).is_some() {
                     total += f.metadata().map_err(io(&f.path()))?.len();
                 } else if name.to_string_lossy().starts_with(".tmp-") {
                     let _ = std::fs::remove_file(f.path());
@@ -90,10 +79,7 @@ impl PackStore {
             }
             used.insert(peer, total);
         }
-        Ok(PackStore {
-            dir: dir.to_path_buf(),
-            used: Arc::new(Mutex::new(used)),
-        })
+        Ok(PackStore { dir: dir.to_path_buf(), used: Arc::new(Mutex::new(used)) })
     }
 
     fn path(&self, client: &PeerId, pack: &PackId) -> PathBuf {
@@ -102,10 +88,7 @@ impl PackStore {
 
     /// Bytes held for `client`.
     pub fn used(&self, client: &PeerId) -> u64 {
-        self.used
-            .lock()
-            .map(|m| m.get(client).copied().unwrap_or(0))
-            .unwrap_or(0)
+        self.used.lock().map(|m| m.get(client).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     /// Bytes held for all clients.
@@ -132,10 +115,7 @@ impl PackStore {
         std::fs::create_dir_all(&cdir).map_err(io(&cdir))?;
         let free = free_space(&cdir).map_err(io(&cdir))?;
         if free < data.len() as u64 + (64 << 20) {
-            return Err(StoreError::DiskFull {
-                path: cdir.display().to_string(),
-                need: data.len() as u64,
-            });
+            return Err(StoreError::DiskFull { path: cdir.display().to_string(), need: data.len() as u64 });
         }
         let tmp = cdir.join(format!(".tmp-{}-{}", pack, rand::random::<u64>()));
         let write = || -> std::io::Result<()> {
@@ -147,10 +127,7 @@ impl PackStore {
         };
         if let Err(e) = write() {
             let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::Io {
-                path: dest.display().to_string(),
-                source: e,
-            });
+            return Err(StoreError::Io { path: dest.display().to_string(), source: e });
         }
         if let Ok(mut m) = self.used.lock() {
             *m.entry(*client).or_default() += data.len() as u64;
@@ -164,10 +141,7 @@ impl PackStore {
         match std::fs::read(&p) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Io {
-                path: p.display().to_string(),
-                source: e,
-            }),
+            Err(e) => Err(StoreError::Io { path: p.display().to_string(), source: e }),
         }
     }
 }
@@ -183,10 +157,7 @@ mod tests {
         let client = PeerId::random();
         let data = vec![9u8; 200_000];
         let id = merkle::root(&data);
-        assert!(matches!(
-            s.put(&client, &PackId([0; 32]), &data),
-            Err(StoreError::Mismatch(_))
-        ));
+        assert!(matches!(s.put(&client, &PackId([0; 32]), &data), Err(StoreError::Mismatch(_))));
         assert_eq!(s.used(&client), 0);
         s.put(&client, &id, &data).unwrap();
         s.put(&client, &id, &data).unwrap();

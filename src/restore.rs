@@ -54,23 +54,17 @@ pub enum RestoreError {
 pub fn resolve(state: &State, which: Option<&str>) -> Result<(SnapshotId, Snapshot), RestoreError> {
     let all = state.snapshots()?;
     match which {
-        None | Some("latest") => all.into_iter().last().ok_or_else(|| {
-            RestoreError::NoSnapshot("no snapshot yet; run 'peer backup PATH' first".into())
-        }),
+        None | Some("latest") => all
+            .into_iter()
+            .last()
+            .ok_or_else(|| RestoreError::NoSnapshot("no snapshot yet; run 'peer backup PATH' first".into())),
         Some(p) => {
             let p = p.to_ascii_lowercase();
-            let mut m: Vec<_> = all
-                .into_iter()
-                .filter(|(id, _)| id.to_string().starts_with(&p))
-                .collect();
+            let mut m: Vec<_> = all.into_iter().filter(|(id, _)| id.to_string().starts_with(&p)).collect();
             match m.len() {
-                0 => Err(RestoreError::NoSnapshot(format!(
-                    "no snapshot matches '{p}'; see 'peer snapshots'"
-                ))),
+                0 => Err(RestoreError::NoSnapshot(format!("no snapshot matches '{p}'; see 'peer snapshots'"))),
                 1 => Ok(m.remove(0)),
-                n => Err(RestoreError::NoSnapshot(format!(
-                    "'{p}' matches {n} snapshots; give more digits"
-                ))),
+                n => Err(RestoreError::NoSnapshot(format!("'{p}' matches {n} snapshots; give more digits"))),
             }
         }
     }
@@ -106,18 +100,22 @@ impl Docs<'_> {
             self.last = Some((e.pack, bytes));
         }
         let bytes = &self.last.as_ref().expect("set just above").1;
-        let entry = PackEntry {
-            id: *blob,
-            kind: e.kind,
-            offset: e.offset,
-            length: e.length,
-            raw_length: e.raw_length,
-        };
-        let doc = pack::read_blob((&self.id.id_key, &self.id.enc_key), bytes, &entry)
-            .map_err(|e| e.to_string())?;
+        let entry = PackEntry { id: *blob, kind: e.kind, offset: e.offset, length: e.length, raw_length: e.raw_length };
+        let doc = pack::read_blob((&self.id.id_key, &self.id.enc_key), bytes, &entry).map_err(|e| e.to_string())?;
         let _ = self.state.put_tree(blob, &doc);
         Ok(doc)
     }
+}
+
+/// What to restore and where.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreWhat {
+    /// Snapshot id prefix or `latest`; `None` = latest.
+    pub snapshot: Option<String>,
+    /// Restore under this directory; `None` = the original paths.
+    pub target: Option<PathBuf>,
+    /// Replace existing files that differ.
+    pub overwrite: bool,
 }
 
 /// Restores snapshot `which` (see [`resolve`]) under `target`, or to its original paths.
@@ -127,24 +125,17 @@ pub async fn run(
     id: &Identity,
     state: &State,
     source: Arc<dyn PackSource>,
-    which: Option<&str>,
-    target: Option<&Path>,
-    overwrite: bool,
+    what: &RestoreWhat,
     total: &AtomicU64,
     done: Arc<AtomicU64>,
 ) -> Result<RestoreSummary, RestoreError> {
+    let (which, target, overwrite) = (what.snapshot.as_deref(), what.target.as_deref(), what.overwrite);
     let started = std::time::Instant::now();
     let (sid, snap) = resolve(state, which)?;
     if let Some(t) = target {
-        std::fs::create_dir_all(t)
-            .map_err(|e| RestoreError::Target(format!("cannot create {}: {e}", t.display())))?;
+        std::fs::create_dir_all(t).map_err(|e| RestoreError::Target(format!("cannot create {}: {e}", t.display())))?;
     }
-    let mut docs = Docs {
-        id,
-        state,
-        source: source.as_ref(),
-        last: None,
-    };
+    let mut docs = Docs { id, state, source: source.as_ref(), last: None };
     let root = tree::decode_tree(&docs.get(&snap.tree).await.map_err(RestoreError::Metadata)?)
         .map_err(|e| RestoreError::Metadata(e.to_string()))?;
 
@@ -167,16 +158,13 @@ pub async fn run(
     }
     while let Some((dest, n)) = stack.pop() {
         if n.name.is_empty() || n.name == b"." || n.name == b".." || n.name.contains(&b'/') {
-            return Err(RestoreError::Metadata(format!(
-                "unsafe name in tree under {}",
-                dest.display()
-            )));
+            return Err(RestoreError::Metadata(format!("unsafe name in tree under {}", dest.display())));
         }
         match n.kind {
             NodeKind::Dir => {
-                let sub = n.subtree.ok_or_else(|| {
-                    RestoreError::Metadata(format!("{}: directory without a tree", dest.display()))
-                })?;
+                let sub = n
+                    .subtree
+                    .ok_or_else(|| RestoreError::Metadata(format!("{}: directory without a tree", dest.display())))?;
                 let t = tree::decode_tree(&docs.get(&sub).await.map_err(RestoreError::Metadata)?)
                     .map_err(|e| RestoreError::Metadata(e.to_string()))?;
                 for c in t.nodes {
@@ -186,14 +174,8 @@ pub async fn run(
             }
             NodeKind::File => {
                 let i = files.len();
-                let tmp = dest
-                    .with_file_name(format!(".peer-restore-{i}-{:x}.tmp", rand::random::<u32>()));
-                files.push(FilePlan {
-                    dest,
-                    tmp,
-                    node: n,
-                    failed: None,
-                });
+                let tmp = dest.with_file_name(format!(".peer-restore-{i}-{:x}.tmp", rand::random::<u32>()));
+                files.push(FilePlan { dest, tmp, node: n, failed: None });
             }
             NodeKind::Symlink => links.push((dest, n)),
         }
@@ -205,10 +187,7 @@ pub async fn run(
     dirs.sort_by_key(|(p, _)| p.components().count());
     for (d, _) in &dirs {
         if let Err(e) = std::fs::create_dir_all(d) {
-            return Err(RestoreError::Target(format!(
-                "cannot create {}: {e}",
-                d.display()
-            )));
+            return Err(RestoreError::Target(format!("cannot create {}: {e}", d.display())));
         }
     }
     let mut needs: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
@@ -235,32 +214,20 @@ pub async fn run(
         if let Some(e) = state.blob(b)? {
             by_pack.entry(e.pack).or_default().push((
                 *b,
-                PackEntry {
-                    id: *b,
-                    kind: e.kind,
-                    offset: e.offset,
-                    length: e.length,
-                    raw_length: e.raw_length,
-                },
+                PackEntry { id: *b, kind: e.kind, offset: e.offset, length: e.length, raw_length: e.raw_length },
             ));
         }
     }
 
     // Fetch each pack once and write its blobs where they belong.
-    let plans: Arc<Vec<(PathBuf, u64)>> =
-        Arc::new(files.iter().map(|f| (f.tmp.clone(), f.node.size)).collect());
+    let plans: Arc<Vec<(PathBuf, u64)>> = Arc::new(files.iter().map(|f| (f.tmp.clone(), f.node.size)).collect());
     let needs = Arc::new(needs);
     let failures: Arc<Mutex<HashMap<usize, String>>> = Arc::new(Mutex::new(HashMap::new()));
     let keys = (id.id_key, id.enc_key);
-    futures::stream::iter(by_pack.into_iter())
+    futures::stream::iter(by_pack)
         .map(|(pack_id, blobs)| {
-            let (source, needs, plans, failures, done) = (
-                source.clone(),
-                needs.clone(),
-                plans.clone(),
-                failures.clone(),
-                done.clone(),
-            );
+            let (source, needs, plans, failures, done) =
+                (source.clone(), needs.clone(), plans.clone(), failures.clone(), done.clone());
             async move {
                 let fail_all = |why: String| {
                     if let Ok(mut f) = failures.lock() {
@@ -293,26 +260,19 @@ pub async fn run(
                         };
                         for (i, off) in places {
                             let (path, size) = &plans[*i];
-                            let w =
-                                std::fs::OpenOptions::new()
-                                    .write(true)
-                                    .open(path)
-                                    .and_then(|f| {
-                                        if off + plain.len() as u64 > *size {
-                                            return Err(std::io::Error::other(
-                                                "content longer than the recorded size",
-                                            ));
-                                        }
-                                        f.write_all_at(&plain, *off)
-                                    });
+                            let w = std::fs::OpenOptions::new().write(true).open(path).and_then(|f| {
+                                if off + plain.len() as u64 > *size {
+                                    return Err(std::io::Error::other("content longer than the recorded size"));
+                                }
+                                f.write_all_at(&plain, *off)
+                            });
                             match w {
                                 Ok(()) => {
                                     done.fetch_add(plain.len() as u64, Ordering::Relaxed);
                                 }
                                 Err(e) => {
                                     if let Ok(mut f) = failures.lock() {
-                                        f.entry(*i)
-                                            .or_insert_with(|| format!("{}: {e}", path.display()));
+                                        f.entry(*i).or_insert_with(|| format!("{}: {e}", path.display()));
                                     }
                                 }
                             }
@@ -379,10 +339,7 @@ pub async fn run(
 }
 
 fn ft(ns: i64) -> filetime::FileTime {
-    filetime::FileTime::from_unix_time(
-        ns.div_euclid(1_000_000_000),
-        ns.rem_euclid(1_000_000_000) as u32,
-    )
+    filetime::FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
 }
 
 fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {

@@ -46,6 +46,8 @@ impl<E: Into<redb::Error>> From<E> for StateError {
     }
 }
 
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Which side of a contract this peer is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -133,10 +135,8 @@ fn dec<T: for<'de> Deserialize<'de>>(what: &str, b: &[u8]) -> Result<T, StateErr
 impl State {
     /// Opens or creates the database and its tables.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let db = Database::create(path).map_err(|e| StateError::Open {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let db = Database::create(path)
+            .map_err(|e| StateError::Open { path: path.display().to_string(), message: e.to_string() })?;
         let tx = db.begin_write()?;
         tx.open_table(SETTINGS)?;
         for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS] {
@@ -153,17 +153,13 @@ impl State {
         Ok(())
     }
 
-    fn get(
-        &self,
-        t: TableDefinition<&[u8], &[u8]>,
-        k: &[u8],
-    ) -> Result<Option<Vec<u8>>, StateError> {
+    fn get(&self, t: TableDefinition<&[u8], &[u8]>, k: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(t)?;
         Ok(table.get(k)?.map(|v| v.value().to_vec()))
     }
 
-    fn all(&self, t: TableDefinition<&[u8], &[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn all(&self, t: TableDefinition<&[u8], &[u8]>) -> Result<Rows, StateError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(t)?;
         let mut out = Vec::new();
@@ -177,11 +173,7 @@ impl State {
     /// Bytes this peer offers to others (0 when never set).
     pub fn offered(&self) -> Result<u64, StateError> {
         let tx = self.db.begin_read()?;
-        Ok(tx
-            .open_table(SETTINGS)?
-            .get("offered")?
-            .map(|v| v.value())
-            .unwrap_or(0))
+        Ok(tx.open_table(SETTINGS)?.get("offered")?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// Sets the bytes offered.
@@ -199,9 +191,7 @@ impl State {
 
     /// One contract.
     pub fn contract(&self, id: &ContractId) -> Result<Option<ContractRecord>, StateError> {
-        self.get(CONTRACTS, id.as_bytes())?
-            .map(|b| dec("contract", &b))
-            .transpose()
+        self.get(CONTRACTS, id.as_bytes())?.map(|b| dec("contract", &b)).transpose()
     }
 
     /// Every contract, both roles.
@@ -210,8 +200,7 @@ impl State {
             .into_iter()
             .map(|(k, v)| {
                 Ok((
-                    ContractId::from_slice(&k)
-                        .ok_or_else(|| StateError::Corrupt("contract key".into()))?,
+                    ContractId::from_slice(&k).ok_or_else(|| StateError::Corrupt("contract key".into()))?,
                     dec("contract", &v)?,
                 ))
             })
@@ -236,9 +225,7 @@ impl State {
 
     /// Where a pack is held, if known.
     pub fn pack(&self, id: &PackId) -> Result<Option<PackRecord>, StateError> {
-        self.get(PACKS, id.as_bytes())?
-            .map(|b| dec("pack", &b))
-            .transpose()
+        self.get(PACKS, id.as_bytes())?.map(|b| dec("pack", &b)).transpose()
     }
 
     /// Every pack this client placed, with its holders.
@@ -246,26 +233,17 @@ impl State {
         self.all(PACKS)?
             .into_iter()
             .map(|(k, v)| {
-                Ok((
-                    PackId::from_slice(&k).ok_or_else(|| StateError::Corrupt("pack key".into()))?,
-                    dec("pack", &v)?,
-                ))
+                Ok((PackId::from_slice(&k).ok_or_else(|| StateError::Corrupt("pack key".into()))?, dec("pack", &v)?))
             })
             .collect()
     }
 
     /// Records an acknowledged pack and its blobs in one transaction: after this the
     /// blobs count as stored for dedup (write order, protocol.md §3.6).
-    pub fn commit_pack(
-        &self,
-        id: &PackId,
-        rec: &PackRecord,
-        blobs: &[(BlobId, IndexEntry)],
-    ) -> Result<(), StateError> {
+    pub fn commit_pack(&self, id: &PackId, rec: &PackRecord, blobs: &[(BlobId, IndexEntry)]) -> Result<(), StateError> {
         let tx = self.db.begin_write()?;
         {
-            tx.open_table(PACKS)?
-                .insert(id.as_bytes().as_slice(), enc(rec).as_slice())?;
+            tx.open_table(PACKS)?.insert(id.as_bytes().as_slice(), enc(rec).as_slice())?;
             let mut t = tx.open_table(BLOBS)?;
             for (b, e) in blobs {
                 t.insert(b.as_bytes().as_slice(), enc(e).as_slice())?;
@@ -277,9 +255,7 @@ impl State {
 
     /// Where a blob is, if stored.
     pub fn blob(&self, id: &BlobId) -> Result<Option<IndexEntry>, StateError> {
-        self.get(BLOBS, id.as_bytes())?
-            .map(|b| dec("index entry", &b))
-            .transpose()
+        self.get(BLOBS, id.as_bytes())?.map(|b| dec("index entry", &b)).transpose()
     }
 
     /// Number of blobs in the index.
@@ -323,8 +299,7 @@ impl State {
             .into_iter()
             .map(|(k, v)| {
                 Ok((
-                    SnapshotId::from_slice(&k)
-                        .ok_or_else(|| StateError::Corrupt("snapshot key".into()))?,
+                    SnapshotId::from_slice(&k).ok_or_else(|| StateError::Corrupt("snapshot key".into()))?,
                     dec("snapshot", &v)?,
                 ))
             })
@@ -346,29 +321,13 @@ mod tests {
             let s = State::open(&p).unwrap();
             assert_eq!(s.offered().unwrap(), 0);
             s.set_offered(5 << 30).unwrap();
-            let e = IndexEntry {
-                pack: PackId([2; 32]),
-                kind: BlobKind::Data,
-                offset: 0,
-                length: 10,
-                raw_length: 8,
-            };
-            let rec = PackRecord {
-                size: 10,
-                holders: vec![Holder {
-                    peer: vec![1],
-                    contract: ContractId([3; 32]),
-                }],
-            };
-            s.commit_pack(&PackId([2; 32]), &rec, &[(BlobId([1; 32]), e)])
-                .unwrap();
+            let e = IndexEntry { pack: PackId([2; 32]), kind: BlobKind::Data, offset: 0, length: 10, raw_length: 8 };
+            let rec = PackRecord { size: 10, holders: vec![Holder { peer: vec![1], contract: ContractId([3; 32]) }] };
+            s.commit_pack(&PackId([2; 32]), &rec, &[(BlobId([1; 32]), e)]).unwrap();
         }
         let s = State::open(&p).unwrap();
         assert_eq!(s.offered().unwrap(), 5 << 30);
-        assert_eq!(
-            s.blob(&BlobId([1; 32])).unwrap().unwrap().pack,
-            PackId([2; 32])
-        );
+        assert_eq!(s.blob(&BlobId([1; 32])).unwrap().unwrap().pack, PackId([2; 32]));
         assert!(s.blob(&BlobId([9; 32])).unwrap().is_none());
         assert_eq!(s.pack(&PackId([2; 32])).unwrap().unwrap().holders.len(), 1);
         assert_eq!(s.blob_count().unwrap(), 1);

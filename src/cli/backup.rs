@@ -27,19 +27,9 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         std::fs::symlink_metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
         paths.push(abs);
     }
-    let reply = call(
-        home,
-        Request::Backup {
-            paths,
-            copies: a.copies,
-        },
-        progress_bar(a.json),
-    )?;
+    let reply = call(home, Request::Backup { paths, copies: a.copies }, progress_bar(a.json))?;
     let Reply::Backup(s) = reply else {
-        return Err(CliError {
-            message: "unexpected reply from the daemon".into(),
-            code: 1,
-        });
+        return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };
     if a.json {
         return print_json("summary", &s);
@@ -48,22 +38,10 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         eprintln!("peer: skipped {e}");
     }
     println!("snapshot {} saved", &s.snapshot[..16]);
-    println!(
-        "  files:     {} ({} read, {} unchanged)",
-        s.files,
-        s.files_read,
-        s.files - s.files_read.min(s.files)
-    );
+    println!("  files:     {} ({} read, {} unchanged)", s.files, s.files_read, s.files - s.files_read.min(s.files));
     println!("  read:      {}", human(s.bytes_read));
-    println!(
-        "  new:       {} after dedup and compression",
-        human(s.bytes_new)
-    );
-    println!(
-        "  uploaded:  {} in {} packs",
-        human(s.bytes_uploaded),
-        s.packs
-    );
+    println!("  new:       {} after dedup and compression", human(s.bytes_new));
+    println!("  uploaded:  {} in {} packs", human(s.bytes_uploaded), s.packs);
     println!("  time:      {:.1} s", s.seconds);
     Ok(())
 }

@@ -34,29 +34,11 @@ pub fn run(a: Args) -> CliResult {
     }
     let exe = std::env::current_exe()?;
     let dir = tempfile::Builder::new().prefix("peer-demo-").tempdir()?;
-    println!(
-        "demo: starting {} peers under {}",
-        a.peers,
-        dir.path().display()
-    );
+    println!("demo: starting {} peers under {}", a.peers, dir.path().display());
     let mut net = LocalNet::start(&exe, dir.path(), a.peers, 64 << 30, |_, _| {})?;
     net.wait_connected(a.peers - 1, Duration::from_secs(60))?;
-    println!(
-        "demo: backing up {} with --copies {}",
-        path.display(),
-        a.copies
-    );
-    let status = net
-        .cmd(
-            0,
-            &[
-                "backup",
-                &path.to_string_lossy(),
-                "--copies",
-                &a.copies.to_string(),
-            ],
-        )
-        .status()?;
+    println!("demo: backing up {} with --copies {}", path.display(), a.copies);
+    let status = net.cmd(0, &["backup", &path.to_string_lossy(), "--copies", &a.copies.to_string()]).status()?;
     if !status.success() {
         return Err("demo: backup failed".into());
     }
@@ -66,30 +48,18 @@ pub fn run(a: Args) -> CliResult {
         println!("demo: stopped peer {i}");
     }
     let target = dir.path().join("restored");
-    let status = net
-        .cmd(
-            0,
-            &["restore", "latest", "--target", &target.to_string_lossy()],
-        )
-        .status()?;
+    let status = net.cmd(0, &["restore", "latest", "--target", &target.to_string_lossy()]).status()?;
     if !status.success() {
         return Err("demo: restore failed".into());
     }
-    let name = path
-        .file_name()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("root"));
+    let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("root"));
     let diffs = compare_trees(&path, &target.join(name));
     if !diffs.is_empty() {
         for d in diffs.iter().take(20) {
             eprintln!("demo: differs: {d}");
         }
         return Err(CliError {
-            message: format!(
-                "demo: {} differences between {} and the restore",
-                diffs.len(),
-                path.display()
-            ),
+            message: format!("demo: {} differences between {} and the restore", diffs.len(), path.display()),
             code: 1,
         });
     }

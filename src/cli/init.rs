@@ -32,8 +32,7 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     config.network.bootstrap = a.bootstrap;
     config.network.mdns = !a.no_mdns;
     config.validate()?;
-    std::fs::create_dir_all(&home.dir)
-        .map_err(|e| format!("cannot create {}: {e}", home.dir.display()))?;
+    std::fs::create_dir_all(&home.dir).map_err(|e| format!("cannot create {}: {e}", home.dir.display()))?;
     std::fs::set_permissions(&home.dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("{}: {e}", home.dir.display()))?;
     let id = Identity::generate();

@@ -64,10 +64,7 @@ pub struct CliError {
 
 impl<E: std::fmt::Display> From<E> for CliError {
     fn from(e: E) -> Self {
-        CliError {
-            message: e.to_string(),
-            code: 1,
-        }
+        CliError { message: e.to_string(), code: 1 }
     }
 }
 
@@ -78,29 +75,20 @@ pub type CliResult = Result<(), CliError>;
 /// runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_log = if matches!(cli.command, Command::Daemon) {
-        "warn,peer=info"
-    } else {
-        "warn"
-    };
+    let default_log = if matches!(cli.command, Command::Daemon) { "warn,peer=info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PEER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let result = Home::resolve(cli.home.clone())
-        .map_err(CliError::from)
-        .and_then(|home| match cli.command {
-            Command::Init(a) => init::run(&home, a),
-            Command::Daemon => daemon::run(home),
-            Command::OfferStorage(a) => offer::run(&home, a),
-            Command::Backup(a) => backup::run(&home, a),
-            Command::Restore(a) => restore::run(&home, a),
-            Command::Snapshots(a) => snapshots::run(&home, a),
-            Command::Status(a) => status::run(&home, a),
-            Command::Demo(a) => demo::run(a),
-        });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = Home::resolve(cli.home.clone()).map_err(CliError::from).and_then(|home| match cli.command {
+        Command::Init(a) => init::run(&home, a),
+        Command::Daemon => daemon::run(home),
+        Command::OfferStorage(a) => offer::run(&home, a),
+        Command::Backup(a) => backup::run(&home, a),
+        Command::Restore(a) => restore::run(&home, a),
+        Command::Snapshots(a) => snapshots::run(&home, a),
+        Command::Status(a) => status::run(&home, a),
+        Command::Demo(a) => demo::run(a),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -114,9 +102,7 @@ pub fn main() -> ExitCode {
 
 /// Runs a future on a small single-threaded runtime (for commands that talk to the daemon).
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T, CliError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     Ok(rt.block_on(f))
 }
 
@@ -126,17 +112,9 @@ fn call(
     req: crate::control::Request,
     on_progress: impl FnMut(&crate::control::Progress),
 ) -> Result<crate::control::Reply, CliError> {
-    let reply = block_on(crate::control::call(
-        &home.dir,
-        &home.control_socket(),
-        &req,
-        on_progress,
-    ))??;
+    let reply = block_on(crate::control::call(&home.dir, &home.control_socket(), &req, on_progress))??;
     match reply {
-        crate::control::Reply::Error(e) => Err(CliError {
-            message: e,
-            code: 1,
-        }),
+        crate::control::Reply::Error(e) => Err(CliError { message: e, code: 1 }),
         r => Ok(r),
     }
 }
@@ -146,15 +124,11 @@ fn progress_bar(json: bool) -> impl FnMut(&crate::control::Progress) {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let bar = ProgressBar::with_draw_target(
         Some(0),
-        if json {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        },
+        if json { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
     );
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     move |p: &crate::control::Progress| {

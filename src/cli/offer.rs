@@ -23,15 +23,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn run(home: &Home, a: Args) -> CliResult {
     let bytes = parse_size(&a.size)?;
     if !home.key_file().exists() {
-        return Err(
-            crate::identity::IdentityError::Missing(home.key_file().display().to_string()).into(),
-        );
+        return Err(crate::identity::IdentityError::Missing(home.key_file().display().to_string()).into());
     }
     match call(home, Request::Offer(bytes), |_| {}) {
         Ok(_) => {}
-        Err(e)
-            if e.message == ControlError::NoDaemon(home.dir.display().to_string()).to_string() =>
-        {
+        Err(e) if e.message == ControlError::NoDaemon(home.dir.display().to_string()).to_string() => {
             crate::daemon::check_offer(home, bytes, 0)?;
             crate::state::State::open(&home.state_file())?.set_offered(bytes)?;
         }

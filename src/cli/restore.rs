@@ -24,20 +24,10 @@ pub struct Args {
 
 /// Asks the daemon to restore; exit code 3 when some files could not be restored.
 pub fn run(home: &Home, a: Args) -> CliResult {
-    let target = a
-        .target
-        .map(|t| std::path::absolute(&t).map_err(|e| format!("{}: {e}", t.display())))
-        .transpose()?;
-    let req = Request::Restore {
-        snapshot: Some(a.snapshot),
-        target,
-        overwrite: a.overwrite,
-    };
+    let target = a.target.map(|t| std::path::absolute(&t).map_err(|e| format!("{}: {e}", t.display()))).transpose()?;
+    let req = Request::Restore { snapshot: Some(a.snapshot), target, overwrite: a.overwrite };
     let Reply::Restore(s) = call(home, req, progress_bar(a.json))? else {
-        return Err(CliError {
-            message: "unexpected reply from the daemon".into(),
-            code: 1,
-        });
+        return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };
     if a.json {
         print_json("summary", &s)?;

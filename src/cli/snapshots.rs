@@ -15,29 +15,16 @@ pub struct Args {
 /// Lists snapshots, oldest first.
 pub fn run(home: &Home, a: Args) -> CliResult {
     let Reply::Snapshots(v) = call(home, Request::Snapshots, |_| {})? else {
-        return Err(CliError {
-            message: "unexpected reply from the daemon".into(),
-            code: 1,
-        });
+        return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };
     if a.json {
         println!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
-    println!(
-        "{:<16}  {:<20}  {:>8}  {:>10}  paths",
-        "id", "time (UTC)", "files", "size"
-    );
+    println!("{:<16}  {:<20}  {:>8}  {:>10}  paths", "id", "time (UTC)", "files", "size");
     for s in v {
         let t = humantime(s.time);
-        println!(
-            "{:<16}  {:<20}  {:>8}  {:>10}  {}",
-            &s.id[..16],
-            t,
-            s.files,
-            human(s.bytes),
-            s.paths.join(", ")
-        );
+        println!("{:<16}  {:<20}  {:>8}  {:>10}  {}", &s.id[..16], t, s.files, human(s.bytes), s.paths.join(", "));
     }
     Ok(())
 }
@@ -55,12 +42,7 @@ fn humantime(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

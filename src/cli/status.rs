@@ -15,10 +15,7 @@ pub struct Args {
 /// Shows PeerId, addresses, connections, offer, contracts.
 pub fn run(home: &Home, a: Args) -> CliResult {
     let Reply::Status(s) = call(home, Request::Status, |_| {})? else {
-        return Err(CliError {
-            message: "unexpected reply from the daemon".into(),
-            code: 1,
-        });
+        return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
@@ -38,14 +35,7 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     println!("held at others:   {}", human(s.held_at_others));
     println!("contracts:        {}", s.contracts.len());
     for c in &s.contracts {
-        println!(
-            "  {} {:<8} {}  {} of {} used",
-            &c.id[..8],
-            c.role,
-            c.peer,
-            human(c.used),
-            human(c.bytes)
-        );
+        println!("  {} {:<8} {}  {} of {} used", &c.id[..8], c.role, c.peer, human(c.used), human(c.bytes));
     }
     Ok(())
 }

@@ -11,16 +11,15 @@
 
 use crate::protocol::codec::CborCodec;
 use crate::protocol::{
-    CONTRACT_PROTOCOL, ContractRequest, ContractResponse, DATA_PROTOCOL, DataRequest, DataResponse,
-    IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE, MAX_DATA_MESSAGE,
-    MAX_GOSSIP, PROPOSAL_TOPIC,
+    CONTRACT_PROTOCOL, ContractRequest, ContractResponse, DATA_PROTOCOL, DataRequest, DataResponse, IDENTIFY_PROTOCOL,
+    KAD_PROTOCOL, MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE, MAX_DATA_MESSAGE, MAX_GOSSIP, PROPOSAL_TOPIC,
 };
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, connection_limits, gossipsub, identify, kad, mdns,
-    multiaddr::Protocol, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Swarm, connection_limits, gossipsub, identify, kad, mdns, multiaddr::Protocol, noise, ping, tcp,
+    yamux,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -115,17 +114,8 @@ pub struct NetStatus {
 enum Command {
     Publish(Vec<u8>, oneshot::Sender<Result<(), NetError>>),
     Validate(gossipsub::MessageId, PeerId, gossipsub::MessageAcceptance),
-    Contract(
-        PeerId,
-        Vec<Multiaddr>,
-        ContractRequest,
-        oneshot::Sender<Result<ContractResponse, NetError>>,
-    ),
-    Data(
-        PeerId,
-        DataRequest,
-        oneshot::Sender<Result<DataResponse, NetError>>,
-    ),
+    Contract(PeerId, Vec<Multiaddr>, ContractRequest, oneshot::Sender<Result<ContractResponse, NetError>>),
+    Data(PeerId, DataRequest, oneshot::Sender<Result<DataResponse, NetError>>),
     RespondContract(ResponseChannel<ContractResponse>, ContractResponse),
     RespondData(ResponseChannel<DataResponse>, DataResponse),
     Status(oneshot::Sender<NetStatus>),
@@ -141,15 +131,9 @@ pub struct NetHandle {
 }
 
 impl NetHandle {
-    async fn call<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, NetError> {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| NetError::Stopped)?;
+        self.tx.send(make(tx)).await.map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)
     }
 
@@ -160,11 +144,7 @@ impl NetHandle {
 
     /// Reports our verdict on a gossip message; only accepted ones are forwarded.
     pub async fn validate(&self, id: gossipsub::MessageId, source: PeerId, accept: bool) {
-        let a = if accept {
-            gossipsub::MessageAcceptance::Accept
-        } else {
-            gossipsub::MessageAcceptance::Reject
-        };
+        let a = if accept { gossipsub::MessageAcceptance::Accept } else { gossipsub::MessageAcceptance::Reject };
         let _ = self.tx.send(Command::Validate(id, source, a)).await;
     }
 
@@ -175,25 +155,16 @@ impl NetHandle {
         addrs: Vec<Multiaddr>,
         req: ContractRequest,
     ) -> Result<ContractResponse, NetError> {
-        self.call(|tx| Command::Contract(peer, addrs, req, tx))
-            .await?
+        self.call(|tx| Command::Contract(peer, addrs, req, tx)).await?
     }
 
     /// Sends a data request.
-    pub async fn data_request(
-        &self,
-        peer: PeerId,
-        req: DataRequest,
-    ) -> Result<DataResponse, NetError> {
+    pub async fn data_request(&self, peer: PeerId, req: DataRequest) -> Result<DataResponse, NetError> {
         self.call(|tx| Command::Data(peer, req, tx)).await?
     }
 
     /// Answers an inbound contract request.
-    pub async fn respond_contract(
-        &self,
-        ch: ResponseChannel<ContractResponse>,
-        resp: ContractResponse,
-    ) {
+    pub async fn respond_contract(&self, ch: ResponseChannel<ContractResponse>, resp: ContractResponse) {
         let _ = self.tx.send(Command::RespondContract(ch, resp)).await;
     }
 
@@ -236,11 +207,7 @@ pub fn start(
     let max_conn = cfg.max_connections;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| other(&e))?
         .with_quic()
         .with_dns()
@@ -251,15 +218,9 @@ pub fn start(
         .build();
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
     let topic = gossipsub::IdentTopic::new(PROPOSAL_TOPIC);
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .map_err(|e| other(&e))?;
+    swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| other(&e))?;
     for a in cfg.listen {
-        swarm
-            .listen_on(a.clone())
-            .map_err(|e| NetError::Other(format!("cannot listen on {a}: {e}")))?;
+        swarm.listen_on(a.clone()).map_err(|e| NetError::Other(format!("cannot listen on {a}: {e}")))?;
     }
     for a in &cfg.bootstrap {
         if let Some(Protocol::P2p(peer)) = a.iter().last() {
@@ -295,12 +256,9 @@ fn build_behaviour(
         .validate_messages()
         .max_transmit_size(MAX_GOSSIP)
         .heartbeat_interval(Duration::from_secs(1))
-        .message_id_fn(|m: &gossipsub::Message| {
-            gossipsub::MessageId::from(crate::id::sha256(&m.data).to_vec())
-        })
+        .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(crate::id::sha256(&m.data).to_vec()))
         .build()?;
-    let gossipsub =
-        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)?;
+    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)?;
     let mut kcfg = kad::Config::new(KAD_PROTOCOL);
     kcfg.set_query_timeout(Duration::from_secs(30));
     let kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kcfg);
@@ -311,8 +269,7 @@ fn build_behaviour(
     let contract = request_response::Behaviour::with_codec(
         CborCodec::new(MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE),
         [(CONTRACT_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(CONTRACT_TIMEOUT_SECS)),
+        request_response::Config::default().with_request_timeout(Duration::from_secs(CONTRACT_TIMEOUT_SECS)),
     );
     let data = request_response::Behaviour::with_codec(
         CborCodec::new(MAX_DATA_MESSAGE, MAX_DATA_MESSAGE),
@@ -321,14 +278,7 @@ fn build_behaviour(
             .with_request_timeout(Duration::from_secs(DATA_TIMEOUT_SECS))
             .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
     );
-    let mdns = if mdns_on {
-        Some(mdns::tokio::Behaviour::new(
-            mdns::Config::default(),
-            peer_id,
-        )?)
-    } else {
-        None
-    };
+    let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
             .with_max_established(Some(max_conn))
@@ -352,8 +302,7 @@ struct EventLoop {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     topic: gossipsub::IdentTopic,
-    pending_contract:
-        HashMap<OutboundRequestId, oneshot::Sender<Result<ContractResponse, NetError>>>,
+    pending_contract: HashMap<OutboundRequestId, oneshot::Sender<Result<ContractResponse, NetError>>>,
     pending_data: HashMap<OutboundRequestId, oneshot::Sender<Result<DataResponse, NetError>>>,
 }
 
@@ -391,8 +340,7 @@ impl EventLoop {
                 let _ = reply.send(r);
             }
             Command::Validate(id, source, acc) => {
-                b.gossipsub
-                    .report_message_validation_result(&id, &source, acc);
+                b.gossipsub.report_message_validation_result(&id, &source, acc);
             }
             Command::Contract(peer, addrs, req, reply) => {
                 let id = b.contract.send_request_with_addresses(&peer, req, addrs);
@@ -433,20 +381,16 @@ impl EventLoop {
                 let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
                 self.emit(NetEvent::Listening(full));
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => {
-                if info.protocols.contains(&KAD_PROTOCOL) {
-                    for a in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
-                    }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                if info.protocols.contains(&KAD_PROTOCOL) =>
+            {
+                for a in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
-                peer, ..
-            })) => self.dial_if_wanted(peer),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })) => {
+                self.dial_if_wanted(peer)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr);
@@ -458,21 +402,12 @@ impl EventLoop {
                 message_id,
                 message,
             })) => {
-                self.emit(NetEvent::Proposal {
-                    id: message_id,
-                    source: propagation_source,
-                    data: message.data,
-                });
+                self.emit(NetEvent::Proposal { id: message_id, source: propagation_source, data: message.data });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Contract(e)) => self.on_contract(e),
             SwarmEvent::Behaviour(BehaviourEvent::Data(e)) => self.on_data(e),
-            SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
-            } => {
-                tracing::debug!(
-                    "connected to {peer_id} at {}",
-                    endpoint.get_remote_address()
-                );
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
             }
             _ => {}
         }
@@ -481,41 +416,17 @@ impl EventLoop {
     fn on_contract(&mut self, e: request_response::Event<ContractRequest, ContractResponse>) {
         use request_response::{Event, Message};
         match e {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => self.emit(NetEvent::Contract {
-                peer,
-                request,
-                channel,
-            }),
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                self.emit(NetEvent::Contract { peer, request, channel })
+            }
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
                 if let Some(tx) = self.pending_contract.remove(&request_id) {
                     let _ = tx.send(Ok(response));
                 }
             }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
+            Event::OutboundFailure { peer, request_id, error, .. } => {
                 if let Some(tx) = self.pending_contract.remove(&request_id) {
-                    let _ = tx.send(Err(NetError::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
+                    let _ = tx.send(Err(NetError::Request { peer, reason: error.to_string() }));
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
@@ -528,41 +439,17 @@ impl EventLoop {
     fn on_data(&mut self, e: request_response::Event<DataRequest, DataResponse>) {
         use request_response::{Event, Message};
         match e {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => self.emit(NetEvent::Data {
-                peer,
-                request,
-                channel,
-            }),
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                self.emit(NetEvent::Data { peer, request, channel })
+            }
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
                 if let Some(tx) = self.pending_data.remove(&request_id) {
                     let _ = tx.send(Ok(response));
                 }
             }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
+            Event::OutboundFailure { peer, request_id, error, .. } => {
                 if let Some(tx) = self.pending_data.remove(&request_id) {
-                    let _ = tx.send(Err(NetError::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
+                    let _ = tx.send(Err(NetError::Request { peer, reason: error.to_string() }));
                 }
             }
             Event::InboundFailure { peer, error, .. } => {

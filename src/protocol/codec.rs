@@ -20,11 +20,7 @@ pub struct CborCodec<Req, Resp> {
 impl<Req, Resp> CborCodec<Req, Resp> {
     /// A codec refusing requests over `request_max` and responses over `response_max` bytes.
     pub fn new(request_max: u64, response_max: u64) -> Self {
-        CborCodec {
-            request_max,
-            response_max,
-            _types: PhantomData,
-        }
+        CborCodec { request_max, response_max, _types: PhantomData }
     }
 }
 
@@ -35,32 +31,18 @@ impl<Req, Resp> Clone for CborCodec<Req, Resp> {
 }
 
 /// Reads at most `max` bytes to the end of the stream and decodes them.
-async fn read_capped<T: DeserializeOwned, R: AsyncRead + Unpin + Send>(
-    io: &mut R,
-    max: u64,
-) -> io::Result<T> {
+async fn read_capped<T: DeserializeOwned, R: AsyncRead + Unpin + Send>(io: &mut R, max: u64) -> io::Result<T> {
     let mut buf = Vec::new();
     io.take(max + 1).read_to_end(&mut buf).await?;
     if buf.len() as u64 > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("message over the {max}-byte limit"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("message over the {max}-byte limit")));
     }
-    ciborium::from_reader(&buf[..])
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    ciborium::from_reader(&buf[..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
-async fn write_all<W: AsyncWrite + Unpin + Send>(
-    io: &mut W,
-    buf: Vec<u8>,
-    max: u64,
-) -> io::Result<()> {
+async fn write_all<W: AsyncWrite + Unpin + Send>(io: &mut W, buf: Vec<u8>, max: u64) -> io::Result<()> {
     if buf.len() as u64 > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("message over the {max}-byte limit"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("message over the {max}-byte limit")));
     }
     io.write_all(&buf).await?;
     io.close().await
@@ -76,18 +58,10 @@ where
     type Request = Req;
     type Response = Resp;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Req> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req> {
         read_capped(io, self.request_max).await
     }
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Resp> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp> {
         read_capped(io, self.response_max).await
     }
     async fn write_request<T: AsyncWrite + Unpin + Send>(

@@ -68,19 +68,13 @@ pub fn to_cbor<T: Serialize>(m: &T) -> Vec<u8> {
 }
 
 /// Decodes a message from CBOR; `what` names it in the error.
-pub fn from_cbor<T: for<'de> Deserialize<'de>>(
-    what: &'static str,
-    b: &[u8],
-) -> Result<T, MessageError> {
+pub fn from_cbor<T: for<'de> Deserialize<'de>>(what: &'static str, b: &[u8]) -> Result<T, MessageError> {
     ciborium::from_reader(b).map_err(|e| MessageError::Malformed(what, e.to_string()))
 }
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A client's request for storage (protocol.md §4.1), signed by the client under
@@ -125,35 +119,28 @@ impl Proposal {
 
 /// Checks a signed proposal received at time `now` (seconds).
 pub fn verify_proposal(signed: &Signed, now: u64) -> Result<VerifiedProposal, MessageError> {
-    let client = signed
-        .verify(DOMAIN_PROPOSAL)
-        .map_err(|e| MessageError::Signature("proposal", e))?;
+    let client = signed.verify(DOMAIN_PROPOSAL).map_err(|e| MessageError::Signature("proposal", e))?;
     let proposal: Proposal = from_cbor("proposal", &signed.body)?;
     if proposal.expires < now {
         return Err(MessageError::Expired("proposal"));
     }
     if proposal.expires > now + MAX_PROPOSAL_TTL {
-        return Err(MessageError::Invalid(
-            "proposal expiry is too far in the future".into(),
-        ));
+        return Err(MessageError::Invalid("proposal expiry is too far in the future".into()));
     }
     if proposal.addrs.len() > MAX_PROPOSAL_ADDRS {
-        return Err(MessageError::Invalid(
-            "proposal lists too many addresses".into(),
-        ));
+        return Err(MessageError::Invalid("proposal lists too many addresses".into()));
     }
-    Ok(VerifiedProposal {
-        id: ProposalId(sha256(&signed.body)),
-        client,
-        proposal,
-        signed: signed.clone(),
-    })
+    Ok(VerifiedProposal { id: ProposalId(sha256(&signed.body)), client, proposal, signed: signed.clone() })
 }
 
 /// A provider's acceptance of a proposal (protocol.md §4.2), signed by the provider under
 /// [`DOMAIN_ACCEPTANCE`] and sent to the client in [`ContractRequest::Accept`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Acceptance {
+    /// The provider's PeerId (multihash bytes); must match the signer, and makes every
+    /// provider's acceptance of one proposal, and so every contract id, distinct.
+    #[serde(with = "serde_bytes")]
+    pub provider: Vec<u8>,
     /// The client's signed proposal, exactly as received.
     pub proposal: Signed,
     /// Bytes granted (at most the proposal's `bytes`).
@@ -192,17 +179,13 @@ pub struct ContractTerms {
 
 /// Checks an acceptance's provider signature, the embedded proposal's signature, and that
 /// it grants no more than was asked. Expiry of the proposal is not checked here.
-pub fn verify_acceptance(
-    signed: &Signed,
-) -> Result<(PeerId, Acceptance, VerifiedProposal), MessageError> {
-    let provider = signed
-        .verify(DOMAIN_ACCEPTANCE)
-        .map_err(|e| MessageError::Signature("acceptance", e))?;
+pub fn verify_acceptance(signed: &Signed) -> Result<(PeerId, Acceptance, VerifiedProposal), MessageError> {
+    let provider = signed.verify(DOMAIN_ACCEPTANCE).map_err(|e| MessageError::Signature("acceptance", e))?;
     let a: Acceptance = from_cbor("acceptance", &signed.body)?;
-    let client = a
-        .proposal
-        .verify(DOMAIN_PROPOSAL)
-        .map_err(|e| MessageError::Signature("proposal", e))?;
+    if a.provider != provider.to_bytes() {
+        return Err(MessageError::Invalid("acceptance names another provider than its signer".into()));
+    }
+    let client = a.proposal.verify(DOMAIN_PROPOSAL).map_err(|e| MessageError::Signature("proposal", e))?;
     let proposal: Proposal = from_cbor("proposal", &a.proposal.body)?;
     if a.bytes == 0 || a.bytes > proposal.bytes {
         return Err(MessageError::Invalid(format!(
@@ -211,16 +194,10 @@ pub fn verify_acceptance(
         )));
     }
     if provider == client {
-        return Err(MessageError::Invalid(
-            "a peer cannot contract with itself".into(),
-        ));
+        return Err(MessageError::Invalid("a peer cannot contract with itself".into()));
     }
-    let vp = VerifiedProposal {
-        id: ProposalId(sha256(&a.proposal.body)),
-        client,
-        proposal,
-        signed: a.proposal.clone(),
-    };
+    let vp =
+        VerifiedProposal { id: ProposalId(sha256(&a.proposal.body)), client, proposal, signed: a.proposal.clone() };
     Ok((provider, a, vp))
 }
 
@@ -229,13 +206,8 @@ impl Contract {
     pub fn verify(&self) -> Result<ContractTerms, MessageError> {
         let (provider, a, vp) = verify_acceptance(&self.acceptance)?;
         let client_key = a.proposal.key;
-        crate::identity::verify_detached(
-            &client_key,
-            DOMAIN_CONTRACT,
-            &self.acceptance.body,
-            &self.client_sig,
-        )
-        .map_err(|e| MessageError::Signature("contract", e))?;
+        crate::identity::verify_detached(&client_key, DOMAIN_CONTRACT, &self.acceptance.body, &self.client_sig)
+            .map_err(|e| MessageError::Signature("contract", e))?;
         let client = peer_id_of(&client_key).map_err(|e| MessageError::Signature("contract", e))?;
         Ok(ContractTerms {
             id: ContractId(sha256(&self.acceptance.body)),

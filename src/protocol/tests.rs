@@ -25,6 +25,7 @@ fn proposal() -> Proposal {
 
 fn acceptance() -> Signed {
     let a = Acceptance {
+        provider: provider().peer_id().to_bytes(),
         proposal: proposal().sign(&client()),
         bytes: 1 << 30,
         expires: 1_800_086_400,
@@ -35,24 +36,14 @@ fn acceptance() -> Signed {
 fn contract() -> Contract {
     let acc = acceptance();
     let sig = client().sign_detached(DOMAIN_CONTRACT, &acc.body);
-    Contract {
-        acceptance: acc,
-        client_sig: sig,
-    }
+    Contract { acceptance: acc, client_sig: sig }
 }
 
-fn check<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(
-    m: &T,
-    hex_expected: &str,
-) {
+fn check<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(m: &T, hex_expected: &str) {
     let b = to_cbor(m);
     let back: T = from_cbor("test", &b).unwrap();
     assert_eq!(&back, m);
-    assert_eq!(
-        hex::encode(&b),
-        hex_expected,
-        "wire bytes changed for {m:?}"
-    );
+    assert_eq!(hex::encode(&b), hex_expected, "wire bytes changed for {m:?}");
 }
 
 #[test]
@@ -66,42 +57,18 @@ fn golden_vectors() {
     };
     check(&proposal(), &get("proposal"));
     check(&proposal().sign(&client()), &get("signed_proposal"));
-    check(
-        &ContractRequest::Accept(acceptance()),
-        &get("contract_request_accept"),
-    );
-    check(
-        &ContractResponse::Countersigned(vec![7; 64]),
-        &get("contract_response_countersigned"),
-    );
-    check(
-        &ContractResponse::Declined("enough providers already".into()),
-        &get("contract_response_declined"),
-    );
+    check(&ContractRequest::Accept(acceptance()), &get("contract_request_accept"));
+    check(&ContractResponse::Countersigned(vec![7; 64]), &get("contract_response_countersigned"));
+    check(&ContractResponse::Declined("enough providers already".into()), &get("contract_response_declined"));
     check(&contract(), &get("contract"));
     check(
-        &DataRequest::Store {
-            contract: ContractId([3; 32]),
-            pack: PackId([4; 32]),
-            data: vec![1, 2, 3],
-        },
+        &DataRequest::Store { contract: ContractId([3; 32]), pack: PackId([4; 32]), data: vec![1, 2, 3] },
         &get("data_request_store"),
     );
-    check(
-        &DataRequest::Fetch {
-            pack: PackId([4; 32]),
-        },
-        &get("data_request_fetch"),
-    );
+    check(&DataRequest::Fetch { pack: PackId([4; 32]) }, &get("data_request_fetch"));
     check(&DataResponse::Stored, &get("data_response_stored"));
     check(&DataResponse::Pack(vec![9, 9]), &get("data_response_pack"));
-    check(
-        &DataResponse::Error {
-            code: DataErrorCode::NoRoom,
-            message: "full".into(),
-        },
-        &get("data_response_error"),
-    );
+    check(&DataResponse::Error { code: DataErrorCode::NoRoom, message: "full".into() }, &get("data_response_error"));
     let _ = BlobId::default();
 }
 
@@ -110,31 +77,15 @@ fn proposal_rules() {
     let s = proposal().sign(&client());
     let vp = verify_proposal(&s, 1_799_999_900).unwrap();
     assert_eq!(vp.client, client().peer_id());
-    assert_eq!(
-        verify_proposal(&s, 1_800_000_001).unwrap_err(),
-        MessageError::Expired("proposal")
-    );
-    assert!(matches!(
-        verify_proposal(&s, 1_000_000_000),
-        Err(MessageError::Invalid(_))
-    ));
+    assert_eq!(verify_proposal(&s, 1_800_000_001).unwrap_err(), MessageError::Expired("proposal"));
+    assert!(matches!(verify_proposal(&s, 1_000_000_000), Err(MessageError::Invalid(_))));
     let mut forged = s.clone();
     forged.key = provider().public_key();
-    assert!(matches!(
-        verify_proposal(&forged, 1_799_999_900),
-        Err(MessageError::Signature(..))
-    ));
+    assert!(matches!(verify_proposal(&forged, 1_799_999_900), Err(MessageError::Signature(..))));
     let mut p = proposal();
     p.addrs = vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_PROPOSAL_ADDRS + 1];
-    assert!(matches!(
-        verify_proposal(&p.sign(&client()), 1_799_999_900),
-        Err(MessageError::Invalid(_))
-    ));
-    let garbage = Signed {
-        body: vec![0xff; 10],
-        key: client().public_key(),
-        sig: vec![],
-    };
+    assert!(matches!(verify_proposal(&p.sign(&client()), 1_799_999_900), Err(MessageError::Invalid(_))));
+    let garbage = Signed { body: vec![0xff; 10], key: client().public_key(), sig: vec![] };
     assert!(verify_proposal(&garbage, 0).is_err());
 }
 
@@ -151,37 +102,36 @@ fn contract_signatures() {
     assert!(bad.verify().is_err());
     // a provider cannot grant more than was asked
     let a = Acceptance {
+        provider: provider().peer_id().to_bytes(),
         proposal: proposal().sign(&client()),
         bytes: 2 << 30,
         expires: 1,
     };
     let s = provider().sign(DOMAIN_ACCEPTANCE, to_cbor(&a));
-    assert!(matches!(
-        verify_acceptance(&s),
-        Err(MessageError::Invalid(_))
-    ));
+    assert!(matches!(verify_acceptance(&s), Err(MessageError::Invalid(_))));
+    // the provider field must name the signer
+    let a = Acceptance {
+        provider: client().peer_id().to_bytes(),
+        proposal: proposal().sign(&client()),
+        bytes: 1,
+        expires: 1,
+    };
+    let s = provider().sign(DOMAIN_ACCEPTANCE, to_cbor(&a));
+    assert!(matches!(verify_acceptance(&s), Err(MessageError::Invalid(_))));
     // nor contract with itself
     let a = Acceptance {
+        provider: client().peer_id().to_bytes(),
         proposal: proposal().sign(&client()),
         bytes: 1,
         expires: 1,
     };
     let s = client().sign(DOMAIN_ACCEPTANCE, to_cbor(&a));
-    assert!(matches!(
-        verify_acceptance(&s),
-        Err(MessageError::Invalid(_))
-    ));
+    assert!(matches!(verify_acceptance(&s), Err(MessageError::Invalid(_))));
 }
 
 #[test]
 fn malformed_input_is_an_error_not_a_panic() {
-    for junk in [
-        &[][..],
-        &[0xff],
-        &[0xa1, 0x65],
-        &[0x5a, 0xff, 0xff, 0xff, 0xff],
-        &[0x9f; 64],
-    ] {
+    for junk in [&[][..], &[0xff], &[0xa1, 0x65], &[0x5a, 0xff, 0xff, 0xff, 0xff], &[0x9f; 64]] {
         assert!(from_cbor::<DataRequest>("data request", junk).is_err());
         assert!(from_cbor::<ContractRequest>("contract request", junk).is_err());
         assert!(from_cbor::<Signed>("signed", junk).is_err());
@@ -194,45 +144,16 @@ fn print_golden_vectors() {
     let show = |n: &str, b: Vec<u8>| println!("{n} {}", hex::encode(b));
     show("proposal", to_cbor(&proposal()));
     show("signed_proposal", to_cbor(&proposal().sign(&client())));
-    show(
-        "contract_request_accept",
-        to_cbor(&ContractRequest::Accept(acceptance())),
-    );
-    show(
-        "contract_response_countersigned",
-        to_cbor(&ContractResponse::Countersigned(vec![7; 64])),
-    );
-    show(
-        "contract_response_declined",
-        to_cbor(&ContractResponse::Declined(
-            "enough providers already".into(),
-        )),
-    );
+    show("contract_request_accept", to_cbor(&ContractRequest::Accept(acceptance())));
+    show("contract_response_countersigned", to_cbor(&ContractResponse::Countersigned(vec![7; 64])));
+    show("contract_response_declined", to_cbor(&ContractResponse::Declined("enough providers already".into())));
     show("contract", to_cbor(&contract()));
     show(
         "data_request_store",
-        to_cbor(&DataRequest::Store {
-            contract: ContractId([3; 32]),
-            pack: PackId([4; 32]),
-            data: vec![1, 2, 3],
-        }),
+        to_cbor(&DataRequest::Store { contract: ContractId([3; 32]), pack: PackId([4; 32]), data: vec![1, 2, 3] }),
     );
-    show(
-        "data_request_fetch",
-        to_cbor(&DataRequest::Fetch {
-            pack: PackId([4; 32]),
-        }),
-    );
+    show("data_request_fetch", to_cbor(&DataRequest::Fetch { pack: PackId([4; 32]) }));
     show("data_response_stored", to_cbor(&DataResponse::Stored));
-    show(
-        "data_response_pack",
-        to_cbor(&DataResponse::Pack(vec![9, 9])),
-    );
-    show(
-        "data_response_error",
-        to_cbor(&DataResponse::Error {
-            code: DataErrorCode::NoRoom,
-            message: "full".into(),
-        }),
-    );
+    show("data_response_pack", to_cbor(&DataResponse::Pack(vec![9, 9])));
+    show("data_response_error", to_cbor(&DataResponse::Error { code: DataErrorCode::NoRoom, message: "full".into() }));
 }

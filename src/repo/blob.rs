@@ -26,8 +26,7 @@ pub const BLOB_OVERHEAD: usize = 24 + 16;
 
 /// The blob id of `plaintext` under `id_key`.
 pub fn blob_id(id_key: &[u8; 32], plaintext: &[u8]) -> BlobId {
-    let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(id_key)
-        .expect("HMAC takes a key of any length");
+    let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(id_key).expect("HMAC takes a key of any length");
     m.update(plaintext);
     BlobId(m.finalize().into_bytes().into())
 }
@@ -38,13 +37,7 @@ pub fn encrypt(enc_key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; 24];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut nonce);
     let ct = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
         .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
     let mut out = Vec::with_capacity(24 + ct.len());
     out.extend_from_slice(&nonce);
@@ -59,9 +52,7 @@ pub fn decrypt(enc_key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>>
     }
     let cipher = XChaCha20Poly1305::new(enc_key.into());
     let (nonce, ct) = sealed.split_at(24);
-    cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-        .ok()
+    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
 }
 
 fn aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
@@ -72,15 +63,9 @@ fn aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
 }
 
 /// Compresses and encrypts a blob's plaintext into its stored form.
-pub fn seal(
-    enc_key: &[u8; 32],
-    kind: BlobKind,
-    id: &BlobId,
-    plaintext: &[u8],
-    level: i32,
-) -> Vec<u8> {
-    let compressed = zstd::bulk::compress(plaintext, level)
-        .expect("zstd compression of an in-memory buffer cannot fail");
+pub fn seal(enc_key: &[u8; 32], kind: BlobKind, id: &BlobId, plaintext: &[u8], level: i32) -> Vec<u8> {
+    let compressed =
+        zstd::bulk::compress(plaintext, level).expect("zstd compression of an in-memory buffer cannot fail");
     encrypt(enc_key, &aad(kind, id), &compressed)
 }
 
@@ -97,10 +82,8 @@ pub fn open(
 ) -> Result<Vec<u8>, RepoError> {
     let (id_key, enc_key) = keys;
     let bad = |why| RepoError::CorruptBlob(id.to_string(), why);
-    let compressed =
-        decrypt(enc_key, &aad(kind, id), sealed).ok_or(bad("authentication failed"))?;
-    let plain =
-        zstd::bulk::decompress(&compressed, raw_len as usize).map_err(|_| bad("zstd failed"))?;
+    let compressed = decrypt(enc_key, &aad(kind, id), sealed).ok_or(bad("authentication failed"))?;
+    let plain = zstd::bulk::decompress(&compressed, raw_len as usize).map_err(|_| bad("zstd failed"))?;
     if plain.len() != raw_len as usize || blob_id(id_key, &plain) != *id {
         return Err(bad("content does not match its id"));
     }
@@ -118,10 +101,7 @@ mod tests {
         let id = blob_id(&ik, &data);
         let s = seal(&ek, BlobKind::Data, &id, &data, 3);
         assert!(s.len() < data.len(), "compressible data shrinks");
-        assert_eq!(
-            open((&ik, &ek), BlobKind::Data, &id, &s, data.len() as u32).unwrap(),
-            data
-        );
+        assert_eq!(open((&ik, &ek), BlobKind::Data, &id, &s, data.len() as u32).unwrap(), data);
         let mut t = s.clone();
         t[30] ^= 1;
         assert!(open((&ik, &ek), BlobKind::Data, &id, &t, data.len() as u32).is_err());

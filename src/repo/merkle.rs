@@ -35,16 +35,7 @@ fn leaves(data: &[u8]) -> Vec<[u8; 32]> {
 }
 
 fn up(level: &[[u8; 32]]) -> Vec<[u8; 32]> {
-    level
-        .chunks(2)
-        .map(|p| {
-            if p.len() == 2 {
-                node_hash(&p[0], &p[1])
-            } else {
-                p[0]
-            }
-        })
-        .collect()
+    level.chunks(2).map(|p| if p.len() == 2 { node_hash(&p[0], &p[1]) } else { p[0] }).collect()
 }
 
 /// The pack id of `data`.
@@ -86,11 +77,7 @@ pub fn verify(root: &PackId, pack_len: u64, index: usize, leaf: &[u8], path: &[[
         let sib = i ^ 1;
         if sib < width {
             let Some(s) = p.next() else { return false };
-            h = if i % 2 == 0 {
-                node_hash(&h, s)
-            } else {
-                node_hash(s, &h)
-            };
+            h = if i % 2 == 0 { node_hash(&h, s) } else { node_hash(s, &h) };
         }
         i /= 2;
         width = width.div_ceil(2);
@@ -105,10 +92,7 @@ mod tests {
     #[test]
     fn golden_roots() {
         // Pins the tree shape: changing it changes every pack id on the network.
-        assert_eq!(
-            root(b"").to_string(),
-            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-        );
+        assert_eq!(root(b"").to_string(), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
         let two_and_a_bit = vec![7u8; 2 * LEAF_SIZE + 1];
         let l0 = leaf_hash(&two_and_a_bit[..LEAF_SIZE]);
         let l2 = leaf_hash(&two_and_a_bit[2 * LEAF_SIZE..]);
@@ -117,13 +101,7 @@ mod tests {
 
     #[test]
     fn proofs_verify_and_wrong_leaves_fail() {
-        for len in [
-            1,
-            LEAF_SIZE,
-            LEAF_SIZE + 1,
-            5 * LEAF_SIZE + 17,
-            8 * LEAF_SIZE,
-        ] {
+        for len in [1, LEAF_SIZE, LEAF_SIZE + 1, 5 * LEAF_SIZE + 17, 8 * LEAF_SIZE] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let r = root(&data);
             let n = len.div_ceil(LEAF_SIZE);

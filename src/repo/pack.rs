@@ -65,12 +65,7 @@ pub struct SealedPack {
 impl PackWriter {
     /// A new empty pack encrypted under `enc_key`, compressing blobs at zstd `level`.
     pub fn new(enc_key: [u8; 32], level: i32) -> Self {
-        PackWriter {
-            enc_key,
-            level,
-            data: Vec::new(),
-            entries: Vec::new(),
-        }
+        PackWriter { enc_key, level, data: Vec::new(), entries: Vec::new() }
     }
 
     /// Compresses, encrypts and appends one blob.
@@ -103,21 +98,14 @@ impl PackWriter {
 
     /// Appends the header and trailer and computes the pack id.
     pub fn finish(self) -> SealedPack {
-        let header = PackHeader {
-            version: 1,
-            blobs: self.entries,
-        };
+        let header = PackHeader { version: 1, blobs: self.entries };
         let mut plain = Vec::new();
         ciborium::into_writer(&header, &mut plain).expect("CBOR encoding into a Vec cannot fail");
         let sealed = blob::encrypt(&self.enc_key, HEADER_AAD, &plain);
         let mut bytes = self.data;
         bytes.extend_from_slice(&sealed);
         bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        SealedPack {
-            id: merkle::root(&bytes),
-            bytes,
-            entries: header.blobs,
-        }
+        SealedPack { id: merkle::root(&bytes), bytes, entries: header.blobs }
     }
 }
 
@@ -133,10 +121,8 @@ pub fn read_header(enc_key: &[u8; 32], pack: &[u8]) -> Result<Vec<PackEntry>, Re
         return Err(bad("header length past the start of the pack"));
     }
     let (blobs, sealed) = rest.split_at(rest.len() - hlen);
-    let plain =
-        blob::decrypt(enc_key, HEADER_AAD, sealed).ok_or(bad("header fails authentication"))?;
-    let h: PackHeader =
-        ciborium::from_reader(&plain[..]).map_err(|e| bad(&format!("header: {e}")))?;
+    let plain = blob::decrypt(enc_key, HEADER_AAD, sealed).ok_or(bad("header fails authentication"))?;
+    let h: PackHeader = ciborium::from_reader(&plain[..]).map_err(|e| bad(&format!("header: {e}")))?;
     if h.version != 1 {
         return Err(bad(&format!("unknown header version {}", h.version)));
     }
@@ -149,17 +135,11 @@ pub fn read_header(enc_key: &[u8; 32], pack: &[u8]) -> Result<Vec<PackEntry>, Re
 }
 
 /// Extracts and opens one blob of a pack whose header gave `entry`.
-pub fn read_blob(
-    keys: (&[u8; 32], &[u8; 32]),
-    pack: &[u8],
-    entry: &PackEntry,
-) -> Result<Vec<u8>, RepoError> {
+pub fn read_blob(keys: (&[u8; 32], &[u8; 32]), pack: &[u8], entry: &PackEntry) -> Result<Vec<u8>, RepoError> {
     let start = entry.offset as usize;
     let sealed = pack
         .get(start..start + entry.length as usize)
-        .ok_or_else(|| {
-            RepoError::CorruptPack(format!("blob {} lies outside the pack", entry.id))
-        })?;
+        .ok_or_else(|| RepoError::CorruptPack(format!("blob {} lies outside the pack", entry.id)))?;
     blob::open(keys, entry.kind, &entry.id, sealed, entry.raw_length)
 }
 
