@@ -1,0 +1,234 @@
+//! End-to-end tests across real `peer daemon` processes on 127.0.0.1 (see `peer::localnet`).
+//! Each test builds its own network in a temporary directory; nothing is mocked.
+
+use peer::localnet::{LocalNet, compare_trees};
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const EXE: &str = env!("CARGO_BIN_EXE_peer");
+const GIB: u64 = 1 << 30;
+
+/// Deterministic pseudo-random bytes (xorshift64*), incompressible enough to defeat zstd.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn set_mtime(p: &Path, secs: i64, nanos: u32) {
+    let t = std::time::UNIX_EPOCH + Duration::new(secs as u64, nanos);
+    let f = std::fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(t).unwrap();
+}
+
+/// A tree with thousands of files, empty files, one file over 50 MB, deep nesting,
+/// a symlink, names with spaces and non-ASCII, and varied modes and mtimes.
+fn make_tree(root: &Path, files: usize) {
+    std::fs::create_dir_all(root).unwrap();
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i % 40)).join(format!("sub {}", i % 7));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(format!("file {i}.txt"));
+        let len = if i % 50 == 0 { 0 } else { (i * 37) % 9000 };
+        let body: Vec<u8> = if i % 3 == 0 {
+            noise(i as u64, len)
+        } else {
+            format!("line {i} of a compressible text file\n").into_bytes().repeat(len / 30 + 1)
+        };
+        std::fs::write(&p, &body).unwrap();
+        if i % 5 == 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        if i % 11 == 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        set_mtime(&p, 1_600_000_000 + i as i64, (i as u32 * 7919) % 1_000_000_000);
+    }
+    std::fs::write(root.join("big file.bin"), noise(99, 52 * 1024 * 1024 + 12345)).unwrap();
+    let mut deep = root.join("deep");
+    for i in 0..40 {
+        deep = deep.join(format!("level{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("bottom.txt"), b"at the bottom").unwrap();
+    std::fs::write(root.join("ünïcødé ファイル.txt"), "non-ASCII name".as_bytes()).unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("big file.bin", root.join("link to big")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling link")).unwrap();
+    std::fs::set_permissions(root.join("d3"), std::fs::Permissions::from_mode(0o750)).unwrap();
+}
+
+fn json_last(out: &str) -> Value {
+    serde_json::from_str(out.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn backup(net: &LocalNet, i: usize, path: &Path, copies: u32) -> Value {
+    let out = net.run(i, &["backup", path.to_str().unwrap(), "--copies", &copies.to_string(), "--json"]).unwrap();
+    json_last(&out)
+}
+
+fn store_files(home: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir(home.join("store")) else { return v };
+    for client in rd.flatten() {
+        for f in std::fs::read_dir(client.path()).unwrap().flatten() {
+            v.push(f.path());
+        }
+    }
+    v
+}
+
+#[test]
+fn five_peers_backup_dedup_and_restore_after_losing_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    make_tree(&src, 3000);
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, 8 * GIB, |_, _| {}).unwrap();
+    net.wait_connected(4, Duration::from_secs(60)).unwrap();
+
+    let first = backup(&net, 0, &src, 3);
+    assert_eq!(first["message_type"], "summary");
+    assert_eq!(first["files"], 3000 + 4);
+    assert!(first["packs"].as_u64().unwrap() >= 4, "{first}");
+    assert_eq!(first["bytes_uploaded"].as_u64().unwrap() % 3, 0, "every pack counted three times: {first}");
+    // Every pack is on three distinct providers, none on the client itself.
+    let held: Vec<usize> = (1..5).map(|i| store_files(&net.peers[i].home).len()).collect();
+    assert_eq!(held.iter().sum::<usize>() as u64, 3 * first["packs"].as_u64().unwrap(), "{held:?}");
+    assert!(store_files(&net.peers[0].home).is_empty());
+
+    // Unchanged: nothing is read again and no data is uploaded (only the new snapshot document).
+    let second = backup(&net, 0, &src, 3);
+    assert_eq!(second["files_read"], 0, "{second}");
+    assert!(second["bytes_new"].as_u64().unwrap() < 4096, "{second}");
+    assert!(second["packs"].as_u64().unwrap() <= 1, "{second}");
+
+    // One file changed: only it is read, and little is new.
+    let changed = src.join("d1/sub 1/file 1.txt");
+    std::fs::write(&changed, b"changed content").unwrap();
+    let third = backup(&net, 0, &src, 3);
+    assert_eq!(third["files_read"], 1, "{third}");
+    assert!(third["bytes_new"].as_u64().unwrap() < 64 * 1024, "{third}");
+
+    let snaps: Value = serde_json::from_str(&net.run(0, &["snapshots", "--json"]).unwrap()).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 3);
+
+    // Lose two providers: every pack still has a copy.
+    net.kill(1);
+    net.kill(3);
+    let target = tmp.path().join("restored");
+    let out = net.run(0, &["restore", "latest", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+    let r = json_last(&out);
+    assert_eq!(r["failed"].as_array().unwrap().len(), 0, "{r}");
+    let diffs = compare_trees(&src, &target.join("data"));
+    assert!(diffs.is_empty(), "{} differences, first: {:?}", diffs.len(), &diffs[..diffs.len().min(5)]);
+}
+
+#[test]
+fn three_peers_reciprocity_corrupt_holder_and_in_place_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("photos");
+    make_tree(&src, 200);
+    std::fs::remove_file(src.join("big file.bin")).unwrap();
+    std::fs::write(src.join("big file.bin"), noise(5, 20 * 1024 * 1024)).unwrap();
+    let wait3 = |_: usize, c: &mut String| *c = c.replace("proposal_wait_secs = 30", "proposal_wait_secs = 3");
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, 4 * GIB, wait3).unwrap();
+    net.wait_connected(2, Duration::from_secs(60)).unwrap();
+
+    // Give to get: a peer offering nothing cannot back up, and nothing is uploaded.
+    net.run(0, &["offer-storage", "0"]).unwrap();
+    let e = net.run(0, &["backup", src.to_str().unwrap(), "--copies", "2"]).unwrap_err();
+    assert!(e.contains("offers no storage") && e.contains("peer offer-storage"), "{e}");
+    assert!(store_files(&net.peers[1].home).is_empty() && store_files(&net.peers[2].home).is_empty());
+
+    // Fewer providers than copies: refused before any upload, saying how many accepted.
+    net.run(0, &["offer-storage", "4GiB"]).unwrap();
+    let e = net.run(0, &["backup", src.to_str().unwrap(), "--copies", "3"]).unwrap_err();
+    assert!(e.contains("only 2 of the 3"), "{e}");
+    assert!(store_files(&net.peers[1].home).is_empty() && store_files(&net.peers[2].home).is_empty());
+
+    let b = backup(&net, 0, &src, 2);
+    let packs = b["packs"].as_u64().unwrap() as usize;
+    assert!(packs >= 2, "{b}");
+    let status: Value = serde_json::from_str(&net.run(1, &["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(status["contracts"][0]["role"], "provider", "{status}");
+    assert!(status["used_by_others"].as_u64().unwrap() > 20 << 20, "{status}");
+
+    // A holder returning corrupted bytes: restore fails over to the other copy. Corrupt each
+    // holder in turn, so the failover is exercised whichever holder is asked first.
+    for bad in [1, 2] {
+        let files = store_files(&net.peers[bad].home);
+        assert_eq!(files.len(), packs);
+        let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        for (f, orig) in files.iter().zip(&originals) {
+            let mut c = orig.clone();
+            let mid = c.len() / 2;
+            c[mid] ^= 0xff;
+            std::fs::write(f, c).unwrap();
+        }
+        let target = tmp.path().join(format!("restored{bad}"));
+        let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+        assert_eq!(json_last(&out)["failed"].as_array().unwrap().len(), 0);
+        assert!(compare_trees(&src, &target.join("photos")).is_empty());
+        for (f, orig) in files.iter().zip(&originals) {
+            std::fs::write(f, orig).unwrap();
+        }
+    }
+
+    // In place: a deleted file comes back; a changed file is kept and listed unless --overwrite.
+    let gone = src.join("d2/sub 2/file 2.txt");
+    let before = std::fs::read(&gone).unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    let edited = src.join("d4/sub 4/file 4.txt");
+    std::fs::write(&edited, b"edited since the backup").unwrap();
+    let out = net.run(0, &["restore", "--json"]).unwrap();
+    let r = json_last(&out);
+    assert_eq!(std::fs::read(&gone).unwrap(), before);
+    assert_eq!(r["skipped"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(std::fs::read(&edited).unwrap(), b"edited since the backup");
+    net.run(0, &["restore", "--overwrite"]).unwrap();
+    assert_ne!(std::fs::read(&edited).unwrap(), b"edited since the backup");
+
+    // With both holders gone, restore is partial: exit code 3 and the files are named.
+    net.kill(1);
+    net.kill(2);
+    let target = tmp.path().join("partial");
+    let out = net.cmd(0, &["restore", "--target", target.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not restore"));
+
+    // SIGTERM: clean exit, control socket removed.
+    let st = net.stop(0).unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(!net.peers[0].home.join("control.sock").exists());
+}
+
+#[test]
+fn cli_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("h");
+    let run = |args: &[&str]| std::process::Command::new(EXE).arg("--home").arg(&home).args(args).output().unwrap();
+    let out = run(&["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no daemon is running for") && err.contains("peer daemon"), "{err}");
+    assert!(run(&["init"]).status.success());
+    let out = run(&["init"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    let out = run(&["offer-storage", "lots"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a size"));
+    let out = run(&["offer-storage", "900PB"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("free"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run(&["offer-storage", "1GB"]).status.success());
+    let mode = std::fs::metadata(home.join("identity.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
