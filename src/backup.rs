@@ -58,6 +58,9 @@ pub enum BackupError {
 pub struct BackupOptions {
     /// Absolute paths to back up.
     pub paths: Vec<PathBuf>,
+    /// Holders each pack must have; a blob already stored counts as stored only when its
+    /// pack has this many holders under live contracts.
+    pub copies: usize,
     /// Target pack size, bytes.
     pub pack_size: usize,
     /// zstd level.
@@ -100,18 +103,27 @@ pub fn check_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, BackupError> {
     Ok(out)
 }
 
+/// Bytes of regular files under `p`, walked without recursion (any depth).
 fn scan_size(p: &Path) -> u64 {
-    let Ok(m) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if m.is_dir() {
-        std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| scan_size(&e.path())).sum()).unwrap_or(0)
-    } else if m.is_file() {
-        m.len()
-    } else {
-        0
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else if m.is_file() {
+            total += m.len();
+        }
     }
+    total
 }
+
+/// Stack for the walker thread: directories are walked recursively, and a tree may be deep.
+const WALKER_STACK: usize = 256 << 20;
+/// Most per-file errors kept in a summary; the rest are counted.
+pub const MAX_LISTED: usize = 1000;
 
 /// Runs a backup of `opts.paths`; packs go to `sink`. Returns the summary once the
 /// snapshot is recorded.
@@ -126,6 +138,13 @@ pub async fn run(
     let paths = check_paths(&opts.paths)?;
     let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let parent = state.snapshots()?.into_iter().rev().find(|(_, s)| s.paths == path_strings);
+    let live: HashSet<crate::id::ContractId> = state
+        .contracts()?
+        .into_iter()
+        .filter(|(_, c)| c.role == crate::state::Role::Client && c.expires > crate::protocol::now())
+        .map(|(id, _)| id)
+        .collect();
+    let time = crate::protocol::now();
 
     let (tx, mut rx) = mpsc::channel::<SealedPack>(2);
     let walker = Walker {
@@ -137,15 +156,22 @@ pub async fn run(
         counters: counters.clone(),
         writer: PackWriter::new(id.enc_key, opts.zstd_level),
         in_run: HashSet::new(),
+        live,
+        packs_ok: HashMap::new(),
         trees: Vec::new(),
         stats: Stats::default(),
     };
     let scan_paths = paths.clone();
     let c2 = counters.clone();
-    let producer = tokio::task::spawn_blocking(move || {
-        c2.total.store(scan_paths.iter().map(|p| scan_size(p)).sum(), Ordering::Relaxed);
-        walker.run(&scan_paths, parent)
-    });
+    let (done_tx, producer) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("backup-walker".into())
+        .stack_size(WALKER_STACK)
+        .spawn(move || {
+            c2.total.store(scan_paths.iter().map(|p| scan_size(p)).sum(), Ordering::Relaxed);
+            let _ = done_tx.send(walker.run(&scan_paths, parent, time));
+        })
+        .map_err(|e| BackupError::Internal(format!("cannot start the walker: {e}")))?;
 
     let mut uploads = tokio::task::JoinSet::new();
     let mut packs = 0u64;
@@ -203,7 +229,7 @@ pub async fn run(
             failure = Some(e);
         }
     }
-    let walked = producer.await.map_err(|e| BackupError::Internal(e.to_string()))?;
+    let walked = producer.await.map_err(|_| BackupError::Internal("the walker stopped".into()))?;
     if let Some(e) = failure {
         return Err(BackupError::Upload(e));
     }
@@ -220,6 +246,7 @@ pub async fn run(
         bytes_uploaded,
         seconds: started.elapsed().as_secs_f64(),
         errors: stats.errors,
+        error_count: stats.error_count,
     })
 }
 
@@ -231,6 +258,7 @@ struct Stats {
     bytes_read: u64,
     bytes_new: u64,
     errors: Vec<String>,
+    error_count: u64,
 }
 
 struct Walker {
@@ -242,6 +270,10 @@ struct Walker {
     counters: Arc<Counters>,
     writer: PackWriter,
     in_run: HashSet<BlobId>,
+    /// Live client contracts at the start of the backup.
+    live: HashSet<crate::id::ContractId>,
+    /// Whether a pack already stored has enough live holders.
+    packs_ok: HashMap<crate::id::PackId, bool>,
     trees: Vec<(BlobId, Vec<u8>)>,
     stats: Stats,
 }
@@ -253,7 +285,12 @@ fn mtime_ns(m: &std::fs::Metadata) -> i64 {
 }
 
 impl Walker {
-    fn run(mut self, paths: &[PathBuf], parent: Option<(SnapshotId, Snapshot)>) -> Result<Walked, BackupError> {
+    fn run(
+        mut self,
+        paths: &[PathBuf],
+        parent: Option<(SnapshotId, Snapshot)>,
+        time: u64,
+    ) -> Result<Walked, BackupError> {
         let parent_root = parent.as_ref().and_then(|(_, s)| self.load_tree(&s.tree));
         let mut nodes = Vec::new();
         for p in paths {
@@ -272,7 +309,7 @@ impl Walker {
         }
         let root = self.put_tree(Tree { nodes })?;
         let snapshot = Snapshot {
-            time: crate::protocol::now(),
+            time,
             hostname: hostname(),
             paths: paths.iter().map(|p| p.display().to_string()).collect(),
             tree: root,
@@ -292,8 +329,28 @@ impl Walker {
         self.state.tree(id).ok().flatten().and_then(|b| tree::decode_tree(&b).ok())
     }
 
-    fn known(&self, id: &BlobId) -> Result<bool, BackupError> {
-        Ok(self.in_run.contains(id) || self.state.blob(id)?.is_some())
+    /// True when the blob is in this run's packs, or stored in a pack that still has
+    /// `copies` holders under live contracts (else it is stored again).
+    fn known(&mut self, id: &BlobId) -> Result<bool, BackupError> {
+        if self.in_run.contains(id) {
+            return Ok(true);
+        }
+        let Some(e) = self.state.blob(id)? else { return Ok(false) };
+        if let Some(ok) = self.packs_ok.get(&e.pack) {
+            return Ok(*ok);
+        }
+        let ok = self.state.pack(&e.pack)?.is_some_and(|rec| {
+            rec.holders.iter().filter(|h| self.live.contains(&h.contract)).count() >= self.opts.copies
+        });
+        self.packs_ok.insert(e.pack, ok);
+        Ok(ok)
+    }
+
+    fn error(&mut self, e: String) {
+        if self.stats.errors.len() < MAX_LISTED {
+            self.stats.errors.push(e);
+        }
+        self.stats.error_count += 1;
     }
 
     fn add_blob(&mut self, kind: BlobKind, id: BlobId, plain: &[u8]) -> Result<(), BackupError> {
@@ -304,7 +361,7 @@ impl Walker {
         self.writer.add(kind, id, plain);
         self.stats.bytes_new += (self.writer.len() - before) as u64;
         self.in_run.insert(id);
-        if self.writer.len() >= self.opts.pack_size {
+        if self.writer.sealed_len_estimate() >= self.opts.pack_size {
             self.flush()?;
         }
         Ok(())
@@ -331,7 +388,7 @@ impl Walker {
         let m = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) => {
-                self.stats.errors.push(format!("{}: {e}", path.display()));
+                self.error(format!("{}: {e}", path.display()));
                 return Ok(None);
             }
         };
@@ -352,7 +409,7 @@ impl Walker {
             match std::fs::read_link(path) {
                 Ok(t) => node.target = t.as_os_str().as_bytes().to_vec(),
                 Err(e) => {
-                    self.stats.errors.push(format!("{}: {e}", path.display()));
+                    self.error(format!("{}: {e}", path.display()));
                     return Ok(None);
                 }
             }
@@ -365,7 +422,7 @@ impl Walker {
             let mut entries = match std::fs::read_dir(path).and_then(|rd| rd.collect::<Result<Vec<_>, _>>()) {
                 Ok(v) => v,
                 Err(e) => {
-                    self.stats.errors.push(format!("{}: {e}", path.display()));
+                    self.error(format!("{}: {e}", path.display()));
                     return Ok(None);
                 }
             };
@@ -398,13 +455,13 @@ impl Walker {
                 Err(ReadError::Io(e)) => {
                     self.stats.files -= 1;
                     self.stats.bytes -= node.size;
-                    self.stats.errors.push(format!("{}: {e}", path.display()));
+                    self.error(format!("{}: {e}", path.display()));
                     return Ok(None);
                 }
                 Err(ReadError::Fatal(e)) => return Err(e),
             }
         } else {
-            self.stats.errors.push(format!("{}: not a regular file, directory or symlink; skipped", path.display()));
+            self.error(format!("{}: not a regular file, directory or symlink; skipped", path.display()));
             return Ok(None);
         }
         Ok(Some(node))

@@ -69,8 +69,10 @@ pub struct BackupSummary {
     pub bytes_uploaded: u64,
     /// Wall time, seconds.
     pub seconds: f64,
-    /// Files that could not be read, with the reason.
+    /// Files that could not be read, with the reason (the first 1000).
     pub errors: Vec<String>,
+    /// How many files could not be read.
+    pub error_count: u64,
 }
 
 /// Result of a restore.
@@ -86,10 +88,14 @@ pub struct RestoreSummary {
     pub symlinks: u64,
     /// Bytes written.
     pub bytes: u64,
-    /// Existing files that differ and were left alone (no `--overwrite`).
+    /// Existing files that differ and were left alone (no `--overwrite`); the first 1000.
     pub skipped: Vec<String>,
-    /// Files no holder could supply, or that failed to write.
+    /// How many were left alone.
+    pub skipped_count: u64,
+    /// Files no holder could supply, or that failed to write; the first 1000.
     pub failed: Vec<String>,
+    /// How many failed.
+    pub failed_count: u64,
     /// Wall time, seconds.
     pub seconds: f64,
 }

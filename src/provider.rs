@@ -49,6 +49,8 @@ pub struct PackStore {
     dir: PathBuf,
     /// Bytes held per client.
     used: Arc<Mutex<HashMap<PeerId, u64>>>,
+    /// Serializes the final rename and count, so a pack stored twice at once counts once.
+    commit: Arc<Mutex<()>>,
 }
 
 /// Free bytes on the filesystem holding `path`, for an unprivileged user.
@@ -79,7 +81,7 @@ impl PackStore {
             }
             used.insert(peer, total);
         }
-        Ok(PackStore { dir: dir.to_path_buf(), used: Arc::new(Mutex::new(used)) })
+        Ok(PackStore { dir: dir.to_path_buf(), used: Arc::new(Mutex::new(used)), commit: Arc::new(Mutex::new(())) })
     }
 
     fn path(&self, client: &PeerId, pack: &PackId) -> PathBuf {
@@ -118,17 +120,22 @@ impl PackStore {
             return Err(StoreError::DiskFull { path: cdir.display().to_string(), need: data.len() as u64 });
         }
         let tmp = cdir.join(format!(".tmp-{}-{}", pack, rand::random::<u64>()));
+        let fail = |e: std::io::Error| {
+            let _ = std::fs::remove_file(&tmp);
+            StoreError::Io { path: dest.display().to_string(), source: e }
+        };
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &dest)?;
-            std::fs::File::open(&cdir)?.sync_all()
+            f.sync_all()
         };
-        if let Err(e) = write() {
+        write().map_err(fail)?;
+        let _guard = self.commit.lock().map_err(|_| fail(std::io::Error::other("store lock poisoned")))?;
+        if dest.is_file() {
             let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::Io { path: dest.display().to_string(), source: e });
+            return Ok(());
         }
+        std::fs::rename(&tmp, &dest).and_then(|_| std::fs::File::open(&cdir)?.sync_all()).map_err(fail)?;
         if let Ok(mut m) = self.used.lock() {
             *m.entry(*client).or_default() += data.len() as u64;
         }

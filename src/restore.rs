@@ -118,9 +118,24 @@ pub struct RestoreWhat {
     pub overwrite: bool,
 }
 
-/// Restores snapshot `which` (see [`resolve`]) under `target`, or to its original paths.
-/// `done` counts bytes written. Files that no holder could supply are listed in
-/// `failed`; the caller maps a non-empty list to exit code 3.
+/// Most paths listed in `skipped` and `failed`; past it they are counted in the message.
+pub const MAX_LISTED: usize = 1000;
+
+fn push_capped(v: &mut Vec<String>, n: &mut u64, s: String) {
+    *n += 1;
+    if v.len() < MAX_LISTED {
+        v.push(s);
+    }
+}
+
+/// Where the blobs of one pack go: (blob entry, list of (file index, offset)).
+type PackPlan = Vec<(PackEntry, Vec<(usize, u64)>)>;
+
+/// Restores snapshot `what.snapshot` (see [`resolve`]) under `what.target`, or to its
+/// original paths. `total` is set to the bytes to write; `done` counts bytes written.
+/// Files that no holder could supply are listed in `failed`; the caller maps a non-empty
+/// list to exit code 3. Errors before anything is written: no such snapshot, unreadable
+/// metadata, or a target path blocked by a symlink or a file where a directory belongs.
 pub async fn run(
     id: &Identity,
     state: &State,
@@ -129,37 +144,29 @@ pub async fn run(
     total: &AtomicU64,
     done: Arc<AtomicU64>,
 ) -> Result<RestoreSummary, RestoreError> {
-    let (which, target, overwrite) = (what.snapshot.as_deref(), what.target.as_deref(), what.overwrite);
+    let (target, overwrite) = (what.target.as_deref(), what.overwrite);
     let started = std::time::Instant::now();
-    let (sid, snap) = resolve(state, which)?;
-    if let Some(t) = target {
-        std::fs::create_dir_all(t).map_err(|e| RestoreError::Target(format!("cannot create {}: {e}", t.display())))?;
-    }
+    let (sid, snap) = resolve(state, what.snapshot.as_deref())?;
     let mut docs = Docs { id, state, source: source.as_ref(), last: None };
     let root = tree::decode_tree(&docs.get(&snap.tree).await.map_err(RestoreError::Metadata)?)
         .map_err(|e| RestoreError::Metadata(e.to_string()))?;
+    if root.nodes.len() != snap.paths.len() {
+        return Err(RestoreError::Metadata("the root tree does not match the snapshot's paths".into()));
+    }
 
-    // Plan: walk the trees.
+    // Plan: walk the trees. Root entries are in the order of the snapshot's paths.
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut files: Vec<FilePlan> = Vec::new();
     let mut links: Vec<(PathBuf, Node)> = Vec::new();
     let mut stack: Vec<(PathBuf, Node)> = Vec::new();
-    for n in root.nodes {
+    for (n, path) in root.nodes.into_iter().zip(&snap.paths) {
         let dest = match target {
             Some(t) => t.join(std::ffi::OsStr::from_bytes(&n.name)),
-            None => snap
-                .paths
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.file_name().map(|f| f.as_bytes()) == Some(&n.name[..]))
-                .ok_or_else(|| RestoreError::Metadata("root entry without a path".into()))?,
+            None => PathBuf::from(path),
         };
         stack.push((dest, n));
     }
     while let Some((dest, n)) = stack.pop() {
-        if n.name.is_empty() || n.name == b"." || n.name == b".." || n.name.contains(&b'/') {
-            return Err(RestoreError::Metadata(format!("unsafe name in tree under {}", dest.display())));
-        }
         match n.kind {
             NodeKind::Dir => {
                 let sub = n
@@ -168,13 +175,15 @@ pub async fn run(
                 let t = tree::decode_tree(&docs.get(&sub).await.map_err(RestoreError::Metadata)?)
                     .map_err(|e| RestoreError::Metadata(e.to_string()))?;
                 for c in t.nodes {
+                    if c.name.is_empty() || c.name == b"." || c.name == b".." || c.name.contains(&b'/') {
+                        return Err(RestoreError::Metadata(format!("unsafe name in the tree of {}", dest.display())));
+                    }
                     stack.push((dest.join(std::ffi::OsStr::from_bytes(&c.name)), c));
                 }
                 dirs.push((dest, n));
             }
             NodeKind::File => {
-                let i = files.len();
-                let tmp = dest.with_file_name(format!(".peer-restore-{i}-{:x}.tmp", rand::random::<u32>()));
+                let tmp = dest.with_file_name(format!(".peer-restore-{}-{:x}.tmp", files.len(), rand::random::<u32>()));
                 files.push(FilePlan { dest, tmp, node: n, failed: None });
             }
             NodeKind::Symlink => links.push((dest, n)),
@@ -183,105 +192,89 @@ pub async fn run(
     drop(docs);
     total.store(files.iter().map(|f| f.node.size).sum(), Ordering::Relaxed);
 
-    // Directories, then temporary files at full size.
+    // Where every blob goes, from the index, before anything is written.
+    let mut by_pack: HashMap<PackId, PackPlan> = HashMap::new();
+    let mut slot: HashMap<BlobId, (PackId, usize)> = HashMap::new();
+    let mut remaining: Vec<usize> = vec![0; files.len()];
+    for (i, f) in files.iter_mut().enumerate() {
+        let mut off = 0u64;
+        for b in &f.node.content {
+            let Some(e) = state.blob(b)? else {
+                f.failed = Some(format!("its content (blob {}) is in no known pack", b.short()));
+                break;
+            };
+            let (pack, k) = *slot.entry(*b).or_insert_with(|| {
+                let v = by_pack.entry(e.pack).or_default();
+                let entry =
+                    PackEntry { id: *b, kind: e.kind, offset: e.offset, length: e.length, raw_length: e.raw_length };
+                v.push((entry, Vec::new()));
+                (e.pack, v.len() - 1)
+            });
+            if let Some(v) = by_pack.get_mut(&pack) {
+                v[k].1.push((i, off));
+            }
+            remaining[i] += 1;
+            off += e.raw_length as u64;
+        }
+        if f.failed.is_none() && off != f.node.size {
+            f.failed = Some(format!("its blobs hold {off} bytes but the tree records {}", f.node.size));
+        }
+    }
+
+    // Directories: refuse to write through a symlink or over a non-directory.
     dirs.sort_by_key(|(p, _)| p.components().count());
+    for (d, _) in &dirs {
+        if let Ok(m) = std::fs::symlink_metadata(d)
+            && !m.is_dir()
+        {
+            return Err(RestoreError::Target(format!(
+                "{} exists and is not a directory; move it away or restore with --target",
+                d.display()
+            )));
+        }
+    }
+    if let Some(t) = target {
+        std::fs::create_dir_all(t).map_err(|e| RestoreError::Target(format!("cannot create {}: {e}", t.display())))?;
+    }
     for (d, _) in &dirs {
         if let Err(e) = std::fs::create_dir_all(d) {
             return Err(RestoreError::Target(format!("cannot create {}: {e}", d.display())));
         }
     }
-    let mut needs: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
-    for (i, f) in files.iter_mut().enumerate() {
-        let created = std::fs::File::create(&f.tmp).and_then(|h| h.set_len(f.node.size));
-        if let Err(e) = created {
-            f.failed = Some(format!("cannot write {}: {e}", f.tmp.display()));
-            continue;
-        }
-        let mut off = 0u64;
-        for b in &f.node.content {
-            needs.entry(*b).or_default().push((i, off));
-            match state.blob(b)? {
-                Some(e) => off += e.raw_length as u64,
-                None => {
-                    f.failed = Some(format!("blob {} is in no known pack", b.short()));
-                    break;
-                }
-            }
-        }
-    }
-    let mut by_pack: HashMap<PackId, Vec<(BlobId, PackEntry)>> = HashMap::new();
-    for b in needs.keys() {
-        if let Some(e) = state.blob(b)? {
-            by_pack.entry(e.pack).or_default().push((
-                *b,
-                PackEntry { id: *b, kind: e.kind, offset: e.offset, length: e.length, raw_length: e.raw_length },
-            ));
+    for f in files.iter_mut().filter(|f| f.failed.is_none()) {
+        if let Err(e) = std::fs::File::create(&f.tmp).and_then(|h| h.set_len(f.node.size)) {
+            f.failed = Some(format!("cannot write in {}: {e}", f.tmp.parent().unwrap_or(Path::new("/")).display()));
         }
     }
 
     // Fetch each pack once and write its blobs where they belong.
-    let plans: Arc<Vec<(PathBuf, u64)>> = Arc::new(files.iter().map(|f| (f.tmp.clone(), f.node.size)).collect());
-    let needs = Arc::new(needs);
+    let tmps: Arc<Vec<(PathBuf, u64, bool)>> =
+        Arc::new(files.iter().map(|f| (f.tmp.clone(), f.node.size, f.failed.is_none())).collect());
     let failures: Arc<Mutex<HashMap<usize, String>>> = Arc::new(Mutex::new(HashMap::new()));
+    let written: Arc<Vec<AtomicU64>> = Arc::new((0..files.len()).map(|_| AtomicU64::new(0)).collect());
     let keys = (id.id_key, id.enc_key);
     futures::stream::iter(by_pack)
         .map(|(pack_id, blobs)| {
-            let (source, needs, plans, failures, done) =
-                (source.clone(), needs.clone(), plans.clone(), failures.clone(), done.clone());
+            let (source, tmps, failures, done, written) =
+                (source.clone(), tmps.clone(), failures.clone(), done.clone(), written.clone());
             async move {
+                let users: Vec<usize> = blobs.iter().flat_map(|(_, places)| places.iter().map(|(i, _)| *i)).collect();
                 let fail_all = |why: String| {
                     if let Ok(mut f) = failures.lock() {
-                        for (b, _) in &blobs {
-                            for (i, _) in needs.get(b).into_iter().flatten() {
-                                f.entry(*i).or_insert_with(|| why.clone());
-                            }
+                        for i in &users {
+                            f.entry(*i).or_insert_with(|| why.clone());
                         }
                     }
                 };
                 let bytes = match source.fetch(pack_id).await {
                     Ok(b) => b,
-                    Err(e) => {
-                        return fail_all(format!("pack {} unavailable: {e}", pack_id.short()));
-                    }
+                    Err(e) => return fail_all(format!("pack {} unavailable: {e}", pack_id.short())),
                 };
-                let r = tokio::task::spawn_blocking(move || {
-                    for (b, entry) in &blobs {
-                        let places = needs.get(b).map(|v| v.as_slice()).unwrap_or(&[]);
-                        let plain = match pack::read_blob((&keys.0, &keys.1), &bytes, entry) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                if let Ok(mut f) = failures.lock() {
-                                    for (i, _) in places {
-                                        f.entry(*i).or_insert_with(|| e.to_string());
-                                    }
-                                }
-                                continue;
-                            }
-                        };
-                        for (i, off) in places {
-                            let (path, size) = &plans[*i];
-                            let w = std::fs::OpenOptions::new().write(true).open(path).and_then(|f| {
-                                if off + plain.len() as u64 > *size {
-                                    return Err(std::io::Error::other("content longer than the recorded size"));
-                                }
-                                f.write_all_at(&plain, *off)
-                            });
-                            match w {
-                                Ok(()) => {
-                                    done.fetch_add(plain.len() as u64, Ordering::Relaxed);
-                                }
-                                Err(e) => {
-                                    if let Ok(mut f) = failures.lock() {
-                                        f.entry(*i).or_insert_with(|| format!("{}: {e}", path.display()));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                })
-                .await;
+                let (f2, w2, d2) = (failures.clone(), written.clone(), done.clone());
+                let r =
+                    tokio::task::spawn_blocking(move || write_pack(keys, &bytes, &blobs, &tmps, &f2, &w2, &d2)).await;
                 if let Err(e) = r {
-                    tracing::error!("restore worker failed: {e}");
+                    fail_all(format!("restore worker failed: {e}"));
                 }
             }
         })
@@ -289,7 +282,7 @@ pub async fn run(
         .collect::<Vec<()>>()
         .await;
 
-    // Finish files.
+    // Finish files: only those whose every blob was written.
     let mut summary = RestoreSummary {
         snapshot: sid.to_string(),
         files: 0,
@@ -297,14 +290,22 @@ pub async fn run(
         symlinks: 0,
         bytes: 0,
         skipped: vec![],
+        skipped_count: 0,
         failed: vec![],
+        failed_count: 0,
         seconds: 0.0,
     };
     let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
     for (i, f) in files.iter_mut().enumerate() {
-        if let Some(why) = f.failed.take().or_else(|| failures.get(&i).cloned()) {
+        let incomplete = written[i].load(Ordering::Relaxed) != remaining[i] as u64;
+        let why = f
+            .failed
+            .take()
+            .or_else(|| failures.get(&i).cloned())
+            .or_else(|| incomplete.then(|| "some of its content was not written".to_string()));
+        if let Some(why) = why {
             let _ = std::fs::remove_file(&f.tmp);
-            summary.failed.push(format!("{}: {why}", f.dest.display()));
+            push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {why}", f.dest.display()));
             continue;
         }
         match finish_file(f, overwrite) {
@@ -312,18 +313,18 @@ pub async fn run(
                 summary.files += 1;
                 summary.bytes += f.node.size;
             }
-            Ok(false) => summary.skipped.push(f.dest.display().to_string()),
+            Ok(false) => push_capped(&mut summary.skipped, &mut summary.skipped_count, f.dest.display().to_string()),
             Err(e) => {
                 let _ = std::fs::remove_file(&f.tmp);
-                summary.failed.push(format!("{}: {e}", f.dest.display()));
+                push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {e}", f.dest.display()));
             }
         }
     }
     for (dest, n) in &links {
         match restore_link(dest, n, overwrite) {
             Ok(true) => summary.symlinks += 1,
-            Ok(false) => summary.skipped.push(dest.display().to_string()),
-            Err(e) => summary.failed.push(format!("{}: {e}", dest.display())),
+            Ok(false) => push_capped(&mut summary.skipped, &mut summary.skipped_count, dest.display().to_string()),
+            Err(e) => push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {e}", dest.display())),
         }
     }
     for (d, n) in dirs.iter().rev() {
@@ -331,11 +332,56 @@ pub async fn run(
             .and_then(|_| filetime::set_file_mtime(d, ft(n.mtime_ns)));
         match r {
             Ok(()) => summary.dirs += 1,
-            Err(e) => summary.failed.push(format!("{}: {e}", d.display())),
+            Err(e) => push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {e}", d.display())),
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Decrypts the needed blobs of one fetched pack and writes each at its places. Blocking.
+fn write_pack(
+    keys: ([u8; 32], [u8; 32]),
+    pack: &[u8],
+    blobs: &PackPlan,
+    tmps: &[(PathBuf, u64, bool)],
+    failures: &Mutex<HashMap<usize, String>>,
+    written: &[AtomicU64],
+    done: &AtomicU64,
+) {
+    let fail = |i: usize, why: String| {
+        if let Ok(mut f) = failures.lock() {
+            f.entry(i).or_insert(why);
+        }
+    };
+    for (entry, places) in blobs {
+        let plain = match pack::read_blob((&keys.0, &keys.1), pack, entry) {
+            Ok(p) => p,
+            Err(e) => {
+                places.iter().for_each(|(i, _)| fail(*i, e.to_string()));
+                continue;
+            }
+        };
+        for (i, off) in places {
+            let (path, size, ok) = &tmps[*i];
+            if !ok {
+                continue;
+            }
+            let w = std::fs::OpenOptions::new().write(true).open(path).and_then(|f| {
+                if off + plain.len() as u64 > *size {
+                    return Err(std::io::Error::other("content longer than the recorded size"));
+                }
+                f.write_all_at(&plain, *off)
+            });
+            match w {
+                Ok(()) => {
+                    written[*i].fetch_add(1, Ordering::Relaxed);
+                    done.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => fail(*i, format!("write failed: {e}")),
+            }
+        }
+    }
 }
 
 fn ft(ns: i64) -> filetime::FileTime {

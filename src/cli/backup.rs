@@ -32,16 +32,27 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };
     if a.json {
-        return print_json("summary", &s);
+        print_json("summary", &s)?;
+    } else {
+        print_summary(&s);
     }
+    if s.error_count > 0 {
+        return Err(CliError {
+            message: format!("snapshot saved, but {} files could not be read", s.error_count),
+            code: super::EXIT_PARTIAL,
+        });
+    }
+    Ok(())
+}
+
+fn print_summary(s: &crate::control::BackupSummary) {
     for e in &s.errors {
         eprintln!("peer: skipped {e}");
     }
-    println!("snapshot {} saved", &s.snapshot[..16]);
+    println!("snapshot {} saved", super::short(&s.snapshot));
     println!("  files:     {} ({} read, {} unchanged)", s.files, s.files_read, s.files - s.files_read.min(s.files));
     println!("  read:      {}", human(s.bytes_read));
     println!("  new:       {} after dedup and compression", human(s.bytes_new));
     println!("  uploaded:  {} in {} packs", human(s.bytes_uploaded), s.packs);
     println!("  time:      {:.1} s", s.seconds);
-    Ok(())
 }

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Exit code: the restore finished but some files could not be restored.
+/// Exit code: the backup or restore finished, but some files could not be read or restored.
 pub const EXIT_PARTIAL: u8 = 3;
 
 /// `peer`: decentralized peer-to-peer backup. Give storage, get storage.
@@ -153,6 +153,11 @@ fn print_json<T: serde::Serialize>(kind: &str, v: &T) -> CliResult {
     }
     println!("{j}");
     Ok(())
+}
+
+/// The first 16 hex digits of an id (the whole text if shorter).
+fn short(id: &str) -> &str {
+    id.get(..16).unwrap_or(id)
 }
 
 /// Human-readable bytes (`1.2 GiB`).

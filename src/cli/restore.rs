@@ -40,7 +40,7 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         }
         println!(
             "restored snapshot {}: {} files, {} directories, {} symlinks, {} in {:.1} s",
-            &s.snapshot[..16],
+            super::short(&s.snapshot),
             s.files,
             s.dirs,
             s.symlinks,
@@ -48,9 +48,9 @@ pub fn run(home: &Home, a: Args) -> CliResult {
             s.seconds
         );
     }
-    if !s.failed.is_empty() {
+    if s.failed_count > 0 {
         return Err(CliError {
-            message: format!("{} files could not be restored", s.failed.len()),
+            message: format!("{} files could not be restored", s.failed_count),
             code: EXIT_PARTIAL,
         });
     }

@@ -24,7 +24,14 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     println!("{:<16}  {:<20}  {:>8}  {:>10}  paths", "id", "time (UTC)", "files", "size");
     for s in v {
         let t = humantime(s.time);
-        println!("{:<16}  {:<20}  {:>8}  {:>10}  {}", &s.id[..16], t, s.files, human(s.bytes), s.paths.join(", "));
+        println!(
+            "{:<16}  {:<20}  {:>8}  {:>10}  {}",
+            super::short(&s.id),
+            t,
+            s.files,
+            human(s.bytes),
+            s.paths.join(", ")
+        );
     }
     Ok(())
 }

@@ -35,7 +35,14 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     println!("held at others:   {}", human(s.held_at_others));
     println!("contracts:        {}", s.contracts.len());
     for c in &s.contracts {
-        println!("  {} {:<8} {}  {} of {} used", &c.id[..8], c.role, c.peer, human(c.used), human(c.bytes));
+        println!(
+            "  {} {:<8} {}  {} of {} used",
+            c.id.get(..8).unwrap_or(&c.id),
+            c.role,
+            c.peer,
+            human(c.used),
+            human(c.bytes)
+        );
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! strict, validated by us, message id = SHA-256 of the data), two request-response
 //! protocols with CBOR and size caps, and optional mDNS. See protocol.md §1.
 
-use crate::protocol::codec::CborCodec;
+use crate::protocol::codec::{CborCodec, InboundBudget};
 use crate::protocol::{
     CONTRACT_PROTOCOL, ContractRequest, ContractResponse, DATA_PROTOCOL, DataRequest, DataResponse, IDENTIFY_PROTOCOL,
     KAD_PROTOCOL, MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE, MAX_DATA_MESSAGE, MAX_GOSSIP, PROPOSAL_TOPIC,
@@ -29,8 +29,12 @@ use tokio::sync::{mpsc, oneshot};
 pub const DATA_TIMEOUT_SECS: u64 = 120;
 /// Timeout of one contract request, seconds.
 pub const CONTRACT_TIMEOUT_SECS: u64 = 20;
-/// Inbound data streams served at once per connection.
-pub const MAX_CONCURRENT_STREAMS: usize = 8;
+/// Data streams (inbound and outbound) open at once per connection (libp2p request-response).
+pub const MAX_CONCURRENT_STREAMS: usize = 4;
+/// Bytes of inbound data requests being read at once, all peers together.
+pub const INBOUND_READ_BUDGET: u64 = 256 << 20;
+/// Events queued for the daemon at most; past it inbound requests are dropped.
+pub const EVENT_QUEUE: usize = 8;
 /// Peers we keep dialing toward through Kademlia discovery.
 pub const TARGET_PEERS: usize = 32;
 
@@ -115,7 +119,7 @@ enum Command {
     Publish(Vec<u8>, oneshot::Sender<Result<(), NetError>>),
     Validate(gossipsub::MessageId, PeerId, gossipsub::MessageAcceptance),
     Contract(PeerId, Vec<Multiaddr>, ContractRequest, oneshot::Sender<Result<ContractResponse, NetError>>),
-    Data(PeerId, DataRequest, oneshot::Sender<Result<DataResponse, NetError>>),
+    Data(PeerId, Vec<Multiaddr>, DataRequest, oneshot::Sender<Result<DataResponse, NetError>>),
     RespondContract(ResponseChannel<ContractResponse>, ContractResponse),
     RespondData(ResponseChannel<DataResponse>, DataResponse),
     Status(oneshot::Sender<NetStatus>),
@@ -158,9 +162,14 @@ impl NetHandle {
         self.call(|tx| Command::Contract(peer, addrs, req, tx)).await?
     }
 
-    /// Sends a data request.
-    pub async fn data_request(&self, peer: PeerId, req: DataRequest) -> Result<DataResponse, NetError> {
-        self.call(|tx| Command::Data(peer, req, tx)).await?
+    /// Sends a data request, dialing `addrs` (and addresses known to Kademlia) if not connected.
+    pub async fn data_request(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        req: DataRequest,
+    ) -> Result<DataResponse, NetError> {
+        self.call(|tx| Command::Data(peer, addrs, req, tx)).await?
     }
 
     /// Answers an inbound contract request.
@@ -197,7 +206,7 @@ pub struct NetConfig {
 }
 
 /// Builds the Swarm, starts listening, and spawns the event loop.
-/// Returns the handle and the event stream (bounded, 128 events).
+/// Returns the handle and the event stream (bounded: [`EVENT_QUEUE`] events).
 pub fn start(
     keypair: libp2p::identity::Keypair,
     cfg: NetConfig,
@@ -232,7 +241,7 @@ pub fn start(
     }
     let peer_id = *swarm.local_peer_id();
     let (tx, rx) = mpsc::channel(64);
-    let (ev_tx, ev_rx) = mpsc::channel(128);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let lp = EventLoop {
         swarm,
         commands: rx,
@@ -272,7 +281,7 @@ fn build_behaviour(
         request_response::Config::default().with_request_timeout(Duration::from_secs(CONTRACT_TIMEOUT_SECS)),
     );
     let data = request_response::Behaviour::with_codec(
-        CborCodec::new(MAX_DATA_MESSAGE, MAX_DATA_MESSAGE),
+        CborCodec::new(MAX_DATA_MESSAGE, MAX_DATA_MESSAGE).with_budget(InboundBudget::new(INBOUND_READ_BUDGET)),
         [(DATA_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(Duration::from_secs(DATA_TIMEOUT_SECS))
@@ -346,8 +355,8 @@ impl EventLoop {
                 let id = b.contract.send_request_with_addresses(&peer, req, addrs);
                 self.pending_contract.insert(id, reply);
             }
-            Command::Data(peer, req, reply) => {
-                let id = b.data.send_request(&peer, req);
+            Command::Data(peer, addrs, req, reply) => {
+                let id = b.data.send_request_with_addresses(&peer, req, addrs);
                 self.pending_data.insert(id, reply);
             }
             Command::RespondContract(ch, r) => {

@@ -141,6 +141,8 @@ pub struct Acceptance {
     /// provider's acceptance of one proposal, and so every contract id, distinct.
     #[serde(with = "serde_bytes")]
     pub provider: Vec<u8>,
+    /// Multiaddrs where the client can reach the provider (at most [`MAX_PROPOSAL_ADDRS`]).
+    pub addrs: Vec<String>,
     /// The client's signed proposal, exactly as received.
     pub proposal: Signed,
     /// Bytes granted (at most the proposal's `bytes`).
@@ -182,6 +184,9 @@ pub struct ContractTerms {
 pub fn verify_acceptance(signed: &Signed) -> Result<(PeerId, Acceptance, VerifiedProposal), MessageError> {
     let provider = signed.verify(DOMAIN_ACCEPTANCE).map_err(|e| MessageError::Signature("acceptance", e))?;
     let a: Acceptance = from_cbor("acceptance", &signed.body)?;
+    if a.addrs.len() > MAX_PROPOSAL_ADDRS {
+        return Err(MessageError::Invalid("acceptance lists too many addresses".into()));
+    }
     if a.provider != provider.to_bytes() {
         return Err(MessageError::Invalid("acceptance names another provider than its signer".into()));
     }
@@ -263,12 +268,14 @@ pub enum DataErrorCode {
     NoContract,
     /// The pack would exceed the contract's bytes, or this disk is full.
     NoRoom,
-    /// The bytes do not hash to the pack id, or exceed the size limit.
+    /// The bytes do not hash to the pack id, or exceed [`crate::repo::pack::MAX_PACK_SIZE`].
     BadPack,
     /// This provider holds no such pack for the requester.
     NotFound,
     /// A local failure at the provider (I/O); retry elsewhere.
     Internal,
+    /// The provider is serving too many requests; retry after a pause.
+    Busy,
 }
 
 /// Responses on [`DATA_PROTOCOL`].

@@ -25,6 +25,7 @@ fn proposal() -> Proposal {
 
 fn acceptance() -> Signed {
     let a = Acceptance {
+        addrs: vec!["/ip4/127.0.0.1/tcp/4002".into()],
         provider: provider().peer_id().to_bytes(),
         proposal: proposal().sign(&client()),
         bytes: 1 << 30,
@@ -102,6 +103,7 @@ fn contract_signatures() {
     assert!(bad.verify().is_err());
     // a provider cannot grant more than was asked
     let a = Acceptance {
+        addrs: vec![],
         provider: provider().peer_id().to_bytes(),
         proposal: proposal().sign(&client()),
         bytes: 2 << 30,
@@ -111,6 +113,7 @@ fn contract_signatures() {
     assert!(matches!(verify_acceptance(&s), Err(MessageError::Invalid(_))));
     // the provider field must name the signer
     let a = Acceptance {
+        addrs: vec![],
         provider: client().peer_id().to_bytes(),
         proposal: proposal().sign(&client()),
         bytes: 1,
@@ -120,6 +123,7 @@ fn contract_signatures() {
     assert!(matches!(verify_acceptance(&s), Err(MessageError::Invalid(_))));
     // nor contract with itself
     let a = Acceptance {
+        addrs: vec![],
         provider: client().peer_id().to_bytes(),
         proposal: proposal().sign(&client()),
         bytes: 1,

@@ -20,6 +20,9 @@ const HEADER_AAD: &[u8] = b"peer/pack-header/v1";
 /// chunk's stored form and its header entry, rounded up.
 pub const MAX_PACK_SIZE: usize = 34 << 20;
 
+/// Most bytes one entry takes in the CBOR header (field names included; measured ~90).
+pub const HEADER_ENTRY_MAX: usize = 112;
+
 /// One blob's place in a pack.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackEntry {
@@ -91,6 +94,11 @@ impl PackWriter {
         self.data.len()
     }
 
+    /// Upper bound of the sealed pack's size so far: blob data, header and trailer.
+    pub fn sealed_len_estimate(&self) -> usize {
+        self.data.len() + self.entries.len() * HEADER_ENTRY_MAX + 64
+    }
+
     /// True when no blob was added.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -156,7 +164,9 @@ mod tests {
         for b in &blobs {
             w.add(BlobKind::Data, blob_id(&ik, b), b);
         }
+        let estimate = w.sealed_len_estimate();
         let p = w.finish();
+        assert!(p.bytes.len() <= estimate, "{} > {estimate}", p.bytes.len());
         assert_eq!(p.id, merkle::root(&p.bytes));
         let entries = read_header(&ek, &p.bytes).unwrap();
         assert_eq!(entries, p.entries);

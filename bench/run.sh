@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# bench/run.sh [WORKDIR]
+#
+# The first benchmark: the reference dataset (../shared/bench/make-dataset.sh), a local
+# network of 5 `peer` daemons on 127.0.0.1, and restic (Debian package) on the same data in
+# the same run. Phases, for both: first backup, unchanged re-backup, restore. Prints MB/s
+# for each (dataset bytes / wall seconds, MB = 10^6 bytes) and the peak RSS (VmHWM) of the
+# client daemon. Needs: cargo, restic (apt-get install restic), /usr/bin/time not required.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-/tmp/peer-bench}
+copies=3
+peers=5
+
+command -v restic >/dev/null || { echo "restic missing: apt-get install -y restic" >&2; exit 1; }
+(cd "$here" && cargo build --release --quiet)
+peer="$here/target/release/peer"
+
+mkdir -p "$work"
+data="$work/dataset"
+if [ ! -d "$data" ]; then
+  bash "$here/../shared/bench/make-dataset.sh" "$data" || [ $? -eq 3 ]
+fi
+bytes=$(find "$data" -type f -printf '%s\n' | awk '{t+=$1} END {print t}')
+files=$(find "$data" -type f | wc -l)
+echo "dataset: $files files, $bytes bytes"
+
+now() { date +%s.%N; }
+rate() { awk -v b="$bytes" -v s="$1" 'BEGIN { printf "%.1f", b / s / 1e6 }'; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+
+# --- peer: a local network -------------------------------------------------------------
+net="$work/net"; rm -rf "$net"; mkdir -p "$net"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+boot=""
+for i in $(seq 0 $((peers - 1))); do
+  h="$net/p$i"
+  if [ -z "$boot" ]; then "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 >/dev/null
+  else "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$boot" >/dev/null; fi
+  "$peer" --home "$h" offer-storage 20GB >/dev/null
+  "$peer" --home "$h" daemon >"$h.out" 2>"$h.log" &
+  pids+=($!)
+  until grep -q '^/ip4/127.0.0.1/tcp/' "$h.out"; do sleep 0.1; done
+  [ -n "$boot" ] || boot=$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$h.out")
+done
+client_pid=${pids[0]}
+until [ "$("$peer" --home "$net/p0" status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["connected"]))')" -ge $((peers - 1)) ]; do sleep 0.2; done
+
+t0=$(now); "$peer" --home "$net/p0" backup "$data" --copies $copies --json | tail -1 > "$work/peer-backup1.json"; t1=$(now)
+"$peer" --home "$net/p0" backup "$data" --copies $copies --json | tail -1 > "$work/peer-backup2.json"; t2=$(now)
+rm -rf "$work/peer-restore"
+"$peer" --home "$net/p0" restore latest --target "$work/peer-restore" --json | tail -1 > "$work/peer-restore.json"; t3=$(now)
+peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$client_pid/status")
+diff -r -q "$data" "$work/peer-restore/dataset" >/dev/null && verified=yes || verified=NO
+uploaded=$(python3 -c 'import json; print(json.load(open("'"$work/peer-backup1.json"'"))["bytes_uploaded"])')
+cleanup
+
+# --- restic: a local repository ---------------------------------------------------------
+export RESTIC_PASSWORD=bench RESTIC_REPOSITORY="$work/restic-repo"
+rm -rf "$RESTIC_REPOSITORY" "$work/restic-restore"
+restic init --quiet
+r0=$(now); restic backup --quiet "$data"; r1=$(now)
+restic backup --quiet "$data"; r2=$(now)
+restic restore --quiet latest --target "$work/restic-restore"; r3=$(now)
+repo_bytes=$(du -sb "$RESTIC_REPOSITORY" | cut -f1)
+
+echo
+echo "peer $( "$peer" --version | cut -d' ' -f2 ) ($peers peers, --copies $copies) vs $(restic version | cut -d' ' -f1-2) (local repository)"
+printf '%-22s %12s %12s\n' phase "peer MB/s" "restic MB/s"
+printf '%-22s %12s %12s\n' "backup (first)" "$(rate "$(secs "$t0" "$t1")")" "$(rate "$(secs "$r0" "$r1")")"
+printf '%-22s %12s %12s\n' "backup (unchanged)" "$(rate "$(secs "$t1" "$t2")")" "$(rate "$(secs "$r1" "$r2")")"
+printf '%-22s %12s %12s\n' "restore" "$(rate "$(secs "$t2" "$t3")")" "$(rate "$(secs "$r2" "$r3")")"
+echo "seconds: peer $(secs "$t0" "$t1") / $(secs "$t1" "$t2") / $(secs "$t2" "$t3"); restic $(secs "$r0" "$r1") / $(secs "$r1" "$r2") / $(secs "$r2" "$r3")"
+echo "peer client daemon peak RSS: $((peak_kib / 1024)) MiB; bytes uploaded (all copies): $uploaded; restore verified: $verified"
+echo "restic repository size: $repo_bytes bytes"

@@ -1,0 +1,250 @@
+//! Contract formation on both sides (protocol.md §4): the client's proposal sessions and
+//! countersigning, and the provider's decision on a gossiped proposal.
+
+use super::Inner;
+use crate::contracts;
+use crate::id::ProposalId;
+use crate::identity::Signed;
+use crate::protocol::{
+    self, Acceptance, Contract, ContractRequest, ContractResponse, DOMAIN_ACCEPTANCE, DOMAIN_CONTRACT, Proposal, now,
+};
+use crate::state::{ContractRecord, Role};
+use libp2p::{Multiaddr, PeerId};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How often a client republishes an unanswered proposal, seconds.
+pub const REPROPOSE_SECS: u64 = 3;
+/// Slack allowed between a proposal's duration and an acceptance's expiry, seconds.
+pub const EXPIRY_SLACK_SECS: u64 = 3600;
+
+/// One `ensure_providers` call: every proposal it publishes points here, so at most
+/// `wanted` acceptances are countersigned however often it republishes.
+pub(super) struct Session {
+    wanted: usize,
+    exclude: HashSet<PeerId>,
+    accepted: Mutex<Vec<PeerId>>,
+    notify: Notify,
+}
+
+impl Inner {
+    /// Provider side: decide on a proposal, and if we grant, send our acceptance.
+    pub(super) async fn consider(self: Arc<Self>, vp: protocol::VerifiedProposal) {
+        if vp.client == self.me() {
+            return;
+        }
+        let offered = self.state.offered().unwrap_or(0);
+        let grant = {
+            let Ok(mut reserved) = self.reserved.lock() else { return };
+            let live = self.live_contracts(Role::Provider);
+            let already = reserved.contains_key(&vp.client) || live.iter().any(|(_, c)| c.peer_id() == Some(vp.client));
+            let granted: u64 = live.iter().map(|(_, c)| c.bytes).sum::<u64>() + reserved.values().sum::<u64>();
+            let ratio = self.config.contracts.ratio;
+            match contracts::provider_grant(offered, granted, vp.proposal.bytes, vp.proposal.offered, ratio, already) {
+                Ok(g) => {
+                    reserved.insert(vp.client, g);
+                    g
+                }
+                Err(r) => {
+                    tracing::debug!("not accepting proposal from {}: {r}", vp.client);
+                    return;
+                }
+            }
+        };
+        let duration = vp.proposal.duration_secs.min(self.config.contracts.duration_secs);
+        let acc = Acceptance {
+            provider: self.me().to_bytes(),
+            addrs: self.listen_addrs(),
+            proposal: vp.signed.clone(),
+            bytes: grant,
+            expires: now() + duration,
+        };
+        let signed = self.id.sign(DOMAIN_ACCEPTANCE, protocol::to_cbor(&acc));
+        let addrs: Vec<Multiaddr> = vp.proposal.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let resp = self.net.contract_request(vp.client, addrs, ContractRequest::Accept(signed.clone())).await;
+        match resp {
+            Ok(ContractResponse::Countersigned(sig)) => {
+                let contract = Contract { acceptance: signed, client_sig: sig };
+                match contract.verify() {
+                    Ok(t) if t.client == vp.client && t.provider == self.me() => {
+                        let rec = ContractRecord {
+                            contract,
+                            role: Role::Provider,
+                            peer: vp.client.to_bytes(),
+                            bytes: t.bytes,
+                            used: 0,
+                            expires: t.expires,
+                            addrs: vp.proposal.addrs.clone(),
+                        };
+                        match self.state.put_contract(&t.id, &rec) {
+                            Ok(()) => tracing::info!(
+                                "contract {} as provider for {} ({} bytes)",
+                                t.id.short(),
+                                vp.client,
+                                t.bytes
+                            ),
+                            Err(e) => tracing::error!("cannot persist contract: {e}"),
+                        }
+                    }
+                    Ok(_) => tracing::warn!("{} countersigned a contract that is not ours", vp.client),
+                    Err(e) => tracing::warn!("bad countersignature from {}: {e}", vp.client),
+                }
+            }
+            Ok(ContractResponse::Declined(why)) => tracing::debug!("{} declined our acceptance: {why}", vp.client),
+            Err(e) => tracing::debug!("acceptance to {} failed: {e}", vp.client),
+        }
+        if let Ok(mut r) = self.reserved.lock() {
+            r.remove(&vp.client);
+        }
+    }
+
+    /// Client side: countersign an acceptance of one of our open proposals.
+    pub(super) fn on_acceptance(&self, peer: PeerId, signed: Signed) -> ContractResponse {
+        let decline = |s: &str| ContractResponse::Declined(s.to_string());
+        let (provider, acc, vp) = match protocol::verify_acceptance(&signed) {
+            Ok(v) => v,
+            Err(e) => return decline(&e.to_string()),
+        };
+        if provider != peer {
+            return decline("the acceptance is not signed by its sender");
+        }
+        if vp.client != self.me() {
+            return decline("not our proposal");
+        }
+        let t = now();
+        if acc.expires <= t || acc.expires > t + vp.proposal.duration_secs + EXPIRY_SLACK_SECS {
+            return decline("the acceptance's expiry does not match the proposed duration");
+        }
+        let Some(session) = self.sessions.lock().ok().and_then(|s| s.get(&vp.id).cloned()) else {
+            return decline("the proposal is no longer open");
+        };
+        let Ok(mut accepted) = session.accepted.lock() else { return decline("internal error") };
+        if session.exclude.contains(&provider) || accepted.contains(&provider) {
+            return decline("already a contract with this provider");
+        }
+        if accepted.len() >= session.wanted {
+            return decline("enough providers already");
+        }
+        let sig = self.id.sign_detached(DOMAIN_CONTRACT, &signed.body);
+        let contract = Contract { acceptance: signed, client_sig: sig.clone() };
+        let terms = match contract.verify() {
+            Ok(t) => t,
+            Err(e) => return decline(&e.to_string()),
+        };
+        let rec = ContractRecord {
+            contract,
+            role: Role::Client,
+            peer: provider.to_bytes(),
+            bytes: acc.bytes,
+            used: 0,
+            expires: acc.expires,
+            addrs: acc.addrs.clone(),
+        };
+        if let Err(e) = self.state.put_contract(&terms.id, &rec) {
+            tracing::error!("cannot persist contract: {e}");
+            return decline("internal error");
+        }
+        tracing::info!("contract {} as client with {provider} ({} bytes)", terms.id.short(), acc.bytes);
+        accepted.push(provider);
+        session.notify.notify_one();
+        ContractResponse::Countersigned(sig)
+    }
+
+    /// Makes sure `n` distinct connected providers hold live contracts with room for us,
+    /// proposing new contracts on gossip (republished every [`REPROPOSE_SECS`]) until the
+    /// configured wait runs out. Errors say how many providers there are and what to do.
+    pub(super) async fn ensure_providers(&self, n: usize) -> Result<(), String> {
+        let wait = Duration::from_secs(self.config.contracts.proposal_wait_secs);
+        let deadline = tokio::time::Instant::now() + wait;
+        let offered = self.state.offered().map_err(|e| e.to_string())?;
+        let mut session: Option<Arc<Session>> = None;
+        let mut ids: Vec<ProposalId> = Vec::new();
+        let result = loop {
+            let connected: HashSet<PeerId> =
+                self.net.status().await.map(|s| s.connected.into_iter().collect()).unwrap_or_default();
+            let live = self.live_contracts(Role::Client);
+            let ready: HashSet<PeerId> = live
+                .iter()
+                .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
+                .filter_map(|(_, c)| c.peer_id())
+                .filter(|p| connected.contains(p))
+                .collect();
+            if ready.len() >= n {
+                break Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break Err(format!(
+                    "only {} of the {n} providers needed accepted a contract within {}s ({} peers connected); \
+                     wait for more peers to join or use fewer --copies",
+                    ready.len(),
+                    wait.as_secs(),
+                    connected.len()
+                ));
+            }
+            let s = match &session {
+                Some(s) => s.clone(),
+                None => {
+                    let missing = n - ready.len();
+                    let s = Arc::new(Session {
+                        wanted: missing,
+                        exclude: live.iter().filter_map(|(_, c)| c.peer_id()).collect(),
+                        accepted: Mutex::new(vec![]),
+                        notify: Notify::new(),
+                    });
+                    session = Some(s.clone());
+                    s
+                }
+            };
+            if s.accepted.lock().map(|a| a.len() >= s.wanted).unwrap_or(true) {
+                // Everyone asked for has answered, yet fewer than n are usable: stop early.
+                break Err(format!(
+                    "{} providers accepted, but only {} of the {n} needed are reachable with room",
+                    s.wanted,
+                    ready.len()
+                ));
+            }
+            let held: u64 = live.iter().map(|(_, c)| c.bytes).sum();
+            let Some(ask) = contracts::client_ask(offered, self.config.contracts.ratio, held, s.wanted) else {
+                break Err(format!(
+                    "your offer of {} lets you hold no more at others (ratio {}); give to get: raise it with \
+                     'peer offer-storage SIZE'",
+                    bytesize::ByteSize(offered),
+                    self.config.contracts.ratio
+                ));
+            };
+            let granted_out: u64 = self.live_contracts(Role::Provider).iter().map(|(_, c)| c.bytes).sum();
+            let p = Proposal {
+                bytes: ask,
+                duration_secs: self.config.contracts.duration_secs,
+                offered,
+                free: offered.saturating_sub(granted_out),
+                addrs: self.listen_addrs(),
+                expires: now() + 60,
+                nonce: rand::random(),
+            };
+            let signed = p.sign(&self.id);
+            let pid = ProposalId(crate::id::sha256(&signed.body));
+            if let Ok(mut m) = self.sessions.lock() {
+                m.insert(pid, s.clone());
+            }
+            ids.push(pid);
+            if let Err(e) = self.net.publish(protocol::to_cbor(&signed)).await {
+                tracing::debug!("proposal not published yet: {e}");
+            }
+            let step = tokio::time::Instant::now() + Duration::from_secs(REPROPOSE_SECS);
+            while !s.accepted.lock().map(|a| a.len() >= s.wanted).unwrap_or(true) {
+                if tokio::time::timeout_at(step.min(deadline), s.notify.notified()).await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Ok(mut m) = self.sessions.lock() {
+            for i in ids {
+                m.remove(&i);
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,236 @@
+//! The daemon: wires identity, local state, the pack store, the network and the control
+//! socket together, and plays both roles (DESIGN §1).
+//!
+//! - As **provider** it answers gossip proposals that its policy accepts
+//!   ([`crate::contracts`]), persists countersigned contracts, stores packs inside them and
+//!   serves them back to their owner ([`transfer`]).
+//! - As **client** it proposes contracts when a backup needs providers ([`contracting`]),
+//!   places each pack on N distinct holders, and fetches packs for restore, failing over
+//!   between holders ([`transfer`]).
+//! - It serves the CLI over the control socket ([`ops`]).
+//!
+//! The network task owns the Swarm ([`crate::net`]); this module only dispatches its events.
+//! Inbound data work is bounded by a semaphore; excess requests are answered `Busy`.
+
+mod contracting;
+mod ops;
+mod transfer;
+
+pub use ops::check_offer;
+
+use crate::config::{Config, Home};
+use crate::id::{ContractId, ProposalId};
+use crate::identity::{Identity, Signed};
+use crate::net::{self, NetEvent, NetHandle};
+use crate::protocol::{self, ContractRequest, DataErrorCode, DataResponse, now};
+use crate::provider::PackStore;
+use crate::state::{ContractRecord, Role, State};
+use libp2p::{Multiaddr, PeerId};
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+
+/// Inbound data requests handled at once.
+pub const INBOUND_DATA_LIMIT: usize = 8;
+/// Proposals considered at once; more are ignored until one finishes.
+pub const PROPOSALS_AT_ONCE: usize = 4;
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Identity, configuration, state or store could not be loaded.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Everything the daemon's tasks share.
+struct Inner {
+    home: Home,
+    config: Config,
+    id: Identity,
+    state: State,
+    store: PackStore,
+    net: NetHandle,
+    listen: Mutex<Vec<Multiaddr>>,
+    /// Client side: open proposals and the session each belongs to.
+    sessions: Mutex<HashMap<ProposalId, Arc<contracting::Session>>>,
+    /// Provider side: bytes promised in acceptances not yet countersigned, per client.
+    reserved: Mutex<HashMap<PeerId, u64>>,
+    /// Provider side: bytes of stores being written, per client.
+    inflight: Mutex<HashMap<PeerId, u64>>,
+    inbound: Arc<Semaphore>,
+    proposals: Arc<Semaphore>,
+    busy: tokio::sync::Mutex<()>,
+}
+
+fn setup<E: std::fmt::Display>(e: E) -> DaemonError {
+    DaemonError::Setup(e.to_string())
+}
+
+/// Prints a line on stdout; a closed stdout is not an error for a daemon.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+}
+
+/// Runs the daemon for `home` until SIGINT or SIGTERM: prints the PeerId, then each listen
+/// multiaddr (with `/p2p/<PeerId>`) as it becomes known, one per line.
+pub async fn run(home: Home) -> Result<(), DaemonError> {
+    let id = Identity::load(&home.key_file()).map_err(setup)?;
+    let config = Config::load(&home.config_file()).map_err(setup)?;
+    let state = State::open(&home.state_file()).map_err(|e| match e {
+        crate::state::StateError::Open { .. } => {
+            DaemonError::Setup(format!("{e} (is a daemon already running for {}?)", home.dir.display()))
+        }
+        e => setup(e),
+    })?;
+    let store = PackStore::open(&home.store_dir()).map_err(setup)?;
+    let parse = |v: &[String]| {
+        v.iter()
+            .map(|a| a.parse::<Multiaddr>().map_err(|e| setup(format!("'{a}': {e}"))))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let cfg = net::NetConfig {
+        listen: parse(&config.network.listen)?,
+        bootstrap: parse(&config.network.bootstrap)?,
+        mdns: config.network.mdns,
+        max_connections: config.network.max_connections,
+    };
+    let (net, mut events) = net::start(id.keypair(), cfg).map_err(setup)?;
+    say(&id.peer_id().to_string());
+
+    let sock = home.control_socket();
+    let _ = std::fs::remove_file(&sock); // stale: we hold the state lock, so no daemon owns it
+    let listener = UnixListener::bind(&sock).map_err(|e| setup(format!("cannot bind {}: {e}", sock.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(setup)?;
+    }
+
+    let inner = Arc::new(Inner {
+        home,
+        config,
+        id,
+        state,
+        store,
+        net: net.clone(),
+        listen: Mutex::new(Vec::new()),
+        sessions: Mutex::new(HashMap::new()),
+        reserved: Mutex::new(HashMap::new()),
+        inflight: Mutex::new(HashMap::new()),
+        inbound: Arc::new(Semaphore::new(INBOUND_DATA_LIMIT)),
+        proposals: Arc::new(Semaphore::new(PROPOSALS_AT_ONCE)),
+        busy: tokio::sync::Mutex::new(()),
+    });
+
+    let ctl = inner.clone();
+    let control_task = tokio::spawn(async move {
+        let conns = Arc::new(Semaphore::new(32));
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    let Ok(permit) = conns.clone().acquire_owned().await else { return };
+                    let i = ctl.clone();
+                    tokio::spawn(async move {
+                        i.serve_control(s).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => tracing::warn!("control socket: {e}"),
+            }
+        }
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(setup)?;
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => inner.clone().on_event(ev).await,
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    control_task.abort();
+    net.shutdown().await;
+    let _ = std::fs::remove_file(inner.home.control_socket());
+    Ok(())
+}
+
+impl Inner {
+    fn me(&self) -> PeerId {
+        self.id.peer_id()
+    }
+
+    fn live_contracts(&self, role: Role) -> Vec<(ContractId, ContractRecord)> {
+        let t = now();
+        self.state
+            .contracts()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, c)| c.role == role && c.expires > t)
+            .collect()
+    }
+
+    /// Our listen addresses as text, at most `MAX_PROPOSAL_ADDRS`.
+    fn listen_addrs(&self) -> Vec<String> {
+        self.listen
+            .lock()
+            .map(|l| l.iter().take(protocol::MAX_PROPOSAL_ADDRS).map(|a| a.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    async fn on_event(self: Arc<Self>, ev: NetEvent) {
+        match ev {
+            NetEvent::Listening(a) => {
+                say(&a.to_string());
+                if let Ok(mut l) = self.listen.lock()
+                    && !l.contains(&a)
+                {
+                    l.push(a);
+                }
+            }
+            NetEvent::Proposal { id, source, data } => {
+                let verified = ciborium::from_reader::<Signed, _>(&data[..])
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| protocol::verify_proposal(&s, now()).map_err(|e| e.to_string()));
+                match verified {
+                    Ok(vp) => {
+                        self.net.validate(id, source, true).await;
+                        if let Ok(permit) = self.proposals.clone().try_acquire_owned() {
+                            tokio::spawn(async move {
+                                self.consider(vp).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("rejected gossip from {source}: {e}");
+                        self.net.validate(id, source, false).await;
+                    }
+                }
+            }
+            NetEvent::Contract { peer, request: ContractRequest::Accept(signed), channel } => {
+                let resp = self.on_acceptance(peer, signed);
+                self.net.respond_contract(channel, resp).await;
+            }
+            NetEvent::Data { peer, request, channel } => {
+                let Ok(permit) = self.inbound.clone().try_acquire_owned() else {
+                    let busy =
+                        DataResponse::Error { code: DataErrorCode::Busy, message: "provider busy; retry later".into() };
+                    self.net.respond_data(channel, busy).await;
+                    return;
+                };
+                tokio::spawn(async move {
+                    let resp = self.on_data(peer, request).await;
+                    self.net.respond_data(channel, resp).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}

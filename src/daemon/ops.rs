@@ -1,0 +1,216 @@
+//! What the control socket asks of the daemon: status, offer, snapshots, backup, restore
+//! (src/control.rs defines the frames). Long operations send progress frames through a
+//! small queue drained by a writer task, so a client that stops reading never stalls them.
+
+use super::Inner;
+use super::transfer::{NetSink, NetSource};
+use crate::backup::{self, BackupOptions, Counters, PackSink};
+use crate::config::Home;
+use crate::control::{self, ContractInfo, Progress, Reply, Request, SnapshotInfo, StatusReport};
+use crate::protocol::now;
+use crate::restore::{self, PackSource};
+use crate::state::Role;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+/// Refuses an offer larger than the free disk of the home plus what others already store here.
+pub fn check_offer(home: &Home, bytes: u64, stored: u64) -> Result<(), String> {
+    let free = crate::provider::free_space(&home.dir).map_err(|e| format!("{}: {e}", home.dir.display()))?;
+    if bytes > free + stored {
+        return Err(format!(
+            "cannot offer {}: the disk holding {} has only {} free",
+            bytesize::ByteSize(bytes),
+            home.dir.display(),
+            bytesize::ByteSize(free + stored)
+        ));
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn status(&self) -> Result<StatusReport, String> {
+        let contracts = self.state.contracts().map_err(|e| e.to_string())?;
+        let t = now();
+        let live = |r: Role| contracts.iter().filter(move |(_, c)| c.role == r && c.expires > t);
+        Ok(StatusReport {
+            peer_id: self.me().to_string(),
+            listen: self.listen.lock().map(|l| l.iter().map(|a| a.to_string()).collect()).unwrap_or_default(),
+            connected: vec![],
+            offered: self.state.offered().map_err(|e| e.to_string())?,
+            granted: live(Role::Provider).map(|(_, c)| c.bytes).sum(),
+            used_by_others: self.store.used_total(),
+            held_at_others: live(Role::Client).map(|(_, c)| c.used).sum(),
+            contracts: contracts
+                .iter()
+                .map(|(id, c)| ContractInfo {
+                    id: id.to_string(),
+                    role: match c.role {
+                        Role::Client => "client".into(),
+                        Role::Provider => "provider".into(),
+                    },
+                    peer: c.peer_id().map(|p| p.to_string()).unwrap_or_default(),
+                    bytes: c.bytes,
+                    used: match c.role {
+                        Role::Provider => c.peer_id().map(|p| self.store.used(&p)).unwrap_or(0),
+                        Role::Client => c.used,
+                    },
+                    expires: c.expires,
+                })
+                .collect(),
+        })
+    }
+
+    pub(super) async fn serve_control(self: Arc<Self>, s: UnixStream) {
+        let (mut rd, mut wr) = s.into_split();
+        let req = match tokio::time::timeout(Duration::from_secs(10), control::read_frame::<Request>(&mut rd)).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                let _ = control::write_frame(&mut wr, &Reply::Error(format!("bad control request: {e}"))).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let (tx, mut rx) = mpsc::channel::<Reply>(4);
+        let writer = tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                if control::write_frame(&mut wr, &r).await.is_err() {
+                    // The client went away: drain so senders never block, write nothing more.
+                    while rx.recv().await.is_some() {}
+                    return;
+                }
+            }
+        });
+        let reply = match req {
+            Request::Status => match self.status() {
+                Ok(mut st) => {
+                    if let Ok(ns) = self.net.status().await {
+                        st.connected = ns.connected.iter().map(|p| p.to_string()).collect();
+                    }
+                    Reply::Status(st)
+                }
+                Err(e) => Reply::Error(e),
+            },
+            Request::Offer(b) => match check_offer(&self.home, b, self.store.used_total())
+                .and_then(|_| self.state.set_offered(b).map_err(|e| e.to_string()))
+            {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::Error(e),
+            },
+            Request::Snapshots => match self.state.snapshots() {
+                Ok(v) => Reply::Snapshots(
+                    v.into_iter()
+                        .map(|(id, s)| SnapshotInfo {
+                            id: id.to_string(),
+                            time: s.time,
+                            hostname: s.hostname,
+                            paths: s.paths,
+                            files: s.files,
+                            bytes: s.bytes,
+                        })
+                        .collect(),
+                ),
+                Err(e) => Reply::Error(e.to_string()),
+            },
+            Request::Backup { paths, copies } => self.clone().backup(&tx, paths, copies).await,
+            Request::Restore { snapshot, target, overwrite } => {
+                self.clone().restore(&tx, restore::RestoreWhat { snapshot, target, overwrite }).await
+            }
+        };
+        let _ = tx.send(reply).await;
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    async fn backup(self: Arc<Self>, tx: &mpsc::Sender<Reply>, paths: Vec<PathBuf>, copies: u32) -> Reply {
+        let Ok(_guard) = self.busy.try_lock() else {
+            return Reply::Error("another backup or restore is running on this daemon".into());
+        };
+        if copies == 0 {
+            return Reply::Error("--copies must be at least 1".into());
+        }
+        if let Err(e) = backup::check_paths(&paths) {
+            return Reply::Error(e.to_string());
+        }
+        match self.state.offered() {
+            Ok(0) => {
+                return Reply::Error(
+                    "this peer offers no storage, so no peer will store for it (give to get); \
+                     run 'peer offer-storage SIZE' first"
+                        .into(),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return Reply::Error(e.to_string()),
+        }
+        let _ = tx.try_send(Reply::Progress(Progress { phase: "contracts".into(), done: 0, total: 0 }));
+        if let Err(e) = self.ensure_providers(copies as usize).await {
+            return Reply::Error(e);
+        }
+        let counters = Arc::new(Counters::default());
+        let opts = BackupOptions {
+            paths,
+            copies: copies as usize,
+            pack_size: self.config.backup.pack_size as usize,
+            zstd_level: self.config.backup.zstd_level,
+            upload_concurrency: self.config.backup.upload_concurrency,
+        };
+        let sink: Arc<dyn PackSink> =
+            Arc::new(NetSink { inner: self.clone(), copies: copies as usize, pending: Mutex::new(HashMap::new()) });
+        let (c2, inner) = (counters.clone(), self.clone());
+        let op = async move { backup::run(&inner.id, &inner.state, opts, sink, c2).await };
+        let result = with_progress(tx, op, || Progress {
+            phase: "backup".into(),
+            done: counters.done.load(Ordering::Relaxed),
+            total: counters.total.load(Ordering::Relaxed),
+        })
+        .await;
+        match result {
+            Ok(sum) => Reply::Backup(sum),
+            Err(e) => Reply::Error(e.to_string()),
+        }
+    }
+
+    async fn restore(self: Arc<Self>, tx: &mpsc::Sender<Reply>, what: restore::RestoreWhat) -> Reply {
+        let Ok(_guard) = self.busy.try_lock() else {
+            return Reply::Error("another backup or restore is running on this daemon".into());
+        };
+        let total = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let source: Arc<dyn PackSource> = Arc::new(NetSource { inner: self.clone() });
+        let (t2, d2, inner) = (total.clone(), done.clone(), self.clone());
+        let op = async move { restore::run(&inner.id, &inner.state, source, &what, &t2, d2).await };
+        let result = with_progress(tx, op, || Progress {
+            phase: "restore".into(),
+            done: done.load(Ordering::Relaxed),
+            total: total.load(Ordering::Relaxed),
+        })
+        .await;
+        match result {
+            Ok(sum) => Reply::Restore(sum),
+            Err(e) => Reply::Error(e.to_string()),
+        }
+    }
+}
+
+/// Runs `op`, offering a progress frame every 200 ms; a frame is dropped when the queue is
+/// full, so a slow or absent reader never delays the operation.
+async fn with_progress<T>(
+    tx: &mpsc::Sender<Reply>,
+    op: impl std::future::Future<Output = T>,
+    progress: impl Fn() -> Progress,
+) -> T {
+    tokio::pin!(op);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            r = &mut op => return r,
+            _ = tick.tick() => { let _ = tx.try_send(Reply::Progress(progress())); }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Pack transfer (protocol.md §5): the provider's answers to store and fetch requests, and
+//! the client's placement of packs on N distinct holders ([`NetSink`]) and verified
+//! fetching with failover ([`NetSource`]).
+
+use super::Inner;
+use crate::backup::PackSink;
+use crate::id::{ContractId, PackId};
+use crate::net::NetError;
+use crate::protocol::{DataErrorCode, DataRequest, DataResponse, now};
+use crate::provider::StoreError;
+use crate::repo::merkle;
+use crate::repo::pack::{MAX_PACK_SIZE, SealedPack};
+use crate::restore::PackSource;
+use crate::state::{Holder, PackRecord, Role};
+use libp2p::{Multiaddr, PeerId};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Tries of one store at a busy provider before giving up on it.
+pub const BUSY_RETRIES: u32 = 5;
+
+fn describe(peer: &PeerId, e: &NetError) -> String {
+    match e {
+        NetError::Request { reason, .. } => format!("provider {peer} unreachable or too slow ({reason})"),
+        other => other.to_string(),
+    }
+}
+
+impl Inner {
+    /// Provider side: answers one data request from `peer`.
+    pub(super) async fn on_data(&self, peer: PeerId, req: DataRequest) -> DataResponse {
+        let err = |code, message: String| DataResponse::Error { code, message };
+        match req {
+            DataRequest::Store { contract, pack, data } => {
+                if data.len() > MAX_PACK_SIZE {
+                    return err(DataErrorCode::BadPack, format!("pack over {MAX_PACK_SIZE} bytes"));
+                }
+                let Some(c) = self.state.contract(&contract).ok().flatten() else {
+                    return err(DataErrorCode::NoContract, format!("no contract {contract}"));
+                };
+                if c.role != Role::Provider || c.peer_id() != Some(peer) || c.expires <= now() {
+                    return err(DataErrorCode::NoContract, format!("{contract} is not a live contract with {peer}"));
+                }
+                if self.store.has(&peer, &pack) {
+                    return DataResponse::Stored;
+                }
+                let size = data.len() as u64;
+                {
+                    // Check and reserve under one lock, so concurrent stores cannot overrun the contract.
+                    let Ok(mut inflight) = self.inflight.lock() else {
+                        return err(DataErrorCode::Internal, "internal error".into());
+                    };
+                    let pending = inflight.entry(peer).or_default();
+                    let used = self.store.used(&peer) + *pending;
+                    if used + size > c.bytes {
+                        return err(
+                            DataErrorCode::NoRoom,
+                            format!("contract {} has {used} of {} bytes used", contract.short(), c.bytes),
+                        );
+                    }
+                    *pending += size;
+                }
+                let store = self.store.clone();
+                let r = tokio::task::spawn_blocking(move || store.put(&peer, &pack, &data)).await;
+                if let Ok(mut inflight) = self.inflight.lock()
+                    && let Some(p) = inflight.get_mut(&peer)
+                {
+                    *p = p.saturating_sub(size);
+                }
+                match r {
+                    Ok(Ok(())) => DataResponse::Stored,
+                    Ok(Err(StoreError::Mismatch(p))) => {
+                        err(DataErrorCode::BadPack, format!("pack {p} does not match its id"))
+                    }
+                    Ok(Err(e @ StoreError::DiskFull { .. })) => err(DataErrorCode::NoRoom, e.to_string()),
+                    Ok(Err(e)) => {
+                        tracing::error!("store failed: {e}");
+                        err(DataErrorCode::Internal, "provider could not write the pack".into())
+                    }
+                    Err(e) => err(DataErrorCode::Internal, e.to_string()),
+                }
+            }
+            DataRequest::Fetch { pack } => {
+                let store = self.store.clone();
+                match tokio::task::spawn_blocking(move || store.get(&peer, &pack)).await {
+                    Ok(Ok(Some(b))) => DataResponse::Pack(b),
+                    Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no pack {pack} held for {peer}")),
+                    Ok(Err(e)) => {
+                        tracing::error!("read failed: {e}");
+                        err(DataErrorCode::Internal, "provider could not read the pack".into())
+                    }
+                    Err(e) => err(DataErrorCode::Internal, e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Addresses recorded for a provider in our contracts with it.
+    fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.live_contracts(Role::Client)
+            .iter()
+            .filter(|(_, c)| c.peer_id().as_ref() == Some(peer))
+            .flat_map(|(_, c)| c.addrs.iter().filter_map(|a| a.parse().ok()))
+            .collect()
+    }
+}
+
+/// Places packs on `copies` distinct holders among our live contracts.
+pub(super) struct NetSink {
+    pub(super) inner: Arc<Inner>,
+    pub(super) copies: usize,
+    /// Bytes of packs in flight per contract, not yet in the state's `used`.
+    pub(super) pending: Mutex<HashMap<ContractId, u64>>,
+}
+
+impl NetSink {
+    async fn store_at(&self, peer: PeerId, contract: ContractId, pack: &SealedPack) -> Result<(), String> {
+        let addrs = self.inner.addrs_of(&peer);
+        let mut pause = Duration::from_millis(250);
+        for _ in 0..BUSY_RETRIES {
+            let req = DataRequest::Store { contract, pack: pack.id, data: pack.bytes.clone() };
+            match self.inner.net.data_request(peer, addrs.clone(), req).await {
+                Ok(DataResponse::Stored) => return Ok(()),
+                Ok(DataResponse::Error { code: DataErrorCode::Busy, .. }) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Ok(DataResponse::Error { code, message }) => {
+                    return Err(format!("provider {peer} refused: {code:?}: {message}"));
+                }
+                Ok(_) => return Err(format!("provider {peer} gave an unexpected answer to a store request")),
+                Err(e) => return Err(describe(&peer, &e)),
+            }
+        }
+        Err(format!("provider {peer} stayed busy"))
+    }
+
+    /// Picks up to `need` contracts with room for `size` bytes, one per provider not in
+    /// `tried`, most free first, and reserves the bytes, all under one lock.
+    fn pick(&self, size: u64, need: usize, tried: &HashSet<PeerId>) -> Vec<(PeerId, ContractId)> {
+        let Ok(mut pending) = self.pending.lock() else { return vec![] };
+        let mut cands: Vec<(u64, PeerId, ContractId)> = self
+            .inner
+            .live_contracts(Role::Client)
+            .into_iter()
+            .filter_map(|(id, c)| {
+                let free = c.bytes.saturating_sub(c.used + pending.get(&id).copied().unwrap_or(0));
+                let peer = c.peer_id()?;
+                (free >= size && !tried.contains(&peer)).then_some((free, peer, id))
+            })
+            .collect();
+        cands.sort_by_key(|c| std::cmp::Reverse(c.0));
+        let mut seen = HashSet::new();
+        cands.retain(|(_, p, _)| seen.insert(*p));
+        cands.truncate(need);
+        for (_, _, c) in &cands {
+            *pending.entry(*c).or_default() += size;
+        }
+        cands.into_iter().map(|(_, p, c)| (p, c)).collect()
+    }
+
+    fn unreserve(&self, contract: ContractId, size: u64) {
+        if let Ok(mut pm) = self.pending.lock() {
+            let e = pm.entry(contract).or_default();
+            *e = e.saturating_sub(size);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PackSink for NetSink {
+    async fn place(&self, pack: Arc<SealedPack>) -> Result<PackRecord, String> {
+        let size = pack.bytes.len() as u64;
+        if pack.bytes.len() > MAX_PACK_SIZE {
+            return Err(format!("pack {} is {size} bytes, over the {MAX_PACK_SIZE}-byte limit", pack.id.short()));
+        }
+        let mut holders: Vec<Holder> = Vec::new();
+        let mut tried: HashSet<PeerId> = HashSet::new();
+        let mut errors = Vec::new();
+        while holders.len() < self.copies {
+            let batch = self.pick(size, self.copies - holders.len(), &tried);
+            if batch.is_empty() {
+                break;
+            }
+            tried.extend(batch.iter().map(|(p, _)| *p));
+            let results = futures::future::join_all(batch.iter().map(|(p, c)| self.store_at(*p, *c, &pack))).await;
+            for ((p, c), r) in batch.into_iter().zip(results) {
+                self.unreserve(c, size);
+                match r {
+                    Ok(()) => {
+                        if let Err(e) = self.inner.state.add_contract_use(&c, size) {
+                            tracing::error!("cannot record contract use: {e}");
+                        }
+                        holders.push(Holder { peer: p.to_bytes(), contract: c });
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if holders.len() < self.copies {
+            return Err(format!(
+                "pack {} reached {} of {} holders: {}",
+                pack.id.short(),
+                holders.len(),
+                self.copies,
+                if errors.is_empty() {
+                    "no other contract has room; offer more storage to get more".to_string()
+                } else {
+                    errors.join("; ")
+                }
+            ));
+        }
+        Ok(PackRecord { size, holders })
+    }
+}
+
+/// Fetches packs from their holders, verifying each against its id, failing over.
+pub(super) struct NetSource {
+    pub(super) inner: Arc<Inner>,
+}
+
+#[async_trait::async_trait]
+impl PackSource for NetSource {
+    async fn fetch(&self, pack: PackId) -> Result<Vec<u8>, String> {
+        let rec = self
+            .inner
+            .state
+            .pack(&pack)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("pack {pack} has no known holder"))?;
+        let mut errors = Vec::new();
+        for h in rec.holders {
+            let Ok(peer) = PeerId::from_bytes(&h.peer) else { continue };
+            let addrs = self.inner.addrs_of(&peer);
+            match self.inner.net.data_request(peer, addrs, DataRequest::Fetch { pack }).await {
+                Ok(DataResponse::Pack(b)) => {
+                    let checked = tokio::task::spawn_blocking(move || (merkle::root(&b) == pack).then_some(b)).await;
+                    match checked {
+                        Ok(Some(b)) => return Ok(b),
+                        _ => {
+                            tracing::warn!("holder {peer} returned a corrupt copy of pack {}", pack.short());
+                            errors.push(format!("provider {peer} returned a corrupt copy"));
+                        }
+                    }
+                }
+                Ok(DataResponse::Error { code, message }) => {
+                    errors.push(format!("provider {peer}: {code:?}: {message}"))
+                }
+                Ok(_) => errors.push(format!("provider {peer} gave an unexpected answer to a fetch request")),
+                Err(e) => errors.push(describe(&peer, &e)),
+            }
+        }
+        Err(errors.join("; "))
+    }
+}
