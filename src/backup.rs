@@ -149,12 +149,11 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<SealedPack>(2);
     let walker = Walker {
         id_key: id.id_key,
-        enc_key: id.enc_key,
         state: state.clone(),
         opts: opts.clone(),
         tx,
         counters: counters.clone(),
-        writer: PackWriter::new(id.enc_key, opts.zstd_level),
+        writer: PackWriter::new(id.enc_key, opts.zstd_level, opts.pack_size + chunker::MAX_CHUNK as usize + 4096),
         in_run: HashSet::new(),
         live,
         packs_ok: HashMap::new(),
@@ -263,7 +262,6 @@ struct Stats {
 
 struct Walker {
     id_key: [u8; 32],
-    enc_key: [u8; 32],
     state: State,
     opts: BackupOptions,
     tx: mpsc::Sender<SealedPack>,
@@ -371,8 +369,8 @@ impl Walker {
         if self.writer.is_empty() {
             return Ok(());
         }
-        let w = std::mem::replace(&mut self.writer, PackWriter::new(self.enc_key, self.opts.zstd_level));
-        self.tx.blocking_send(w.finish()).map_err(|_| BackupError::Internal("uploads stopped".into()))
+        let pack = self.writer.finish();
+        self.tx.blocking_send(pack).map_err(|_| BackupError::Internal("uploads stopped".into()))
     }
 
     fn put_tree(&mut self, t: Tree) -> Result<BlobId, BackupError> {
@@ -470,15 +468,16 @@ impl Walker {
     fn read_file(&mut self, path: &Path, node: &mut Node) -> Result<(), ReadError> {
         let f = std::fs::File::open(path).map_err(ReadError::Io)?;
         let mut size = 0u64;
-        for chunk in chunker::chunks(std::io::BufReader::with_capacity(1 << 20, f)) {
-            let chunk = chunk.map_err(ReadError::Io)?;
+        let len = f.metadata().map_err(ReadError::Io)?.len();
+        chunker::for_each_chunk(f, len, |chunk| {
             size += chunk.len() as u64;
             self.stats.bytes_read += chunk.len() as u64;
             self.counters.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             let id = blob_id(&self.id_key, &chunk);
             self.add_blob(BlobKind::Data, id, &chunk).map_err(ReadError::Fatal)?;
             node.content.push(id);
-        }
+            Ok::<(), ReadError>(())
+        })?;
         // The file may have changed size while read: record what was read.
         self.stats.bytes = self.stats.bytes - node.size + size;
         node.size = size;
@@ -489,6 +488,12 @@ impl Walker {
 enum ReadError {
     Io(std::io::Error),
     Fatal(BackupError),
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
 }
 
 /// This machine's host name (from `/proc/sys/kernel/hostname`, else `$HOSTNAME`, else "unknown").

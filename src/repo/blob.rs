@@ -62,10 +62,21 @@ fn aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
     a
 }
 
+/// A reusable zstd compressor at `level` (reusing its context avoids re-initialising
+/// zstd's tables for every blob).
+pub fn compressor(level: i32) -> zstd::bulk::Compressor<'static> {
+    zstd::bulk::Compressor::new(level).expect("a zstd context at a valid level (1..=19) can be created")
+}
+
 /// Compresses and encrypts a blob's plaintext into its stored form.
-pub fn seal(enc_key: &[u8; 32], kind: BlobKind, id: &BlobId, plaintext: &[u8], level: i32) -> Vec<u8> {
-    let compressed =
-        zstd::bulk::compress(plaintext, level).expect("zstd compression of an in-memory buffer cannot fail");
+pub fn seal(
+    enc_key: &[u8; 32],
+    kind: BlobKind,
+    id: &BlobId,
+    plaintext: &[u8],
+    zstd: &mut zstd::bulk::Compressor<'static>,
+) -> Vec<u8> {
+    let compressed = zstd.compress(plaintext).expect("zstd compression of an in-memory buffer cannot fail");
     encrypt(enc_key, &aad(kind, id), &compressed)
 }
 
@@ -99,7 +110,7 @@ mod tests {
         let (ik, ek) = ([1u8; 32], [2u8; 32]);
         let data = b"some file content, some file content".repeat(100);
         let id = blob_id(&ik, &data);
-        let s = seal(&ek, BlobKind::Data, &id, &data, 3);
+        let s = seal(&ek, BlobKind::Data, &id, &data, &mut compressor(3));
         assert!(s.len() < data.len(), "compressible data shrinks");
         assert_eq!(open((&ik, &ek), BlobKind::Data, &id, &s, data.len() as u32).unwrap(), data);
         let mut t = s.clone();

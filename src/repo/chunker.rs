@@ -11,14 +11,42 @@ pub const AVG_CHUNK: u32 = 1024 * 1024;
 /// Largest chunk, bytes.
 pub const MAX_CHUNK: u32 = 8 * 1024 * 1024;
 
-/// Iterates the chunks of `reader`, each as owned bytes. Errors are the reader's I/O errors.
-pub fn chunks<R: Read>(reader: R) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
-    fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK).map(|r| {
-        r.map(|c| c.data).map_err(|e| match e {
+/// Files up to this size (bytes) are read whole and cut in memory; larger ones are streamed.
+pub const IN_MEMORY_MAX: u64 = 16 << 20;
+
+/// Calls `f` with each chunk of `reader`, in order. `len_hint` is the expected length
+/// (from metadata); it only picks the strategy, the content read is what counts. Errors are
+/// the reader's I/O errors and whatever `f` returns.
+pub fn for_each_chunk<R: Read, E: From<std::io::Error>>(
+    mut reader: R,
+    len_hint: u64,
+    mut f: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    if len_hint <= IN_MEMORY_MAX {
+        // One read, no 8 MiB stream buffer per file: most files are small.
+        let mut buf = Vec::with_capacity(len_hint as usize + 1);
+        reader.read_to_end(&mut buf)?;
+        if buf.len() as u64 <= IN_MEMORY_MAX {
+            for c in fastcdc::v2020::FastCDC::new(&buf, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+                f(&buf[c.offset..c.offset + c.length])?;
+            }
+            return Ok(());
+        }
+        // The file grew past the hint while we read it: chunk what we have and the rest as a stream.
+        return stream(std::io::Cursor::new(buf).chain(reader), f);
+    }
+    stream(reader, f)
+}
+
+fn stream<R: Read, E: From<std::io::Error>>(reader: R, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    for c in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+        let c = c.map_err(|e| match e {
             fastcdc::v2020::Error::IoError(e) => e,
             other => std::io::Error::other(other.to_string()),
-        })
-    })
+        })?;
+        f(&c.data)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -35,14 +63,28 @@ mod tests {
             x ^= x << 5;
             *b = x as u8;
         }
-        let a: Vec<Vec<u8>> = chunks(&data[..]).map(|c| c.unwrap()).collect();
+        let chunks = |d: &[u8], hint: u64| {
+            let mut v: Vec<Vec<u8>> = Vec::new();
+            for_each_chunk(d, hint, |c| {
+                v.push(c.to_vec());
+                Ok::<(), std::io::Error>(())
+            })
+            .unwrap();
+            v
+        };
+        let a = chunks(&data, data.len() as u64);
+        // streaming (large hint) and in-memory cut the same chunks
+        assert_eq!(chunks(&data, u64::MAX), a);
         assert_eq!(a.concat(), data);
         assert!(a.iter().all(|c| c.len() <= MAX_CHUNK as usize));
         let mut edited = data.clone();
         edited.splice(100..100, [1, 2, 3]);
-        let b: Vec<Vec<u8>> = chunks(&edited[..]).map(|c| c.unwrap()).collect();
+        let b = chunks(&edited, edited.len() as u64);
         let same = b.iter().filter(|c| a.contains(c)).count();
         assert!(same + 1 >= a.len(), "only the first chunk should change");
-        assert!(chunks(&[][..]).next().is_none());
+        assert!(chunks(&[], 0).is_empty());
+        // a reader longer than its hint is still cut whole
+        let long = vec![5u8; (IN_MEMORY_MAX + 1000) as usize];
+        assert_eq!(chunks(&long, 10).concat(), long);
     }
 }

@@ -47,10 +47,11 @@ pub struct PackHeader {
     pub blobs: Vec<PackEntry>,
 }
 
-/// Builds one pack in memory.
+/// Builds packs in memory, one after the other (the compressor is kept between packs).
 pub struct PackWriter {
     enc_key: [u8; 32],
-    level: i32,
+    zstd: zstd::bulk::Compressor<'static>,
+    capacity: usize,
     data: Vec<u8>,
     entries: Vec<PackEntry>,
 }
@@ -66,14 +67,21 @@ pub struct SealedPack {
 }
 
 impl PackWriter {
-    /// A new empty pack encrypted under `enc_key`, compressing blobs at zstd `level`.
-    pub fn new(enc_key: [u8; 32], level: i32) -> Self {
-        PackWriter { enc_key, level, data: Vec::new(), entries: Vec::new() }
+    /// A new empty pack encrypted under `enc_key`, compressing blobs at zstd `level`;
+    /// `capacity` (bytes) is reserved up front for each pack.
+    pub fn new(enc_key: [u8; 32], level: i32, capacity: usize) -> Self {
+        PackWriter {
+            enc_key,
+            zstd: blob::compressor(level),
+            capacity,
+            data: Vec::with_capacity(capacity),
+            entries: Vec::new(),
+        }
     }
 
     /// Compresses, encrypts and appends one blob.
     pub fn add(&mut self, kind: BlobKind, id: BlobId, plaintext: &[u8]) {
-        let sealed = blob::seal(&self.enc_key, kind, &id, plaintext, self.level);
+        let sealed = blob::seal(&self.enc_key, kind, &id, plaintext, &mut self.zstd);
         self.add_sealed(kind, id, &sealed, plaintext.len() as u32);
     }
 
@@ -104,13 +112,13 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    /// Appends the header and trailer and computes the pack id.
-    pub fn finish(self) -> SealedPack {
-        let header = PackHeader { version: 1, blobs: self.entries };
+    /// Appends the header and trailer, computes the pack id, and starts the next pack empty.
+    pub fn finish(&mut self) -> SealedPack {
+        let header = PackHeader { version: 1, blobs: std::mem::take(&mut self.entries) };
         let mut plain = Vec::new();
         ciborium::into_writer(&header, &mut plain).expect("CBOR encoding into a Vec cannot fail");
         let sealed = blob::encrypt(&self.enc_key, HEADER_AAD, &plain);
-        let mut bytes = self.data;
+        let mut bytes = std::mem::replace(&mut self.data, Vec::with_capacity(self.capacity));
         bytes.extend_from_slice(&sealed);
         bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         SealedPack { id: merkle::root(&bytes), bytes, entries: header.blobs }
@@ -159,7 +167,7 @@ mod tests {
     #[test]
     fn write_read_round_trip_and_corruption() {
         let (ik, ek) = ([4u8; 32], [5u8; 32]);
-        let mut w = PackWriter::new(ek, 3);
+        let mut w = PackWriter::new(ek, 3, 0);
         let blobs: Vec<Vec<u8>> = (0..5).map(|i| vec![i as u8; 1000 * (i + 1)]).collect();
         for b in &blobs {
             w.add(BlobKind::Data, blob_id(&ik, b), b);
