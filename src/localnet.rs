@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 pub struct LocalPeer {
     /// Its home.
     pub home: PathBuf,
-    /// Its TCP multiaddr on 127.0.0.1, with `/p2p/<PeerId>`.
+    /// Its first multiaddr on 127.0.0.1 (TCP or QUIC, as configured), with `/p2p/<PeerId>`.
     pub addr: String,
     /// Its PeerId.
     pub peer_id: String,
@@ -83,7 +83,11 @@ impl LocalNet {
     }
 
     fn spawn(&self, p: &mut LocalPeer) -> Result<(), String> {
-        let log = std::fs::File::create(p.home.join("daemon.log")).map_err(|e| e.to_string())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p.home.join("daemon.log"))
+            .map_err(|e| e.to_string())?;
         let mut child = Command::new(&self.exe)
             .arg("--home")
             .arg(&p.home)
@@ -97,15 +101,35 @@ impl LocalNet {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("/ip4/127.0.0.1/tcp/") {
+                if line.starts_with("/ip4/127.0.0.1/") {
                     let _ = tx.send(line);
                 }
             }
         });
-        p.child = Some(child);
-        p.addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| format!("daemon in {} printed no address; see its daemon.log", p.home.display()))?;
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => {
+                p.addr = addr;
+                p.child = Some(child);
+                Ok(())
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("daemon in {} printed no address; see its daemon.log", p.home.display()))
+            }
+        }
+    }
+
+    /// Starts daemon `i` again (after [`LocalNet::kill`] or [`LocalNet::stop`]) on the same home.
+    pub fn restart(&mut self, i: usize) -> Result<(), String> {
+        let mut p = LocalPeer {
+            home: self.peers[i].home.clone(),
+            addr: String::new(),
+            peer_id: self.peers[i].peer_id.clone(),
+            child: None,
+        };
+        self.spawn(&mut p)?;
+        self.peers[i] = p;
         Ok(())
     }
 

@@ -121,6 +121,23 @@ fn five_peers_backup_dedup_and_restore_after_losing_two() {
     let snaps: Value = serde_json::from_str(&net.run(0, &["snapshots", "--json"]).unwrap()).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 3);
 
+    // Providers hold only ciphertext: no file content, no file name.
+    for i in 1..5 {
+        for f in store_files(&net.peers[i].home) {
+            let b = std::fs::read(&f).unwrap();
+            for marker in ["compressible text file", "ünïcødé", "big file.bin", "bottom.txt"] {
+                assert!(!b.windows(marker.len()).any(|w| w == marker.as_bytes()), "{marker} in {}", f.display());
+            }
+        }
+    }
+
+    // Contracts and the index survive a restart of the client daemon.
+    assert!(net.stop(0).unwrap().success());
+    net.restart(0).unwrap();
+    net.wait_connected(4, Duration::from_secs(60)).unwrap();
+    let status: Value = serde_json::from_str(&net.run(0, &["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(status["contracts"].as_array().unwrap().len(), 3, "{status}");
+
     // Lose two providers: every pack still has a copy.
     net.kill(1);
     net.kill(3);
@@ -139,9 +156,16 @@ fn three_peers_reciprocity_corrupt_holder_and_in_place_restore() {
     make_tree(&src, 200);
     std::fs::remove_file(src.join("big file.bin")).unwrap();
     std::fs::write(src.join("big file.bin"), noise(5, 20 * 1024 * 1024)).unwrap();
-    let wait3 = |_: usize, c: &mut String| *c = c.replace("proposal_wait_secs = 30", "proposal_wait_secs = 3");
-    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, 4 * GIB, wait3).unwrap();
+    // Peer 2 listens on QUIC only, so its packs travel over QUIC.
+    let configure = |i: usize, c: &mut String| {
+        *c = c.replace("proposal_wait_secs = 30", "proposal_wait_secs = 3");
+        if i == 2 {
+            *c = c.replace("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1");
+        }
+    };
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, 4 * GIB, configure).unwrap();
     net.wait_connected(2, Duration::from_secs(60)).unwrap();
+    assert!(net.peers[2].addr.contains("/quic-v1/"), "{}", net.peers[2].addr);
 
     // Give to get: a peer offering nothing cannot back up, and nothing is uploaded.
     net.run(0, &["offer-storage", "0"]).unwrap();

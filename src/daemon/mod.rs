@@ -92,9 +92,18 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
             .map(|a| a.parse::<Multiaddr>().map_err(|e| setup(format!("'{a}': {e}"))))
             .collect::<Result<Vec<_>, _>>()
     };
+    let t = now();
+    let known = state
+        .contracts()
+        .map_err(setup)?
+        .into_iter()
+        .filter(|(_, c)| c.expires > t)
+        .filter_map(|(_, c)| Some((c.peer_id()?, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
+        .collect();
     let cfg = net::NetConfig {
         listen: parse(&config.network.listen)?,
         bootstrap: parse(&config.network.bootstrap)?,
+        known,
         mdns: config.network.mdns,
         max_connections: config.network.max_connections,
     };

@@ -25,8 +25,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// Timeout of one data request (a pack of up to 34 MiB), seconds.
-pub const DATA_TIMEOUT_SECS: u64 = 120;
+/// Timeout of one data request, seconds: a 34 MiB pack sharing a 10 Mbit/s uplink with
+/// the other uploads of a backup (4 packs × 3 copies) needs minutes, not seconds.
+pub const DATA_TIMEOUT_SECS: u64 = 600;
 /// Timeout of one contract request, seconds.
 pub const CONTRACT_TIMEOUT_SECS: u64 = 20;
 /// Data streams (inbound and outbound) open at once per connection (libp2p request-response).
@@ -199,6 +200,9 @@ pub struct NetConfig {
     pub listen: Vec<Multiaddr>,
     /// Bootstrap multiaddrs ending in `/p2p/<PeerId>`.
     pub bootstrap: Vec<Multiaddr>,
+    /// Peers known from earlier runs (our contract partners) and their last addresses:
+    /// added to Kademlia and dialed at start, so a restarted daemon finds its network again.
+    pub known: Vec<(PeerId, Vec<Multiaddr>)>,
     /// Enable mDNS.
     pub mdns: bool,
     /// Total connection cap.
@@ -237,6 +241,15 @@ pub fn start(
         }
         if let Err(e) = swarm.dial(a.clone()) {
             tracing::warn!("cannot dial bootstrap peer {a}: {e}");
+        }
+    }
+    for (peer, addrs) in cfg.known {
+        for a in &addrs {
+            swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+        }
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
+        if let Err(e) = swarm.dial(opts) {
+            tracing::debug!("cannot dial known peer {peer}: {e}");
         }
     }
     let peer_id = *swarm.local_peer_id();
