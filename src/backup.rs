@@ -473,8 +473,8 @@ impl Walker {
             size += chunk.len() as u64;
             self.stats.bytes_read += chunk.len() as u64;
             self.counters.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            let id = blob_id(&self.id_key, &chunk);
-            self.add_blob(BlobKind::Data, id, &chunk).map_err(ReadError::Fatal)?;
+            let id = blob_id(&self.id_key, chunk);
+            self.add_blob(BlobKind::Data, id, chunk).map_err(ReadError::Fatal)?;
             node.content.push(id);
             Ok::<(), ReadError>(())
         })?;
