@@ -170,6 +170,19 @@ impl State {
         Ok(out)
     }
 
+    /// Every row of `t`, keys parsed by `key` and values decoded from CBOR.
+    fn all_decoded<K, V: for<'de> Deserialize<'de>>(
+        &self,
+        t: TableDefinition<&[u8], &[u8]>,
+        what: &str,
+        key: fn(&[u8]) -> Option<K>,
+    ) -> Result<Vec<(K, V)>, StateError> {
+        self.all(t)?
+            .into_iter()
+            .map(|(k, v)| Ok((key(&k).ok_or_else(|| StateError::Corrupt(format!("{what} key")))?, dec(what, &v)?)))
+            .collect()
+    }
+
     /// Bytes this peer offers to others (0 when never set).
     pub fn offered(&self) -> Result<u64, StateError> {
         let tx = self.db.begin_read()?;
@@ -196,15 +209,7 @@ impl State {
 
     /// Every contract, both roles.
     pub fn contracts(&self) -> Result<Vec<(ContractId, ContractRecord)>, StateError> {
-        self.all(CONTRACTS)?
-            .into_iter()
-            .map(|(k, v)| {
-                Ok((
-                    ContractId::from_slice(&k).ok_or_else(|| StateError::Corrupt("contract key".into()))?,
-                    dec("contract", &v)?,
-                ))
-            })
-            .collect()
+        self.all_decoded(CONTRACTS, "contract", ContractId::from_slice)
     }
 
     /// Adds `bytes` to a contract's used count (client side, after an acknowledged upload).
@@ -230,12 +235,7 @@ impl State {
 
     /// Every pack this client placed, with its holders.
     pub fn packs(&self) -> Result<Vec<(PackId, PackRecord)>, StateError> {
-        self.all(PACKS)?
-            .into_iter()
-            .map(|(k, v)| {
-                Ok((PackId::from_slice(&k).ok_or_else(|| StateError::Corrupt("pack key".into()))?, dec("pack", &v)?))
-            })
-            .collect()
+        self.all_decoded(PACKS, "pack", PackId::from_slice)
     }
 
     /// Records an acknowledged pack and its blobs in one transaction: after this the
@@ -294,16 +294,7 @@ impl State {
 
     /// All snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StateError> {
-        let mut v: Vec<(SnapshotId, Snapshot)> = self
-            .all(SNAPSHOTS)?
-            .into_iter()
-            .map(|(k, v)| {
-                Ok((
-                    SnapshotId::from_slice(&k).ok_or_else(|| StateError::Corrupt("snapshot key".into()))?,
-                    dec("snapshot", &v)?,
-                ))
-            })
-            .collect::<Result<_, StateError>>()?;
+        let mut v: Vec<(SnapshotId, Snapshot)> = self.all_decoded(SNAPSHOTS, "snapshot", SnapshotId::from_slice)?;
         v.sort_by_key(|(id, s)| (s.time, *id));
         Ok(v)
     }

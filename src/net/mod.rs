@@ -436,48 +436,43 @@ impl EventLoop {
     }
 
     fn on_contract(&mut self, e: request_response::Event<ContractRequest, ContractResponse>) {
-        use request_response::{Event, Message};
-        match e {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                self.emit(NetEvent::Contract { peer, request, channel })
-            }
-            Event::Message { message: Message::Response { request_id, response }, .. } => {
-                if let Some(tx) = self.pending_contract.remove(&request_id) {
-                    let _ = tx.send(Ok(response));
-                }
-            }
-            Event::OutboundFailure { peer, request_id, error, .. } => {
-                if let Some(tx) = self.pending_contract.remove(&request_id) {
-                    let _ = tx.send(Err(NetError::Request { peer, reason: error.to_string() }));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!("inbound contract request from {peer} failed: {error}")
-            }
-            Event::ResponseSent { .. } => {}
+        if let Some((peer, request, channel)) = route(e, &mut self.pending_contract, "contract") {
+            self.emit(NetEvent::Contract { peer, request, channel });
         }
     }
 
     fn on_data(&mut self, e: request_response::Event<DataRequest, DataResponse>) {
-        use request_response::{Event, Message};
-        match e {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                self.emit(NetEvent::Data { peer, request, channel })
-            }
-            Event::Message { message: Message::Response { request_id, response }, .. } => {
-                if let Some(tx) = self.pending_data.remove(&request_id) {
-                    let _ = tx.send(Ok(response));
-                }
-            }
-            Event::OutboundFailure { peer, request_id, error, .. } => {
-                if let Some(tx) = self.pending_data.remove(&request_id) {
-                    let _ = tx.send(Err(NetError::Request { peer, reason: error.to_string() }));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!("inbound data request from {peer} failed: {error}")
-            }
-            Event::ResponseSent { .. } => {}
+        if let Some((peer, request, channel)) = route(e, &mut self.pending_data, "data") {
+            self.emit(NetEvent::Data { peer, request, channel });
         }
     }
+}
+
+/// Settles outbound requests from a request-response event and returns an inbound request, if any.
+fn route<Req, Resp>(
+    e: request_response::Event<Req, Resp>,
+    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, NetError>>>,
+    what: &str,
+) -> Option<(PeerId, Req, ResponseChannel<Resp>)> {
+    use request_response::{Event, Message};
+    match e {
+        Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+            return Some((peer, request, channel));
+        }
+        Event::Message { message: Message::Response { request_id, response }, .. } => {
+            if let Some(tx) = pending.remove(&request_id) {
+                let _ = tx.send(Ok(response));
+            }
+        }
+        Event::OutboundFailure { peer, request_id, error, .. } => {
+            if let Some(tx) = pending.remove(&request_id) {
+                let _ = tx.send(Err(NetError::Request { peer, reason: error.to_string() }));
+            }
+        }
+        Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!("inbound {what} request from {peer} failed: {error}")
+        }
+        Event::ResponseSent { .. } => {}
+    }
+    None
 }
