@@ -141,7 +141,7 @@ pub async fn run(
     let live: HashSet<crate::id::ContractId> = state
         .contracts()?
         .into_iter()
-        .filter(|(_, c)| c.role == crate::state::Role::Client && c.expires > crate::protocol::now())
+        .filter(|(_, c)| c.role == crate::state::Role::Client && c.is_live(crate::protocol::now()))
         .map(|(id, _)| id)
         .collect();
     let time = crate::protocol::now();

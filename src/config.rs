@@ -81,6 +81,29 @@ pub struct Config {
     pub contracts: ContractsConfig,
     /// Backup.
     pub backup: BackupConfig,
+    /// Audits of the peers holding our packs.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Mean seconds between two audit rounds (each round challenges every holder once);
+    /// the actual wait is uniform in [0.5, 1.5] × this. Default 3600.
+    pub interval_secs: u64,
+    /// Seconds a holder has to answer one challenge. Default 30.
+    pub timeout_secs: u64,
+    /// Seconds a holder may stay unreachable before that counts as a failure. Default 86400.
+    pub grace_secs: u64,
+    /// Score below which a peer loses its standing (0..1). Default 0.8.
+    pub min_score: f64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { interval_secs: 3600, timeout_secs: 30, grace_secs: 86400, min_score: 0.8 }
+    }
 }
 
 /// `[network]`.
@@ -163,6 +186,11 @@ const HEADER: &str = "\
 #   pack_size         target pack size (at most 24 MiB)
 #   upload_concurrency  packs uploaded at once
 #   zstd_level        compression level 1..19
+# [audit]
+#   interval_secs     mean time between audit rounds of the peers holding your packs
+#   timeout_secs      time a holder has to answer one challenge
+#   grace_secs        time a holder may be unreachable before that counts as a failure
+#   min_score         score (0..1) below which a peer loses its contracts with you
 
 ";
 
@@ -188,6 +216,12 @@ impl Config {
         }
         if self.backup.pack_size < 1 << 20 || self.backup.pack_size > MAX_PACK_TARGET {
             return Err(format!("backup.pack_size must be between 1 MiB and {MAX_PACK_TARGET} bytes"));
+        }
+        if self.audit.interval_secs == 0 || self.audit.timeout_secs == 0 {
+            return Err("audit.interval_secs and audit.timeout_secs must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.audit.min_score) {
+            return Err("audit.min_score must be between 0 and 1".into());
         }
         if !(1..=19).contains(&self.backup.zstd_level) {
             return Err("backup.zstd_level must be between 1 and 19".into());

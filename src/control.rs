@@ -132,6 +132,8 @@ pub struct ContractInfo {
     pub used: u64,
     /// End, seconds since the Unix epoch.
     pub expires: u64,
+    /// When we ended it early because the other side failed its audits (seconds since the Unix epoch).
+    pub ended: Option<u64>,
 }
 
 /// `peer status`.
@@ -153,6 +155,27 @@ pub struct StatusReport {
     pub held_at_others: u64,
     /// Contracts, both roles.
     pub contracts: Vec<ContractInfo>,
+    /// Audit records of the peers holding our packs.
+    pub audits: Vec<AuditInfo>,
+}
+
+/// One peer's audit record in the status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditInfo {
+    /// The peer.
+    pub peer: String,
+    /// Audits passed.
+    pub passes: u64,
+    /// Audits failed.
+    pub failures: u64,
+    /// Score α/(α+β), 0..1.
+    pub score: f64,
+    /// "good", or "failed" once the score fell below `audit.min_score` (contracts ended).
+    pub standing: String,
+    /// The last failure's reason, if any.
+    pub last_error: String,
+    /// Seconds since the Unix epoch of the last pass (0 = never).
+    pub last_pass: u64,
 }
 
 /// A daemon reply frame.

@@ -142,6 +142,21 @@ impl PackStore {
         Ok(())
     }
 
+    /// Deletes every pack held for `client`; returns the bytes freed. Blocking.
+    pub fn drop_client(&self, client: &PeerId) -> Result<u64, StoreError> {
+        let cdir = self.dir.join(client.to_string());
+        let _guard = self.commit.lock().map_err(|_| StoreError::Io {
+            path: cdir.display().to_string(),
+            source: std::io::Error::other("store lock poisoned"),
+        })?;
+        match std::fs::remove_dir_all(&cdir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::Io { path: cdir.display().to_string(), source: e }),
+        }
+        Ok(self.used.lock().ok().and_then(|mut m| m.remove(client)).unwrap_or(0))
+    }
+
     /// Reads a pack held for `client`; `Ok(None)` when not held. Blocking.
     pub fn get(&self, client: &PeerId, pack: &PackId) -> Result<Option<Vec<u8>>, StoreError> {
         let p = self.path(client, pack);

@@ -5,6 +5,7 @@
 //! can be refilled from packs. Only the daemon opens the database (redb takes a file lock);
 //! commands reach it through the control socket, except `offer-storage` with no daemon.
 
+use crate::audit::AuditRecord;
 use crate::id::{BlobId, ContractId, PackId, SnapshotId};
 use crate::protocol::Contract;
 use crate::repo::blob::BlobKind;
@@ -20,6 +21,7 @@ const PACKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("packs");
 const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 const TREES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trees");
 const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshots");
+const AUDITS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("audits");
 
 /// Errors of the local state.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +77,18 @@ pub struct ContractRecord {
     pub expires: u64,
     /// Listen addresses of the other side, as last seen.
     pub addrs: Vec<String>,
+    /// When we ended the contract early (the other side lost its standing), seconds since
+    /// the Unix epoch.
+    #[serde(default)]
+    pub ended: Option<u64>,
 }
 
 impl ContractRecord {
+    /// True when the contract is in force at time `now`: not expired, not ended.
+    pub fn is_live(&self, now: u64) -> bool {
+        self.expires > now && self.ended.is_none()
+    }
+
     /// The other side's PeerId.
     pub fn peer_id(&self) -> Option<libp2p::PeerId> {
         libp2p::PeerId::from_bytes(&self.peer).ok()
@@ -139,7 +150,7 @@ impl State {
             .map_err(|e| StateError::Open { path: path.display().to_string(), message: e.to_string() })?;
         let tx = db.begin_write()?;
         tx.open_table(SETTINGS)?;
-        for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS] {
+        for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS, AUDITS] {
             tx.open_table(t)?;
         }
         tx.commit()?;
@@ -251,6 +262,55 @@ impl State {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Removes `peer` from the holders of every pack (its copies are lost); returns how many packs lost a copy.
+    pub fn drop_holder(&self, peer: &[u8]) -> Result<u64, StateError> {
+        self.remove_holders(|_, h| h.peer == peer)
+    }
+
+    /// Removes `peer` from the holders of one pack.
+    pub fn drop_copy(&self, pack: &PackId, peer: &[u8]) -> Result<u64, StateError> {
+        self.remove_holders(|p, h| p == pack.as_bytes().as_slice() && h.peer == peer)
+    }
+
+    fn remove_holders(&self, gone: impl Fn(&[u8], &Holder) -> bool) -> Result<u64, StateError> {
+        let tx = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut t = tx.open_table(PACKS)?;
+            let mut changed = Vec::new();
+            for r in t.iter()? {
+                let (k, v) = r?;
+                let mut rec: PackRecord = dec("pack", v.value())?;
+                let before = rec.holders.len();
+                rec.holders.retain(|h| !gone(k.value(), h));
+                if rec.holders.len() != before {
+                    changed.push((k.value().to_vec(), rec));
+                }
+            }
+            for (k, rec) in changed {
+                t.insert(k.as_slice(), enc(&rec).as_slice())?;
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Audit record of a peer (PeerId bytes), or a fresh one.
+    pub fn audit(&self, peer: &[u8]) -> Result<AuditRecord, StateError> {
+        Ok(self.get(AUDITS, peer)?.map(|b| dec("audit", &b)).transpose()?.unwrap_or_default())
+    }
+
+    /// Stores a peer's audit record.
+    pub fn put_audit(&self, peer: &[u8], r: &AuditRecord) -> Result<(), StateError> {
+        self.put(AUDITS, peer, &enc(r))
+    }
+
+    /// Every audit record, keyed by PeerId bytes.
+    pub fn audits(&self) -> Result<Vec<(Vec<u8>, AuditRecord)>, StateError> {
+        self.all_decoded(AUDITS, "audit", |k| Some(k.to_vec()))
     }
 
     /// Where a blob is, if stored.

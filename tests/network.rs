@@ -256,3 +256,85 @@ fn cli_errors_are_clear() {
     let mode = std::fs::metadata(home.join("identity.key")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+fn status(net: &LocalNet, i: usize) -> Value {
+    serde_json::from_str(&net.run(i, &["status", "--json"]).unwrap()).unwrap()
+}
+
+/// Polls `peer status --json` of daemon `i` until `ok` holds, up to `secs` seconds.
+fn wait_status(net: &LocalNet, i: usize, secs: u64, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = status(net, i);
+        if ok(&s) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "condition not met within {secs} s: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn audit_of<'a>(s: &'a Value, peer: &str) -> Option<&'a Value> {
+    s["audits"].as_array()?.iter().find(|a| a["peer"] == peer)
+}
+
+#[test]
+fn audits_catch_a_bit_flipper_and_a_dropper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("docs");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3 {
+        std::fs::write(src.join(format!("part{i}.bin")), noise(i, 9 << 20)).unwrap();
+    }
+    let configure = |_: usize, c: &mut String| {
+        *c = c
+            .replace("interval_secs = 3600", "interval_secs = 1")
+            .replace("timeout_secs = 30", "timeout_secs = 10")
+            .replace("min_score = 0.8", "min_score = 0.99");
+    };
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, 4 * GIB, configure).unwrap();
+    net.wait_connected(4, Duration::from_secs(60)).unwrap();
+    let b = backup(&net, 0, &src, 3);
+    assert!(b["packs"].as_u64().unwrap() >= 2, "{b}");
+    // The three providers holding copies: one will flip bits, one drop packs, one stay honest.
+    let st = status(&net, 0);
+    let holders: Vec<String> =
+        st["contracts"].as_array().unwrap().iter().map(|c| c["peer"].as_str().unwrap().to_string()).collect();
+    assert_eq!(holders.len(), 3, "{st}");
+    let home = |id: &String| net.peers.iter().find(|p| &p.peer_id == id).unwrap().home.clone();
+    let (flipper, dropper, honest) = (&holders[0], &holders[1], &holders[2]);
+
+    // Honest holders pass.
+    wait_status(&net, 0, 60, |s| {
+        holders.iter().all(|h| audit_of(s, h).is_some_and(|a| a["passes"].as_u64() >= Some(1)))
+    });
+
+    for f in store_files(&home(flipper)) {
+        let mut b = std::fs::read(&f).unwrap();
+        for i in (0..b.len()).step_by(64 * 1024) {
+            b[i] ^= 0x55;
+        }
+        std::fs::write(&f, b).unwrap();
+    }
+    for f in store_files(&home(dropper)) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let s = wait_status(&net, 0, 60, |s| {
+        [flipper, dropper].iter().all(|h| audit_of(s, h).is_some_and(|a| a["standing"] == "failed"))
+    });
+    let a = audit_of(&s, flipper).unwrap();
+    assert!(a["last_error"].as_str().unwrap().contains("wrong proof"), "{a}");
+    let a = audit_of(&s, dropper).unwrap();
+    assert!(a["last_error"].as_str().unwrap().contains("NotFound"), "{a}");
+    for c in s["contracts"].as_array().unwrap() {
+        let failed = c["peer"] == *flipper || c["peer"] == *dropper;
+        assert_eq!(!c["ended"].is_null(), failed, "{c}");
+    }
+    assert_eq!(audit_of(&s, honest).unwrap()["standing"], "good", "{s}");
+
+    // Every pack still has an honest copy: restore is whole.
+    let target = tmp.path().join("back");
+    let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+    assert_eq!(json_last(&out)["failed_count"], 0);
+    assert!(compare_trees(&src, &target.join("docs")).is_empty());
+}

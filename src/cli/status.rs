@@ -35,6 +35,15 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     println!("held at others:   {}", human(s.held_at_others));
     println!("contracts:        {}", s.contracts.len());
     for c in &s.contracts {
+        if c.ended.is_some() {
+            println!(
+                "  {} {:<8} {}  ENDED: the peer failed its audits",
+                c.id.get(..8).unwrap_or(&c.id),
+                c.role,
+                c.peer
+            );
+            continue;
+        }
         println!(
             "  {} {:<8} {}  {} of {} used",
             c.id.get(..8).unwrap_or(&c.id),
@@ -42,6 +51,20 @@ pub fn run(home: &Home, a: Args) -> CliResult {
             c.peer,
             human(c.used),
             human(c.bytes)
+        );
+    }
+    if !s.audits.is_empty() {
+        println!("audits of the peers holding your packs:");
+    }
+    for a in &s.audits {
+        println!(
+            "  {}  {:<6} score {:.2}  {} passed, {} failed{}",
+            a.peer,
+            a.standing,
+            a.score,
+            a.passes,
+            a.failures,
+            if a.last_error.is_empty() { String::new() } else { format!("  (last failure: {})", a.last_error) }
         );
     }
     Ok(())

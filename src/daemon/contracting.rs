@@ -77,6 +77,7 @@ impl Inner {
                             used: 0,
                             expires: t.expires,
                             addrs: vp.proposal.addrs.clone(),
+                            ended: None,
                         };
                         match self.state.put_contract(&t.id, &rec) {
                             Ok(()) => tracing::info!(
@@ -141,6 +142,7 @@ impl Inner {
             used: 0,
             expires: acc.expires,
             addrs: acc.addrs.clone(),
+            ended: None,
         };
         if let Err(e) = self.state.put_contract(&terms.id, &rec) {
             tracing::error!("cannot persist contract: {e}");

@@ -12,6 +12,7 @@
 //! The network task owns the Swarm ([`crate::net`]); this module only dispatches its events.
 //! Inbound data work is bounded by a semaphore; excess requests are answered `Busy`.
 
+mod auditing;
 mod contracting;
 mod ops;
 mod transfer;
@@ -97,7 +98,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         .contracts()
         .map_err(setup)?
         .into_iter()
-        .filter(|(_, c)| c.expires > t)
+        .filter(|(_, c)| c.is_live(t))
         .filter_map(|(_, c)| Some((c.peer_id()?, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
         .collect();
     let cfg = net::NetConfig {
@@ -152,6 +153,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         }
     });
 
+    let audits = tokio::spawn(inner.clone().audit_loop());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(setup)?;
     loop {
         tokio::select! {
@@ -165,6 +167,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     }
     tracing::info!("shutting down");
     control_task.abort();
+    audits.abort();
     net.shutdown().await;
     let _ = std::fs::remove_file(inner.home.control_socket());
     Ok(())
@@ -177,12 +180,7 @@ impl Inner {
 
     fn live_contracts(&self, role: Role) -> Vec<(ContractId, ContractRecord)> {
         let t = now();
-        self.state
-            .contracts()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(_, c)| c.role == role && c.expires > t)
-            .collect()
+        self.state.contracts().unwrap_or_default().into_iter().filter(|(_, c)| c.role == role && c.is_live(t)).collect()
     }
 
     /// Our listen addresses as text, at most `MAX_PROPOSAL_ADDRS`.

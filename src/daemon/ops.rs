@@ -6,7 +6,7 @@ use super::Inner;
 use super::transfer::{NetSink, NetSource};
 use crate::backup::{self, BackupOptions, Counters, PackSink};
 use crate::config::Home;
-use crate::control::{self, ContractInfo, Progress, Reply, Request, SnapshotInfo, StatusReport};
+use crate::control::{self, AuditInfo, ContractInfo, Progress, Reply, Request, SnapshotInfo, StatusReport};
 use crate::protocol::now;
 use crate::restore::{self, PackSource};
 use crate::state::Role;
@@ -36,7 +36,7 @@ impl Inner {
     fn status(&self) -> Result<StatusReport, String> {
         let contracts = self.state.contracts().map_err(|e| e.to_string())?;
         let t = now();
-        let live = |r: Role| contracts.iter().filter(move |(_, c)| c.role == r && c.expires > t);
+        let live = |r: Role| contracts.iter().filter(move |(_, c)| c.role == r && c.is_live(t));
         Ok(StatusReport {
             peer_id: self.me().to_string(),
             listen: self.listen.lock().map(|l| l.iter().map(|a| a.to_string()).collect()).unwrap_or_default(),
@@ -60,6 +60,22 @@ impl Inner {
                         Role::Client => c.used,
                     },
                     expires: c.expires,
+                    ended: c.ended,
+                })
+                .collect(),
+            audits: self
+                .state
+                .audits()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(peer, a)| AuditInfo {
+                    peer: libp2p::PeerId::from_bytes(&peer).map(|p| p.to_string()).unwrap_or_default(),
+                    passes: a.passes,
+                    failures: a.failures,
+                    score: a.score(),
+                    standing: if a.good { "good".into() } else { "failed".into() },
+                    last_error: a.last_error,
+                    last_pass: a.last_pass,
                 })
                 .collect(),
         })

@@ -39,7 +39,7 @@ impl Inner {
                 let Some(c) = self.state.contract(&contract).ok().flatten() else {
                     return err(DataErrorCode::NoContract, format!("no contract {contract}"));
                 };
-                if c.role != Role::Provider || c.peer_id() != Some(peer) || c.expires <= now() {
+                if c.role != Role::Provider || c.peer_id() != Some(peer) || !c.is_live(now()) {
                     return err(DataErrorCode::NoContract, format!("{contract} is not a live contract with {peer}"));
                 }
                 if self.store.has(&peer, &pack) {
@@ -81,6 +81,23 @@ impl Inner {
                     Err(e) => err(DataErrorCode::Internal, e.to_string()),
                 }
             }
+            DataRequest::Audit { pack, leaf } => {
+                let store = self.store.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    store.get(&peer, &pack).map(|d| d.map(|d| crate::audit::prove(&d, leaf)))
+                })
+                .await;
+                match r {
+                    Ok(Ok(Some(Some((leaf, path))))) => DataResponse::Proof { leaf, path },
+                    Ok(Ok(Some(None))) => err(DataErrorCode::BadPack, format!("pack {pack} has no leaf {leaf}")),
+                    Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no pack {pack} held for {peer}")),
+                    Ok(Err(e)) => {
+                        tracing::error!("read failed: {e}");
+                        err(DataErrorCode::Internal, "provider could not read the pack".into())
+                    }
+                    Err(e) => err(DataErrorCode::Internal, e.to_string()),
+                }
+            }
             DataRequest::Fetch { pack } => {
                 let store = self.store.clone();
                 match tokio::task::spawn_blocking(move || store.get(&peer, &pack)).await {
@@ -97,7 +114,7 @@ impl Inner {
     }
 
     /// Addresses recorded for a provider in our contracts with it.
-    fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+    pub(super) fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
         self.live_contracts(Role::Client)
             .iter()
             .filter(|(_, c)| c.peer_id().as_ref() == Some(peer))

@@ -259,6 +259,14 @@ pub enum DataRequest {
         /// The pack id.
         pack: PackId,
     },
+    /// Prove possession of a pack the requester stored: send leaf `leaf` (64 KiB leaves,
+    /// protocol.md §3.3) and its Merkle path (protocol.md §5.4).
+    Audit {
+        /// The pack id.
+        pack: PackId,
+        /// Leaf index, from 0.
+        leaf: u32,
+    },
 }
 
 /// Why a data request failed (protocol.md §5.3).
@@ -285,6 +293,16 @@ pub enum DataResponse {
     Stored,
     /// The requested pack.
     Pack(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Answer to an audit: the leaf's bytes and the sibling hashes from the leaf up to the
+    /// root, concatenated (32 bytes each, at most 32 of them).
+    Proof {
+        /// The leaf, at most 64 KiB.
+        #[serde(with = "serde_bytes")]
+        leaf: Vec<u8>,
+        /// Sibling hashes, leaf level first, 32 bytes each.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+    },
     /// The request failed.
     Error {
         /// Machine-readable reason.

@@ -67,6 +67,8 @@ fn golden_vectors() {
         &get("data_request_store"),
     );
     check(&DataRequest::Fetch { pack: PackId([4; 32]) }, &get("data_request_fetch"));
+    check(&DataRequest::Audit { pack: PackId([4; 32]), leaf: 7 }, &get("data_request_audit"));
+    check(&DataResponse::Proof { leaf: vec![1, 2], path: vec![5; 32] }, &get("data_response_proof"));
     check(&DataResponse::Stored, &get("data_response_stored"));
     check(&DataResponse::Pack(vec![9, 9]), &get("data_response_pack"));
     check(&DataResponse::Error { code: DataErrorCode::NoRoom, message: "full".into() }, &get("data_response_error"));
@@ -157,6 +159,8 @@ fn print_golden_vectors() {
         to_cbor(&DataRequest::Store { contract: ContractId([3; 32]), pack: PackId([4; 32]), data: vec![1, 2, 3] }),
     );
     show("data_request_fetch", to_cbor(&DataRequest::Fetch { pack: PackId([4; 32]) }));
+    show("data_request_audit", to_cbor(&DataRequest::Audit { pack: PackId([4; 32]), leaf: 7 }));
+    show("data_response_proof", to_cbor(&DataResponse::Proof { leaf: vec![1, 2], path: vec![5; 32] }));
     show("data_response_stored", to_cbor(&DataResponse::Stored));
     show("data_response_pack", to_cbor(&DataResponse::Pack(vec![9, 9])));
     show("data_response_error", to_cbor(&DataResponse::Error { code: DataErrorCode::NoRoom, message: "full".into() }));

@@ -1,0 +1,130 @@
+//! Audits on both sides (protocol.md §5.4): the client's audit rounds over every holder of
+//! its packs, and what follows a failure (lost copies, ended contracts, tit for tat). The
+//! provider's answer to a challenge lives with the other data requests in `transfer`.
+
+use super::Inner;
+use crate::audit::{self, Outcome};
+use crate::id::PackId;
+use crate::protocol::{DataErrorCode, DataRequest, DataResponse, now};
+use crate::state::Role;
+use futures::StreamExt;
+use libp2p::PeerId;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Holders challenged at once in a round.
+pub const AUDITS_AT_ONCE: usize = 8;
+
+impl Inner {
+    /// Runs audit rounds forever, each after a random wait of 0.5–1.5 × `audit.interval_secs`.
+    pub(super) async fn audit_loop(self: Arc<Self>) {
+        loop {
+            let base = self.config.audit.interval_secs as f64;
+            let wait = base * rand::thread_rng().gen_range(0.5..1.5);
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            self.audit_round().await;
+            self.drop_data_of_ended();
+        }
+    }
+
+    /// Challenges every holder of our packs once: a random leaf of a random pack it holds.
+    async fn audit_round(&self) {
+        let Ok(packs) = self.state.packs() else { return };
+        let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, u64)>> = HashMap::new();
+        for (id, rec) in packs {
+            for h in rec.holders {
+                by_holder.entry(h.peer).or_default().push((id, rec.size));
+            }
+        }
+        futures::stream::iter(by_holder)
+            .for_each_concurrent(AUDITS_AT_ONCE, |(peer, packs)| async move {
+                let Ok(peer_id) = PeerId::from_bytes(&peer) else { return };
+                let (pack, size, leaf) = {
+                    let mut rng = rand::thread_rng();
+                    let (pack, size) = packs[rng.gen_range(0..packs.len())];
+                    (pack, size, rng.gen_range(0..audit::leaves(size)))
+                };
+                let Some(outcome) = self.challenge(peer_id, pack, size, leaf).await else { return };
+                self.record(peer_id, pack, outcome);
+            })
+            .await;
+    }
+
+    /// One challenge; `None` when the holder was too busy to answer (no verdict).
+    async fn challenge(&self, peer: PeerId, pack: PackId, size: u64, leaf: u32) -> Option<Outcome> {
+        let timeout = Duration::from_secs(self.config.audit.timeout_secs);
+        let addrs = self.addrs_of(&peer);
+        let r =
+            tokio::time::timeout(timeout, self.net.data_request(peer, addrs, DataRequest::Audit { pack, leaf })).await;
+        Some(match r {
+            Ok(Ok(DataResponse::Proof { leaf: bytes, path })) => audit::check(&pack, size, leaf, &bytes, &path),
+            Ok(Ok(DataResponse::Error { code: DataErrorCode::Busy, .. })) => return None,
+            Ok(Ok(DataResponse::Error { code, message })) => Outcome::Wrong(format!("{code:?}: {message}")),
+            Ok(Ok(_)) => Outcome::Wrong("unexpected answer to an audit".into()),
+            Ok(Err(e)) => Outcome::Unreachable(e.to_string()),
+            Err(_) => Outcome::Unreachable(format!("no answer within {} s", timeout.as_secs())),
+        })
+    }
+
+    /// Records an outcome; a wrong answer loses that copy, a lost standing ends the peer's contracts.
+    fn record(&self, peer: PeerId, pack: PackId, outcome: Outcome) {
+        let key = peer.to_bytes();
+        let mut rec = match self.state.audit(&key) {
+            Ok(r) => r,
+            Err(e) => return tracing::error!("audit record: {e}"),
+        };
+        let a = &self.config.audit;
+        let lost_standing = rec.apply(&outcome, now(), a.grace_secs, a.min_score);
+        if let Err(e) = self.state.put_audit(&key, &rec) {
+            tracing::error!("audit record: {e}");
+        }
+        match &outcome {
+            Outcome::Pass => tracing::debug!("{peer} passed an audit of pack {}", pack.short()),
+            Outcome::Wrong(why) => {
+                tracing::warn!("{peer} failed an audit of pack {}: {why}; that copy counts as lost", pack.short());
+                let _ = self.state.drop_copy(&pack, &key);
+            }
+            Outcome::Unreachable(why) => tracing::info!("{peer} did not answer an audit: {why}"),
+        }
+        if lost_standing {
+            self.end_contracts_with(&peer, &format!("score {:.2} after: {}", rec.score(), rec.last_error));
+        }
+    }
+
+    /// Ends every contract with `peer` (both roles) and forgets the copies it held.
+    fn end_contracts_with(&self, peer: &PeerId, why: &str) {
+        let t = now();
+        let Ok(contracts) = self.state.contracts() else { return };
+        for (id, mut c) in contracts {
+            if c.peer_id().as_ref() == Some(peer) && c.is_live(t) {
+                c.ended = Some(t);
+                if let Err(e) = self.state.put_contract(&id, &c) {
+                    tracing::error!("cannot end contract {}: {e}", id.short());
+                }
+            }
+        }
+        let lost = self.state.drop_holder(&peer.to_bytes()).unwrap_or(0);
+        tracing::warn!("{peer} lost its standing ({why}): contracts ended, {lost} pack copies count as lost");
+    }
+
+    /// Tit for tat: deletes the packs we hold for peers whose contracts we ended more than
+    /// `audit.grace_secs` ago.
+    fn drop_data_of_ended(&self) {
+        let t = now();
+        let Ok(contracts) = self.state.contracts() else { return };
+        for (_, c) in contracts {
+            if c.role == Role::Provider
+                && c.ended.is_some_and(|e| t.saturating_sub(e) > self.config.audit.grace_secs)
+                && let Some(p) = c.peer_id()
+                && self.store.used(&p) > 0
+            {
+                match self.store.drop_client(&p) {
+                    Ok(n) => tracing::warn!("dropped {n} bytes held for {p}, whose contract we ended"),
+                    Err(e) => tracing::error!("cannot drop data of {p}: {e}"),
+                }
+            }
+        }
+    }
+}
