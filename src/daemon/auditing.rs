@@ -4,13 +4,13 @@
 
 use super::Inner;
 use crate::audit::{self, Outcome};
-use crate::id::PackId;
+use crate::id::{ContractId, PackId};
 use crate::protocol::{DataErrorCode, DataRequest, DataResponse, now};
 use crate::state::Role;
 use futures::StreamExt;
 use libp2p::PeerId;
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,24 +32,36 @@ impl Inner {
     /// Challenges every holder of our packs once: a random leaf of a random pack it holds.
     async fn audit_round(&self) {
         let Ok(packs) = self.state.packs() else { return };
+        let live: HashSet<ContractId> = self.live_contracts(Role::Client).into_iter().map(|(id, _)| id).collect();
         let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, u64)>> = HashMap::new();
         for (id, rec) in packs {
-            for h in rec.holders {
+            for h in rec.holders.into_iter().filter(|h| live.contains(&h.contract)) {
                 by_holder.entry(h.peer).or_default().push((id, rec.size));
             }
         }
-        futures::stream::iter(by_holder)
-            .for_each_concurrent(AUDITS_AT_ONCE, |(peer, packs)| async move {
-                let Ok(peer_id) = PeerId::from_bytes(&peer) else { return };
+        let results: Vec<(PeerId, PackId, Outcome)> = futures::stream::iter(by_holder)
+            .map(|(peer, packs)| async move {
+                let peer_id = PeerId::from_bytes(&peer).ok()?;
                 let (pack, size, leaf) = {
                     let mut rng = rand::thread_rng();
                     let (pack, size) = packs[rng.gen_range(0..packs.len())];
                     (pack, size, rng.gen_range(0..audit::leaves(size)))
                 };
-                let Some(outcome) = self.challenge(peer_id, pack, size, leaf).await else { return };
-                self.record(peer_id, pack, outcome);
+                Some((peer_id, pack, self.challenge(peer_id, pack, size, leaf).await?))
             })
+            .buffer_unordered(AUDITS_AT_ONCE)
+            .filter_map(|r| async move { r })
+            .collect()
             .await;
+        // If no holder at all answered, the network that is down is most likely ours:
+        // blame nobody for it.
+        if results.len() > 1 && results.iter().all(|(_, _, o)| matches!(o, Outcome::Unreachable(_))) {
+            tracing::warn!("no holder answered this audit round; is this peer offline?");
+            return;
+        }
+        for (peer, pack, outcome) in results {
+            self.record(peer, pack, outcome);
+        }
     }
 
     /// One challenge; `None` when the holder was too busy to answer (no verdict).
@@ -60,7 +72,8 @@ impl Inner {
             tokio::time::timeout(timeout, self.net.data_request(peer, addrs, DataRequest::Audit { pack, leaf })).await;
         Some(match r {
             Ok(Ok(DataResponse::Proof { leaf: bytes, path })) => audit::check(&pack, size, leaf, &bytes, &path),
-            Ok(Ok(DataResponse::Error { code: DataErrorCode::Busy, .. })) => return None,
+            // A busy or failing provider gives no verdict: only wrong answers and silence count.
+            Ok(Ok(DataResponse::Error { code: DataErrorCode::Busy | DataErrorCode::Internal, .. })) => return None,
             Ok(Ok(DataResponse::Error { code, message })) => Outcome::Wrong(format!("{code:?}: {message}")),
             Ok(Ok(_)) => Outcome::Wrong("unexpected answer to an audit".into()),
             Ok(Err(e)) => Outcome::Unreachable(e.to_string()),

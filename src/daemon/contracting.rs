@@ -32,8 +32,8 @@ pub(super) struct Session {
 impl Inner {
     /// Provider side: decide on a proposal, and if we grant, send our acceptance.
     pub(super) async fn consider(self: Arc<Self>, vp: protocol::VerifiedProposal) {
-        if vp.client == self.me() {
-            return;
+        if vp.client == self.me() || !self.state.audit(&vp.client.to_bytes()).map(|a| a.good).unwrap_or(true) {
+            return; // ourselves, or a peer that failed our audits: tit for tat
         }
         let offered = self.state.offered().unwrap_or(0);
         let grant = {
@@ -122,6 +122,9 @@ impl Inner {
             return decline("the proposal is no longer open");
         };
         let Ok(mut accepted) = session.accepted.lock() else { return decline("internal error") };
+        if !self.state.audit(&provider.to_bytes()).map(|a| a.good).unwrap_or(true) {
+            return decline("this provider failed our audits");
+        }
         if session.exclude.contains(&provider) || accepted.contains(&provider) {
             return decline("already a contract with this provider");
         }

@@ -37,6 +37,10 @@ use tokio::sync::Semaphore;
 pub const INBOUND_DATA_LIMIT: usize = 8;
 /// Proposals considered at once; more are ignored until one finishes.
 pub const PROPOSALS_AT_ONCE: usize = 4;
+/// Proposals one author may publish per minute; more are rejected (not forwarded).
+pub const PROPOSALS_PER_MINUTE: u32 = 20;
+/// Proposals remembered (until their expiry) to reject replays.
+pub const SEEN_PROPOSALS_MAX: usize = 100_000;
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ struct Inner {
     inflight: Mutex<HashMap<PeerId, u64>>,
     inbound: Arc<Semaphore>,
     proposals: Arc<Semaphore>,
+    /// Gossip hygiene: proposals seen (until expiry) and per-author rates.
+    gossip: Mutex<GossipGuard>,
     busy: tokio::sync::Mutex<()>,
 }
 
@@ -132,6 +138,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         inflight: Mutex::new(HashMap::new()),
         inbound: Arc::new(Semaphore::new(INBOUND_DATA_LIMIT)),
         proposals: Arc::new(Semaphore::new(PROPOSALS_AT_ONCE)),
+        gossip: Mutex::new(GossipGuard::default()),
         busy: tokio::sync::Mutex::new(()),
     });
 
@@ -173,6 +180,45 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Replay and rate checks for proposals (protocol.md §4.1), bounded in memory.
+#[derive(Default)]
+struct GossipGuard {
+    /// (author, proposal id) → its expiry (seconds). The id covers only the body, so two
+    /// authors may sign equal bodies: the author is part of the key.
+    seen: HashMap<(PeerId, ProposalId), u64>,
+    /// Author → (minute, proposals in that minute).
+    rate: HashMap<PeerId, (u64, u32)>,
+}
+
+impl GossipGuard {
+    /// Admits a verified proposal at time `now`, or says why not.
+    fn admit(&mut self, vp: &protocol::VerifiedProposal, now: u64) -> Result<(), &'static str> {
+        if self.seen.len() >= SEEN_PROPOSALS_MAX {
+            self.seen.retain(|_, exp| *exp >= now);
+            if self.seen.len() >= SEEN_PROPOSALS_MAX {
+                return Err("too many live proposals");
+            }
+        }
+        if self.seen.contains_key(&(vp.client, vp.id)) {
+            return Err("replayed proposal");
+        }
+        let minute = now / 60;
+        if self.rate.len() >= SEEN_PROPOSALS_MAX {
+            self.rate.retain(|_, (m, _)| *m == minute);
+        }
+        let (m, n) = self.rate.entry(vp.client).or_insert((minute, 0));
+        if *m != minute {
+            (*m, *n) = (minute, 0);
+        }
+        *n += 1;
+        if *n > PROPOSALS_PER_MINUTE {
+            return Err("author over its proposal rate");
+        }
+        self.seen.insert((vp.client, vp.id), vp.proposal.expires);
+        Ok(())
+    }
+}
+
 impl Inner {
     fn me(&self) -> PeerId {
         self.id.peer_id()
@@ -202,9 +248,14 @@ impl Inner {
                 }
             }
             NetEvent::Proposal { id, source, data } => {
+                let t = now();
                 let verified = ciborium::from_reader::<Signed, _>(&data[..])
                     .map_err(|e| e.to_string())
-                    .and_then(|s| protocol::verify_proposal(&s, now()).map_err(|e| e.to_string()));
+                    .and_then(|s| protocol::verify_proposal(&s, t).map_err(|e| e.to_string()))
+                    .and_then(|vp| match self.gossip.lock() {
+                        Ok(mut g) => g.admit(&vp, t).map(|_| vp).map_err(str::to_string),
+                        Err(_) => Err("internal error".to_string()),
+                    });
                 match verified {
                     Ok(vp) => {
                         self.net.validate(id, source, true).await;
@@ -239,5 +290,33 @@ impl Inner {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::protocol::Proposal;
+
+    fn proposal(id: &Identity, nonce: u64) -> protocol::VerifiedProposal {
+        let p = Proposal { bytes: 1, duration_secs: 1, offered: 1, free: 1, addrs: vec![], expires: 1000, nonce };
+        protocol::verify_proposal(&p.sign(id), 900).unwrap()
+    }
+
+    #[test]
+    fn replays_and_floods_are_rejected() {
+        let mut g = GossipGuard::default();
+        let a = Identity::from_secret([1; 32]);
+        let first = proposal(&a, 0);
+        assert_eq!(g.admit(&first, 900), Ok(()));
+        assert_eq!(g.admit(&first, 901), Err("replayed proposal"));
+        for n in 1..PROPOSALS_PER_MINUTE as u64 {
+            assert_eq!(g.admit(&proposal(&a, n), 902), Ok(()));
+        }
+        assert_eq!(g.admit(&proposal(&a, 999), 903), Err("author over its proposal rate"));
+        // another author is not affected; the next minute the author may speak again
+        assert_eq!(g.admit(&proposal(&Identity::from_secret([2; 32]), 0), 903), Ok(()));
+        assert_eq!(g.admit(&proposal(&a, 1000), 960), Ok(()));
     }
 }

@@ -18,8 +18,8 @@ use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, connection_limits, gossipsub, identify, kad, mdns, multiaddr::Protocol, noise, ping, tcp,
-    yamux,
+    Multiaddr, PeerId, Swarm, allow_block_list, connection_limits, gossipsub, identify, kad, mdns, multiaddr::Protocol,
+    noise, ping, tcp, yamux,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -38,6 +38,11 @@ pub const INBOUND_READ_BUDGET: u64 = 256 << 20;
 pub const EVENT_QUEUE: usize = 8;
 /// Peers we keep dialing toward through Kademlia discovery.
 pub const TARGET_PEERS: usize = 32;
+/// Malformed inputs (undecodable requests, gossip that fails validation) a peer may send
+/// before it is blocked.
+pub const STRIKES_TO_BLOCK: u32 = 8;
+/// How long a blocked peer stays blocked, seconds.
+pub const BLOCK_SECS: u64 = 600;
 
 type ContractBehaviour = request_response::Behaviour<CborCodec<ContractRequest, ContractResponse>>;
 type DataBehaviour = request_response::Behaviour<CborCodec<DataRequest, DataResponse>>;
@@ -45,6 +50,7 @@ type DataBehaviour = request_response::Behaviour<CborCodec<DataRequest, DataResp
 /// The composed behaviour (private: its generated event enum is an implementation detail).
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -262,6 +268,8 @@ pub fn start(
         topic,
         pending_contract: HashMap::new(),
         pending_data: HashMap::new(),
+        strikes: HashMap::new(),
+        blocked: HashMap::new(),
     };
     tokio::spawn(lp.run());
     Ok((NetHandle { tx, peer_id }, ev_rx))
@@ -308,6 +316,7 @@ fn build_behaviour(
             .with_max_pending_incoming(Some(64)),
     );
     Ok(Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
         limits,
         identify,
         ping: ping::Behaviour::default(),
@@ -326,6 +335,10 @@ struct EventLoop {
     topic: gossipsub::IdentTopic,
     pending_contract: HashMap<OutboundRequestId, oneshot::Sender<Result<ContractResponse, NetError>>>,
     pending_data: HashMap<OutboundRequestId, oneshot::Sender<Result<DataResponse, NetError>>>,
+    /// Malformed inputs per peer.
+    strikes: HashMap<PeerId, u32>,
+    /// Blocked peers and when they were blocked.
+    blocked: HashMap<PeerId, std::time::Instant>,
 }
 
 impl EventLoop {
@@ -339,7 +352,10 @@ impl EventLoop {
                     Some(c) => self.on_command(c),
                     None => return,
                 },
-                _ = bootstrap.tick() => { let _ = self.swarm.behaviour_mut().kad.bootstrap(); }
+                _ = bootstrap.tick() => {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    self.unblock_expired();
+                }
             }
         }
     }
@@ -362,7 +378,11 @@ impl EventLoop {
                 let _ = reply.send(r);
             }
             Command::Validate(id, source, acc) => {
+                let rejected = matches!(acc, gossipsub::MessageAcceptance::Reject);
                 b.gossipsub.report_message_validation_result(&id, &source, acc);
+                if rejected {
+                    self.strike(source, "gossip that fails validation");
+                }
             }
             Command::Contract(peer, addrs, req, reply) => {
                 let id = b.contract.send_request_with_addresses(&peer, req, addrs);
@@ -436,28 +456,70 @@ impl EventLoop {
     }
 
     fn on_contract(&mut self, e: request_response::Event<ContractRequest, ContractResponse>) {
-        if let Some((peer, request, channel)) = route(e, &mut self.pending_contract, "contract") {
-            self.emit(NetEvent::Contract { peer, request, channel });
+        match route(e, &mut self.pending_contract, "contract") {
+            Routed::Request(peer, request, channel) => self.emit(NetEvent::Contract { peer, request, channel }),
+            Routed::Malformed(peer) => self.strike(peer, "a malformed contract request"),
+            Routed::Nothing => {}
         }
     }
 
     fn on_data(&mut self, e: request_response::Event<DataRequest, DataResponse>) {
-        if let Some((peer, request, channel)) = route(e, &mut self.pending_data, "data") {
-            self.emit(NetEvent::Data { peer, request, channel });
+        match route(e, &mut self.pending_data, "data") {
+            Routed::Request(peer, request, channel) => self.emit(NetEvent::Data { peer, request, channel }),
+            Routed::Malformed(peer) => self.strike(peer, "a malformed data request"),
+            Routed::Nothing => {}
+        }
+    }
+
+    /// Counts one malformed input against `peer`; at [`STRIKES_TO_BLOCK`] it is blocked
+    /// (disconnected, its connections refused) for [`BLOCK_SECS`].
+    fn strike(&mut self, peer: PeerId, what: &str) {
+        let n = self.strikes.entry(peer).or_default();
+        *n += 1;
+        tracing::debug!("{peer} sent {what} ({n} strikes)");
+        if *n >= STRIKES_TO_BLOCK && !self.blocked.contains_key(&peer) {
+            tracing::warn!("blocking {peer} for {BLOCK_SECS} s: {n} malformed inputs, the last {what}");
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            self.blocked.insert(peer, std::time::Instant::now());
+        }
+    }
+
+    fn unblock_expired(&mut self) {
+        let expired: Vec<PeerId> =
+            self.blocked.iter().filter(|(_, t)| t.elapsed().as_secs() >= BLOCK_SECS).map(|(p, _)| *p).collect();
+        for p in expired {
+            self.blocked.remove(&p);
+            self.strikes.remove(&p);
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+        }
+        // Forget old strikes of peers that stopped misbehaving, so the map stays small.
+        if self.strikes.len() > 10_000 {
+            self.strikes.retain(|_, n| *n >= STRIKES_TO_BLOCK);
         }
     }
 }
 
-/// Settles outbound requests from a request-response event and returns an inbound request, if any.
+/// What a request-response event means for the event loop.
+enum Routed<Req, Resp> {
+    /// An inbound request to hand to the daemon.
+    Request(PeerId, Req, ResponseChannel<Resp>),
+    /// An inbound request that did not decode or was over its cap.
+    Malformed(PeerId),
+    /// Handled here (a response or failure settled a pending request).
+    Nothing,
+}
+
+/// Settles outbound requests from a request-response event; says whether it carried an
+/// inbound request or a malformed one.
 fn route<Req, Resp>(
     e: request_response::Event<Req, Resp>,
     pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, NetError>>>,
     what: &str,
-) -> Option<(PeerId, Req, ResponseChannel<Resp>)> {
-    use request_response::{Event, Message};
+) -> Routed<Req, Resp> {
+    use request_response::{Event, InboundFailure, Message};
     match e {
         Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-            return Some((peer, request, channel));
+            return Routed::Request(peer, request, channel);
         }
         Event::Message { message: Message::Response { request_id, response }, .. } => {
             if let Some(tx) = pending.remove(&request_id) {
@@ -469,10 +531,16 @@ fn route<Req, Resp>(
                 let _ = tx.send(Err(NetError::Request { peer, reason: error.to_string() }));
             }
         }
+        Event::InboundFailure { peer, error: InboundFailure::Io(e), .. }
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            tracing::debug!("malformed {what} request from {peer}: {e}");
+            return Routed::Malformed(peer);
+        }
         Event::InboundFailure { peer, error, .. } => {
             tracing::debug!("inbound {what} request from {peer} failed: {error}")
         }
         Event::ResponseSent { .. } => {}
     }
-    None
+    Routed::Nothing
 }
