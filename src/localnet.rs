@@ -168,6 +168,11 @@ impl LocalNet {
         Ok(())
     }
 
+    /// Process id of daemon `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.peers[i].child.as_ref().map(|c| c.id())
+    }
+
     /// Kills daemon `i` (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.peers[i].child.take() {

@@ -326,10 +326,12 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
     assert!(a["last_error"].as_str().unwrap().contains("wrong proof"), "{a}");
     let a = audit_of(&s, dropper).unwrap();
     assert!(a["last_error"].as_str().unwrap().contains("NotFound"), "{a}");
-    for c in s["contracts"].as_array().unwrap() {
+    let contracts: Value = serde_json::from_str(&net.run(0, &["contracts", "--json"]).unwrap()).unwrap();
+    for c in contracts.as_array().unwrap() {
         let failed = c["peer"] == *flipper || c["peer"] == *dropper;
         assert_eq!(!c["ended"].is_null(), failed, "{c}");
     }
+    assert!(net.run(0, &["contracts"]).unwrap().contains("ended (failed audits)"));
     assert_eq!(audit_of(&s, honest).unwrap()["standing"], "good", "{s}");
 
     // Every pack still has an honest copy: restore is whole.
@@ -337,4 +339,217 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
     let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
     assert_eq!(json_last(&out)["failed_count"], 0);
     assert!(compare_trees(&src, &target.join("docs")).is_empty());
+}
+
+/// A libp2p client that speaks our protocol ids but sends raw bytes.
+mod garbage {
+    use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+    use libp2p::{Multiaddr, PeerId, StreamProtocol, gossipsub, noise, tcp, yamux};
+    use std::time::Duration;
+
+    #[derive(Clone, Default)]
+    pub struct Raw;
+
+    #[async_trait::async_trait]
+    impl request_response::Codec for Raw {
+        type Protocol = StreamProtocol;
+        type Request = Vec<u8>;
+        type Response = Vec<u8>;
+        async fn read_request<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> std::io::Result<Vec<u8>> {
+            let mut v = Vec::new();
+            io.take(1 << 20).read_to_end(&mut v).await?;
+            Ok(v)
+        }
+        async fn read_response<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> std::io::Result<Vec<u8>> {
+            let mut v = Vec::new();
+            io.take(64 << 20).read_to_end(&mut v).await?;
+            Ok(v)
+        }
+        async fn write_request<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            r: Vec<u8>,
+        ) -> std::io::Result<()> {
+            io.write_all(&r).await?;
+            io.close().await
+        }
+        async fn write_response<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            r: Vec<u8>,
+        ) -> std::io::Result<()> {
+            io.write_all(&r).await?;
+            io.close().await
+        }
+    }
+
+    #[derive(NetworkBehaviour)]
+    pub struct Junk {
+        contract: request_response::Behaviour<Raw>,
+        data: request_response::Behaviour<Raw>,
+        gossip: gossipsub::Behaviour,
+    }
+
+    /// Sends each input to `target` on the protocol it names, from fresh identities (a new one
+    /// every `per_identity` inputs, since the target blocks repeat offenders). Returns how many
+    /// inputs went out (answered, refused or dropped: all count as tried).
+    pub async fn send_all(
+        target: PeerId,
+        addr: Multiaddr,
+        inputs: Vec<(&'static str, Vec<u8>)>,
+        per_identity: usize,
+    ) -> usize {
+        let mut tried = 0;
+        for batch in inputs.chunks(per_identity) {
+            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+                .unwrap()
+                .with_behaviour(|key| {
+                    let cfg = request_response::Config::default().with_request_timeout(Duration::from_secs(20));
+                    Junk {
+                        contract: request_response::Behaviour::new(
+                            [(StreamProtocol::new("/peer/contract/1.0.0"), ProtocolSupport::Full)],
+                            cfg.clone(),
+                        ),
+                        data: request_response::Behaviour::new(
+                            [(StreamProtocol::new("/peer/data/1.0.0"), ProtocolSupport::Full)],
+                            cfg,
+                        ),
+                        gossip: gossipsub::Behaviour::new(
+                            gossipsub::MessageAuthenticity::Signed(key.clone()),
+                            gossipsub::ConfigBuilder::default().max_transmit_size(1 << 20).build().unwrap(),
+                        )
+                        .unwrap(),
+                    }
+                })
+                .unwrap()
+                .build();
+            let topic = gossipsub::IdentTopic::new("peer/proposals/1");
+            swarm.behaviour_mut().gossip.subscribe(&topic).unwrap();
+            swarm.dial(addr.clone()).unwrap();
+            // Wait for the connection and the target's subscription, so gossip can go out.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while swarm.behaviour().gossip.all_peers().all(|(p, t)| p != &target || t.is_empty()) {
+                if tokio::time::timeout_at(deadline, swarm.select_next_some()).await.is_err() {
+                    break;
+                }
+            }
+            let mut pending = 0;
+            for (proto, bytes) in batch {
+                tried += 1;
+                match *proto {
+                    "contract" => {
+                        swarm.behaviour_mut().contract.send_request_with_addresses(
+                            &target,
+                            bytes.clone(),
+                            vec![addr.clone()],
+                        );
+                        pending += 1;
+                    }
+                    "data" => {
+                        swarm.behaviour_mut().data.send_request_with_addresses(
+                            &target,
+                            bytes.clone(),
+                            vec![addr.clone()],
+                        );
+                        pending += 1;
+                    }
+                    _ => {
+                        let _ = swarm.behaviour_mut().gossip.publish(topic.clone(), bytes.clone());
+                    }
+                }
+            }
+            // Drive the swarm until every request got an answer or failed.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while pending > 0 {
+                let Ok(ev) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await else { break };
+                use request_response::Event;
+                match ev {
+                    SwarmEvent::Behaviour(JunkEvent::Contract(
+                        Event::Message { .. } | Event::OutboundFailure { .. },
+                    ))
+                    | SwarmEvent::Behaviour(JunkEvent::Data(Event::Message { .. } | Event::OutboundFailure { .. })) => {
+                        pending -= 1
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tried
+    }
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn garbage_from_a_raw_libp2p_client_hurts_nobody() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("keep");
+    make_tree(&src, 100);
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, 4 * GIB, |_, _| {}).unwrap();
+    net.wait_connected(2, Duration::from_secs(60)).unwrap();
+    backup(&net, 0, &src, 2);
+
+    // Malformed, truncated, oversized, deeply nested and random CBOR, and junk gossip.
+    let golden = include_str!("../src/protocol/golden.txt");
+    let vectors: Vec<Vec<u8>> =
+        golden.lines().filter_map(|l| l.split(' ').nth(1)).map(|h| hex::decode(h).unwrap()).collect();
+    let mut inputs: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    for (k, v) in vectors.iter().enumerate() {
+        for proto in ["contract", "data", "gossip"] {
+            inputs.push((proto, v[..v.len() / 2].to_vec())); // truncated
+            inputs.push((proto, noise(k as u64 * 7 + proto.len() as u64, 1 + (k * 997) % 5000))); // random
+        }
+        inputs.push(("data", v.clone())); // valid CBOR of the wrong message or a forged request
+    }
+    inputs.push(("data", vec![0x81; 100_000])); // nesting far past any decoder's depth
+    inputs.push(("contract", vec![0x81; 100_000]));
+    inputs.push(("contract", vec![0u8; 70 * 1024])); // over the contract cap
+    inputs.push(("data", vec![0x5a, 0xff, 0xff, 0xff, 0xff])); // a 4 GiB byte string announced, none sent
+    inputs.push(("data", vec![0u8; 36 << 20])); // over the data cap
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut total = 0;
+    for target in 0..3 {
+        let peer: libp2p::PeerId = net.peers[target].peer_id.parse().unwrap();
+        let addr: libp2p::Multiaddr = net.peers[target].addr.parse().unwrap();
+        total += rt.block_on(garbage::send_all(peer, addr, inputs.clone(), 12));
+    }
+    println!("sent {total} bad inputs to 3 daemons");
+    assert!(total >= 3 * inputs.len());
+    // Repeat offenders were blocked.
+    let logs: String =
+        net.peers.iter().map(|p| std::fs::read_to_string(p.home.join("daemon.log")).unwrap_or_default()).collect();
+    assert!(logs.contains("malformed inputs"), "no peer was blocked: {}", &logs[logs.len().saturating_sub(3000)..]);
+
+    // Everyone still serves, memory stayed bounded, and nothing stored is lost.
+    for i in 0..3 {
+        let rss = vm_rss_kib(net.pid(i).unwrap());
+        assert!(rss > 0 && rss < 1024 * 1024, "daemon {i} uses {rss} KiB");
+        status(&net, i);
+    }
+    let target = tmp.path().join("back");
+    let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+    assert_eq!(json_last(&out)["failed_count"], 0);
+    assert!(compare_trees(&src, &target.join("keep")).is_empty());
+    let again = backup(&net, 0, &src, 2);
+    assert_eq!(again["files_read"], 0, "{again}");
 }

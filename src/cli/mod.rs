@@ -4,6 +4,7 @@
 //! (some files could not be restored). Errors print as `peer: <message>` on stderr.
 
 mod backup;
+mod contracts;
 mod daemon;
 mod demo;
 mod init;
@@ -49,6 +50,8 @@ pub enum Command {
     Snapshots(snapshots::Args),
     /// Show this peer, its connections, offer and contracts.
     Status(status::Args),
+    /// List contracts (as client and as provider) with bytes used, granted and expiry.
+    Contracts(contracts::Args),
     /// Start a local network of peers, back up a folder, restore it and verify it.
     Demo(demo::Args),
 }
@@ -87,6 +90,7 @@ pub fn main() -> ExitCode {
         Command::Restore(a) => restore::run(&home, a),
         Command::Snapshots(a) => snapshots::run(&home, a),
         Command::Status(a) => status::run(&home, a),
+        Command::Contracts(a) => contracts::run(&home, a),
         Command::Demo(a) => demo::run(a),
     });
     match result {

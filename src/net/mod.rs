@@ -9,7 +9,7 @@
 //! strict, validated by us, message id = SHA-256 of the data), two request-response
 //! protocols with CBOR and size caps, and optional mDNS. See protocol.md §1.
 
-use crate::protocol::codec::{CborCodec, InboundBudget};
+use crate::protocol::codec::{CborCodec, Inbound, InboundBudget};
 use crate::protocol::{
     CONTRACT_PROTOCOL, ContractRequest, ContractResponse, DATA_PROTOCOL, DataRequest, DataResponse, IDENTIFY_PROTOCOL,
     KAD_PROTOCOL, MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE, MAX_DATA_MESSAGE, MAX_GOSSIP, PROPOSAL_TOPIC,
@@ -385,11 +385,11 @@ impl EventLoop {
                 }
             }
             Command::Contract(peer, addrs, req, reply) => {
-                let id = b.contract.send_request_with_addresses(&peer, req, addrs);
+                let id = b.contract.send_request_with_addresses(&peer, Inbound::Request(req), addrs);
                 self.pending_contract.insert(id, reply);
             }
             Command::Data(peer, addrs, req, reply) => {
-                let id = b.data.send_request_with_addresses(&peer, req, addrs);
+                let id = b.data.send_request_with_addresses(&peer, Inbound::Request(req), addrs);
                 self.pending_data.insert(id, reply);
             }
             Command::RespondContract(ch, r) => {
@@ -455,7 +455,7 @@ impl EventLoop {
         }
     }
 
-    fn on_contract(&mut self, e: request_response::Event<ContractRequest, ContractResponse>) {
+    fn on_contract(&mut self, e: request_response::Event<Inbound<ContractRequest>, ContractResponse>) {
         match route(e, &mut self.pending_contract, "contract") {
             Routed::Request(peer, request, channel) => self.emit(NetEvent::Contract { peer, request, channel }),
             Routed::Malformed(peer) => self.strike(peer, "a malformed contract request"),
@@ -463,7 +463,7 @@ impl EventLoop {
         }
     }
 
-    fn on_data(&mut self, e: request_response::Event<DataRequest, DataResponse>) {
+    fn on_data(&mut self, e: request_response::Event<Inbound<DataRequest>, DataResponse>) {
         match route(e, &mut self.pending_data, "data") {
             Routed::Request(peer, request, channel) => self.emit(NetEvent::Data { peer, request, channel }),
             Routed::Malformed(peer) => self.strike(peer, "a malformed data request"),
@@ -476,7 +476,7 @@ impl EventLoop {
     fn strike(&mut self, peer: PeerId, what: &str) {
         let n = self.strikes.entry(peer).or_default();
         *n += 1;
-        tracing::debug!("{peer} sent {what} ({n} strikes)");
+        tracing::info!("{peer} sent {what} ({n} strikes)");
         if *n >= STRIKES_TO_BLOCK && !self.blocked.contains_key(&peer) {
             tracing::warn!("blocking {peer} for {BLOCK_SECS} s: {n} malformed inputs, the last {what}");
             self.swarm.behaviour_mut().blocked.block_peer(peer);
@@ -512,14 +512,20 @@ enum Routed<Req, Resp> {
 /// Settles outbound requests from a request-response event; says whether it carried an
 /// inbound request or a malformed one.
 fn route<Req, Resp>(
-    e: request_response::Event<Req, Resp>,
+    e: request_response::Event<Inbound<Req>, Resp>,
     pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, NetError>>>,
     what: &str,
 ) -> Routed<Req, Resp> {
-    use request_response::{Event, InboundFailure, Message};
+    use request_response::{Event, Message};
     match e {
-        Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+        Event::Message {
+            peer, message: Message::Request { request: Inbound::Request(request), channel, .. }, ..
+        } => {
             return Routed::Request(peer, request, channel);
+        }
+        Event::Message { peer, message: Message::Request { request: Inbound::Malformed(why), .. }, .. } => {
+            tracing::debug!("malformed {what} request from {peer}: {why}");
+            return Routed::Malformed(peer);
         }
         Event::Message { message: Message::Response { request_id, response }, .. } => {
             if let Some(tx) = pending.remove(&request_id) {
@@ -530,12 +536,6 @@ fn route<Req, Resp>(
             if let Some(tx) = pending.remove(&request_id) {
                 let _ = tx.send(Err(NetError::Request { peer, reason: error.to_string() }));
             }
-        }
-        Event::InboundFailure { peer, error: InboundFailure::Io(e), .. }
-            if e.kind() == std::io::ErrorKind::InvalidData =>
-        {
-            tracing::debug!("malformed {what} request from {peer}: {e}");
-            return Routed::Malformed(peer);
         }
         Event::InboundFailure { peer, error, .. } => {
             tracing::debug!("inbound {what} request from {peer} failed: {error}")

@@ -14,6 +14,17 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A request as read from a stream: decoded, or malformed (over its cap or not CBOR of the
+/// expected shape). Malformed input is handed up instead of failing the stream, because
+/// only the behaviour knows which peer sent it, and a peer that sends garbage is counted.
+#[derive(Debug)]
+pub enum Inbound<Req> {
+    /// A well-formed request.
+    Request(Req),
+    /// Bytes that did not decode, with the reason.
+    Malformed(String),
+}
+
 /// A shared cap on bytes of inbound requests being read at once (all streams together).
 #[derive(Debug)]
 pub struct InboundBudget {
@@ -117,11 +128,19 @@ where
     Resp: Serialize + DeserializeOwned + Send + 'static,
 {
     type Protocol = StreamProtocol;
-    type Request = Req;
+    type Request = Inbound<Req>;
     type Response = Resp;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req> {
-        read_capped(io, self.request_max, self.budget.as_deref()).await
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Inbound<Req>> {
+        match read_capped(io, self.request_max, self.budget.as_deref()).await {
+            Ok(r) => Ok(Inbound::Request(r)),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Inbound::Malformed(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp> {
         read_capped(io, self.response_max, None).await
@@ -130,9 +149,12 @@ where
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Req,
+        req: Inbound<Req>,
     ) -> io::Result<()> {
-        write_all(io, super::to_cbor(&req), self.request_max).await
+        match req {
+            Inbound::Request(r) => write_all(io, super::to_cbor(&r), self.request_max).await,
+            Inbound::Malformed(_) => Err(io::Error::new(io::ErrorKind::InvalidInput, "not a request")),
+        }
     }
     async fn write_response<T: AsyncWrite + Unpin + Send>(
         &mut self,
