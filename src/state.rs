@@ -50,6 +50,13 @@ impl<E: Into<redb::Error>> From<E> for StateError {
 
 type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A snapshot as kept locally, with its place in the order of recording.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    seq: u64,
+    snapshot: Snapshot,
+}
+
 /// Which side of a contract this peer is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -348,15 +355,30 @@ impl State {
     }
 
     /// Records a snapshot whose packs are all stored.
+    /// The snapshot gets the next sequence number: snapshots are ordered by when they were
+    /// recorded here, not by their `time` (seconds), which two quick backups may share.
     pub fn put_snapshot(&self, id: &SnapshotId, s: &Snapshot) -> Result<(), StateError> {
-        self.put(SNAPSHOTS, id.as_bytes(), &enc(s))
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(SNAPSHOTS)?;
+            let mut seq = 0;
+            for r in t.iter()? {
+                let (_, v) = r?;
+                seq = seq.max(dec::<StoredSnapshot>("snapshot", v.value())?.seq);
+            }
+            let rec = StoredSnapshot { seq: seq + 1, snapshot: s.clone() };
+            t.insert(id.as_bytes().as_slice(), enc(&rec).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// All snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, StateError> {
-        let mut v: Vec<(SnapshotId, Snapshot)> = self.all_decoded(SNAPSHOTS, "snapshot", SnapshotId::from_slice)?;
-        v.sort_by_key(|(id, s)| (s.time, *id));
-        Ok(v)
+        let mut v: Vec<(SnapshotId, StoredSnapshot)> =
+            self.all_decoded(SNAPSHOTS, "snapshot", SnapshotId::from_slice)?;
+        v.sort_by_key(|(_, s)| s.seq);
+        Ok(v.into_iter().map(|(id, s)| (id, s.snapshot)).collect())
     }
 }
 
@@ -382,5 +404,20 @@ mod tests {
         assert!(s.blob(&BlobId([9; 32])).unwrap().is_none());
         assert_eq!(s.pack(&PackId([2; 32])).unwrap().unwrap().holders.len(), 1);
         assert_eq!(s.blob_count().unwrap(), 1);
+        // snapshots made within one second keep the order they were recorded in
+        let snap = |n: u8| Snapshot {
+            time: 7,
+            hostname: "h".into(),
+            paths: vec![],
+            tree: BlobId([n; 32]),
+            parent: None,
+            files: 0,
+            bytes: 0,
+        };
+        for n in [9u8, 3, 5] {
+            s.put_snapshot(&SnapshotId([n; 32]), &snap(n)).unwrap();
+        }
+        let order: Vec<u8> = s.snapshots().unwrap().iter().map(|(id, _)| id.0[0]).collect();
+        assert_eq!(order, vec![9, 3, 5]);
     }
 }
