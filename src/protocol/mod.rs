@@ -6,6 +6,7 @@
 //! inside a [`Signed`] envelope (protocol.md §2.2).
 
 pub mod codec;
+pub mod fuzz;
 
 use crate::id::{ContractId, PackId, ProposalId, sha256};
 use crate::identity::{Identity, SignatureError, Signed, peer_id_of};

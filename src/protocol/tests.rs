@@ -165,3 +165,74 @@ fn print_golden_vectors() {
     show("data_response_pack", to_cbor(&DataResponse::Pack(vec![9, 9])));
     show("data_response_error", to_cbor(&DataResponse::Error { code: DataErrorCode::NoRoom, message: "full".into() }));
 }
+
+mod props {
+    use super::*;
+    use crate::repo::pack::{PackEntry, PackHeader};
+    use crate::repo::tree::{Node, NodeKind, Snapshot, Tree};
+    use proptest::prelude::*;
+
+    fn id32() -> impl Strategy<Value = [u8; 32]> {
+        any::<[u8; 32]>()
+    }
+
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(m: &T) {
+        let b = to_cbor(m);
+        let back: T = from_cbor("prop", &b).unwrap();
+        assert_eq!(&back, m);
+    }
+
+    proptest! {
+        #[test]
+        fn proposals(bytes: u64, duration_secs: u64, offered: u64, free: u64, expires: u64, nonce: u64,
+                     addrs in proptest::collection::vec(".{0,40}", 0..4)) {
+            let p = Proposal { bytes, duration_secs, offered, free, addrs, expires, nonce };
+            round_trip(&p);
+            let s = p.sign(&client());
+            round_trip(&s);
+            prop_assert_eq!(s.verify(DOMAIN_PROPOSAL).unwrap(), client().peer_id());
+        }
+
+        #[test]
+        fn data_messages(c in id32(), p in id32(), leaf: u32, data in proptest::collection::vec(any::<u8>(), 0..300),
+                         message in ".{0,40}") {
+            round_trip(&DataRequest::Store { contract: ContractId(c), pack: PackId(p), data: data.clone() });
+            round_trip(&DataRequest::Fetch { pack: PackId(p) });
+            round_trip(&DataRequest::Audit { pack: PackId(p), leaf });
+            round_trip(&DataResponse::Pack(data.clone()));
+            round_trip(&DataResponse::Proof { leaf: data.clone(), path: data });
+            for code in [DataErrorCode::NoContract, DataErrorCode::NoRoom, DataErrorCode::BadPack,
+                         DataErrorCode::NotFound, DataErrorCode::Internal, DataErrorCode::Busy] {
+                round_trip(&DataResponse::Error { code, message: message.clone() });
+            }
+        }
+
+        #[test]
+        fn contract_messages(sig in proptest::collection::vec(any::<u8>(), 0..80), reason in ".{0,60}",
+                             bytes in 1u64..(1 << 30), expires: u64,
+                             addrs in proptest::collection::vec(".{0,40}", 0..4)) {
+            let a = Acceptance { provider: provider().peer_id().to_bytes(), addrs, proposal: proposal().sign(&client()), bytes, expires };
+            round_trip(&a);
+            let signed = provider().sign(DOMAIN_ACCEPTANCE, to_cbor(&a));
+            round_trip(&ContractRequest::Accept(signed.clone()));
+            prop_assert!(verify_acceptance(&signed).is_ok());
+            round_trip(&ContractResponse::Countersigned(sig.clone()));
+            round_trip(&ContractResponse::Declined(reason));
+            round_trip(&Contract { acceptance: signed, client_sig: sig });
+        }
+
+        #[test]
+        fn documents(name in proptest::collection::vec(any::<u8>(), 1..50), mode: u32, mtime_ns: i64, size: u64,
+                     inode: u64, ids in proptest::collection::vec(id32(), 0..5), offset: u32, length: u32,
+                     time: u64, hostname in ".{0,20}") {
+            let node = Node { name: name.clone(), kind: NodeKind::File, mode, mtime_ns, size, inode,
+                              content: ids.iter().map(|i| crate::id::BlobId(*i)).collect(), subtree: None, target: name };
+            round_trip(&Tree { nodes: vec![node] });
+            round_trip(&Snapshot { time, hostname, paths: vec!["/a".into()], tree: crate::id::BlobId([1; 32]),
+                                   parent: ids.first().map(|i| crate::id::SnapshotId(*i)), files: size, bytes: size });
+            let blobs = ids.iter().map(|i| PackEntry { id: crate::id::BlobId(*i), kind: crate::repo::blob::BlobKind::Data,
+                                                       offset, length, raw_length: length }).collect();
+            round_trip(&PackHeader { version: 1, blobs });
+        }
+    }
+}
