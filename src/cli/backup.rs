@@ -1,6 +1,6 @@
 //! `peer backup PATH... --copies N`.
 
-use super::{CliError, CliResult, call, human, print_json, progress_bar};
+use super::{CliError, CliResult, human, print_json};
 use crate::config::Home;
 use crate::control::{Reply, Request};
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         std::fs::symlink_metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
         paths.push(abs);
     }
-    let reply = call(home, Request::Backup { paths, copies: a.copies }, progress_bar(a.json))?;
+    let reply = super::call_with_progress(home, Request::Backup { paths, copies: a.copies }, a.json)?;
     let Reply::Backup(s) = reply else {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };

@@ -123,30 +123,45 @@ fn call(
     }
 }
 
-/// A progress bar on a terminal (hidden otherwise): bytes, rate, ETA.
-fn progress_bar(json: bool) -> impl FnMut(&crate::control::Progress) {
+/// Sends `req` to the daemon showing its progress: a bar (bytes, rate, ETA) on a terminal,
+/// cleared when done; status lines with `--json`; nothing otherwise.
+fn call_with_progress(
+    home: &Home,
+    req: crate::control::Request,
+    json: bool,
+) -> Result<crate::control::Reply, CliError> {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let bar = ProgressBar::with_draw_target(
         Some(0),
         if json { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
     );
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    move |p: &crate::control::Progress| {
+    let bytes = ProgressStyle::with_template("{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+        .map(|s| s.progress_chars("=> "))
+        .ok();
+    let waiting = ProgressStyle::with_template("{spinner} {msg}").ok();
+    let result = call(home, req, |p: &crate::control::Progress| {
         if json {
-            println!(
-                "{}",
-                serde_json::json!({"message_type": "status", "phase": p.phase, "bytes_done": p.done, "bytes_total": p.total})
-            );
+            let line = serde_json::json!({"message_type": "status", "phase": p.phase, "bytes_done": p.done, "bytes_total": p.total});
+            println!("{line}");
             return;
         }
-        bar.set_message(p.phase.clone());
-        bar.set_length(p.total);
-        bar.set_position(p.done);
-    }
+        match (p.total, &waiting, &bytes) {
+            (0, Some(w), _) => {
+                bar.set_style(w.clone());
+                bar.set_message(if p.phase == "contracts" { "finding providers".to_string() } else { p.phase.clone() });
+                bar.tick();
+            }
+            (_, _, Some(b)) => {
+                bar.set_style(b.clone());
+                bar.set_message(p.phase.clone());
+                bar.set_length(p.total);
+                bar.set_position(p.done);
+            }
+            _ => {}
+        }
+    });
+    bar.finish_and_clear();
+    result
 }
 
 /// Prints `v` as one line of JSON with `message_type` set.

@@ -1,6 +1,6 @@
 //! `peer restore [SNAPSHOT|latest] [--target DIR]`.
 
-use super::{CliError, CliResult, EXIT_PARTIAL, call, human, print_json, progress_bar};
+use super::{CliError, CliResult, EXIT_PARTIAL, human, print_json};
 use crate::config::Home;
 use crate::control::{Reply, Request};
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ pub struct Args {
 pub fn run(home: &Home, a: Args) -> CliResult {
     let target = a.target.map(|t| std::path::absolute(&t).map_err(|e| format!("{}: {e}", t.display()))).transpose()?;
     let req = Request::Restore { snapshot: Some(a.snapshot), target, overwrite: a.overwrite };
-    let Reply::Restore(s) = call(home, req, progress_bar(a.json))? else {
+    let Reply::Restore(s) = super::call_with_progress(home, req, a.json)? else {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };
     if a.json {
