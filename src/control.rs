@@ -37,6 +37,13 @@ pub enum Request {
     },
     /// List snapshots.
     Snapshots,
+    /// End a contract now, telling the other side.
+    Cancel {
+        /// Contract id or a unique prefix.
+        contract: String,
+        /// Why (sent to the other side).
+        reason: String,
+    },
 }
 
 /// Progress of a long operation.

@@ -331,7 +331,14 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
         let failed = c["peer"] == *flipper || c["peer"] == *dropper;
         assert_eq!(!c["ended"].is_null(), failed, "{c}");
     }
-    assert!(net.run(0, &["contracts"]).unwrap().contains("ended (failed audits)"));
+    assert!(net.run(0, &["contracts"]).unwrap().contains("ended"));
+    // The failed providers were told, signed: their side of the contract is ended too.
+    for bad in [flipper, dropper] {
+        let idx = net.peers.iter().position(|p| &p.peer_id == bad).unwrap();
+        wait_status(&net, idx, 30, |s| {
+            s["contracts"].as_array().is_some_and(|v| v.iter().all(|c| !c["ended"].is_null()))
+        });
+    }
     assert_eq!(audit_of(&s, honest).unwrap()["standing"], "good", "{s}");
 
     // Every pack still has an honest copy: restore is whole.
@@ -339,6 +346,15 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
     let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
     assert_eq!(json_last(&out)["failed_count"], 0);
     assert!(compare_trees(&src, &target.join("docs")).is_empty());
+
+    // A client cancels its last contract: the provider reclaims the space at once.
+    let live = status(&net, 0)["contracts"].as_array().unwrap().iter().find(|c| c["ended"].is_null()).cloned().unwrap();
+    let idx = net.peers.iter().position(|p| p.peer_id == live["peer"].as_str().unwrap()).unwrap();
+    assert!(!store_files(&net.peers[idx].home).is_empty());
+    net.run(0, &["contracts", "--cancel", &live["id"].as_str().unwrap()[..12], "--reason", "moving on"]).unwrap();
+    let s = wait_status(&net, idx, 30, |s| s["used_by_others"] == 0);
+    assert!(!s["contracts"][0]["ended"].is_null(), "{s}");
+    assert!(store_files(&net.peers[idx].home).is_empty());
 }
 
 /// A libp2p client that speaks our protocol ids but sends raw bytes.

@@ -10,10 +10,22 @@ pub struct Args {
     /// Print a JSON array.
     #[arg(long)]
     json: bool,
+    /// End this contract now (id or unique prefix) and tell the other side.
+    #[arg(long, value_name = "ID")]
+    cancel: Option<String>,
+    /// Why, with --cancel (sent to the other side).
+    #[arg(long, default_value = "cancelled by its owner")]
+    reason: String,
 }
 
-/// Lists each contract: id, role, the other peer, bytes used of granted, expiry, state.
+/// Lists each contract: id, role, the other peer, bytes used of granted, expiry, state;
+/// or, with `--cancel`, ends one.
 pub fn run(home: &Home, a: Args) -> CliResult {
+    if let Some(contract) = a.cancel {
+        call(home, Request::Cancel { contract: contract.clone(), reason: a.reason }, |_| {})?;
+        println!("contract {contract} ended; the other side was told");
+        return Ok(());
+    }
     let Reply::Status(s) = call(home, Request::Status, |_| {})? else {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };
@@ -25,7 +37,7 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     println!("{:<8}  {:<8}  {:<52}  {:>21}  {:>8}  state", "id", "role", "peer", "used / granted", "expires");
     for c in &s.contracts {
         let state = match c.ended {
-            Some(_) => "ended (failed audits)",
+            Some(_) => "ended",
             None if c.expires <= now => "expired",
             None => "live",
         };

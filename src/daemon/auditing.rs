@@ -60,7 +60,9 @@ impl Inner {
             return;
         }
         for (peer, pack, outcome) in results {
-            self.record(peer, pack, outcome);
+            if let Some(why) = self.record(peer, pack, outcome) {
+                self.end_contracts_with(&peer, &why).await;
+            }
         }
     }
 
@@ -81,12 +83,16 @@ impl Inner {
         })
     }
 
-    /// Records an outcome; a wrong answer loses that copy, a lost standing ends the peer's contracts.
-    fn record(&self, peer: PeerId, pack: PackId, outcome: Outcome) {
+    /// Records an outcome; a wrong answer loses that copy. Returns why, when the peer just
+    /// lost its standing.
+    fn record(&self, peer: PeerId, pack: PackId, outcome: Outcome) -> Option<String> {
         let key = peer.to_bytes();
         let mut rec = match self.state.audit(&key) {
             Ok(r) => r,
-            Err(e) => return tracing::error!("audit record: {e}"),
+            Err(e) => {
+                tracing::error!("audit record: {e}");
+                return None;
+            }
         };
         let a = &self.config.audit;
         let lost_standing = rec.apply(&outcome, now(), a.grace_secs, a.min_score);
@@ -101,25 +107,19 @@ impl Inner {
             }
             Outcome::Unreachable(why) => tracing::info!("{peer} did not answer an audit: {why}"),
         }
-        if lost_standing {
-            self.end_contracts_with(&peer, &format!("score {:.2} after: {}", rec.score(), rec.last_error));
-        }
+        lost_standing.then(|| format!("score {:.2} after: {}", rec.score(), rec.last_error))
     }
 
-    /// Ends every contract with `peer` (both roles) and forgets the copies it held.
-    fn end_contracts_with(&self, peer: &PeerId, why: &str) {
+    /// Ends every contract with `peer` (both roles), telling it why; its copies count as lost.
+    async fn end_contracts_with(&self, peer: &PeerId, why: &str) {
         let t = now();
         let Ok(contracts) = self.state.contracts() else { return };
-        for (id, mut c) in contracts {
+        for (id, c) in contracts {
             if c.peer_id().as_ref() == Some(peer) && c.is_live(t) {
-                c.ended = Some(t);
-                if let Err(e) = self.state.put_contract(&id, &c) {
-                    tracing::error!("cannot end contract {}: {e}", id.short());
-                }
+                let _ = self.cancel(id, &format!("failed audits: {why}")).await;
             }
         }
-        let lost = self.state.drop_holder(&peer.to_bytes()).unwrap_or(0);
-        tracing::warn!("{peer} lost its standing ({why}): contracts ended, {lost} pack copies count as lost");
+        tracing::warn!("{peer} lost its standing ({why})");
     }
 
     /// Tit for tat: deletes the packs we hold for peers whose contracts we ended more than

@@ -94,6 +94,7 @@ impl Inner {
                 }
             }
             Ok(ContractResponse::Declined(why)) => tracing::debug!("{} declined our acceptance: {why}", vp.client),
+            Ok(ContractResponse::Cancelled) => tracing::debug!("{} answered an acceptance with Cancelled", vp.client),
             Err(e) => tracing::debug!("acceptance to {} failed: {e}", vp.client),
         }
         if let Ok(mut r) = self.reserved.lock() {
@@ -251,5 +252,98 @@ impl Inner {
             }
         }
         result
+    }
+}
+
+impl Inner {
+    /// Either side: the other party ends a contract with us (protocol.md §4.5).
+    pub(super) async fn on_cancel(&self, peer: PeerId, signed: Signed) -> ContractResponse {
+        let decline = |s: &str| ContractResponse::Declined(s.to_string());
+        match signed.verify(protocol::DOMAIN_CANCEL) {
+            Ok(signer) if signer == peer => {}
+            Ok(_) => return decline("the cancellation is not signed by its sender"),
+            Err(e) => return decline(&format!("bad signature: {e}")),
+        }
+        let c: protocol::Cancellation = match protocol::from_cbor("cancellation", &signed.body) {
+            Ok(c) => c,
+            Err(e) => return decline(&e.to_string()),
+        };
+        if c.reason.len() > protocol::MAX_REASON {
+            return decline("reason too long");
+        }
+        let Some(rec) = self.state.contract(&c.contract).ok().flatten() else {
+            return decline("unknown contract");
+        };
+        if rec.peer_id() != Some(peer) {
+            return decline("not a party to this contract");
+        }
+        if rec.ended.is_none() {
+            self.end_contract(c.contract, rec, &format!("cancelled by {peer}: {}", c.reason), true).await;
+        }
+        ContractResponse::Cancelled
+    }
+
+    /// Ends a contract here: marks it ended and reclaims the space. As client, the
+    /// provider's copies stop counting; as provider, the client's packs are deleted now if
+    /// `drop_now` (the client cancelled), else after `audit.grace_secs`.
+    pub(super) async fn end_contract(
+        &self,
+        id: crate::id::ContractId,
+        mut rec: ContractRecord,
+        why: &str,
+        drop_now: bool,
+    ) {
+        rec.ended = Some(now());
+        if let Err(e) = self.state.put_contract(&id, &rec) {
+            return tracing::error!("cannot end contract {}: {e}", id.short());
+        }
+        let Some(peer) = rec.peer_id() else { return };
+        match rec.role {
+            Role::Client => {
+                let lost = self.state.drop_holder(&rec.peer).unwrap_or(0);
+                tracing::warn!(
+                    "contract {} with provider {peer} ended ({why}); {lost} pack copies count as lost",
+                    id.short()
+                );
+            }
+            Role::Provider => {
+                tracing::warn!("contract {} with client {peer} ended ({why})", id.short());
+                if drop_now {
+                    let store = self.store.clone();
+                    match tokio::task::spawn_blocking(move || store.drop_client(&peer)).await {
+                        Ok(Ok(n)) => tracing::info!("reclaimed {n} bytes held for {peer}"),
+                        Ok(Err(e)) => tracing::error!("cannot reclaim the space of {peer}: {e}"),
+                        Err(e) => tracing::error!("cannot reclaim the space of {peer}: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// We end a contract: tell the other side (best effort, signed), then end it here.
+    pub(super) async fn cancel(&self, id: crate::id::ContractId, reason: &str) -> Result<(), String> {
+        let rec = self
+            .state
+            .contract(&id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no contract {id}; see 'peer contracts'"))?;
+        if rec.ended.is_some() {
+            return Ok(());
+        }
+        let reason: String = reason.chars().take(protocol::MAX_REASON / 4).collect();
+        if let Some(peer) = rec.peer_id() {
+            let c = protocol::Cancellation { contract: id, reason: reason.clone() };
+            let signed = self.id.sign(protocol::DOMAIN_CANCEL, protocol::to_cbor(&c));
+            let addrs: Vec<Multiaddr> = rec.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            match self.net.contract_request(peer, addrs, ContractRequest::Cancel(signed)).await {
+                Ok(ContractResponse::Cancelled) => {
+                    tracing::info!("{peer} acknowledged the end of contract {}", id.short())
+                }
+                Ok(other) => tracing::warn!("{peer} did not take the cancellation of {}: {other:?}", id.short()),
+                Err(e) => tracing::warn!("could not tell {peer} that contract {} ended: {e}", id.short()),
+            }
+        }
+        self.end_contract(id, rec, &format!("cancelled by us: {reason}"), false).await;
+        Ok(())
     }
 }

@@ -276,6 +276,12 @@ impl Inner {
                 let resp = self.on_acceptance(peer, signed);
                 self.net.respond_contract(channel, resp).await;
             }
+            NetEvent::Contract { peer, request: ContractRequest::Cancel(signed), channel } => {
+                tokio::spawn(async move {
+                    let resp = self.on_cancel(peer, signed).await;
+                    self.net.respond_contract(channel, resp).await;
+                });
+            }
             NetEvent::Data { peer, request, channel } => {
                 let Ok(permit) = self.inbound.clone().try_acquire_owned() else {
                     let busy =

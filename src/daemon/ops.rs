@@ -81,6 +81,18 @@ impl Inner {
         })
     }
 
+    /// The contract whose id starts with `prefix` (hex).
+    fn find_contract(&self, prefix: &str) -> Result<crate::id::ContractId, String> {
+        let p = prefix.to_ascii_lowercase();
+        let all = self.state.contracts().map_err(|e| e.to_string())?;
+        let m: Vec<_> = all.into_iter().filter(|(id, _)| !p.is_empty() && id.to_string().starts_with(&p)).collect();
+        match m.as_slice() {
+            [(id, _)] => Ok(*id),
+            [] => Err(format!("no contract matches '{prefix}'; see 'peer contracts'")),
+            _ => Err(format!("'{prefix}' matches {} contracts; give more digits", m.len())),
+        }
+    }
+
     pub(super) async fn serve_control(self: Arc<Self>, s: UnixStream) {
         let (mut rd, mut wr) = s.into_split();
         let req = match tokio::time::timeout(Duration::from_secs(10), control::read_frame::<Request>(&mut rd)).await {
@@ -132,6 +144,13 @@ impl Inner {
                         .collect(),
                 ),
                 Err(e) => Reply::Error(e.to_string()),
+            },
+            Request::Cancel { contract, reason } => match self.find_contract(&contract) {
+                Ok(id) => match self.cancel(id, &reason).await {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => Reply::Error(e),
+                },
+                Err(e) => Reply::Error(e),
             },
             Request::Backup { paths, copies } => self.clone().backup(&tx, paths, copies).await,
             Request::Restore { snapshot, target, overwrite } => {

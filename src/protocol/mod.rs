@@ -30,6 +30,8 @@ pub const DOMAIN_PROPOSAL: &str = "peer/proposal/v1";
 pub const DOMAIN_ACCEPTANCE: &str = "peer/acceptance/v1";
 /// Signature domain of the client's countersignature (over the acceptance body).
 pub const DOMAIN_CONTRACT: &str = "peer/contract/v1";
+/// Signature domain of a cancellation.
+pub const DOMAIN_CANCEL: &str = "peer/cancel/v1";
 
 /// Largest gossip message, bytes (gossipsub `max_transmit_size`, protocol.md §6).
 pub const MAX_GOSSIP: usize = 64 * 1024;
@@ -229,17 +231,35 @@ impl Contract {
 /// Requests on [`CONTRACT_PROTOCOL`], provider to client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContractRequest {
-    /// "I accept your proposal": a signed [`Acceptance`].
+    /// "I accept your proposal": a signed [`Acceptance`] (provider to client).
     Accept(Signed),
+    /// "This contract ends now": a signed [`Cancellation`] (either party to the other).
+    Cancel(Signed),
 }
+
+/// The end of a contract before its expiry (protocol.md §4.5), signed by either party under
+/// [`DOMAIN_CANCEL`]. The receiver ends the contract and reclaims the space.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancellation {
+    /// The contract.
+    pub contract: ContractId,
+    /// Why, for the other side's status (at most [`MAX_REASON`] bytes).
+    pub reason: String,
+}
+
+/// Longest cancellation reason, bytes.
+pub const MAX_REASON: usize = 256;
 
 /// Responses on [`CONTRACT_PROTOCOL`], client to provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContractResponse {
     /// The client's countersignature over the acceptance body: the contract now exists.
     Countersigned(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// The client does not take this acceptance (enough providers already, unknown proposal…).
+    /// The client does not take this acceptance (enough providers already, unknown
+    /// proposal…), or a cancellation was refused (unknown contract, not a party).
     Declined(String),
+    /// The cancellation was applied (or the contract had ended already).
+    Cancelled,
 }
 
 /// Requests on [`DATA_PROTOCOL`], client to provider.

@@ -40,6 +40,11 @@ fn contract() -> Contract {
     Contract { acceptance: acc, client_sig: sig }
 }
 
+fn cancellation() -> Signed {
+    let c = Cancellation { contract: ContractId([3; 32]), reason: "failed audits".into() };
+    client().sign(DOMAIN_CANCEL, to_cbor(&c))
+}
+
 fn check<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(m: &T, hex_expected: &str) {
     let b = to_cbor(m);
     let back: T = from_cbor("test", &b).unwrap();
@@ -62,6 +67,8 @@ fn golden_vectors() {
     check(&ContractResponse::Countersigned(vec![7; 64]), &get("contract_response_countersigned"));
     check(&ContractResponse::Declined("enough providers already".into()), &get("contract_response_declined"));
     check(&contract(), &get("contract"));
+    check(&ContractRequest::Cancel(cancellation()), &get("contract_request_cancel"));
+    check(&ContractResponse::Cancelled, &get("contract_response_cancelled"));
     check(
         &DataRequest::Store { contract: ContractId([3; 32]), pack: PackId([4; 32]), data: vec![1, 2, 3] },
         &get("data_request_store"),
@@ -154,6 +161,8 @@ fn print_golden_vectors() {
     show("contract_response_countersigned", to_cbor(&ContractResponse::Countersigned(vec![7; 64])));
     show("contract_response_declined", to_cbor(&ContractResponse::Declined("enough providers already".into())));
     show("contract", to_cbor(&contract()));
+    show("contract_request_cancel", to_cbor(&ContractRequest::Cancel(cancellation())));
+    show("contract_response_cancelled", to_cbor(&ContractResponse::Cancelled));
     show(
         "data_request_store",
         to_cbor(&DataRequest::Store { contract: ContractId([3; 32]), pack: PackId([4; 32]), data: vec![1, 2, 3] }),
