@@ -320,7 +320,7 @@ impl Inner {
         }
     }
 
-    /// We end a contract: tell the other side (best effort, signed), then end it here.
+    /// We end a contract: end it here, then tell the other side (best effort, signed).
     pub(super) async fn cancel(&self, id: crate::id::ContractId, reason: &str) -> Result<(), String> {
         let rec = self
             .state
@@ -331,6 +331,8 @@ impl Inner {
             return Ok(());
         }
         let reason: String = reason.chars().take(protocol::MAX_REASON / 4).collect();
+        // End it here first, so our own view never lags behind what we announce.
+        self.end_contract(id, rec.clone(), &format!("cancelled by us: {reason}"), false).await;
         if let Some(peer) = rec.peer_id() {
             let c = protocol::Cancellation { contract: id, reason: reason.clone() };
             let signed = self.id.sign(protocol::DOMAIN_CANCEL, protocol::to_cbor(&c));
@@ -343,7 +345,6 @@ impl Inner {
                 Err(e) => tracing::warn!("could not tell {peer} that contract {} ended: {e}", id.short()),
             }
         }
-        self.end_contract(id, rec, &format!("cancelled by us: {reason}"), false).await;
         Ok(())
     }
 }
