@@ -104,7 +104,7 @@ pub fn check_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, BackupError> {
 }
 
 /// Bytes of regular files under `p`, walked without recursion (any depth).
-fn scan_size(p: &Path) -> u64 {
+pub fn scan_size(p: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![p.to_path_buf()];
     while let Some(p) = stack.pop() {

@@ -139,7 +139,7 @@ pub struct ContractInfo {
     pub used: u64,
     /// End, seconds since the Unix epoch.
     pub expires: u64,
-    /// When we ended it early because the other side failed its audits (seconds since the Unix epoch).
+    /// When it ended early (a cancellation by either side, or failed audits), seconds since the Unix epoch.
     pub ended: Option<u64>,
 }
 

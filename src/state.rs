@@ -84,8 +84,8 @@ pub struct ContractRecord {
     pub expires: u64,
     /// Listen addresses of the other side, as last seen.
     pub addrs: Vec<String>,
-    /// When we ended the contract early (the other side lost its standing), seconds since
-    /// the Unix epoch.
+    /// When the contract ended early (a cancellation by either side, or the other side lost
+    /// its standing with us), seconds since the Unix epoch.
     #[serde(default)]
     pub ended: Option<u64>,
 }

@@ -92,7 +92,7 @@ fn five_peers_backup_dedup_and_restore_after_losing_two() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("data");
     make_tree(&src, 3000);
-    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, 8 * GIB, |_, _| {}).unwrap();
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, GIB, |_, _| {}).unwrap();
     net.wait_connected(4, Duration::from_secs(60)).unwrap();
 
     let first = backup(&net, 0, &src, 3);
@@ -163,7 +163,7 @@ fn three_peers_reciprocity_corrupt_holder_and_in_place_restore() {
             *c = c.replace("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1");
         }
     };
-    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, 4 * GIB, configure).unwrap();
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
     net.wait_connected(2, Duration::from_secs(60)).unwrap();
     assert!(net.peers[2].addr.contains("/quic-v1/"), "{}", net.peers[2].addr);
 
@@ -174,7 +174,7 @@ fn three_peers_reciprocity_corrupt_holder_and_in_place_restore() {
     assert!(store_files(&net.peers[1].home).is_empty() && store_files(&net.peers[2].home).is_empty());
 
     // Fewer providers than copies: refused before any upload, saying how many accepted.
-    net.run(0, &["offer-storage", "4GiB"]).unwrap();
+    net.run(0, &["offer-storage", "1GiB"]).unwrap();
     let e = net.run(0, &["backup", src.to_str().unwrap(), "--copies", "3"]).unwrap_err();
     assert!(e.contains("only 2 of the 3"), "{e}");
     assert!(store_files(&net.peers[1].home).is_empty() && store_files(&net.peers[2].home).is_empty());
@@ -292,7 +292,7 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
             .replace("timeout_secs = 30", "timeout_secs = 10")
             .replace("min_score = 0.8", "min_score = 0.99");
     };
-    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, 4 * GIB, configure).unwrap();
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, GIB, configure).unwrap();
     net.wait_connected(4, Duration::from_secs(60)).unwrap();
     let b = backup(&net, 0, &src, 3);
     assert!(b["packs"].as_u64().unwrap() >= 2, "{b}");
@@ -521,7 +521,7 @@ fn garbage_from_a_raw_libp2p_client_hurts_nobody() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("keep");
     make_tree(&src, 100);
-    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, 4 * GIB, |_, _| {}).unwrap();
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, |_, _| {}).unwrap();
     net.wait_connected(2, Duration::from_secs(60)).unwrap();
     backup(&net, 0, &src, 2);
 

@@ -23,7 +23,7 @@ pub struct Args {
 pub fn run(home: &Home, a: Args) -> CliResult {
     if let Some(contract) = a.cancel {
         call(home, Request::Cancel { contract: contract.clone(), reason: a.reason }, |_| {})?;
-        println!("contract {contract} ended; the other side was told");
+        println!("contract {contract} ended here; the other side was sent a signed cancellation (if reachable)");
         return Ok(());
     }
     let Reply::Status(s) = call(home, Request::Status, |_| {})? else {

@@ -35,7 +35,21 @@ pub fn run(a: Args) -> CliResult {
     let exe = std::env::current_exe()?;
     let dir = tempfile::Builder::new().prefix("peer-demo-").tempdir()?;
     println!("demo: starting {} peers under {}", a.peers, dir.path().display());
-    let mut net = LocalNet::start(&exe, dir.path(), a.peers, 64 << 30, |_, _| {})?;
+    // Each peer offers enough for every copy of the folder (uncompressed, with room to
+    // spare) but no more than its share of the free disk.
+    let size = crate::backup::scan_size(&path);
+    let free = crate::provider::free_space(dir.path())?;
+    let offer = (4 * a.copies as u64 * size).max(1 << 30).min(free / (a.peers as u64 + 1));
+    if offer < size {
+        return Err(format!(
+            "not enough free disk under {} for {} peers to hold {}",
+            dir.path().display(),
+            a.peers,
+            path.display()
+        )
+        .into());
+    }
+    let mut net = LocalNet::start(&exe, dir.path(), a.peers, offer, |_, _| {})?;
     net.wait_connected(a.peers - 1, Duration::from_secs(60))?;
     println!("demo: backing up {} with --copies {}", path.display(), a.copies);
     let status = net.cmd(0, &["backup", &path.to_string_lossy(), "--copies", &a.copies.to_string()]).status()?;

@@ -127,10 +127,16 @@ impl Inner {
     fn drop_data_of_ended(&self) {
         let t = now();
         let Ok(contracts) = self.state.contracts() else { return };
-        for (_, c) in contracts {
+        let serving: HashSet<PeerId> = contracts
+            .iter()
+            .filter(|(_, c)| c.role == Role::Provider && c.is_live(t))
+            .filter_map(|(_, c)| c.peer_id())
+            .collect();
+        for (_, c) in &contracts {
             if c.role == Role::Provider
                 && c.ended.is_some_and(|e| t.saturating_sub(e) > self.config.audit.grace_secs)
                 && let Some(p) = c.peer_id()
+                && !serving.contains(&p)
                 && self.store.used(&p) > 0
             {
                 match self.store.drop_client(&p) {

@@ -12,9 +12,17 @@ pub fn wire(data: &[u8]) {
         let _ = verify_proposal(&s, 1_800_000_000);
         let _ = verify_acceptance(&s);
     }
-    if let Ok(ContractRequest::Accept(s)) = from_cbor::<ContractRequest>("contract request", data) {
-        let _ = verify_acceptance(&s);
+    match from_cbor::<ContractRequest>("contract request", data) {
+        Ok(ContractRequest::Accept(s)) => {
+            let _ = verify_acceptance(&s);
+        }
+        Ok(ContractRequest::Cancel(s)) => {
+            let _ = s.verify(DOMAIN_CANCEL);
+            let _ = from_cbor::<Cancellation>("cancellation", &s.body);
+        }
+        Err(_) => {}
     }
+    let _ = from_cbor::<Cancellation>("cancellation", data);
     let _ = from_cbor::<ContractResponse>("contract response", data);
     if let Ok(c) = from_cbor::<Contract>("contract", data) {
         let _ = c.verify();

@@ -228,6 +228,12 @@ mod props {
             round_trip(&ContractResponse::Countersigned(sig.clone()));
             round_trip(&ContractResponse::Declined(reason));
             round_trip(&Contract { acceptance: signed, client_sig: sig });
+            let c = Cancellation { contract: ContractId([bytes as u8; 32]), reason: "r".repeat((bytes % 200) as usize) };
+            round_trip(&c);
+            let s = client().sign(DOMAIN_CANCEL, to_cbor(&c));
+            round_trip(&ContractRequest::Cancel(s.clone()));
+            prop_assert_eq!(s.verify(DOMAIN_CANCEL).unwrap(), client().peer_id());
+            round_trip(&ContractResponse::Cancelled);
         }
 
         #[test]
