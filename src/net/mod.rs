@@ -270,6 +270,9 @@ pub fn start(
         pending_data: HashMap::new(),
         strikes: HashMap::new(),
         blocked: HashMap::new(),
+        last_lookup: std::time::Instant::now()
+            .checked_sub(Duration::from_secs(5))
+            .unwrap_or_else(std::time::Instant::now),
     };
     tokio::spawn(lp.run());
     Ok((NetHandle { tx, peer_id }, ev_rx))
@@ -339,6 +342,8 @@ struct EventLoop {
     strikes: HashMap<PeerId, u32>,
     /// Blocked peers and when they were blocked.
     blocked: HashMap<PeerId, std::time::Instant>,
+    /// When we last started a Kademlia lookup for more peers.
+    last_lookup: std::time::Instant,
 }
 
 impl EventLoop {
@@ -448,8 +453,17 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Contract(e)) => self.on_contract(e),
             SwarmEvent::Behaviour(BehaviourEvent::Data(e)) => self.on_data(e),
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                 tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
+                // A new peer knows others: look for more now rather than at the next tick,
+                // while we have fewer than we want (at most one lookup per 5 s).
+                if num_established.get() == 1
+                    && self.swarm.connected_peers().count() < TARGET_PEERS
+                    && self.last_lookup.elapsed() >= Duration::from_secs(5)
+                {
+                    self.last_lookup = std::time::Instant::now();
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
             }
             _ => {}
         }
