@@ -368,6 +368,17 @@ mod garbage {
     #[derive(Clone, Default)]
     pub struct Raw;
 
+    async fn read_all<T: AsyncRead + Unpin + Send>(io: &mut T, cap: u64) -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.take(cap).read_to_end(&mut v).await?;
+        Ok(v)
+    }
+
+    async fn write_close<T: AsyncWrite + Unpin + Send>(io: &mut T, r: &[u8]) -> std::io::Result<()> {
+        io.write_all(r).await?;
+        io.close().await
+    }
+
     #[async_trait::async_trait]
     impl request_response::Codec for Raw {
         type Protocol = StreamProtocol;
@@ -378,18 +389,14 @@ mod garbage {
             _: &StreamProtocol,
             io: &mut T,
         ) -> std::io::Result<Vec<u8>> {
-            let mut v = Vec::new();
-            io.take(1 << 20).read_to_end(&mut v).await?;
-            Ok(v)
+            read_all(io, 1 << 20).await
         }
         async fn read_response<T: AsyncRead + Unpin + Send>(
             &mut self,
             _: &StreamProtocol,
             io: &mut T,
         ) -> std::io::Result<Vec<u8>> {
-            let mut v = Vec::new();
-            io.take(64 << 20).read_to_end(&mut v).await?;
-            Ok(v)
+            read_all(io, 64 << 20).await
         }
         async fn write_request<T: AsyncWrite + Unpin + Send>(
             &mut self,
@@ -397,8 +404,7 @@ mod garbage {
             io: &mut T,
             r: Vec<u8>,
         ) -> std::io::Result<()> {
-            io.write_all(&r).await?;
-            io.close().await
+            write_close(io, &r).await
         }
         async fn write_response<T: AsyncWrite + Unpin + Send>(
             &mut self,
@@ -406,8 +412,7 @@ mod garbage {
             io: &mut T,
             r: Vec<u8>,
         ) -> std::io::Result<()> {
-            io.write_all(&r).await?;
-            io.close().await
+            write_close(io, &r).await
         }
     }
 

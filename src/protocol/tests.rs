@@ -45,40 +45,48 @@ fn cancellation() -> Signed {
     client().sign(DOMAIN_CANCEL, to_cbor(&c))
 }
 
-fn check<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(m: &T, hex_expected: &str) {
+/// Encodes `m`, asserting it decodes back to itself.
+fn rt<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(m: &T) -> Vec<u8> {
     let b = to_cbor(m);
     let back: T = from_cbor("test", &b).unwrap();
     assert_eq!(&back, m);
-    assert_eq!(hex::encode(&b), hex_expected, "wire bytes changed for {m:?}");
+    b
+}
+
+/// Every golden vector: name and wire bytes (each checked to round-trip).
+fn vectors() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("proposal", rt(&proposal())),
+        ("signed_proposal", rt(&proposal().sign(&client()))),
+        ("contract_request_accept", rt(&ContractRequest::Accept(acceptance()))),
+        ("contract_response_countersigned", rt(&ContractResponse::Countersigned(vec![7; 64]))),
+        ("contract_response_declined", rt(&ContractResponse::Declined("enough providers already".into()))),
+        ("contract", rt(&contract())),
+        ("contract_request_cancel", rt(&ContractRequest::Cancel(cancellation()))),
+        ("contract_response_cancelled", rt(&ContractResponse::Cancelled)),
+        (
+            "data_request_store",
+            rt(&DataRequest::Store { contract: ContractId([3; 32]), pack: PackId([4; 32]), data: vec![1, 2, 3] }),
+        ),
+        ("data_request_fetch", rt(&DataRequest::Fetch { pack: PackId([4; 32]) })),
+        ("data_request_audit", rt(&DataRequest::Audit { pack: PackId([4; 32]), leaf: 7 })),
+        ("data_response_proof", rt(&DataResponse::Proof { leaf: vec![1, 2], path: vec![5; 32] })),
+        ("data_response_stored", rt(&DataResponse::Stored)),
+        ("data_response_pack", rt(&DataResponse::Pack(vec![9, 9]))),
+        ("data_response_error", rt(&DataResponse::Error { code: DataErrorCode::NoRoom, message: "full".into() })),
+    ]
 }
 
 #[test]
 fn golden_vectors() {
     let v = include_str!("golden.txt");
-    let get = |name: &str| -> String {
-        v.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no vector {name}"))
-            .to_string()
-    };
-    check(&proposal(), &get("proposal"));
-    check(&proposal().sign(&client()), &get("signed_proposal"));
-    check(&ContractRequest::Accept(acceptance()), &get("contract_request_accept"));
-    check(&ContractResponse::Countersigned(vec![7; 64]), &get("contract_response_countersigned"));
-    check(&ContractResponse::Declined("enough providers already".into()), &get("contract_response_declined"));
-    check(&contract(), &get("contract"));
-    check(&ContractRequest::Cancel(cancellation()), &get("contract_request_cancel"));
-    check(&ContractResponse::Cancelled, &get("contract_response_cancelled"));
-    check(
-        &DataRequest::Store { contract: ContractId([3; 32]), pack: PackId([4; 32]), data: vec![1, 2, 3] },
-        &get("data_request_store"),
-    );
-    check(&DataRequest::Fetch { pack: PackId([4; 32]) }, &get("data_request_fetch"));
-    check(&DataRequest::Audit { pack: PackId([4; 32]), leaf: 7 }, &get("data_request_audit"));
-    check(&DataResponse::Proof { leaf: vec![1, 2], path: vec![5; 32] }, &get("data_response_proof"));
-    check(&DataResponse::Stored, &get("data_response_stored"));
-    check(&DataResponse::Pack(vec![9, 9]), &get("data_response_pack"));
-    check(&DataResponse::Error { code: DataErrorCode::NoRoom, message: "full".into() }, &get("data_response_error"));
+    let all = vectors();
+    assert_eq!(v.lines().count(), all.len(), "golden.txt and the vector list differ in length");
+    for (name, bytes) in all {
+        let expected =
+            v.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap_or_else(|| panic!("no vector {name}"));
+        assert_eq!(hex::encode(&bytes), expected, "wire bytes changed for {name}");
+    }
     let _ = BlobId::default();
 }
 
@@ -111,35 +119,23 @@ fn contract_signatures() {
     bad.client_sig = provider().sign_detached(DOMAIN_CONTRACT, &c.acceptance.body);
     assert!(bad.verify().is_err());
     // a provider cannot grant more than was asked
-    let a = Acceptance {
-        addrs: vec![],
-        provider: provider().peer_id().to_bytes(),
-        proposal: proposal().sign(&client()),
-        bytes: 2 << 30,
-        expires: 1,
-    };
-    let s = provider().sign(DOMAIN_ACCEPTANCE, to_cbor(&a));
-    assert!(matches!(verify_acceptance(&s), Err(MessageError::Invalid(_))));
+    assert!(matches!(verify_acceptance(&forged(&provider(), &provider(), 2 << 30)), Err(MessageError::Invalid(_))));
     // the provider field must name the signer
-    let a = Acceptance {
-        addrs: vec![],
-        provider: client().peer_id().to_bytes(),
-        proposal: proposal().sign(&client()),
-        bytes: 1,
-        expires: 1,
-    };
-    let s = provider().sign(DOMAIN_ACCEPTANCE, to_cbor(&a));
-    assert!(matches!(verify_acceptance(&s), Err(MessageError::Invalid(_))));
+    assert!(matches!(verify_acceptance(&forged(&client(), &provider(), 1)), Err(MessageError::Invalid(_))));
     // nor contract with itself
+    assert!(matches!(verify_acceptance(&forged(&client(), &client(), 1)), Err(MessageError::Invalid(_))));
+}
+
+/// An acceptance of [`proposal`] naming `named` as provider, granting `bytes`, signed by `signer`.
+fn forged(named: &Identity, signer: &Identity, bytes: u64) -> Signed {
     let a = Acceptance {
         addrs: vec![],
-        provider: client().peer_id().to_bytes(),
+        provider: named.peer_id().to_bytes(),
         proposal: proposal().sign(&client()),
-        bytes: 1,
+        bytes,
         expires: 1,
     };
-    let s = client().sign(DOMAIN_ACCEPTANCE, to_cbor(&a));
-    assert!(matches!(verify_acceptance(&s), Err(MessageError::Invalid(_))));
+    signer.sign(DOMAIN_ACCEPTANCE, to_cbor(&a))
 }
 
 #[test]
@@ -154,25 +150,9 @@ fn malformed_input_is_an_error_not_a_panic() {
 #[test]
 #[ignore = "prints the golden vectors; run by hand after a deliberate protocol change"]
 fn print_golden_vectors() {
-    let show = |n: &str, b: Vec<u8>| println!("{n} {}", hex::encode(b));
-    show("proposal", to_cbor(&proposal()));
-    show("signed_proposal", to_cbor(&proposal().sign(&client())));
-    show("contract_request_accept", to_cbor(&ContractRequest::Accept(acceptance())));
-    show("contract_response_countersigned", to_cbor(&ContractResponse::Countersigned(vec![7; 64])));
-    show("contract_response_declined", to_cbor(&ContractResponse::Declined("enough providers already".into())));
-    show("contract", to_cbor(&contract()));
-    show("contract_request_cancel", to_cbor(&ContractRequest::Cancel(cancellation())));
-    show("contract_response_cancelled", to_cbor(&ContractResponse::Cancelled));
-    show(
-        "data_request_store",
-        to_cbor(&DataRequest::Store { contract: ContractId([3; 32]), pack: PackId([4; 32]), data: vec![1, 2, 3] }),
-    );
-    show("data_request_fetch", to_cbor(&DataRequest::Fetch { pack: PackId([4; 32]) }));
-    show("data_request_audit", to_cbor(&DataRequest::Audit { pack: PackId([4; 32]), leaf: 7 }));
-    show("data_response_proof", to_cbor(&DataResponse::Proof { leaf: vec![1, 2], path: vec![5; 32] }));
-    show("data_response_stored", to_cbor(&DataResponse::Stored));
-    show("data_response_pack", to_cbor(&DataResponse::Pack(vec![9, 9])));
-    show("data_response_error", to_cbor(&DataResponse::Error { code: DataErrorCode::NoRoom, message: "full".into() }));
+    for (name, bytes) in vectors() {
+        println!("{name} {}", hex::encode(bytes));
+    }
 }
 
 mod props {

@@ -75,9 +75,7 @@ pub struct Snapshot {
 
 /// Encodes any document as CBOR.
 pub fn encode<T: Serialize>(doc: &T) -> Vec<u8> {
-    let mut v = Vec::new();
-    ciborium::into_writer(doc, &mut v).expect("CBOR encoding into a Vec cannot fail");
-    v
+    crate::protocol::to_cbor(doc)
 }
 
 /// Decodes a tree.
