@@ -41,6 +41,11 @@ impl Home {
     pub fn store_dir(&self) -> PathBuf {
         self.dir.join("store")
     }
+    /// `claims/`: claim blocks held for our providers, one subdirectory per provider PeerId
+    /// (protocol.md §4.6).
+    pub fn claims_dir(&self) -> PathBuf {
+        self.dir.join("claims")
+    }
     /// `control.sock`: the daemon's Unix control socket.
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control.sock")

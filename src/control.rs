@@ -141,6 +141,8 @@ pub struct ContractInfo {
     pub expires: u64,
     /// When it ended early (a cancellation by either side, or failed audits), seconds since the Unix epoch.
     pub ended: Option<u64>,
+    /// Why it ended early (empty while live).
+    pub end_reason: String,
 }
 
 /// `peer status`.
@@ -160,6 +162,11 @@ pub struct StatusReport {
     pub used_by_others: u64,
     /// Bytes of our packs held at others, all copies counted.
     pub held_at_others: u64,
+    /// Bytes of claims we hold for our providers: the reciprocal space we owe them
+    /// (protocol.md §4.6).
+    pub claims_held: u64,
+    /// Bytes of our claims our clients acknowledged holding for us.
+    pub claims_placed: u64,
     /// Contracts, both roles.
     pub contracts: Vec<ContractInfo>,
     /// Audit records of the peers holding our packs.

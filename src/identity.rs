@@ -9,8 +9,9 @@
 //! |----------|------------------|---------------------------------------------|
 //! | id-key   | `peer/blob-id`   | HMAC-SHA-256 key for blob ids               |
 //! | enc-key  | `peer/blob-enc`  | XChaCha20-Poly1305 key for blobs and headers|
+//! | claim-key| `peer/claim`     | seed of the claims it places (protocol.md §4.6)|
 //!
-//! salt = `peer/keys/v1` for both.
+//! salt = `peer/keys/v1` for all.
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
@@ -62,6 +63,8 @@ pub struct Identity {
     pub id_key: [u8; 32],
     /// XChaCha20-Poly1305 key for blob and pack-header encryption (32 bytes).
     pub enc_key: [u8; 32],
+    /// Seed of the claims this peer places at its clients (32 bytes; protocol.md §4.6).
+    pub claim_key: [u8; 32],
 }
 
 impl Identity {
@@ -78,7 +81,9 @@ impl Identity {
         let mut enc_key = [0u8; 32];
         hk.expand(b"peer/blob-id", &mut id_key).expect("32 bytes is a valid HKDF-SHA-256 output length");
         hk.expand(b"peer/blob-enc", &mut enc_key).expect("32 bytes is a valid HKDF-SHA-256 output length");
-        Identity { signing, keypair: kp.into(), id_key, enc_key }
+        let mut claim_key = [0u8; 32];
+        hk.expand(b"peer/claim", &mut claim_key).expect("32 bytes is a valid HKDF-SHA-256 output length");
+        Identity { signing, keypair: kp.into(), id_key, enc_key, claim_key }
     }
 
     /// A fresh random identity.
@@ -223,6 +228,8 @@ mod tests {
         assert_eq!(a.id_key, b.id_key);
         assert_eq!(a.enc_key, b.enc_key);
         assert_ne!(a.id_key, a.enc_key);
+        assert_eq!(a.claim_key, b.claim_key);
+        assert_ne!(a.claim_key, a.enc_key);
         assert_eq!(a.peer_id(), peer_id_of(&a.public_key()).unwrap());
     }
 

@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod contracts;

@@ -53,6 +53,32 @@ pub struct PackStore {
     commit: Arc<Mutex<()>>,
 }
 
+/// First half of an atomic write: `data` in a fresh temporary file `.tmp-…` next to
+/// `dest`, fsynced. Returns its path; [`commit_tmp`] finishes. Blocking.
+pub fn write_tmp(dest: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
+    let dir = dest.parent().ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".tmp-{name}-{}", rand::random::<u64>()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(tmp)
+}
+
+/// Second half of an atomic write: renames `tmp` onto `dest` and fsyncs the directory, so
+/// a crash leaves the whole file or nothing. Removes `tmp` on failure. Blocking.
+pub fn commit_tmp(tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    let dir = dest.parent().ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    std::fs::rename(tmp, dest).and_then(|_| std::fs::File::open(dir)?.sync_all()).inspect_err(|_| {
+        let _ = std::fs::remove_file(tmp);
+    })
+}
+
 /// Free bytes on the filesystem holding `path`, for an unprivileged user.
 pub fn free_space(path: &Path) -> std::io::Result<u64> {
     fs4::available_space(path)
@@ -119,23 +145,16 @@ impl PackStore {
         if free < data.len() as u64 + (64 << 20) {
             return Err(StoreError::DiskFull { path: cdir.display().to_string(), need: data.len() as u64 });
         }
-        let tmp = cdir.join(format!(".tmp-{}-{}", pack, rand::random::<u64>()));
-        let fail = |e: std::io::Error| {
+        let tmp = write_tmp(&dest, data).map_err(io(&dest))?;
+        let Ok(_guard) = self.commit.lock() else {
             let _ = std::fs::remove_file(&tmp);
-            StoreError::Io { path: dest.display().to_string(), source: e }
+            return Err(StoreError::Io { path: dest.display().to_string(), source: std::io::Error::other("lock poisoned") });
         };
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()
-        };
-        write().map_err(fail)?;
-        let _guard = self.commit.lock().map_err(|_| fail(std::io::Error::other("store lock poisoned")))?;
         if dest.is_file() {
             let _ = std::fs::remove_file(&tmp);
             return Ok(());
         }
-        std::fs::rename(&tmp, &dest).and_then(|_| std::fs::File::open(&cdir)?.sync_all()).map_err(fail)?;
+        commit_tmp(&tmp, &dest).map_err(io(&dest))?;
         if let Ok(mut m) = self.used.lock() {
             *m.entry(*client).or_default() += data.len() as u64;
         }

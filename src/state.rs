@@ -22,6 +22,8 @@ const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 const TREES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trees");
 const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshots");
 const AUDITS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("audits");
+/// Provider side of claims (protocol.md §4.6): client PeerId bytes → blocks `0..n` it acknowledged.
+const CLAIMS: TableDefinition<&[u8], u64> = TableDefinition::new("claims");
 
 /// Errors of the local state.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,16 @@ pub struct ContractRecord {
     /// its standing with us), seconds since the Unix epoch.
     #[serde(default)]
     pub ended: Option<u64>,
+    /// Why it ended early, for `peer status` and `peer contracts`.
+    #[serde(default)]
+    pub end_reason: String,
+    /// The latest renewal (protocol.md §4.7): the client-signed [`crate::protocol::Renewal`]
+    /// and the provider's countersignature. `expires` already reflects it.
+    #[serde(default)]
+    pub renewal: Option<(crate::identity::Signed, serde_bytes::ByteBuf)>,
+    /// Our signed cancellation, until the other side acknowledges it (retried each audit round).
+    #[serde(default)]
+    pub unsent_cancel: Option<crate::identity::Signed>,
 }
 
 impl ContractRecord {
@@ -157,6 +169,7 @@ impl State {
             .map_err(|e| StateError::Open { path: path.display().to_string(), message: e.to_string() })?;
         let tx = db.begin_write()?;
         tx.open_table(SETTINGS)?;
+        tx.open_table(CLAIMS)?;
         for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS, AUDITS] {
             tx.open_table(t)?;
         }
@@ -232,18 +245,31 @@ impl State {
 
     /// Adds `bytes` to a contract's used count (client side, after an acknowledged upload).
     pub fn add_contract_use(&self, id: &ContractId, bytes: u64) -> Result<(), StateError> {
+        self.update_contract(id, |r| r.used = r.used.saturating_add(bytes)).map(|_| ())
+    }
+
+    /// Changes a contract in one transaction; returns the new record, `None` when unknown.
+    pub fn update_contract(
+        &self,
+        id: &ContractId,
+        f: impl FnOnce(&mut ContractRecord),
+    ) -> Result<Option<ContractRecord>, StateError> {
         let tx = self.db.begin_write()?;
-        {
+        let out = {
             let mut t = tx.open_table(CONTRACTS)?;
             let cur = t.get(id.as_bytes().as_slice())?.map(|v| v.value().to_vec());
-            if let Some(b) = cur {
-                let mut r: ContractRecord = dec("contract", &b)?;
-                r.used = r.used.saturating_add(bytes);
-                t.insert(id.as_bytes().as_slice(), enc(&r).as_slice())?;
+            match cur {
+                Some(b) => {
+                    let mut r: ContractRecord = dec("contract", &b)?;
+                    f(&mut r);
+                    t.insert(id.as_bytes().as_slice(), enc(&r).as_slice())?;
+                    Some(r)
+                }
+                None => None,
             }
-        }
+        };
         tx.commit()?;
-        Ok(())
+        Ok(out)
     }
 
     /// Where a pack is held, if known.
@@ -303,6 +329,21 @@ impl State {
         }
         tx.commit()?;
         Ok(n)
+    }
+
+    /// Claim blocks `client` (PeerId bytes) acknowledged holding for us: blocks `0..n`.
+    pub fn claim_placed(&self, client: &[u8]) -> Result<u32, StateError> {
+        let tx = self.db.begin_read()?;
+        let v = tx.open_table(CLAIMS)?.get(client)?.map(|v| v.value()).unwrap_or(0);
+        Ok(u32::try_from(v).unwrap_or(u32::MAX))
+    }
+
+    /// Records how many claim blocks `client` holds for us.
+    pub fn set_claim_placed(&self, client: &[u8], n: u32) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(CLAIMS)?.insert(client, u64::from(n))?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Audit record of a peer (PeerId bytes), or a fresh one.

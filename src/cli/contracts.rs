@@ -37,9 +37,9 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     println!("{:<8}  {:<8}  {:<52}  {:>21}  {:>8}  state", "id", "role", "peer", "used / granted", "expires");
     for c in &s.contracts {
         let state = match c.ended {
-            Some(_) => "ended",
-            None if c.expires <= now => "expired",
-            None => "live",
+            Some(_) => format!("ended: {}", c.end_reason),
+            None if c.expires <= now => "expired".to_string(),
+            None => "live".to_string(),
         };
         let days = c.expires.saturating_sub(now) as f64 / 86400.0;
         println!(

@@ -33,14 +33,20 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         human(s.used_by_others)
     );
     println!("held at others:   {}", human(s.held_at_others));
+    println!(
+        "claims:           {} held here for your providers, {} held for you by your clients",
+        human(s.claims_held),
+        human(s.claims_placed)
+    );
     println!("contracts:        {}", s.contracts.len());
     for c in &s.contracts {
         if c.ended.is_some() {
             println!(
-                "  {} {:<8} {}  ENDED: the peer failed its audits",
+                "  {} {:<8} {}  ENDED: {}",
                 c.id.get(..8).unwrap_or(&c.id),
                 c.role,
-                c.peer
+                c.peer,
+                c.end_reason
             );
             continue;
         }

@@ -5,6 +5,7 @@
 use super::Inner;
 use crate::audit::{self, Outcome};
 use crate::id::{ContractId, PackId};
+use crate::net::NetError;
 use crate::protocol::{DataErrorCode, DataRequest, DataResponse, now};
 use crate::state::Role;
 use futures::StreamExt;
@@ -17,6 +18,26 @@ use std::time::Duration;
 /// Holders challenged at once in a round.
 pub const AUDITS_AT_ONCE: usize = 8;
 
+/// The verdict on the answer `r` to a challenge sent with `timeout`: `check` judges the
+/// expected kind of answer and hands any other back. Busy or failing answers give no
+/// verdict (`None`); other errors and unexpected answers are wrong; silence is unreachable.
+pub(super) fn verdict(
+    r: Result<Result<DataResponse, NetError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+    check: impl FnOnce(DataResponse) -> Result<Outcome, DataResponse>,
+) -> Option<Outcome> {
+    Some(match r {
+        Ok(Ok(resp)) => match check(resp) {
+            Ok(o) => o,
+            Err(DataResponse::Error { code: DataErrorCode::Busy | DataErrorCode::Internal, .. }) => return None,
+            Err(DataResponse::Error { code, message }) => Outcome::Wrong(format!("{code:?}: {message}")),
+            Err(_) => Outcome::Wrong("unexpected answer to an audit".into()),
+        },
+        Ok(Err(e)) => Outcome::Unreachable(e.to_string()),
+        Err(_) => Outcome::Unreachable(format!("no answer within {} s", timeout.as_secs())),
+    })
+}
+
 impl Inner {
     /// Runs audit rounds forever, each after a random wait of 0.5–1.5 × `audit.interval_secs`.
     pub(super) async fn audit_loop(self: Arc<Self>) {
@@ -25,6 +46,9 @@ impl Inner {
             let wait = base * rand::thread_rng().gen_range(0.5..1.5);
             tokio::time::sleep(Duration::from_secs_f64(wait)).await;
             self.audit_round().await;
+            self.claim_round().await;
+            self.renew_due().await;
+            self.retry_cancels().await;
             self.drop_data_of_ended();
         }
     }
@@ -60,7 +84,11 @@ impl Inner {
             return;
         }
         for (peer, pack, outcome) in results {
-            if let Some(why) = self.record(peer, pack, outcome) {
+            if matches!(outcome, Outcome::Wrong(_)) {
+                tracing::warn!("the copy of pack {} at {peer} counts as lost", pack.short());
+                let _ = self.state.drop_copy(&pack, &peer.to_bytes());
+            }
+            if let Some(why) = self.record(peer, &format!("pack {}", pack.short()), outcome) {
                 self.end_contracts_with(&peer, &why).await;
             }
         }
@@ -72,20 +100,19 @@ impl Inner {
         let addrs = self.addrs_of(&peer);
         let r =
             tokio::time::timeout(timeout, self.net.data_request(peer, addrs, DataRequest::Audit { pack, leaf })).await;
-        Some(match r {
-            Ok(Ok(DataResponse::Proof { leaf: bytes, path })) => audit::check(&pack, size, leaf, &bytes, &path),
-            // A busy or failing provider gives no verdict: only wrong answers and silence count.
-            Ok(Ok(DataResponse::Error { code: DataErrorCode::Busy | DataErrorCode::Internal, .. })) => return None,
-            Ok(Ok(DataResponse::Error { code, message })) => Outcome::Wrong(format!("{code:?}: {message}")),
-            Ok(Ok(_)) => Outcome::Wrong("unexpected answer to an audit".into()),
-            Ok(Err(e)) => Outcome::Unreachable(e.to_string()),
-            Err(_) => Outcome::Unreachable(format!("no answer within {} s", timeout.as_secs())),
+        verdict(r, timeout, |resp| match resp {
+            DataResponse::Proof { leaf: bytes, path } => Ok(audit::check(&pack, size, leaf, &bytes, &path)),
+            other => Err(other),
         })
     }
 
     /// Records an outcome; a wrong answer loses that copy. Returns why, when the peer just
     /// lost its standing.
-    fn record(&self, peer: PeerId, pack: PackId, outcome: Outcome) -> Option<String> {
+    pub(super) fn record(&self, peer: PeerId, what: &str, outcome: Outcome) -> Option<String> {
+        let outcome = match outcome {
+            Outcome::Wrong(why) => Outcome::Wrong(format!("{what}: {why}")),
+            o => o,
+        };
         let key = peer.to_bytes();
         let mut rec = match self.state.audit(&key) {
             Ok(r) => r,
@@ -100,18 +127,15 @@ impl Inner {
             tracing::error!("audit record: {e}");
         }
         match &outcome {
-            Outcome::Pass => tracing::debug!("{peer} passed an audit of pack {}", pack.short()),
-            Outcome::Wrong(why) => {
-                tracing::warn!("{peer} failed an audit of pack {}: {why}; that copy counts as lost", pack.short());
-                let _ = self.state.drop_copy(&pack, &key);
-            }
+            Outcome::Pass => tracing::debug!("{peer} passed an audit of {what}"),
+            Outcome::Wrong(why) => tracing::warn!("{peer} failed an audit of {what}: {why}"),
             Outcome::Unreachable(why) => tracing::info!("{peer} did not answer an audit: {why}"),
         }
         lost_standing.then(|| format!("score {:.2} after: {}", rec.score(), rec.last_error))
     }
 
     /// Ends every contract with `peer` (both roles), telling it why; its copies count as lost.
-    async fn end_contracts_with(&self, peer: &PeerId, why: &str) {
+    pub(super) async fn end_contracts_with(&self, peer: &PeerId, why: &str) {
         let t = now();
         let Ok(contracts) = self.state.contracts() else { return };
         for (id, c) in contracts {

@@ -10,7 +10,7 @@ use crate::protocol::{
 };
 use crate::state::{ContractRecord, Role};
 use libp2p::{Multiaddr, PeerId};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -40,7 +40,24 @@ impl Inner {
             let Ok(mut reserved) = self.reserved.lock() else { return };
             let live = self.live_contracts(Role::Provider);
             let already = reserved.contains_key(&vp.client) || live.iter().any(|(_, c)| c.peer_id() == Some(vp.client));
-            let granted: u64 = live.iter().map(|(_, c)| c.bytes).sum::<u64>() + reserved.values().sum::<u64>();
+            // What each other peer has of our offer: the larger of what we granted it and
+            // what we owe it back (its claim, which its own packs here would fill).
+            let mut commit: HashMap<PeerId, (u64, u64)> = HashMap::new();
+            for (_, c) in &live {
+                if let Some(p) = c.peer_id() {
+                    commit.entry(p).or_default().0 += c.bytes;
+                }
+            }
+            for (p, b) in reserved.iter() {
+                commit.entry(*p).or_default().0 += b;
+            }
+            for (_, c) in self.live_contracts(Role::Client) {
+                if let Some(p) = c.peer_id() {
+                    commit.entry(p).or_default().1 += c.bytes;
+                }
+            }
+            let granted: u64 =
+                commit.iter().filter(|(p, _)| **p != vp.client).map(|(_, (granted, owed))| *granted.max(owed)).sum();
             let ratio = self.config.contracts.ratio;
             match contracts::provider_grant(offered, granted, vp.proposal.bytes, vp.proposal.offered, ratio, already) {
                 Ok(g) => {
@@ -78,6 +95,9 @@ impl Inner {
                             expires: t.expires,
                             addrs: vp.proposal.addrs.clone(),
                             ended: None,
+                            renewal: None,
+                            unsent_cancel: None,
+                            end_reason: String::new(),
                         };
                         match self.state.put_contract(&t.id, &rec) {
                             Ok(()) => tracing::info!(
@@ -94,7 +114,9 @@ impl Inner {
                 }
             }
             Ok(ContractResponse::Declined(why)) => tracing::debug!("{} declined our acceptance: {why}", vp.client),
-            Ok(ContractResponse::Cancelled) => tracing::debug!("{} answered an acceptance with Cancelled", vp.client),
+            Ok(other @ (ContractResponse::Cancelled | ContractResponse::Renewed(_))) => {
+                tracing::debug!("{} answered an acceptance with {other:?}", vp.client)
+            }
             Err(e) => tracing::debug!("acceptance to {} failed: {e}", vp.client),
         }
         if let Ok(mut r) = self.reserved.lock() {
@@ -147,6 +169,9 @@ impl Inner {
             expires: acc.expires,
             addrs: acc.addrs.clone(),
             ended: None,
+            renewal: None,
+            unsent_cancel: None,
+            end_reason: String::new(),
         };
         if let Err(e) = self.state.put_contract(&terms.id, &rec) {
             tracing::error!("cannot persist contract: {e}");
@@ -286,15 +311,12 @@ impl Inner {
     /// Ends a contract here: marks it ended and reclaims the space. As client, the
     /// provider's copies stop counting; as provider, the client's packs are deleted now if
     /// `drop_now` (the client cancelled), else after `audit.grace_secs`.
-    pub(super) async fn end_contract(
-        &self,
-        id: crate::id::ContractId,
-        mut rec: ContractRecord,
-        why: &str,
-        drop_now: bool,
-    ) {
-        rec.ended = Some(now());
-        if let Err(e) = self.state.put_contract(&id, &rec) {
+    pub(super) async fn end_contract(&self, id: crate::id::ContractId, rec: ContractRecord, why: &str, drop_now: bool) {
+        let t = now();
+        if let Err(e) = self.state.update_contract(&id, |r| {
+            r.ended = Some(t);
+            r.end_reason = why.chars().take(protocol::MAX_REASON).collect();
+        }) {
             return tracing::error!("cannot end contract {}: {e}", id.short());
         }
         let Some(peer) = rec.peer_id() else { return };
@@ -305,9 +327,14 @@ impl Inner {
                     "contract {} with provider {peer} ended ({why}); {lost} pack copies count as lost",
                     id.short()
                 );
+                self.drop_claims_if_unowed(peer).await;
             }
             Role::Provider => {
                 tracing::warn!("contract {} with client {peer} ended ({why})", id.short());
+                if !self.live_contracts(Role::Provider).iter().any(|(_, c)| c.peer_id() == Some(peer)) {
+                    // Nothing is owed to us any more; the client drops our claim on its side.
+                    let _ = self.state.set_claim_placed(&peer.to_bytes(), 0);
+                }
                 if drop_now {
                     let store = self.store.clone();
                     match tokio::task::spawn_blocking(move || store.drop_client(&peer)).await {
@@ -336,15 +363,120 @@ impl Inner {
         if let Some(peer) = rec.peer_id() {
             let c = protocol::Cancellation { contract: id, reason: reason.clone() };
             let signed = self.id.sign(protocol::DOMAIN_CANCEL, protocol::to_cbor(&c));
-            let addrs: Vec<Multiaddr> = rec.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-            match self.net.contract_request(peer, addrs, ContractRequest::Cancel(signed)).await {
-                Ok(ContractResponse::Cancelled) => {
-                    tracing::info!("{peer} acknowledged the end of contract {}", id.short())
-                }
-                Ok(other) => tracing::warn!("{peer} did not take the cancellation of {}: {other:?}", id.short()),
-                Err(e) => tracing::warn!("could not tell {peer} that contract {} ended: {e}", id.short()),
+            if !self.send_cancel(peer, id, &rec, signed.clone()).await {
+                let _ = self.state.update_contract(&id, |r| r.unsent_cancel = Some(signed));
             }
         }
         Ok(())
+    }
+
+    /// Sends a signed cancellation; true once the other side has answered it (applied, or
+    /// refused for good), false when it should be sent again later.
+    async fn send_cancel(&self, peer: PeerId, id: crate::id::ContractId, rec: &ContractRecord, signed: Signed) -> bool {
+        let mut addrs: Vec<Multiaddr> = rec.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        addrs.extend(self.addrs_of(&peer));
+        match self.net.contract_request(peer, addrs, ContractRequest::Cancel(signed)).await {
+            Ok(ContractResponse::Cancelled) => {
+                tracing::info!("{peer} acknowledged the end of contract {}", id.short());
+                true
+            }
+            Ok(other) => {
+                tracing::warn!("{peer} did not take the cancellation of {}: {other:?}", id.short());
+                true
+            }
+            Err(e) => {
+                tracing::warn!("could not tell {peer} that contract {} ended (will retry): {e}", id.short());
+                false
+            }
+        }
+    }
+
+    /// Sends again every cancellation the other side has not acknowledged, until the
+    /// contract would have expired anyway.
+    pub(super) async fn retry_cancels(&self) {
+        let t = now();
+        for (id, rec) in self.state.contracts().unwrap_or_default() {
+            let (Some(signed), Some(peer)) = (rec.unsent_cancel.clone(), rec.peer_id()) else { continue };
+            if rec.expires <= t || self.send_cancel(peer, id, &rec, signed).await {
+                let _ = self.state.update_contract(&id, |r| r.unsent_cancel = None);
+            }
+        }
+    }
+
+    /// Client side: renews every live contract with less than a quarter of
+    /// `contracts.duration_secs` left, to `duration_secs` from now (protocol.md §4.7).
+    pub(super) async fn renew_due(&self) {
+        let t = now();
+        let duration = self.config.contracts.duration_secs;
+        for (id, rec) in self.live_contracts(Role::Client) {
+            let Some(peer) = rec.peer_id() else { continue };
+            if rec.expires.saturating_sub(t) > duration / 4 {
+                continue;
+            }
+            let r = protocol::Renewal { contract: id, expires: t + duration };
+            let signed = self.id.sign(protocol::DOMAIN_RENEWAL, protocol::to_cbor(&r));
+            let addrs = self.addrs_of(&peer);
+            match self.net.contract_request(peer, addrs, ContractRequest::Renew(signed.clone())).await {
+                Ok(ContractResponse::Renewed(sig)) => {
+                    let key = rec.contract.acceptance.key;
+                    if let Err(e) = crate::identity::verify_detached(&key, protocol::DOMAIN_RENEWAL, &signed.body, &sig) {
+                        tracing::warn!("{peer} countersigned the renewal of {} badly: {e}", id.short());
+                        continue;
+                    }
+                    let _ = self.state.update_contract(&id, |c| {
+                        c.expires = c.expires.max(r.expires);
+                        c.renewal = Some((signed, serde_bytes::ByteBuf::from(sig)));
+                    });
+                    tracing::info!("renewed contract {} with {peer} until {}", id.short(), r.expires);
+                }
+                Ok(other) => tracing::warn!("{peer} did not renew contract {}: {other:?}", id.short()),
+                Err(e) => tracing::info!("could not renew contract {} with {peer} yet: {e}", id.short()),
+            }
+        }
+    }
+
+    /// Provider side: countersigns a client's renewal of a live contract in good standing.
+    pub(super) fn on_renew(&self, peer: PeerId, signed: Signed) -> ContractResponse {
+        let decline = |s: &str| ContractResponse::Declined(s.to_string());
+        match signed.verify(protocol::DOMAIN_RENEWAL) {
+            Ok(signer) if signer == peer => {}
+            Ok(_) => return decline("the renewal is not signed by its sender"),
+            Err(e) => return decline(&format!("bad signature: {e}")),
+        }
+        let r: protocol::Renewal = match protocol::from_cbor("renewal", &signed.body) {
+            Ok(r) => r,
+            Err(e) => return decline(&e.to_string()),
+        };
+        let Some(rec) = self.state.contract(&r.contract).ok().flatten() else {
+            return decline("unknown contract");
+        };
+        let t = now();
+        if rec.role != Role::Provider || rec.peer_id() != Some(peer) {
+            return decline("not the client of this contract");
+        }
+        if !rec.is_live(t) {
+            return decline("the contract has ended or expired");
+        }
+        if !self.state.audit(&peer.to_bytes()).map(|a| a.good).unwrap_or(true) {
+            return decline("you failed our audits");
+        }
+        if r.expires <= rec.expires || r.expires > t + self.config.contracts.duration_secs + EXPIRY_SLACK_SECS {
+            return decline("the new expiry is not later than the current one, or too far");
+        }
+        let sig = self.id.sign_detached(protocol::DOMAIN_RENEWAL, &signed.body);
+        let renewal = (signed, serde_bytes::ByteBuf::from(sig.clone()));
+        match self.state.update_contract(&r.contract, |c| {
+            c.expires = r.expires;
+            c.renewal = Some(renewal);
+        }) {
+            Ok(_) => {
+                tracing::info!("renewed contract {} for {peer} until {}", r.contract.short(), r.expires);
+                ContractResponse::Renewed(sig)
+            }
+            Err(e) => {
+                tracing::error!("cannot renew contract: {e}");
+                decline("internal error")
+            }
+        }
     }
 }

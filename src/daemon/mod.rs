@@ -13,12 +13,14 @@
 //! Inbound data work is bounded by a semaphore; excess requests are answered `Busy`.
 
 mod auditing;
+mod claiming;
 mod contracting;
 mod ops;
 mod transfer;
 
 pub use ops::check_offer;
 
+use crate::claims::ClaimStore;
 use crate::config::{Config, Home};
 use crate::id::{ContractId, ProposalId};
 use crate::identity::{Identity, Signed};
@@ -57,6 +59,8 @@ struct Inner {
     id: Identity,
     state: State,
     store: PackStore,
+    /// Claim blocks we hold for our providers (protocol.md §4.6).
+    claims: ClaimStore,
     net: NetHandle,
     listen: Mutex<Vec<Multiaddr>>,
     /// Client side: open proposals and the session each belongs to.
@@ -94,6 +98,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         e => setup(e),
     })?;
     let store = PackStore::open(&home.store_dir()).map_err(setup)?;
+    let claims = ClaimStore::open(&home.claims_dir()).map_err(setup)?;
     let parse = |v: &[String]| {
         v.iter()
             .map(|a| a.parse::<Multiaddr>().map_err(|e| setup(format!("'{a}': {e}"))))
@@ -131,6 +136,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         id,
         state,
         store,
+        claims,
         net: net.clone(),
         listen: Mutex::new(Vec::new()),
         sessions: Mutex::new(HashMap::new()),
@@ -274,6 +280,10 @@ impl Inner {
             }
             NetEvent::Contract { peer, request: ContractRequest::Accept(signed), channel } => {
                 let resp = self.on_acceptance(peer, signed);
+                self.net.respond_contract(channel, resp).await;
+            }
+            NetEvent::Contract { peer, request: ContractRequest::Renew(signed), channel } => {
+                let resp = self.on_renew(peer, signed);
                 self.net.respond_contract(channel, resp).await;
             }
             NetEvent::Contract { peer, request: ContractRequest::Cancel(signed), channel } => {

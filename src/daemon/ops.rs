@@ -45,6 +45,13 @@ impl Inner {
             granted: live(Role::Provider).map(|(_, c)| c.bytes).sum(),
             used_by_others: self.store.used_total(),
             held_at_others: live(Role::Client).map(|(_, c)| c.used).sum(),
+            claims_held: self.claims.held_total(),
+            claims_placed: live(Role::Provider)
+                .filter_map(|(_, c)| c.peer_id())
+                .collect::<std::collections::HashSet<_>>()
+                .iter()
+                .map(|p| u64::from(self.state.claim_placed(&p.to_bytes()).unwrap_or(0)) * crate::claims::CLAIM_BLOCK)
+                .sum(),
             contracts: contracts
                 .iter()
                 .map(|(id, c)| ContractInfo {
@@ -61,6 +68,7 @@ impl Inner {
                     },
                     expires: c.expires,
                     ended: c.ended,
+                    end_reason: c.end_reason.clone(),
                 })
                 .collect(),
             audits: self

@@ -32,6 +32,9 @@ impl Inner {
     pub(super) async fn on_data(&self, peer: PeerId, req: DataRequest) -> DataResponse {
         let err = |code, message: String| DataResponse::Error { code, message };
         match req {
+            r @ (DataRequest::StoreClaim { .. } | DataRequest::AuditClaim { .. } | DataRequest::ReleaseClaim { .. }) => {
+                self.on_claim(peer, r).await
+            }
             DataRequest::Store { contract, pack, data } => {
                 if data.len() > MAX_PACK_SIZE {
                     return err(DataErrorCode::BadPack, format!("pack over {MAX_PACK_SIZE} bytes"));
@@ -113,10 +116,14 @@ impl Inner {
         }
     }
 
-    /// Addresses recorded for a provider in our contracts with it.
+    /// Addresses recorded for a peer in our live contracts with it, either role.
     pub(super) fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        self.live_contracts(Role::Client)
+        let t = now();
+        self.state
+            .contracts()
+            .unwrap_or_default()
             .iter()
+            .filter(|(_, c)| c.is_live(t))
             .filter(|(_, c)| c.peer_id().as_ref() == Some(peer))
             .flat_map(|(_, c)| c.addrs.iter().filter_map(|a| a.parse().ok()))
             .collect()

@@ -20,6 +20,10 @@ pub fn wire(data: &[u8]) {
             let _ = s.verify(DOMAIN_CANCEL);
             let _ = from_cbor::<Cancellation>("cancellation", &s.body);
         }
+        Ok(ContractRequest::Renew(s)) => {
+            let _ = s.verify(DOMAIN_RENEWAL);
+            let _ = from_cbor::<Renewal>("renewal", &s.body);
+        }
         Err(_) => {}
     }
     let _ = from_cbor::<Cancellation>("cancellation", data);

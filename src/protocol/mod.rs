@@ -18,9 +18,9 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peer/kad/1.0.0");
 /// identify protocol id.
 pub const IDENTIFY_PROTOCOL: &str = "/peer/id/1.0.0";
 /// request-response protocol for contracts (§4).
-pub const CONTRACT_PROTOCOL: StreamProtocol = StreamProtocol::new("/peer/contract/1.0.0");
+pub const CONTRACT_PROTOCOL: StreamProtocol = StreamProtocol::new("/peer/contract/2.0.0");
 /// request-response protocol for pack transfer (§5).
-pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/peer/data/1.0.0");
+pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/peer/data/2.0.0");
 /// gossipsub topic for proposals (§4.1).
 pub const PROPOSAL_TOPIC: &str = "peer/proposals/1";
 
@@ -32,6 +32,8 @@ pub const DOMAIN_ACCEPTANCE: &str = "peer/acceptance/v1";
 pub const DOMAIN_CONTRACT: &str = "peer/contract/v1";
 /// Signature domain of a cancellation.
 pub const DOMAIN_CANCEL: &str = "peer/cancel/v1";
+/// Signature domain of a renewal (signed by both parties over the same body).
+pub const DOMAIN_RENEWAL: &str = "peer/renewal/v1";
 
 /// Largest gossip message, bytes (gossipsub `max_transmit_size`, protocol.md §6).
 pub const MAX_GOSSIP: usize = 64 * 1024;
@@ -228,13 +230,27 @@ impl Contract {
     }
 }
 
-/// Requests on [`CONTRACT_PROTOCOL`], provider to client.
+/// Requests on [`CONTRACT_PROTOCOL`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContractRequest {
     /// "I accept your proposal": a signed [`Acceptance`] (provider to client).
     Accept(Signed),
     /// "This contract ends now": a signed [`Cancellation`] (either party to the other).
     Cancel(Signed),
+    /// "Extend this contract": a [`Renewal`] signed by the client (client to provider,
+    /// protocol.md §4.7). The provider answers [`ContractResponse::Renewed`] or declines.
+    Renew(Signed),
+}
+
+/// A contract's new expiry (protocol.md §4.7), signed by the client under
+/// [`DOMAIN_RENEWAL`]; the provider's countersignature over the same body completes it.
+/// Bytes and parties stay those of the contract.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    /// The contract.
+    pub contract: ContractId,
+    /// New end, seconds since the Unix epoch; later than the current one.
+    pub expires: u64,
 }
 
 /// The end of a contract before its expiry (protocol.md §4.5), signed by either party under
@@ -260,9 +276,14 @@ pub enum ContractResponse {
     Declined(String),
     /// The cancellation was applied (or the contract had ended already).
     Cancelled,
+    /// The provider's 64-byte signature over the renewal body under [`DOMAIN_RENEWAL`]:
+    /// the contract now runs to the renewal's expiry.
+    Renewed(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
-/// Requests on [`DATA_PROTOCOL`], client to provider.
+/// Requests on [`DATA_PROTOCOL`]: packs and their audits go client to provider; claims
+/// (protocol.md §4.6) go provider to client, the provider placing, auditing and releasing
+/// the reciprocal space its client owes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataRequest {
     /// Store a pack under a contract. Idempotent: storing a pack held already succeeds.
@@ -288,6 +309,30 @@ pub enum DataRequest {
         /// Leaf index, from 0.
         leaf: u32,
     },
+    /// Hold claim block `index` for the requester (exactly
+    /// [`crate::claims::CLAIM_BLOCK`] bytes). Accepted while the blocks `0..=index` fit in
+    /// what the receiver owes the requester under their live contracts.
+    StoreClaim {
+        /// Block index, from 0.
+        index: u32,
+        /// The block.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Prove possession of a claim block: send [`crate::claims::SAMPLE`] bytes of block
+    /// `index` from byte `offset`.
+    AuditClaim {
+        /// Block index.
+        index: u32,
+        /// Byte offset in the block, at most `CLAIM_BLOCK − SAMPLE`.
+        offset: u64,
+    },
+    /// Delete the requester's claim blocks from index `keep` on: its own packs now use
+    /// that space.
+    ReleaseClaim {
+        /// Blocks `0..keep` stay.
+        keep: u32,
+    },
 }
 
 /// Why a data request failed (protocol.md §5.3).
@@ -299,7 +344,7 @@ pub enum DataErrorCode {
     NoRoom,
     /// The bytes do not hash to the pack id, or exceed [`crate::repo::pack::MAX_PACK_SIZE`].
     BadPack,
-    /// This provider holds no such pack for the requester.
+    /// This provider holds no such pack (or claim block) for the requester.
     NotFound,
     /// A local failure at the provider (I/O); retry elsewhere.
     Internal,
@@ -310,8 +355,12 @@ pub enum DataErrorCode {
 /// Responses on [`DATA_PROTOCOL`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataResponse {
-    /// The pack is on disk (written and synced).
+    /// The pack or claim block is on disk (written and synced).
     Stored,
+    /// Answer to [`DataRequest::AuditClaim`]: the sampled bytes.
+    Sample(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Answer to [`DataRequest::ReleaseClaim`]: the blocks are deleted.
+    Released,
     /// The requested pack.
     Pack(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to an audit: the leaf's bytes and the sibling hashes from the leaf up to the

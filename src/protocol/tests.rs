@@ -45,6 +45,11 @@ fn cancellation() -> Signed {
     client().sign(DOMAIN_CANCEL, to_cbor(&c))
 }
 
+fn renewal() -> Signed {
+    let r = Renewal { contract: ContractId([3; 32]), expires: 1_802_678_400 };
+    client().sign(DOMAIN_RENEWAL, to_cbor(&r))
+}
+
 /// Encodes `m`, asserting it decodes back to itself.
 fn rt<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(m: &T) -> Vec<u8> {
     let b = to_cbor(m);
@@ -74,6 +79,13 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
         ("data_response_stored", rt(&DataResponse::Stored)),
         ("data_response_pack", rt(&DataResponse::Pack(vec![9, 9]))),
         ("data_response_error", rt(&DataResponse::Error { code: DataErrorCode::NoRoom, message: "full".into() })),
+        ("contract_request_renew", rt(&ContractRequest::Renew(renewal()))),
+        ("contract_response_renewed", rt(&ContractResponse::Renewed(vec![8; 64]))),
+        ("data_request_store_claim", rt(&DataRequest::StoreClaim { index: 2, data: vec![1, 2, 3] })),
+        ("data_request_audit_claim", rt(&DataRequest::AuditClaim { index: 2, offset: 4096 })),
+        ("data_request_release_claim", rt(&DataRequest::ReleaseClaim { keep: 1 })),
+        ("data_response_sample", rt(&DataResponse::Sample(vec![6, 6]))),
+        ("data_response_released", rt(&DataResponse::Released)),
     ]
 }
 
@@ -189,7 +201,12 @@ mod props {
             round_trip(&DataRequest::Fetch { pack: PackId(p) });
             round_trip(&DataRequest::Audit { pack: PackId(p), leaf });
             round_trip(&DataResponse::Pack(data.clone()));
-            round_trip(&DataResponse::Proof { leaf: data.clone(), path: data });
+            round_trip(&DataResponse::Proof { leaf: data.clone(), path: data.clone() });
+            round_trip(&DataRequest::StoreClaim { index: leaf, data: data.clone() });
+            round_trip(&DataRequest::AuditClaim { index: leaf, offset: u64::from(leaf) << 7 });
+            round_trip(&DataRequest::ReleaseClaim { keep: leaf });
+            round_trip(&DataResponse::Sample(data));
+            round_trip(&DataResponse::Released);
             for code in [DataErrorCode::NoContract, DataErrorCode::NoRoom, DataErrorCode::BadPack,
                          DataErrorCode::NotFound, DataErrorCode::Internal, DataErrorCode::Busy] {
                 round_trip(&DataResponse::Error { code, message: message.clone() });
@@ -207,13 +224,19 @@ mod props {
             prop_assert!(verify_acceptance(&signed).is_ok());
             round_trip(&ContractResponse::Countersigned(sig.clone()));
             round_trip(&ContractResponse::Declined(reason));
-            round_trip(&Contract { acceptance: signed, client_sig: sig });
+            round_trip(&Contract { acceptance: signed, client_sig: sig.clone() });
             let c = Cancellation { contract: ContractId([bytes as u8; 32]), reason: "r".repeat((bytes % 200) as usize) };
             round_trip(&c);
             let s = client().sign(DOMAIN_CANCEL, to_cbor(&c));
             round_trip(&ContractRequest::Cancel(s.clone()));
             prop_assert_eq!(s.verify(DOMAIN_CANCEL).unwrap(), client().peer_id());
             round_trip(&ContractResponse::Cancelled);
+            let r = Renewal { contract: ContractId([bytes as u8; 32]), expires };
+            round_trip(&r);
+            let s = client().sign(DOMAIN_RENEWAL, to_cbor(&r));
+            round_trip(&ContractRequest::Renew(s.clone()));
+            prop_assert_eq!(s.verify(DOMAIN_RENEWAL).unwrap(), client().peer_id());
+            round_trip(&ContractResponse::Renewed(sig));
         }
 
         #[test]
