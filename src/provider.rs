@@ -148,7 +148,10 @@ impl PackStore {
         let tmp = write_tmp(&dest, data).map_err(io(&dest))?;
         let Ok(_guard) = self.commit.lock() else {
             let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::Io { path: dest.display().to_string(), source: std::io::Error::other("lock poisoned") });
+            return Err(StoreError::Io {
+                path: dest.display().to_string(),
+                source: std::io::Error::other("lock poisoned"),
+            });
         };
         if dest.is_file() {
             let _ = std::fs::remove_file(&tmp);

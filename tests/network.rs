@@ -292,8 +292,10 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
             .replace("timeout_secs = 30", "timeout_secs = 10")
             .replace("min_score = 0.8", "min_score = 0.99");
     };
-    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, GIB, configure).unwrap();
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, GIB, configure).unwrap();
     net.wait_connected(4, Duration::from_secs(60)).unwrap();
+    // Sized so that the claims the providers place on peer 0 stay small: 80 MiB each.
+    net.run(0, &["offer-storage", "240MiB"]).unwrap();
     let b = backup(&net, 0, &src, 3);
     assert!(b["packs"].as_u64().unwrap() >= 2, "{b}");
     // The three providers holding copies: one will flip bits, one drop packs, one stay honest.
@@ -347,14 +349,92 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
     assert_eq!(json_last(&out)["failed_count"], 0);
     assert!(compare_trees(&src, &target.join("docs")).is_empty());
 
-    // A client cancels its last contract: the provider reclaims the space at once.
+    // A client cancels its last contract while the provider is down: the signed
+    // cancellation is sent again until the provider, back up, takes it and reclaims the space.
     let live = status(&net, 0)["contracts"].as_array().unwrap().iter().find(|c| c["ended"].is_null()).cloned().unwrap();
     let idx = net.peers.iter().position(|p| p.peer_id == live["peer"].as_str().unwrap()).unwrap();
     assert!(!store_files(&net.peers[idx].home).is_empty());
+    net.stop(idx);
     net.run(0, &["contracts", "--cancel", &live["id"].as_str().unwrap()[..12], "--reason", "moving on"]).unwrap();
-    let s = wait_status(&net, idx, 30, |s| s["used_by_others"] == 0);
+    net.restart(idx).unwrap();
+    let s = wait_status(&net, idx, 60, |s| s["used_by_others"] == 0);
     assert!(!s["contracts"][0]["ended"].is_null(), "{s}");
+    assert!(s["contracts"][0]["end_reason"].as_str().unwrap().contains("moving on"), "{s}");
     assert!(store_files(&net.peers[idx].home).is_empty());
+}
+
+fn claim_files(home: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for d in std::fs::read_dir(home.join("claims")).unwrap().flatten() {
+        v.extend(std::fs::read_dir(d.path()).unwrap().flatten().map(|f| f.path()));
+    }
+    v
+}
+
+#[test]
+fn claims_are_audited_contracts_renew_and_a_free_rider_loses_its_providers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("docs");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), noise(7, 3 << 20)).unwrap();
+    let configure = |_: usize, c: &mut String| {
+        *c = c
+            .replace("interval_secs = 3600", "interval_secs = 1")
+            .replace("duration_secs = 2592000", "duration_secs = 24")
+            .replace("proposal_wait_secs = 30", "proposal_wait_secs = 8")
+            .replace("min_score = 0.8", "min_score = 0.99");
+    };
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
+    net.wait_connected(2, Duration::from_secs(60)).unwrap();
+    // 160 MiB offered: each of the two providers grants 80 MiB, so each places five
+    // 16 MiB claim blocks on peer 0.
+    net.run(0, &["offer-storage", "160MiB"]).unwrap();
+    backup(&net, 0, &src, 2);
+    let c0: Value = serde_json::from_str(&net.run(0, &["contracts", "--json"]).unwrap()).unwrap();
+    let first_expiry = c0.as_array().unwrap().iter().map(|c| c["expires"].as_u64().unwrap()).max().unwrap();
+    assert_eq!(c0.as_array().unwrap().len(), 2, "{c0}");
+
+    // The providers place their claims and audit them: peer 0 passes.
+    let block = 16u64 << 20;
+    wait_status(&net, 0, 60, |s| s["claims_held"] == 10 * block);
+    for i in [1, 2] {
+        let s = wait_status(&net, i, 60, |s| {
+            audit_of(s, &net.peers[0].peer_id).is_some_and(|a| a["passes"].as_u64() >= Some(2))
+        });
+        assert_eq!(s["claims_placed"], 5 * block, "{s}");
+    }
+    assert_eq!(claim_files(&net.peers[0].home).len(), 10);
+
+    // Contracts renew before they expire, and stay live past their first expiry.
+    let renewed = wait_status(&net, 0, 60, |s| {
+        s["contracts"].as_array().unwrap().iter().all(|c| c["expires"].as_u64() > Some(first_expiry))
+    });
+    while peer::protocol::now() <= first_expiry + 1 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let now = peer::protocol::now();
+    let s = status(&net, 0);
+    for c in s["contracts"].as_array().unwrap() {
+        assert!(c["ended"].is_null() && c["expires"].as_u64().unwrap() > now, "{c} {renewed}");
+    }
+
+    // Free rider: peer 0 deletes the claims it holds. Its providers' audits catch it, they
+    // end its contracts (saying why), and it cannot get new ones from them.
+    for f in claim_files(&net.peers[0].home) {
+        std::fs::remove_file(f).unwrap();
+    }
+    for i in [1, 2] {
+        let s =
+            wait_status(&net, i, 60, |s| audit_of(s, &net.peers[0].peer_id).is_some_and(|a| a["standing"] == "failed"));
+        let a = audit_of(&s, &net.peers[0].peer_id).unwrap();
+        assert!(a["last_error"].as_str().unwrap().contains("claim block"), "{a}");
+    }
+    let s = wait_status(&net, 0, 60, |s| s["contracts"].as_array().unwrap().iter().all(|c| !c["ended"].is_null()));
+    for c in s["contracts"].as_array().unwrap() {
+        assert!(c["end_reason"].as_str().unwrap().contains("failed audits"), "{c}");
+    }
+    let e = net.run(0, &["backup", src.to_str().unwrap(), "--copies", "1"]).unwrap_err();
+    assert!(e.contains("only 0 of the 1"), "{e}");
 }
 
 /// A libp2p client that speaks our protocol ids but sends raw bytes.

@@ -41,13 +41,7 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     println!("contracts:        {}", s.contracts.len());
     for c in &s.contracts {
         if c.ended.is_some() {
-            println!(
-                "  {} {:<8} {}  ENDED: {}",
-                c.id.get(..8).unwrap_or(&c.id),
-                c.role,
-                c.peer,
-                c.end_reason
-            );
+            println!("  {} {:<8} {}  ENDED: {}", c.id.get(..8).unwrap_or(&c.id), c.role, c.peer, c.end_reason);
             continue;
         }
         println!(

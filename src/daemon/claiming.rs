@@ -17,7 +17,11 @@ use std::time::Duration;
 impl Inner {
     /// Client side: bytes we owe `provider`, the sum of its live grants to us.
     pub(super) fn owed_to(&self, provider: &PeerId) -> u64 {
-        self.live_contracts(Role::Client).iter().filter(|(_, c)| c.peer_id().as_ref() == Some(provider)).map(|(_, c)| c.bytes).sum()
+        self.live_contracts(Role::Client)
+            .iter()
+            .filter(|(_, c)| c.peer_id().as_ref() == Some(provider))
+            .map(|(_, c)| c.bytes)
+            .sum()
     }
 
     /// Client side: answers a claim request from one of our providers.
@@ -35,7 +39,10 @@ impl Inner {
                 }
                 let free = crate::provider::free_space(&self.home.dir).unwrap_or(0);
                 if free < CLAIM_BLOCK + (64 << 20) {
-                    return err(DataErrorCode::NoRoom, format!("only {free} bytes of disk free for claim block {index}"));
+                    return err(
+                        DataErrorCode::NoRoom,
+                        format!("only {free} bytes of disk free for claim block {index}"),
+                    );
                 }
                 match tokio::task::spawn_blocking(move || claims.put(&peer, index, &data)).await {
                     Ok(Ok(())) => DataResponse::Stored,
@@ -158,11 +165,14 @@ impl Inner {
             (rng.gen_range(0..n), rng.gen_range(0..=CLAIM_BLOCK - SAMPLE as u64))
         };
         let what = format!("claim block {index}");
-        let outcome = super::auditing::verdict(ask(DataRequest::AuditClaim { index, offset }).await, timeout, |r| match r {
-            DataResponse::Sample(got) if got == claims::keystream(&ckey, index, offset, SAMPLE) => Ok(Outcome::Pass),
-            DataResponse::Sample(_) => Ok(Outcome::Wrong("wrong claim bytes".into())),
-            other => Err(other),
-        })?;
+        let outcome =
+            super::auditing::verdict(ask(DataRequest::AuditClaim { index, offset }).await, timeout, |r| match r {
+                DataResponse::Sample(got) if got == claims::keystream(&ckey, index, offset, SAMPLE) => {
+                    Ok(Outcome::Pass)
+                }
+                DataResponse::Sample(_) => Ok(Outcome::Wrong("wrong claim bytes".into())),
+                other => Err(other),
+            })?;
         Some((what, outcome))
     }
 

@@ -419,7 +419,8 @@ impl Inner {
             match self.net.contract_request(peer, addrs, ContractRequest::Renew(signed.clone())).await {
                 Ok(ContractResponse::Renewed(sig)) => {
                     let key = rec.contract.acceptance.key;
-                    if let Err(e) = crate::identity::verify_detached(&key, protocol::DOMAIN_RENEWAL, &signed.body, &sig) {
+                    if let Err(e) = crate::identity::verify_detached(&key, protocol::DOMAIN_RENEWAL, &signed.body, &sig)
+                    {
                         tracing::warn!("{peer} countersigned the renewal of {} badly: {e}", id.short());
                         continue;
                     }

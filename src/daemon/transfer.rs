@@ -32,7 +32,8 @@ impl Inner {
     pub(super) async fn on_data(&self, peer: PeerId, req: DataRequest) -> DataResponse {
         let err = |code, message: String| DataResponse::Error { code, message };
         match req {
-            r @ (DataRequest::StoreClaim { .. } | DataRequest::AuditClaim { .. } | DataRequest::ReleaseClaim { .. }) => {
+            r
+            @ (DataRequest::StoreClaim { .. } | DataRequest::AuditClaim { .. } | DataRequest::ReleaseClaim { .. }) => {
                 self.on_claim(peer, r).await
             }
             DataRequest::Store { contract, pack, data } => {
