@@ -522,11 +522,11 @@ mod garbage {
                     let cfg = request_response::Config::default().with_request_timeout(Duration::from_secs(20));
                     Junk {
                         contract: request_response::Behaviour::new(
-                            [(StreamProtocol::new("/peer/contract/1.0.0"), ProtocolSupport::Full)],
+                            [(peer::protocol::CONTRACT_PROTOCOL, ProtocolSupport::Full)],
                             cfg.clone(),
                         ),
                         data: request_response::Behaviour::new(
-                            [(StreamProtocol::new("/peer/data/1.0.0"), ProtocolSupport::Full)],
+                            [(peer::protocol::DATA_PROTOCOL, ProtocolSupport::Full)],
                             cfg,
                         ),
                         gossip: gossipsub::Behaviour::new(
