@@ -113,15 +113,19 @@ impl ClaimStore {
         v
     }
 
-    /// Bytes held for every provider.
-    pub fn held_total(&self) -> u64 {
+    /// Providers we hold claim blocks for.
+    pub fn providers(&self) -> Vec<PeerId> {
         std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|p| p.file_name().to_str()?.parse::<PeerId>().ok())
-            .map(|p| self.held(&p))
-            .sum()
+            .collect()
+    }
+
+    /// Bytes held for every provider.
+    pub fn held_total(&self) -> u64 {
+        self.providers().iter().map(|p| self.held(p)).sum()
     }
 
     /// Bytes held for `provider`.

@@ -88,6 +88,27 @@ pub struct Config {
     pub backup: BackupConfig,
     /// Audits of the peers holding our packs.
     pub audit: AuditConfig,
+    /// Repair of packs below their target copies.
+    pub repair: RepairConfig,
+}
+
+/// `[repair]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepairConfig {
+    /// Seconds a holder may stay unreachable before its copies stop counting as live and
+    /// are placed again elsewhere. Default 86400.
+    pub grace_secs: u64,
+    /// Packs repaired at once. Default 2.
+    pub concurrency: usize,
+    /// Bytes per second repair may send, all copies counted. Default 4 MiB/s.
+    pub bytes_per_sec: u64,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig { grace_secs: 86400, concurrency: 2, bytes_per_sec: 4 << 20 }
+    }
 }
 
 /// `[audit]`.
@@ -196,6 +217,10 @@ const HEADER: &str = "\
 #   timeout_secs      time a holder has to answer one challenge
 #   grace_secs        time a holder may be unreachable before that counts as a failure
 #   min_score         score (0..1) below which a peer loses its contracts with you
+# [repair]
+#   grace_secs        time a holder may be unreachable before its copies are placed again elsewhere
+#   concurrency       packs repaired at once
+#   bytes_per_sec     upload rate repair may use
 
 ";
 
@@ -230,6 +255,9 @@ impl Config {
         }
         if !(1..=19).contains(&self.backup.zstd_level) {
             return Err("backup.zstd_level must be between 1 and 19".into());
+        }
+        if self.repair.concurrency == 0 || self.repair.bytes_per_sec == 0 {
+            return Err("repair.concurrency and repair.bytes_per_sec must be at least 1".into());
         }
         if self.backup.upload_concurrency == 0 {
             return Err("backup.upload_concurrency must be at least 1".into());

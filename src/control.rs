@@ -124,6 +124,23 @@ pub struct SnapshotInfo {
     pub bytes: u64,
 }
 
+/// How well one snapshot's packs are kept (protocol.md §5.5), in `peer status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotHealth {
+    /// Snapshot id (hex).
+    pub id: String,
+    /// Packs it needs.
+    pub packs: u64,
+    /// Packs with at least their target number of live copies.
+    pub full: u64,
+    /// Packs with some live copies, fewer than their target.
+    pub reduced: u64,
+    /// Packs with no live copy.
+    pub zero: u64,
+    /// Why the count is incomplete (a tree not cached locally), empty when complete.
+    pub note: String,
+}
+
 /// One contract in the status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContractInfo {
@@ -171,6 +188,8 @@ pub struct StatusReport {
     pub contracts: Vec<ContractInfo>,
     /// Audit records of the peers holding our packs.
     pub audits: Vec<AuditInfo>,
+    /// Copy health of every snapshot, oldest first.
+    pub snapshots: Vec<SnapshotHealth>,
 }
 
 /// One peer's audit record in the status.

@@ -15,7 +15,7 @@ use crate::repo::pack::{self, PackEntry};
 use crate::repo::tree::{self, Node, NodeKind, Snapshot};
 use crate::state::{State, StateError};
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -105,6 +105,49 @@ impl Docs<'_> {
         let _ = self.state.put_tree(blob, &doc);
         Ok(doc)
     }
+}
+
+/// Every blob snapshot `sid` needs: its own document, its trees and its files' contents.
+/// Tree documents come from the local cache, else from their pack via `source`.
+pub async fn snapshot_blobs(
+    id: &Identity,
+    state: &State,
+    source: &dyn PackSource,
+    sid: &SnapshotId,
+    snap: &Snapshot,
+) -> Result<HashSet<BlobId>, String> {
+    let mut docs = Docs { id, state, source, last: None };
+    let mut out = HashSet::from([BlobId(sid.0)]);
+    let mut stack = vec![snap.tree];
+    while let Some(t) = stack.pop() {
+        if !out.insert(t) {
+            continue; // an identical subtree seen already
+        }
+        let tree = tree::decode_tree(&docs.get(&t).await?).map_err(|e| format!("tree {}: {e}", t.short()))?;
+        for n in tree.nodes {
+            match n.kind {
+                NodeKind::Dir => stack.extend(n.subtree),
+                NodeKind::File => out.extend(n.content),
+                NodeKind::Symlink => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The packs holding `blobs`, from the index; blobs in no known pack are counted apart.
+pub fn packs_of(state: &State, blobs: &HashSet<BlobId>) -> Result<(HashSet<PackId>, u64), StateError> {
+    let mut packs = HashSet::new();
+    let mut missing = 0;
+    for b in blobs {
+        match state.blob(b)? {
+            Some(e) => {
+                packs.insert(e.pack);
+            }
+            None => missing += 1,
+        }
+    }
+    Ok((packs, missing))
 }
 
 /// What to restore and where.

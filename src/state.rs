@@ -131,6 +131,10 @@ pub struct PackRecord {
     pub size: u64,
     /// Providers that acknowledged it.
     pub holders: Vec<Holder>,
+    /// Copies wanted (the backup's `--copies`); repair keeps this many live. 0 in records
+    /// written before repair existed, read as "as many as it has".
+    #[serde(default)]
+    pub copies: u32,
 }
 
 /// Index entry: where a blob is.
@@ -297,6 +301,26 @@ impl State {
         Ok(())
     }
 
+    /// Adds holders to a known pack (repair), skipping any it has already.
+    pub fn add_holders(&self, id: &PackId, new: &[Holder]) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(PACKS)?;
+            let cur = t.get(id.as_bytes().as_slice())?.map(|v| v.value().to_vec());
+            if let Some(b) = cur {
+                let mut rec: PackRecord = dec("pack", &b)?;
+                for h in new {
+                    if !rec.holders.iter().any(|x| x.peer == h.peer) {
+                        rec.holders.push(h.clone());
+                    }
+                }
+                t.insert(id.as_bytes().as_slice(), enc(&rec).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Removes `peer` from the holders of every pack (its copies are lost); returns how many packs lost a copy.
     pub fn drop_holder(&self, peer: &[u8]) -> Result<u64, StateError> {
         self.remove_holders(|_, h| h.peer == peer)
@@ -436,7 +460,11 @@ mod tests {
             assert_eq!(s.offered().unwrap(), 0);
             s.set_offered(5 << 30).unwrap();
             let e = IndexEntry { pack: PackId([2; 32]), kind: BlobKind::Data, offset: 0, length: 10, raw_length: 8 };
-            let rec = PackRecord { size: 10, holders: vec![Holder { peer: vec![1], contract: ContractId([3; 32]) }] };
+            let rec = PackRecord {
+                size: 10,
+                holders: vec![Holder { peer: vec![1], contract: ContractId([3; 32]) }],
+                copies: 1,
+            };
             s.commit_pack(&PackId([2; 32]), &rec, &[(BlobId([1; 32]), e)]).unwrap();
         }
         let s = State::open(&p).unwrap();

@@ -654,3 +654,75 @@ fn garbage_from_a_raw_libp2p_client_hurts_nobody() {
     let again = backup(&net, 0, &src, 2);
     assert_eq!(again["files_read"], 0, "{again}");
 }
+
+#[test]
+fn eight_peers_repair_lost_copies_from_the_network_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("docs");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3 {
+        std::fs::write(src.join(format!("part{i}.bin")), noise(20 + i, 2 << 20)).unwrap();
+    }
+    let configure = |_: usize, c: &mut String| {
+        *c = c
+            .replace("interval_secs = 3600", "interval_secs = 1")
+            .replace("timeout_secs = 30", "timeout_secs = 5")
+            .replace("pack_size = 16777216", "pack_size = 1048576")
+            .replace("grace_secs = 86400\nconcurrency", "grace_secs = 3\nconcurrency")
+            .replace("bytes_per_sec = 4194304", "bytes_per_sec = 1073741824");
+    };
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 8, GIB, configure).unwrap();
+    net.wait_connected(7, Duration::from_secs(60)).unwrap();
+    // 210 MiB offered: three providers grant 70 MiB each (small claims on peer 0).
+    net.run(0, &["offer-storage", "210MiB"]).unwrap();
+    let b = backup(&net, 0, &src, 3);
+    assert!(b["packs"].as_u64().unwrap() >= 4, "{b}");
+    let holders: Vec<String> = status(&net, 0)["contracts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["peer"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(holders.len(), 3);
+    let ids: Vec<String> = net.peers.iter().map(|p| p.peer_id.clone()).collect();
+    let idx = |id: &str| ids.iter().position(|p| p == id).unwrap();
+    let full = |s: &Value| {
+        let h = &s["snapshots"][0];
+        h["packs"].as_u64() > Some(0) && h["full"] == h["packs"] && h["reduced"] == 0 && h["zero"] == 0
+    };
+    assert!(full(&status(&net, 0)), "{}", status(&net, 0));
+
+    // Two holders vanish: past the grace their contracts end, and repair copies every pack
+    // from the survivor to two new providers.
+    net.stop(idx(&holders[0]));
+    net.stop(idx(&holders[1]));
+    let s = wait_status(&net, 0, 120, |s| {
+        let live: Vec<&Value> = s["contracts"].as_array().unwrap().iter().filter(|c| c["ended"].is_null()).collect();
+        let gone = |h: &String| live.iter().all(|c| c["peer"] != h.as_str());
+        full(s) && live.len() == 3 && gone(&holders[0]) && gone(&holders[1])
+    });
+    let new: Vec<String> = s["contracts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ended"].is_null() && !holders.contains(&c["peer"].as_str().unwrap().to_string()))
+        .map(|c| c["peer"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(new.len(), 2, "{s}");
+    for gone in &holders[..2] {
+        let c = s["contracts"].as_array().unwrap().iter().find(|c| c["peer"] == gone.as_str()).unwrap();
+        assert!(c["end_reason"].as_str().unwrap().contains("unreachable"), "{c}");
+    }
+    for n in &new {
+        assert!(!store_files(&net.peers[idx(n)].home).is_empty(), "new holder {n} holds nothing");
+    }
+
+    // The last original holder and one of the new ones go too: one copy is left, and it
+    // is enough for a byte-identical restore.
+    net.stop(idx(&holders[2]));
+    net.stop(idx(&new[0]));
+    let target = tmp.path().join("back");
+    let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+    assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
+    assert!(compare_trees(&src, &target.join("docs")).is_empty());
+}

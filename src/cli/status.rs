@@ -53,8 +53,22 @@ pub fn run(home: &Home, a: Args) -> CliResult {
             human(c.bytes)
         );
     }
+    if !s.snapshots.is_empty() {
+        println!("snapshots (packs at full / reduced / zero live copies):");
+    }
+    for h in &s.snapshots {
+        println!(
+            "  {}  {} packs: {} full, {} reduced, {} zero{}",
+            h.id.get(..8).unwrap_or(&h.id),
+            h.packs,
+            h.full,
+            h.reduced,
+            h.zero,
+            if h.note.is_empty() { String::new() } else { format!("  ({})", h.note) }
+        );
+    }
     if !s.audits.is_empty() {
-        println!("audits of the peers holding your packs:");
+        println!("audit records (peers you store at, and peers whose claims you check):");
     }
     for a in &s.audits {
         println!(

@@ -49,6 +49,7 @@ impl Inner {
             self.claim_round().await;
             self.renew_due().await;
             self.retry_cancels().await;
+            self.drop_unowed_claims().await;
             self.drop_data_of_ended();
         }
     }

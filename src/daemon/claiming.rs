@@ -106,6 +106,10 @@ impl Inner {
             .filter_map(|r| async move { r })
             .collect()
             .await;
+        if results.len() > 1 && results.iter().all(|(_, _, o)| matches!(o, Outcome::Unreachable(_))) {
+            tracing::warn!("no client answered this claim round; is this peer offline?");
+            return;
+        }
         for (peer, what, outcome) in results {
             if let Some(why) = self.record(peer, &what, outcome) {
                 self.end_contracts_with(&peer, &why).await;
@@ -141,16 +145,20 @@ impl Inner {
                 .await
                 .ok()?;
             let what = format!("claim block {index}");
-            match ask(DataRequest::StoreClaim { index, data }).await {
-                Ok(Ok(DataResponse::Stored)) => {
+            // No audit timeout here: a 16 MiB block may take a while on a slow link; the
+            // data protocol's own timeout bounds it.
+            match self.net.data_request(client, addrs.clone(), DataRequest::StoreClaim { index, data }).await {
+                Ok(DataResponse::Stored) => {
                     placed += 1;
                     let _ = self.state.set_claim_placed(&key, placed);
                 }
                 // It owes us this space and refuses it: its offer is not real disk.
-                Ok(Ok(DataResponse::Error { code: DataErrorCode::NoRoom, message })) => {
+                Ok(DataResponse::Error { code: DataErrorCode::NoRoom, message }) => {
                     return Some((what, Outcome::Wrong(format!("refused the space it owes: {message}"))));
                 }
-                other => {
+                // Silence counts like silence to an audit: a failure once the grace is over.
+                Err(e) => return Some((what, Outcome::Unreachable(e.to_string()))),
+                Ok(other) => {
                     tracing::debug!("claim block {index} not placed at {client}: {other:?}");
                     break;
                 }
@@ -176,17 +184,24 @@ impl Inner {
         Some((what, outcome))
     }
 
-    /// Drops the claims we hold for `provider` once we owe it nothing.
-    pub(super) async fn drop_claims_if_unowed(&self, provider: PeerId) {
-        if self.owed_to(&provider) > 0 {
-            return;
-        }
+    /// Client side: drops the claims we hold for providers we owe nothing any more (every
+    /// contract with them ended or expired), once they acknowledged any cancellation of
+    /// ours: until then they may still audit those claims.
+    pub(super) async fn drop_unowed_claims(&self) {
         let claims = self.claims.clone();
-        match tokio::task::spawn_blocking(move || claims.release(&provider, 0)).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!("dropped {n} bytes of claims held for {provider}"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!("cannot drop the claims of {provider}: {e}"),
-            Err(e) => tracing::error!("cannot drop the claims of {provider}: {e}"),
+        let Ok(held) = tokio::task::spawn_blocking(move || claims.providers()).await else { return };
+        let contracts = self.state.contracts().unwrap_or_default();
+        for provider in held {
+            let pending = contracts.iter().any(|(_, c)| c.peer_id() == Some(provider) && c.unsent_cancel.is_some());
+            if pending || self.owed_to(&provider) > 0 {
+                continue;
+            }
+            let claims = self.claims.clone();
+            match tokio::task::spawn_blocking(move || claims.release(&provider, 0)).await {
+                Ok(Ok(n)) => tracing::info!("dropped {n} bytes of claims held for {provider}, owed nothing now"),
+                Ok(Err(e)) => tracing::error!("cannot drop the claims of {provider}: {e}"),
+                Err(e) => tracing::error!("cannot drop the claims of {provider}: {e}"),
+            }
         }
     }
 }

@@ -183,6 +183,21 @@ impl Inner {
         ContractResponse::Countersigned(sig)
     }
 
+    /// Providers we can place a pack on now: connected, with a live contract that has room
+    /// for a largest pack. Also returns every connected peer.
+    pub(super) async fn ready_providers(&self) -> (HashSet<PeerId>, HashSet<PeerId>) {
+        let connected: HashSet<PeerId> =
+            self.net.status().await.map(|s| s.connected.into_iter().collect()).unwrap_or_default();
+        let ready = self
+            .live_contracts(Role::Client)
+            .iter()
+            .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
+            .filter_map(|(_, c)| c.peer_id())
+            .filter(|p| connected.contains(p))
+            .collect();
+        (ready, connected)
+    }
+
     /// Makes sure `n` distinct connected providers hold live contracts with room for us,
     /// proposing new contracts on gossip (republished every [`REPROPOSE_SECS`]) until the
     /// configured wait runs out. Errors say how many providers there are and what to do.
@@ -193,15 +208,8 @@ impl Inner {
         let mut session: Option<Arc<Session>> = None;
         let mut ids: Vec<ProposalId> = Vec::new();
         let result = loop {
-            let connected: HashSet<PeerId> =
-                self.net.status().await.map(|s| s.connected.into_iter().collect()).unwrap_or_default();
+            let (ready, connected) = self.ready_providers().await;
             let live = self.live_contracts(Role::Client);
-            let ready: HashSet<PeerId> = live
-                .iter()
-                .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
-                .filter_map(|(_, c)| c.peer_id())
-                .filter(|p| connected.contains(p))
-                .collect();
             if ready.len() >= n {
                 break Ok(());
             }
@@ -327,7 +335,6 @@ impl Inner {
                     "contract {} with provider {peer} ended ({why}); {lost} pack copies count as lost",
                     id.short()
                 );
-                self.drop_claims_if_unowed(peer).await;
             }
             Role::Provider => {
                 tracing::warn!("contract {} with client {peer} ended ({why})", id.short());

@@ -16,6 +16,7 @@ mod auditing;
 mod claiming;
 mod contracting;
 mod ops;
+mod repair;
 mod transfer;
 
 pub use ops::check_offer;
@@ -167,6 +168,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     });
 
     let audits = tokio::spawn(inner.clone().audit_loop());
+    let repairs = tokio::spawn(inner.clone().repair_loop());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(setup)?;
     loop {
         tokio::select! {
@@ -181,6 +183,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     tracing::info!("shutting down");
     control_task.abort();
     audits.abort();
+    repairs.abort();
     net.shutdown().await;
     let _ = std::fs::remove_file(inner.home.control_socket());
     Ok(())

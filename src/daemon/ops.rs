@@ -6,7 +6,9 @@ use super::Inner;
 use super::transfer::{NetSink, NetSource};
 use crate::backup::{self, BackupOptions, Counters, PackSink};
 use crate::config::Home;
-use crate::control::{self, AuditInfo, ContractInfo, Progress, Reply, Request, SnapshotInfo, StatusReport};
+use crate::control::{
+    self, AuditInfo, ContractInfo, Progress, Reply, Request, SnapshotHealth, SnapshotInfo, StatusReport,
+};
 use crate::protocol::now;
 use crate::restore::{self, PackSource};
 use crate::state::Role;
@@ -33,7 +35,50 @@ pub fn check_offer(home: &Home, bytes: u64, stored: u64) -> Result<(), String> {
 }
 
 impl Inner {
-    fn status(&self) -> Result<StatusReport, String> {
+    /// Copy health of every snapshot, from the locally cached trees only.
+    async fn snapshot_health(&self) -> Vec<SnapshotHealth> {
+        struct CacheOnly;
+        #[async_trait::async_trait]
+        impl PackSource for CacheOnly {
+            async fn fetch(&self, pack: crate::id::PackId) -> Result<Vec<u8>, String> {
+                Err(format!("pack {} is not cached here", pack.short()))
+            }
+        }
+        let lv = self.liveness();
+        let mut out = Vec::new();
+        for (sid, snap) in self.state.snapshots().unwrap_or_default() {
+            let mut h =
+                SnapshotHealth { id: sid.to_string(), packs: 0, full: 0, reduced: 0, zero: 0, note: String::new() };
+            match restore::snapshot_blobs(&self.id, &self.state, &CacheOnly, &sid, &snap).await {
+                Ok(blobs) => {
+                    let (packs, missing) = restore::packs_of(&self.state, &blobs).unwrap_or_default();
+                    if missing > 0 {
+                        h.note = format!("{missing} blobs are in no known pack");
+                        h.zero += missing;
+                    }
+                    for p in packs {
+                        h.packs += 1;
+                        let Ok(Some(rec)) = self.state.pack(&p) else {
+                            h.zero += 1;
+                            continue;
+                        };
+                        let live = lv.count(&rec);
+                        match live {
+                            0 => h.zero += 1,
+                            n if n >= super::repair::Liveness::target(&rec) => h.full += 1,
+                            _ => h.reduced += 1,
+                        }
+                    }
+                }
+                Err(e) => h.note = e,
+            }
+            out.push(h);
+        }
+        out
+    }
+
+    async fn status(&self) -> Result<StatusReport, String> {
+        let snapshots = self.snapshot_health().await;
         let contracts = self.state.contracts().map_err(|e| e.to_string())?;
         let t = now();
         let live = |r: Role| contracts.iter().filter(move |(_, c)| c.role == r && c.is_live(t));
@@ -86,6 +131,7 @@ impl Inner {
                     last_pass: a.last_pass,
                 })
                 .collect(),
+            snapshots,
         })
     }
 
@@ -123,7 +169,7 @@ impl Inner {
             }
         });
         let reply = match req {
-            Request::Status => match self.status() {
+            Request::Status => match self.status().await {
                 Ok(mut st) => {
                     if let Ok(ns) = self.net.status().await {
                         st.connected = ns.connected.iter().map(|p| p.to_string()).collect();

@@ -193,23 +193,27 @@ impl NetSink {
     }
 }
 
-#[async_trait::async_trait]
-impl PackSink for NetSink {
-    async fn place(&self, pack: Arc<SealedPack>) -> Result<PackRecord, String> {
+impl NetSink {
+    /// Stores `pack` on up to `need` new holders, none of them in `exclude`, trying the
+    /// contracts with the most room first and the next ones on failure. Returns the holders
+    /// that acknowledged it and the errors of those that did not.
+    pub(super) async fn place_on(
+        &self,
+        pack: &SealedPack,
+        need: usize,
+        exclude: HashSet<PeerId>,
+    ) -> (Vec<Holder>, Vec<String>) {
         let size = pack.bytes.len() as u64;
-        if pack.bytes.len() > MAX_PACK_SIZE {
-            return Err(format!("pack {} is {size} bytes, over the {MAX_PACK_SIZE}-byte limit", pack.id.short()));
-        }
         let mut holders: Vec<Holder> = Vec::new();
-        let mut tried: HashSet<PeerId> = HashSet::new();
+        let mut tried = exclude;
         let mut errors = Vec::new();
-        while holders.len() < self.copies {
-            let batch = self.pick(size, self.copies - holders.len(), &tried);
+        while holders.len() < need {
+            let batch = self.pick(size, need - holders.len(), &tried);
             if batch.is_empty() {
                 break;
             }
             tried.extend(batch.iter().map(|(p, _)| *p));
-            let results = futures::future::join_all(batch.iter().map(|(p, c)| self.store_at(*p, *c, &pack))).await;
+            let results = futures::future::join_all(batch.iter().map(|(p, c)| self.store_at(*p, *c, pack))).await;
             for ((p, c), r) in batch.into_iter().zip(results) {
                 self.unreserve(c, size);
                 match r {
@@ -223,6 +227,18 @@ impl PackSink for NetSink {
                 }
             }
         }
+        (holders, errors)
+    }
+}
+
+#[async_trait::async_trait]
+impl PackSink for NetSink {
+    async fn place(&self, pack: Arc<SealedPack>) -> Result<PackRecord, String> {
+        let size = pack.bytes.len() as u64;
+        if pack.bytes.len() > MAX_PACK_SIZE {
+            return Err(format!("pack {} is {size} bytes, over the {MAX_PACK_SIZE}-byte limit", pack.id.short()));
+        }
+        let (holders, errors) = self.place_on(&pack, self.copies, HashSet::new()).await;
         if holders.len() < self.copies {
             return Err(format!(
                 "pack {} reached {} of {} holders: {}",
@@ -236,7 +252,7 @@ impl PackSink for NetSink {
                 }
             ));
         }
-        Ok(PackRecord { size, holders })
+        Ok(PackRecord { size, holders, copies: self.copies as u32 })
     }
 }
 

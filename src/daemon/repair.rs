@@ -1,0 +1,188 @@
+//! Repair (protocol.md §5.5, DESIGN §7): keeps every pack at its target number of live
+//! copies without any coordinator.
+//!
+//! A copy is *live* while its holder's contract is live, the holder is in good audit
+//! standing, and it has not been unreachable for longer than `repair.grace_secs`. Each
+//! round, packs below their target (fewest live copies first) are fetched from any holder
+//! that still answers, verified against their id, and stored on new distinct providers,
+//! proposing new contracts when no current one has room. Repair works from the network
+//! alone: the original files are not needed. It is bounded: `repair.concurrency` packs at
+//! once and `repair.bytes_per_sec` for all uploads together, so a short outage cannot turn
+//! into a storm.
+
+use super::Inner;
+use super::transfer::{NetSink, NetSource};
+use crate::audit::AuditRecord;
+use crate::id::{ContractId, PackId};
+use crate::protocol::now;
+use crate::repo::pack::SealedPack;
+use crate::restore::PackSource;
+use crate::state::{Holder, PackRecord, Role};
+use futures::StreamExt;
+use libp2p::PeerId;
+use rand::Rng;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Which copies count as live at one moment.
+pub(super) struct Liveness {
+    contracts: HashSet<ContractId>,
+    audits: HashMap<Vec<u8>, AuditRecord>,
+    now: u64,
+    grace: u64,
+}
+
+impl Liveness {
+    /// True when the copy at `h` counts: live contract, good standing, not gone too long.
+    pub(super) fn live(&self, h: &Holder) -> bool {
+        self.contracts.contains(&h.contract)
+            && self
+                .audits
+                .get(&h.peer)
+                .is_none_or(|a| a.good && a.offline_since.is_none_or(|s| self.now.saturating_sub(s) <= self.grace))
+    }
+
+    /// Live copies of a pack.
+    pub(super) fn count(&self, rec: &PackRecord) -> usize {
+        rec.holders.iter().filter(|h| self.live(h)).count()
+    }
+
+    /// Copies a pack should have: its recorded target, or for records without one, as
+    /// many as it was given.
+    pub(super) fn target(rec: &PackRecord) -> usize {
+        if rec.copies > 0 { rec.copies as usize } else { rec.holders.len() }
+    }
+}
+
+/// Spaces uploads so that all of them together stay under a byte rate.
+struct Pacer {
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+    bytes_per_sec: u64,
+}
+
+impl Pacer {
+    /// Waits for the turn of an upload of `bytes`.
+    async fn wait(&self, bytes: u64) {
+        let start = {
+            let mut next = self.next.lock().await;
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+impl Inner {
+    /// The current [`Liveness`].
+    pub(super) fn liveness(&self) -> Liveness {
+        Liveness {
+            contracts: self.live_contracts(Role::Client).into_iter().map(|(id, _)| id).collect(),
+            audits: self.state.audits().unwrap_or_default().into_iter().collect(),
+            now: now(),
+            grace: self.config.repair.grace_secs,
+        }
+    }
+
+    /// Runs repair rounds forever, one after each random wait of 0.5–1.5 × `audit.interval_secs`.
+    pub(super) async fn repair_loop(self: Arc<Self>) {
+        loop {
+            let base = self.config.audit.interval_secs as f64;
+            let wait = base * rand::thread_rng().gen_range(0.5..1.5);
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            self.clone().repair_round().await;
+        }
+    }
+
+    /// One round: first ends the contracts of providers unreachable for longer than the
+    /// grace (their copies no longer count, and the allowance they used is needed for new
+    /// providers; the signed cancellation reaches them when they are back), then repairs
+    /// every pack below its target, fewest live copies first.
+    async fn repair_round(self: Arc<Self>) {
+        let (t, grace) = (now(), self.config.repair.grace_secs);
+        for (id, c) in self.live_contracts(Role::Client) {
+            if let Ok(a) = self.state.audit(&c.peer)
+                && a.offline_since.is_some_and(|s| t.saturating_sub(s) > grace)
+            {
+                let why = format!("unreachable for more than {grace} s; its copies are placed elsewhere");
+                let _ = self.cancel(id, &why).await;
+            }
+        }
+        let Ok(packs) = self.state.packs() else { return };
+        let lv = self.liveness();
+        let mut todo: Vec<(usize, PackId, PackRecord)> = packs
+            .into_iter()
+            .filter(|(_, r)| !r.holders.is_empty())
+            .map(|(id, r)| (lv.count(&r), id, r))
+            .filter(|(live, _, r)| *live < Liveness::target(r))
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        todo.sort_by_key(|(live, _, _)| *live);
+        // Enough providers with room for the neediest pack, besides its live holders.
+        let (ready, _) = self.ready_providers().await;
+        let wanted = todo
+            .iter()
+            .map(|(live, _, r)| {
+                let holding = r.holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok());
+                holding.filter(|p| ready.contains(p)).count() + Liveness::target(r) - live
+            })
+            .max()
+            .unwrap_or(0);
+        if wanted > ready.len()
+            && let Err(e) = self.ensure_providers(wanted).await
+        {
+            tracing::warn!("repair: {e}");
+        }
+        tracing::info!("repair: {} packs below their target copies", todo.len());
+        let sink = Arc::new(NetSink { inner: self.clone(), copies: 0, pending: Mutex::new(HashMap::new()) });
+        let source = NetSource { inner: self.clone() };
+        let pacer = Pacer {
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            bytes_per_sec: self.config.repair.bytes_per_sec,
+        };
+        let me = &self;
+        futures::stream::iter(todo)
+            .for_each_concurrent(self.config.repair.concurrency, |(live, id, rec)| {
+                let (sink, source, pacer) = (sink.clone(), &source, &pacer);
+                async move {
+                    let need = Liveness::target(&rec) - live;
+                    match me.repair_pack(id, &rec, need, &sink, source, pacer).await {
+                        Ok(n) => tracing::info!("repair: pack {} placed on {n} more holders", id.short()),
+                        Err(e) => tracing::warn!("repair: pack {}: {e}", id.short()),
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// Copies one pack from a surviving holder to `need` new ones; returns how many took it.
+    async fn repair_pack(
+        &self,
+        id: PackId,
+        rec: &PackRecord,
+        need: usize,
+        sink: &NetSink,
+        source: &NetSource,
+        pacer: &Pacer,
+    ) -> Result<usize, String> {
+        let bytes = source.fetch(id).await.map_err(|e| format!("no holder could supply it: {e}"))?;
+        let exclude: HashSet<PeerId> = rec.holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
+        pacer.wait(bytes.len() as u64 * need as u64).await;
+        let pack = SealedPack { id, bytes, entries: vec![] };
+        let (added, errors) = sink.place_on(&pack, need, exclude).await;
+        if !added.is_empty() {
+            self.state.add_holders(&id, &added).map_err(|e| e.to_string())?;
+        }
+        if added.len() < need {
+            return Err(format!(
+                "placed {} of {need} new copies: {}",
+                added.len(),
+                if errors.is_empty() { "no other provider has room".to_string() } else { errors.join("; ") }
+            ));
+        }
+        Ok(added.len())
+    }
+}
