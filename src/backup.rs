@@ -20,6 +20,7 @@ use crate::repo::chunker;
 use crate::repo::pack::{PackWriter, SealedPack};
 use crate::repo::tree::{self, Node, NodeKind, Snapshot, Tree};
 use crate::state::{IndexEntry, PackRecord, State, StateError};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -67,6 +68,21 @@ pub struct BackupOptions {
     pub zstd_level: i32,
     /// Packs uploaded at once.
     pub upload_concurrency: usize,
+    /// Exclude patterns, gitignore syntax (a leading `/` anchors at the filesystem root).
+    pub exclude: Vec<String>,
+}
+
+/// Name of the per-directory exclude file: gitignore syntax, applying to its directory
+/// and everything below, deeper files overriding shallower ones.
+pub const IGNORE_FILE: &str = ".peerignore";
+
+/// Builds the matcher of `--exclude` patterns; an error names the bad pattern.
+pub fn exclude_matcher(patterns: &[String]) -> Result<Gitignore, BackupError> {
+    let mut b = GitignoreBuilder::new("/");
+    for p in patterns {
+        b.add_line(None, p).map_err(|e| BackupError::BadPath(format!("bad --exclude pattern '{p}': {e}")))?;
+    }
+    b.build().map_err(|e| BackupError::BadPath(format!("bad --exclude patterns: {e}")))
 }
 
 /// Live counters a caller can poll for progress.
@@ -159,6 +175,8 @@ pub async fn run(
         packs_ok: HashMap::new(),
         trees: Vec::new(),
         stats: Stats::default(),
+        exclude: exclude_matcher(&opts.exclude)?,
+        ignores: Vec::new(),
     };
     let scan_paths = paths.clone();
     let c2 = counters.clone();
@@ -274,6 +292,10 @@ struct Walker {
     packs_ok: HashMap<crate::id::PackId, bool>,
     trees: Vec<(BlobId, Vec<u8>)>,
     stats: Stats,
+    /// `--exclude` patterns.
+    exclude: Gitignore,
+    /// `.peerignore` matchers of the directories being walked, outermost first.
+    ignores: Vec<Gitignore>,
 }
 
 type Walked = (SnapshotId, Snapshot, Stats, Vec<(BlobId, Vec<u8>)>);
@@ -321,6 +343,41 @@ impl Walker {
         self.trees.push((sid, doc));
         self.flush()?;
         Ok((SnapshotId(sid.0), snapshot, self.stats, self.trees))
+    }
+
+    /// Starts applying `dir/.peerignore`, if there is one; true when a matcher was pushed.
+    fn push_ignore_file(&mut self, dir: &Path) -> bool {
+        let file = dir.join(IGNORE_FILE);
+        if !file.is_file() {
+            return false;
+        }
+        let mut b = GitignoreBuilder::new(dir);
+        if let Some(e) = b.add(&file) {
+            self.error(format!("{}: {e}", file.display()));
+        }
+        match b.build() {
+            Ok(g) => {
+                self.ignores.push(g);
+                true
+            }
+            Err(e) => {
+                self.error(format!("{}: {e}", file.display()));
+                false
+            }
+        }
+    }
+
+    /// True when `path` is excluded: the deepest `.peerignore` with an opinion decides
+    /// (a `!pattern` re-includes), then the `--exclude` patterns.
+    fn excluded(&self, path: &Path, is_dir: bool) -> bool {
+        for g in self.ignores.iter().rev() {
+            match g.matched(path, is_dir) {
+                ignore::Match::Ignore(_) => return true,
+                ignore::Match::Whitelist(_) => return false,
+                ignore::Match::None => {}
+            }
+        }
+        self.exclude.matched(path, is_dir).is_ignore()
     }
 
     fn load_tree(&self, id: &BlobId) -> Option<Tree> {
@@ -425,13 +482,28 @@ impl Walker {
                 }
             };
             entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+            let pushed = self.push_ignore_file(path);
             let mut nodes = Vec::with_capacity(entries.len());
+            let mut result = Ok(());
             for e in entries {
+                let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if self.excluded(&e.path(), is_dir) {
+                    continue;
+                }
                 let n = e.file_name().as_bytes().to_vec();
-                if let Some(child) = self.node(&e.path(), n.clone(), prev_by_name.get(&n))? {
-                    nodes.push(child);
+                match self.node(&e.path(), n.clone(), prev_by_name.get(&n)) {
+                    Ok(Some(child)) => nodes.push(child),
+                    Ok(None) => {}
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
                 }
             }
+            if pushed {
+                self.ignores.pop();
+            }
+            result?;
             node.subtree = Some(self.put_tree(Tree { nodes })?);
         } else if ft.is_file() {
             node.size = m.len();

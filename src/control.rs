@@ -25,6 +25,9 @@ pub enum Request {
         paths: Vec<PathBuf>,
         /// Distinct holders per pack.
         copies: u32,
+        /// Exclude patterns (gitignore syntax).
+        #[serde(default)]
+        exclude: Vec<String>,
     },
     /// Restore a snapshot.
     Restore {
@@ -34,6 +37,9 @@ pub enum Request {
         target: Option<PathBuf>,
         /// Replace existing files that differ.
         overwrite: bool,
+        /// Restore only these paths (and what is below them); empty = everything.
+        #[serde(default)]
+        include: Vec<PathBuf>,
     },
     /// List snapshots.
     Snapshots,

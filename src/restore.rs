@@ -159,6 +159,20 @@ pub struct RestoreWhat {
     pub target: Option<PathBuf>,
     /// Replace existing files that differ.
     pub overwrite: bool,
+    /// Restore only these paths and what is below them; empty = everything. Each is an
+    /// original absolute path or a path starting with a backed-up path's name.
+    pub include: Vec<PathBuf>,
+}
+
+impl RestoreWhat {
+    /// Whether a node at original path `orig` (name path `rel`) is restored: it is at or
+    /// under an include, or (for directories) on the way to one.
+    fn wants(&self, orig: &Path, rel: &Path, dir: bool) -> bool {
+        self.include.is_empty()
+            || self.include.iter().any(|i| {
+                orig.starts_with(i) || rel.starts_with(i) || (dir && (i.starts_with(orig) || i.starts_with(rel)))
+            })
+    }
 }
 
 /// Most paths listed in `skipped` and `failed`; past it they are counted in the message.
@@ -201,15 +215,20 @@ pub async fn run(
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut files: Vec<FilePlan> = Vec::new();
     let mut links: Vec<(PathBuf, Node)> = Vec::new();
-    let mut stack: Vec<(PathBuf, Node)> = Vec::new();
+    // (destination, original path, path by names from the snapshot root, node)
+    let mut stack: Vec<(PathBuf, PathBuf, PathBuf, Node)> = Vec::new();
     for (n, path) in root.nodes.into_iter().zip(&snap.paths) {
         let dest = match target {
             Some(t) => t.join(std::ffi::OsStr::from_bytes(&n.name)),
             None => PathBuf::from(path),
         };
-        stack.push((dest, n));
+        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&n.name));
+        stack.push((dest, PathBuf::from(path), rel, n));
     }
-    while let Some((dest, n)) = stack.pop() {
+    while let Some((dest, orig, rel, n)) = stack.pop() {
+        if !what.wants(&orig, &rel, n.kind == NodeKind::Dir) {
+            continue;
+        }
         match n.kind {
             NodeKind::Dir => {
                 let sub = n
@@ -221,7 +240,8 @@ pub async fn run(
                     if c.name.is_empty() || c.name == b"." || c.name == b".." || c.name.contains(&b'/') {
                         return Err(RestoreError::Metadata(format!("unsafe name in the tree of {}", dest.display())));
                     }
-                    stack.push((dest.join(std::ffi::OsStr::from_bytes(&c.name)), c));
+                    let name = std::ffi::OsStr::from_bytes(&c.name);
+                    stack.push((dest.join(name), orig.join(name), rel.join(name), c));
                 }
                 dirs.push((dest, n));
             }

@@ -726,3 +726,72 @@ fn eight_peers_repair_lost_copies_from_the_network_alone() {
     assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
     assert!(compare_trees(&src, &target.join("docs")).is_empty());
 }
+
+/// Every file (not directory) under `root`, as relative paths.
+fn file_list(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn excludes_peerignore_and_partial_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("docs");
+    for d in ["a/cache", "b"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for (f, body) in [
+        ("a/x.txt", "x"),
+        ("a/y.tmp", "y"),
+        ("a/keep.tmp", "keep"),
+        ("a/cache/z", "z"),
+        ("b/big.iso", "iso"),
+        ("b/c.txt", "c"),
+        (".peerignore", "*.tmp\ncache/\n"),
+        ("a/.peerignore", "!keep.tmp\n"),
+    ] {
+        std::fs::write(src.join(f), body).unwrap();
+    }
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, |_, _| {}).unwrap();
+    net.wait_connected(2, Duration::from_secs(60)).unwrap();
+    let s = src.to_str().unwrap();
+    let e = net.run(0, &["backup", s, "--copies", "2", "--exclude", "[z-a]"]).unwrap_err();
+    assert!(e.contains("bad --exclude pattern '[z-a]'"), "{e}");
+    net.run(0, &["backup", s, "--copies", "2", "--exclude", "*.iso"]).unwrap();
+
+    // The deeper .peerignore re-includes keep.tmp; cache/, *.tmp and *.iso stay out.
+    let all = tmp.path().join("all");
+    net.run(0, &["restore", "--target", all.to_str().unwrap()]).unwrap();
+    assert_eq!(file_list(&all.join("docs")), [".peerignore", "a/.peerignore", "a/keep.tmp", "a/x.txt", "b/c.txt"]);
+
+    // Partial restore: one file by its path from the snapshot root, one directory by its
+    // original absolute path.
+    let part = tmp.path().join("part");
+    let b = src.join("b");
+    net.run(
+        0,
+        &[
+            "restore",
+            "--target",
+            part.to_str().unwrap(),
+            "--include",
+            "docs/a/keep.tmp",
+            "--include",
+            b.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(file_list(&part.join("docs")), ["a/keep.tmp", "b/c.txt"]);
+    assert_eq!(std::fs::read_to_string(part.join("docs/a/keep.tmp")).unwrap(), "keep");
+}

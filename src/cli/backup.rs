@@ -1,4 +1,4 @@
-//! `peer backup PATH... --copies N`.
+//! `peer backup PATH... --copies N [--exclude PATTERN]...`.
 
 use super::{CliError, CliResult, human, print_json};
 use crate::config::Home;
@@ -14,6 +14,10 @@ pub struct Args {
     /// Distinct peers that hold each pack.
     #[arg(long, default_value_t = 3)]
     copies: u32,
+    /// Leave out paths matching PATTERN (gitignore syntax; repeatable). A `.peerignore`
+    /// file in any backed-up directory excludes the same way for its directory and below.
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
     /// Print JSON lines (status lines, then a summary) instead of text.
     #[arg(long)]
     json: bool,
@@ -27,7 +31,8 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         std::fs::symlink_metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
         paths.push(abs);
     }
-    let reply = super::call_with_progress(home, Request::Backup { paths, copies: a.copies }, a.json)?;
+    let reply =
+        super::call_with_progress(home, Request::Backup { paths, copies: a.copies, exclude: a.exclude }, a.json)?;
     let Reply::Backup(s) = reply else {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };

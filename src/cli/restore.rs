@@ -17,6 +17,10 @@ pub struct Args {
     /// Replace existing files that differ (otherwise they are kept and listed).
     #[arg(long)]
     overwrite: bool,
+    /// Restore only PATH and what is below it (repeatable): an original absolute path, or
+    /// a path starting with a backed-up directory's name, as in `photos/2024`.
+    #[arg(long, value_name = "PATH")]
+    include: Vec<PathBuf>,
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -25,7 +29,7 @@ pub struct Args {
 /// Asks the daemon to restore; exit code 3 when some files could not be restored.
 pub fn run(home: &Home, a: Args) -> CliResult {
     let target = a.target.map(|t| std::path::absolute(&t).map_err(|e| format!("{}: {e}", t.display()))).transpose()?;
-    let req = Request::Restore { snapshot: Some(a.snapshot), target, overwrite: a.overwrite };
+    let req = Request::Restore { snapshot: Some(a.snapshot), target, overwrite: a.overwrite, include: a.include };
     let Reply::Restore(s) = super::call_with_progress(home, req, a.json)? else {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };

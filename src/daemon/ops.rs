@@ -206,9 +206,9 @@ impl Inner {
                 },
                 Err(e) => Reply::Error(e),
             },
-            Request::Backup { paths, copies } => self.clone().backup(&tx, paths, copies).await,
-            Request::Restore { snapshot, target, overwrite } => {
-                self.clone().restore(&tx, restore::RestoreWhat { snapshot, target, overwrite }).await
+            Request::Backup { paths, copies, exclude } => self.clone().backup(&tx, paths, copies, exclude).await,
+            Request::Restore { snapshot, target, overwrite, include } => {
+                self.clone().restore(&tx, restore::RestoreWhat { snapshot, target, overwrite, include }).await
             }
         };
         let _ = tx.send(reply).await;
@@ -216,14 +216,20 @@ impl Inner {
         let _ = writer.await;
     }
 
-    async fn backup(self: Arc<Self>, tx: &mpsc::Sender<Reply>, paths: Vec<PathBuf>, copies: u32) -> Reply {
+    async fn backup(
+        self: Arc<Self>,
+        tx: &mpsc::Sender<Reply>,
+        paths: Vec<PathBuf>,
+        copies: u32,
+        exclude: Vec<String>,
+    ) -> Reply {
         let Ok(_guard) = self.busy.try_lock() else {
             return Reply::Error("another backup or restore is running on this daemon".into());
         };
         if copies == 0 {
             return Reply::Error("--copies must be at least 1".into());
         }
-        if let Err(e) = backup::check_paths(&paths) {
+        if let Err(e) = backup::check_paths(&paths).and_then(|_| backup::exclude_matcher(&exclude)) {
             return Reply::Error(e.to_string());
         }
         match self.state.offered() {
@@ -248,6 +254,7 @@ impl Inner {
             pack_size: self.config.backup.pack_size as usize,
             zstd_level: self.config.backup.zstd_level,
             upload_concurrency: self.config.backup.upload_concurrency,
+            exclude,
         };
         let sink: Arc<dyn PackSink> =
             Arc::new(NetSink { inner: self.clone(), copies: copies as usize, pending: Mutex::new(HashMap::new()) });
