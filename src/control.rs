@@ -43,6 +43,23 @@ pub enum Request {
     },
     /// List snapshots.
     Snapshots,
+    /// Remove snapshots by a retention policy (`peer forget`).
+    Forget {
+        /// The rules.
+        policy: crate::retention::Policy,
+        /// Show the plan only.
+        dry_run: bool,
+    },
+    /// Delete the packs no snapshot needs at their holders (`peer prune`).
+    Prune {
+        /// Show the plan only.
+        dry_run: bool,
+    },
+    /// Check that every pack of every snapshot is held (`peer check`).
+    Check {
+        /// Also download every pack and verify every blob.
+        read_data: bool,
+    },
     /// End a contract now, telling the other side.
     Cancel {
         /// Contract id or a unique prefix.
@@ -147,6 +164,20 @@ pub struct SnapshotHealth {
     pub note: String,
 }
 
+impl SnapshotInfo {
+    /// The listing line of a snapshot.
+    pub fn new(id: &crate::id::SnapshotId, s: &crate::repo::tree::Snapshot) -> Self {
+        SnapshotInfo {
+            id: id.to_string(),
+            time: s.time,
+            hostname: s.hostname.clone(),
+            paths: s.paths.clone(),
+            files: s.files,
+            bytes: s.bytes,
+        }
+    }
+}
+
 /// One contract in the status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContractInfo {
@@ -217,6 +248,51 @@ pub struct AuditInfo {
     pub last_pass: u64,
 }
 
+/// `peer forget`: what the policy keeps and removes, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForgetSummary {
+    /// Snapshots kept.
+    pub keep: Vec<SnapshotInfo>,
+    /// Snapshots removed (or that would be, with `--dry-run`).
+    pub remove: Vec<SnapshotInfo>,
+    /// True when nothing was changed.
+    pub dry_run: bool,
+}
+
+/// `peer prune`: the packs no snapshot needs, and what deleting them freed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PruneSummary {
+    /// Packs some snapshot needs (kept).
+    pub packs_kept: u64,
+    /// Packs no snapshot needs.
+    pub packs_unused: u64,
+    /// Bytes of those packs, each counted once.
+    pub bytes_unused: u64,
+    /// Bytes freed at holders, all copies counted (0 with `--dry-run`).
+    pub bytes_freed: u64,
+    /// Holders that could not be asked, with why; their packs are deleted by a later prune.
+    pub errors: Vec<String>,
+    /// True when nothing was changed.
+    pub dry_run: bool,
+}
+
+/// `peer check`: every pack every snapshot needs, challenged at each of its holders.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckSummary {
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Packs they need.
+    pub packs: u64,
+    /// Holder copies challenged.
+    pub copies_checked: u64,
+    /// Holder copies that proved possession.
+    pub copies_ok: u64,
+    /// Packs downloaded and verified blob by blob (`--read-data`).
+    pub packs_read: u64,
+    /// Everything wrong, one line each.
+    pub problems: Vec<String>,
+}
+
 /// A daemon reply frame.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Reply {
@@ -234,6 +310,12 @@ pub enum Reply {
     Backup(BackupSummary),
     /// Restore finished (maybe partially: see `failed`).
     Restore(RestoreSummary),
+    /// Forget done (or planned).
+    Forget(ForgetSummary),
+    /// Prune done (or planned).
+    Prune(PruneSummary),
+    /// Check done.
+    Check(CheckSummary),
 }
 
 /// Errors talking to the daemon.

@@ -24,4 +24,5 @@ pub mod protocol;
 pub mod provider;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod state;

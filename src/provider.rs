@@ -179,6 +179,26 @@ impl PackStore {
         Ok(self.used.lock().ok().and_then(|mut m| m.remove(client)).unwrap_or(0))
     }
 
+    /// Deletes one pack held for `client`; returns the bytes freed (0 when not held). Blocking.
+    pub fn delete(&self, client: &PeerId, pack: &PackId) -> Result<u64, StoreError> {
+        let p = self.path(client, pack);
+        let _guard = self.commit.lock().map_err(|_| StoreError::Io {
+            path: p.display().to_string(),
+            source: std::io::Error::other("store lock poisoned"),
+        })?;
+        let len = match std::fs::metadata(&p) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::Io { path: p.display().to_string(), source: e }),
+        };
+        std::fs::remove_file(&p).map_err(io(&p))?;
+        if let Ok(mut m) = self.used.lock() {
+            let u = m.entry(*client).or_default();
+            *u = u.saturating_sub(len);
+        }
+        Ok(len)
+    }
+
     /// Reads a pack held for `client`; `Ok(None)` when not held. Blocking.
     pub fn get(&self, client: &PeerId, pack: &PackId) -> Result<Option<Vec<u8>>, StoreError> {
         let p = self.path(client, pack);

@@ -12,6 +12,7 @@ use crate::repo::blob::BlobKind;
 use crate::repo::tree::Snapshot;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -135,6 +136,10 @@ pub struct PackRecord {
     /// written before repair existed, read as "as many as it has".
     #[serde(default)]
     pub copies: u32,
+    /// No snapshot needs it any more (`peer prune`): its blobs left the index, repair
+    /// ignores it, and it is deleted at its holders.
+    #[serde(default)]
+    pub garbage: bool,
 }
 
 /// Index entry: where a blob is.
@@ -297,6 +302,53 @@ impl State {
                 t.insert(b.as_bytes().as_slice(), enc(e).as_slice())?;
             }
         }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks packs as garbage and removes the index entries that point into them, in one
+    /// transaction: from then on no backup dedups against them and no restore uses them.
+    pub fn mark_garbage(&self, ids: &HashSet<PackId>) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(PACKS)?;
+            for id in ids {
+                let cur = t.get(id.as_bytes().as_slice())?.map(|v| v.value().to_vec());
+                if let Some(b) = cur {
+                    let mut rec: PackRecord = dec("pack", &b)?;
+                    rec.garbage = true;
+                    t.insert(id.as_bytes().as_slice(), enc(&rec).as_slice())?;
+                }
+            }
+            let mut blobs = tx.open_table(BLOBS)?;
+            let mut gone = Vec::new();
+            for r in blobs.iter()? {
+                let (k, v) = r?;
+                let e: IndexEntry = dec("index entry", v.value())?;
+                if ids.contains(&e.pack) {
+                    gone.push(k.value().to_vec());
+                }
+            }
+            for k in gone {
+                blobs.remove(k.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a pack's record.
+    pub fn remove_pack(&self, id: &PackId) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(PACKS)?.remove(id.as_bytes().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a snapshot from the list.
+    pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SNAPSHOTS)?.remove(id.as_bytes().as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -464,6 +516,7 @@ mod tests {
                 size: 10,
                 holders: vec![Holder { peer: vec![1], contract: ContractId([3; 32]) }],
                 copies: 1,
+                garbage: false,
             };
             s.commit_pack(&PackId([2; 32]), &rec, &[(BlobId([1; 32]), e)]).unwrap();
         }

@@ -795,3 +795,68 @@ fn excludes_peerignore_and_partial_restore() {
     assert_eq!(file_list(&part.join("docs")), ["a/keep.tmp", "b/c.txt"]);
     assert_eq!(std::fs::read_to_string(part.join("docs/a/keep.tmp")).unwrap(), "keep");
 }
+
+fn dir_bytes(files: &[PathBuf]) -> u64 {
+    files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum()
+}
+
+#[test]
+fn forget_prune_and_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("docs");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("old.bin"), noise(31, 3 << 20)).unwrap();
+    let configure = |_: usize, c: &mut String| *c = c.replace("pack_size = 16777216", "pack_size = 1048576");
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
+    net.wait_connected(2, Duration::from_secs(60)).unwrap();
+    backup(&net, 0, &src, 2);
+    std::fs::remove_file(src.join("old.bin")).unwrap();
+    std::fs::write(src.join("new.bin"), noise(32, 3 << 20)).unwrap();
+    backup(&net, 0, &src, 2);
+    let holder_files = || -> Vec<PathBuf> { (1..3).flat_map(|i| store_files(&net.peers[i].home)).collect() };
+
+    // Every copy is proved held, and every pack downloads and verifies.
+    let c = json_last(&net.run(0, &["check", "--read-data", "--json"]).unwrap());
+    assert_eq!(c["snapshots"], 2);
+    assert_eq!(c["copies_ok"], c["copies_checked"], "{c}");
+    assert_eq!(c["packs_read"], c["packs"], "{c}");
+
+    // The plan comes first; a dry run changes nothing.
+    let f = json_last(&net.run(0, &["forget", "--keep-last", "1", "--dry-run", "--json"]).unwrap());
+    assert_eq!((f["keep"].as_array().unwrap().len(), f["remove"].as_array().unwrap().len()), (1, 1), "{f}");
+    let e = net.run(0, &["forget"]).unwrap_err();
+    assert!(e.contains("--keep-last"), "{e}");
+    let snaps = |net: &LocalNet| -> Vec<Value> {
+        serde_json::from_str::<Value>(&net.run(0, &["snapshots", "--json"]).unwrap())
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(snaps(&net).len(), 2);
+    net.run(0, &["forget", "--keep-last", "1"]).unwrap();
+    assert_eq!(snaps(&net).len(), 1);
+
+    let before = dir_bytes(&holder_files());
+    let plan = json_last(&net.run(0, &["prune", "--dry-run", "--json"]).unwrap());
+    assert!(plan["packs_unused"].as_u64() >= Some(3), "{plan}");
+    assert_eq!(dir_bytes(&holder_files()), before);
+    let used_before: u64 = status(&net, 0)["held_at_others"].as_u64().unwrap();
+    let p = json_last(&net.run(0, &["prune", "--json"]).unwrap());
+    let freed = p["bytes_freed"].as_u64().unwrap();
+    assert_eq!(freed, 2 * plan["bytes_unused"].as_u64().unwrap(), "{p}");
+    assert_eq!(dir_bytes(&holder_files()), before - freed, "the holders' stores shrink by what prune freed");
+    assert_eq!(status(&net, 0)["held_at_others"].as_u64().unwrap(), used_before - freed);
+    assert_eq!(json_last(&net.run(0, &["prune", "--dry-run", "--json"]).unwrap())["packs_unused"], 0);
+
+    // What is left restores, and checks clean.
+    let target = tmp.path().join("back");
+    net.run(0, &["restore", "--target", target.to_str().unwrap()]).unwrap();
+    assert!(compare_trees(&src, &target.join("docs")).is_empty());
+    net.run(0, &["check"]).unwrap();
+
+    // A holder that lost a pack is named by check.
+    std::fs::remove_file(&store_files(&net.peers[1].home)[0]).unwrap();
+    let e = net.run(0, &["check"]).unwrap_err();
+    assert!(e.contains("NotFound") && e.contains(&net.peers[1].peer_id), "{e}");
+}

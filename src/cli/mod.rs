@@ -4,11 +4,14 @@
 //! (some files could not be restored). Errors print as `peer: <message>` on stderr.
 
 mod backup;
+mod check;
 mod contracts;
 mod daemon;
 mod demo;
+mod forget;
 mod init;
 mod offer;
+mod prune;
 mod restore;
 mod snapshots;
 mod status;
@@ -52,6 +55,12 @@ pub enum Command {
     Status(status::Args),
     /// List contracts (as client and as provider) with bytes used, granted and expiry.
     Contracts(contracts::Args),
+    /// Remove snapshots by a retention policy (restic's --keep-* rules); see `prune`.
+    Forget(forget::Args),
+    /// Delete the packs no snapshot needs at their holders, giving the space back.
+    Prune(prune::Args),
+    /// Check that every pack of every snapshot is held; --read-data downloads and verifies.
+    Check(check::Args),
     /// Start a local network of peers, back up a folder, restore it and verify it.
     Demo(demo::Args),
 }
@@ -91,6 +100,9 @@ pub fn main() -> ExitCode {
         Command::Snapshots(a) => snapshots::run(&home, a),
         Command::Status(a) => status::run(&home, a),
         Command::Contracts(a) => contracts::run(&home, a),
+        Command::Forget(a) => forget::run(&home, a),
+        Command::Prune(a) => prune::run(&home, a),
+        Command::Check(a) => check::run(&home, a),
         Command::Demo(a) => demo::run(a),
     });
     match result {
@@ -177,6 +189,13 @@ fn print_json<T: serde::Serialize>(kind: &str, v: &T) -> CliResult {
 /// The first 16 hex digits of an id (the whole text if shorter).
 fn short(id: &str) -> &str {
     id.get(..16).unwrap_or(id)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) from seconds since the Unix epoch.
+fn utc(secs: u64) -> String {
+    chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX), 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| format!("{secs} s"))
 }
 
 /// Human-readable bytes (`1.2 GiB`).

@@ -96,7 +96,7 @@ impl Inner {
     }
 
     /// One challenge; `None` when the holder was too busy to answer (no verdict).
-    async fn challenge(&self, peer: PeerId, pack: PackId, size: u64, leaf: u32) -> Option<Outcome> {
+    pub(super) async fn challenge(&self, peer: PeerId, pack: PackId, size: u64, leaf: u32) -> Option<Outcome> {
         let timeout = Duration::from_secs(self.config.audit.timeout_secs);
         let addrs = self.addrs_of(&peer);
         let r =

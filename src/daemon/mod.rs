@@ -15,6 +15,7 @@
 mod auditing;
 mod claiming;
 mod contracting;
+mod maintenance;
 mod ops;
 mod repair;
 mod transfer;

@@ -185,20 +185,12 @@ impl Inner {
                 Err(e) => Reply::Error(e),
             },
             Request::Snapshots => match self.state.snapshots() {
-                Ok(v) => Reply::Snapshots(
-                    v.into_iter()
-                        .map(|(id, s)| SnapshotInfo {
-                            id: id.to_string(),
-                            time: s.time,
-                            hostname: s.hostname,
-                            paths: s.paths,
-                            files: s.files,
-                            bytes: s.bytes,
-                        })
-                        .collect(),
-                ),
+                Ok(v) => Reply::Snapshots(v.iter().map(|(id, s)| SnapshotInfo::new(id, s)).collect()),
                 Err(e) => Reply::Error(e.to_string()),
             },
+            Request::Forget { policy, dry_run } => self.forget(&policy, dry_run).await,
+            Request::Prune { dry_run } => self.clone().prune(dry_run).await,
+            Request::Check { read_data } => self.clone().check(read_data).await,
             Request::Cancel { contract, reason } => match self.find_contract(&contract) {
                 Ok(id) => match self.cancel(id, &reason).await {
                     Ok(()) => Reply::Ok,

@@ -113,7 +113,7 @@ impl Inner {
         let lv = self.liveness();
         let mut todo: Vec<(usize, PackId, PackRecord)> = packs
             .into_iter()
-            .filter(|(_, r)| !r.holders.is_empty())
+            .filter(|(_, r)| !r.holders.is_empty() && !r.garbage)
             .map(|(id, r)| (lv.count(&r), id, r))
             .filter(|(live, _, r)| *live < Liveness::target(r))
             .collect();

@@ -6,7 +6,9 @@ use super::Inner;
 use crate::backup::PackSink;
 use crate::id::{ContractId, PackId};
 use crate::net::NetError;
-use crate::protocol::{DataErrorCode, DataRequest, DataResponse, now};
+use crate::protocol::{
+    DOMAIN_DELETE, DataErrorCode, DataRequest, DataResponse, Deletion, MAX_DELETE_PACKS, from_cbor, now,
+};
 use crate::provider::StoreError;
 use crate::repo::merkle;
 use crate::repo::pack::{MAX_PACK_SIZE, SealedPack};
@@ -35,6 +37,35 @@ impl Inner {
             r
             @ (DataRequest::StoreClaim { .. } | DataRequest::AuditClaim { .. } | DataRequest::ReleaseClaim { .. }) => {
                 self.on_claim(peer, r).await
+            }
+            DataRequest::Delete(signed) => {
+                match signed.verify(DOMAIN_DELETE) {
+                    Ok(s) if s == peer => {}
+                    _ => return err(DataErrorCode::BadPack, "the deletion is not signed by its sender".into()),
+                }
+                let d: Deletion = match from_cbor("deletion", &signed.body) {
+                    Ok(d) => d,
+                    Err(e) => return err(DataErrorCode::BadPack, e.to_string()),
+                };
+                if d.packs.len() > MAX_DELETE_PACKS {
+                    return err(DataErrorCode::BadPack, format!("more than {MAX_DELETE_PACKS} packs in one deletion"));
+                }
+                let store = self.store.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    d.packs.iter().try_fold(0u64, |n, p| store.delete(&peer, p).map(|b| n + b))
+                })
+                .await;
+                match r {
+                    Ok(Ok(bytes)) => {
+                        tracing::info!("deleted {bytes} bytes of packs at the request of {peer}");
+                        DataResponse::Deleted { bytes }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!("delete failed: {e}");
+                        err(DataErrorCode::Internal, "provider could not delete the packs".into())
+                    }
+                    Err(e) => err(DataErrorCode::Internal, e.to_string()),
+                }
             }
             DataRequest::Store { contract, pack, data } => {
                 if data.len() > MAX_PACK_SIZE {
@@ -252,7 +283,7 @@ impl PackSink for NetSink {
                 }
             ));
         }
-        Ok(PackRecord { size, holders, copies: self.copies as u32 })
+        Ok(PackRecord { size, holders, copies: self.copies as u32, garbage: false })
     }
 }
 

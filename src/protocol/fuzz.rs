@@ -34,6 +34,10 @@ pub fn wire(data: &[u8]) {
     if let Ok(DataRequest::Audit { pack, leaf }) = from_cbor::<DataRequest>("data request", data) {
         let _ = crate::audit::check(&pack, data.len() as u64, leaf, data, data);
     }
+    if let Ok(DataRequest::Delete(s)) = from_cbor::<DataRequest>("data request", data) {
+        let _ = s.verify(DOMAIN_DELETE);
+        let _ = from_cbor::<Deletion>("deletion", &s.body);
+    }
     if let Ok(DataResponse::Proof { leaf, path }) = from_cbor::<DataResponse>("data response", data) {
         let _ = crate::audit::check(&PackId::default(), 1 << 20, 3, &leaf, &path);
     }

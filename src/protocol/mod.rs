@@ -32,6 +32,10 @@ pub const DOMAIN_ACCEPTANCE: &str = "peer/acceptance/v1";
 pub const DOMAIN_CONTRACT: &str = "peer/contract/v1";
 /// Signature domain of a cancellation.
 pub const DOMAIN_CANCEL: &str = "peer/cancel/v1";
+/// Signature domain of a deletion request.
+pub const DOMAIN_DELETE: &str = "peer/delete/v1";
+/// Most packs one deletion request names.
+pub const MAX_DELETE_PACKS: usize = 1024;
 /// Signature domain of a renewal (signed by both parties over the same body).
 pub const DOMAIN_RENEWAL: &str = "peer/renewal/v1";
 
@@ -333,6 +337,19 @@ pub enum DataRequest {
         /// Blocks `0..keep` stay.
         keep: u32,
     },
+    /// Delete packs the requester no longer needs (`peer prune`): a [`Deletion`] signed by
+    /// the requester under [`DOMAIN_DELETE`] (protocol.md §5.6). The provider keeps it as
+    /// proof that the client asked.
+    Delete(Signed),
+}
+
+/// Packs a client asks its holder to delete (protocol.md §5.6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    /// The packs, at most [`MAX_DELETE_PACKS`].
+    pub packs: Vec<PackId>,
+    /// When the client asked, seconds since the Unix epoch.
+    pub time: u64,
 }
 
 /// Why a data request failed (protocol.md §5.3).
@@ -361,6 +378,12 @@ pub enum DataResponse {
     Sample(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to [`DataRequest::ReleaseClaim`]: the blocks are deleted.
     Released,
+    /// Answer to [`DataRequest::Delete`]: the named packs held are deleted (packs not
+    /// held are ignored).
+    Deleted {
+        /// Bytes freed.
+        bytes: u64,
+    },
     /// The requested pack.
     Pack(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to an audit: the leaf's bytes and the sibling hashes from the leaf up to the

@@ -45,6 +45,11 @@ fn cancellation() -> Signed {
     client().sign(DOMAIN_CANCEL, to_cbor(&c))
 }
 
+fn deletion() -> Signed {
+    let d = Deletion { packs: vec![PackId([4; 32]), PackId([5; 32])], time: 1_800_000_000 };
+    client().sign(DOMAIN_DELETE, to_cbor(&d))
+}
+
 fn renewal() -> Signed {
     let r = Renewal { contract: ContractId([3; 32]), expires: 1_802_678_400 };
     client().sign(DOMAIN_RENEWAL, to_cbor(&r))
@@ -86,6 +91,8 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
         ("data_request_release_claim", rt(&DataRequest::ReleaseClaim { keep: 1 })),
         ("data_response_sample", rt(&DataResponse::Sample(vec![6, 6]))),
         ("data_response_released", rt(&DataResponse::Released)),
+        ("data_request_delete", rt(&DataRequest::Delete(deletion()))),
+        ("data_response_deleted", rt(&DataResponse::Deleted { bytes: 1 << 20 })),
     ]
 }
 
@@ -207,6 +214,10 @@ mod props {
             round_trip(&DataRequest::ReleaseClaim { keep: leaf });
             round_trip(&DataResponse::Sample(data));
             round_trip(&DataResponse::Released);
+            round_trip(&DataResponse::Deleted { bytes: u64::from(leaf) });
+            let d = Deletion { packs: vec![PackId(p); (leaf % 5) as usize], time: u64::from(leaf) };
+            round_trip(&d);
+            round_trip(&DataRequest::Delete(client().sign(DOMAIN_DELETE, to_cbor(&d))));
             for code in [DataErrorCode::NoContract, DataErrorCode::NoRoom, DataErrorCode::BadPack,
                          DataErrorCode::NotFound, DataErrorCode::Internal, DataErrorCode::Busy] {
                 round_trip(&DataResponse::Error { code, message: message.clone() });

@@ -1,0 +1,228 @@
+//! What the user runs to keep a repository lean and sound (protocol.md §5.6): `forget`
+//! (drop snapshots by a retention policy), `prune` (delete the packs no snapshot needs at
+//! their holders, with signed requests, and give the space back to the contracts) and
+//! `check` (challenge every holder of every needed pack; with `read_data`, download each
+//! pack and verify every blob).
+
+use super::Inner;
+use super::transfer::NetSource;
+use crate::audit::{self, Outcome};
+use crate::control::{CheckSummary, ForgetSummary, PruneSummary, Reply, SnapshotInfo};
+use crate::id::{ContractId, PackId};
+use crate::protocol::{self, DOMAIN_DELETE, DataRequest, DataResponse, Deletion, MAX_DELETE_PACKS, now};
+use crate::repo::pack;
+use crate::restore::{self, PackSource};
+use crate::retention::{self, Policy};
+use futures::StreamExt;
+use libp2p::PeerId;
+use rand::Rng;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Packs checked at once by `check`.
+pub const CHECK_CONCURRENCY: usize = 4;
+
+const BUSY: &str = "another backup, restore, forget or prune is running on this daemon";
+
+impl Inner {
+    /// `peer forget`: removes the snapshots `policy` does not keep (none with `dry_run`).
+    pub(super) async fn forget(&self, policy: &Policy, dry_run: bool) -> Reply {
+        let Ok(_guard) = self.busy.try_lock() else { return Reply::Error(BUSY.into()) };
+        if policy.is_empty() {
+            return Reply::Error(
+                "give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly \
+                 (forget never removes every snapshot)"
+                    .into(),
+            );
+        }
+        let snaps = match self.state.snapshots() {
+            Ok(s) => s,
+            Err(e) => return Reply::Error(e.to_string()),
+        };
+        let times: Vec<u64> = snaps.iter().map(|(_, s)| s.time).collect();
+        let flags = retention::keep(&times, policy);
+        let (mut keep, mut remove) = (Vec::new(), Vec::new());
+        for ((id, s), k) in snaps.iter().zip(flags).rev() {
+            if k {
+                keep.push(SnapshotInfo::new(id, s));
+            } else {
+                if !dry_run && let Err(e) = self.state.remove_snapshot(id) {
+                    return Reply::Error(e.to_string());
+                }
+                remove.push(SnapshotInfo::new(id, s));
+            }
+        }
+        Reply::Forget(ForgetSummary { keep, remove, dry_run })
+    }
+
+    /// `peer prune`: deletes, at their holders, every pack no remaining snapshot needs.
+    /// Packs whose holders cannot be reached stay marked and are deleted by a later prune.
+    pub(super) async fn prune(self: Arc<Self>, dry_run: bool) -> Reply {
+        let Ok(_guard) = self.busy.try_lock() else { return Reply::Error(BUSY.into()) };
+        let needed = match self.needed_packs().await {
+            Ok((p, _)) => p,
+            Err(e) => return Reply::Error(format!("{e}; nothing was deleted")),
+        };
+        let packs = match self.state.packs() {
+            Ok(p) => p,
+            Err(e) => return Reply::Error(e.to_string()),
+        };
+        let total = packs.len() as u64;
+        let unused: Vec<_> = packs.into_iter().filter(|(id, _)| !needed.contains(id)).collect();
+        let mut s = PruneSummary {
+            packs_kept: total - unused.len() as u64,
+            packs_unused: unused.len() as u64,
+            bytes_unused: unused.iter().map(|(_, r)| r.size).sum(),
+            bytes_freed: 0,
+            errors: vec![],
+            dry_run,
+        };
+        if dry_run || unused.is_empty() {
+            return Reply::Prune(s);
+        }
+        let ids: HashSet<PackId> = unused.iter().map(|(id, _)| *id).collect();
+        if let Err(e) = self.state.mark_garbage(&ids) {
+            return Reply::Error(e.to_string());
+        }
+        let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, ContractId, u64)>> = HashMap::new();
+        for (id, rec) in &unused {
+            for h in &rec.holders {
+                by_holder.entry(h.peer.clone()).or_default().push((*id, h.contract, rec.size));
+            }
+        }
+        for (peer_bytes, list) in by_holder {
+            let Ok(peer) = PeerId::from_bytes(&peer_bytes) else { continue };
+            for chunk in list.chunks(MAX_DELETE_PACKS) {
+                let d = Deletion { packs: chunk.iter().map(|(p, _, _)| *p).collect(), time: now() };
+                let signed = self.id.sign(DOMAIN_DELETE, protocol::to_cbor(&d));
+                match self.net.data_request(peer, self.addrs_of(&peer), DataRequest::Delete(signed)).await {
+                    Ok(DataResponse::Deleted { bytes }) => {
+                        s.bytes_freed += bytes;
+                        for (pack, contract, size) in chunk {
+                            let _ = self.state.drop_copy(pack, &peer_bytes);
+                            let _ = self.state.update_contract(contract, |c| c.used = c.used.saturating_sub(*size));
+                        }
+                    }
+                    Ok(other) => s.errors.push(format!("{peer} did not delete: {other:?}")),
+                    Err(e) => s.errors.push(format!("{peer}: {e}; its packs are deleted by a later prune")),
+                }
+            }
+        }
+        for id in ids {
+            if let Ok(Some(rec)) = self.state.pack(&id)
+                && rec.holders.is_empty()
+            {
+                let _ = self.state.remove_pack(&id);
+            }
+        }
+        Reply::Prune(s)
+    }
+
+    /// The packs the snapshots need, and how many snapshots there are. Tree documents
+    /// not cached locally are fetched from their holders.
+    async fn needed_packs(self: &Arc<Self>) -> Result<(HashSet<PackId>, u64), String> {
+        let source = NetSource { inner: self.clone() };
+        let snaps = self.state.snapshots().map_err(|e| e.to_string())?;
+        let mut blobs = HashSet::new();
+        for (sid, snap) in &snaps {
+            let b = restore::snapshot_blobs(&self.id, &self.state, &source, sid, snap)
+                .await
+                .map_err(|e| format!("cannot read the trees of snapshot {}: {e}", sid.short()))?;
+            blobs.extend(b);
+        }
+        let (packs, missing) = restore::packs_of(&self.state, &blobs).map_err(|e| e.to_string())?;
+        if missing > 0 {
+            return Err(format!("{missing} blobs the snapshots need are in no known pack; run 'peer check'"));
+        }
+        Ok((packs, snaps.len() as u64))
+    }
+
+    /// `peer check`: challenges every holder of every pack the snapshots need; with
+    /// `read_data`, also downloads each pack and opens every blob in it.
+    pub(super) async fn check(self: Arc<Self>, read_data: bool) -> Reply {
+        let (packs, snapshots) = match self.needed_packs().await {
+            Ok(v) => v,
+            Err(e) => {
+                let s = CheckSummary {
+                    snapshots: 0,
+                    packs: 0,
+                    copies_checked: 0,
+                    copies_ok: 0,
+                    packs_read: 0,
+                    problems: vec![e],
+                };
+                return Reply::Check(s);
+            }
+        };
+        let mut s = CheckSummary {
+            snapshots,
+            packs: packs.len() as u64,
+            copies_checked: 0,
+            copies_ok: 0,
+            packs_read: 0,
+            problems: vec![],
+        };
+        let results: Vec<(u64, u64, bool, Vec<String>)> = futures::stream::iter(packs)
+            .map(|id| self.check_pack(id, read_data))
+            .buffer_unordered(CHECK_CONCURRENCY)
+            .collect()
+            .await;
+        for (checked, ok, read, problems) in results {
+            s.copies_checked += checked;
+            s.copies_ok += ok;
+            s.packs_read += u64::from(read);
+            s.problems.extend(problems);
+        }
+        Reply::Check(s)
+    }
+
+    /// One pack: (copies challenged, copies that passed, read and verified, problems).
+    async fn check_pack(self: &Arc<Self>, id: PackId, read_data: bool) -> (u64, u64, bool, Vec<String>) {
+        let mut problems = Vec::new();
+        let Ok(Some(rec)) = self.state.pack(&id) else {
+            return (0, 0, false, vec![format!("pack {}: no record of where it is", id.short())]);
+        };
+        let (mut checked, mut ok) = (0, 0);
+        for h in &rec.holders {
+            let Ok(peer) = PeerId::from_bytes(&h.peer) else { continue };
+            let leaf = rand::thread_rng().gen_range(0..audit::leaves(rec.size));
+            checked += 1;
+            match self.challenge(peer, id, rec.size, leaf).await {
+                Some(Outcome::Pass) => ok += 1,
+                Some(Outcome::Wrong(why)) | Some(Outcome::Unreachable(why)) => {
+                    problems.push(format!("pack {} at {peer}: {why}", id.short()))
+                }
+                None => problems.push(format!("pack {} at {peer}: busy, not checked", id.short())),
+            }
+        }
+        if ok == 0 {
+            problems.push(format!("pack {}: no holder proved it has it", id.short()));
+        }
+        let mut read = false;
+        if read_data {
+            let source = NetSource { inner: self.clone() };
+            match source.fetch(id).await {
+                Ok(bytes) => match self.open_every_blob(bytes).await {
+                    Ok(()) => read = true,
+                    Err(e) => problems.push(format!("pack {}: {e}", id.short())),
+                },
+                Err(e) => problems.push(format!("pack {}: cannot download it: {e}", id.short())),
+            }
+        }
+        (checked, ok, read, problems)
+    }
+
+    /// Decrypts a pack's header and every blob in it, checking each blob's id.
+    async fn open_every_blob(&self, bytes: Vec<u8>) -> Result<(), String> {
+        let (id_key, enc_key) = (self.id.id_key, self.id.enc_key);
+        tokio::task::spawn_blocking(move || {
+            let entries = pack::read_header(&enc_key, &bytes).map_err(|e| e.to_string())?;
+            for e in &entries {
+                pack::read_blob((&id_key, &enc_key), &bytes, e).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
