@@ -46,6 +46,11 @@ impl Home {
     pub fn claims_dir(&self) -> PathBuf {
         self.dir.join("claims")
     }
+    /// `RECOVER`: present after `peer init --recover` until the daemon has restored the
+    /// head (snapshots, index, contracts) from the network.
+    pub fn recover_marker(&self) -> PathBuf {
+        self.dir.join("RECOVER")
+    }
     /// `control.sock`: the daemon's Unix control socket.
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control.sock")

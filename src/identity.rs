@@ -33,6 +33,9 @@ pub enum IdentityError {
     /// The key file exists but is not 64 hex digits.
     #[error("the key file {0} is corrupt: expected 64 hex digits")]
     Corrupt(String),
+    /// A recovery phrase that does not decode.
+    #[error("not a valid recovery phrase: {0}")]
+    BadPhrase(String),
     /// Reading or writing the key file failed.
     #[error("{path}: {source}")]
     Io {
@@ -84,6 +87,24 @@ impl Identity {
         let mut claim_key = [0u8; 32];
         hk.expand(b"peer/claim", &mut claim_key).expect("32 bytes is a valid HKDF-SHA-256 output length");
         Identity { signing, keypair: kp.into(), id_key, enc_key, claim_key }
+    }
+
+    /// The 32-byte secret as a 24-word BIP-39 phrase (English word list, checksum included):
+    /// with it alone, `peer init --recover` rebuilds this identity and every derived key.
+    pub fn mnemonic(&self) -> String {
+        bip39::Mnemonic::from_entropy(&self.signing.to_bytes()).expect("32 bytes is valid BIP-39 entropy").to_string()
+    }
+
+    /// The identity a 24-word BIP-39 phrase encodes. Errors name the problem: an unknown
+    /// word, a wrong word count, or a failed checksum (a mistyped word).
+    pub fn from_mnemonic(phrase: &str) -> Result<Self, IdentityError> {
+        let words = phrase.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let m = bip39::Mnemonic::parse_normalized(&words).map_err(|e| IdentityError::BadPhrase(e.to_string()))?;
+        let secret: [u8; 32] = m
+            .to_entropy()
+            .try_into()
+            .map_err(|_| IdentityError::BadPhrase("a peer identity phrase has 24 words".into()))?;
+        Ok(Self::from_secret(secret))
     }
 
     /// A fresh random identity.
@@ -219,6 +240,27 @@ mod tests {
         let mut v = s;
         v.sig.pop();
         assert_eq!(v.verify("peer/test/v1"), Err(SignatureError::BadSignature));
+    }
+
+    #[test]
+    fn mnemonic_round_trips_and_typos_are_caught() {
+        let a = Identity::from_secret([9; 32]);
+        let phrase = a.mnemonic();
+        assert_eq!(phrase.split(' ').count(), 24);
+        let b = Identity::from_mnemonic(&format!("  {}\n", phrase.to_uppercase().replace(' ', "\n  "))).unwrap();
+        assert_eq!(b.peer_id(), a.peer_id());
+        assert_eq!(b.enc_key, a.enc_key);
+        let mut words: Vec<&str> = phrase.split(' ').collect();
+        words.swap(0, 1);
+        let swapped = words.join(" ");
+        if swapped != phrase {
+            assert!(matches!(Identity::from_mnemonic(&swapped), Err(IdentityError::BadPhrase(_))));
+        }
+        assert!(matches!(Identity::from_mnemonic("abandon abandon"), Err(IdentityError::BadPhrase(_))));
+        assert!(matches!(Identity::from_mnemonic(&phrase.replacen(words[2], "notaword", 1)), Err(IdentityError::BadPhrase(_))));
+        // 12 valid words (128-bit entropy) are not a peer identity
+        let short = bip39::Mnemonic::from_entropy(&[1; 16]).unwrap().to_string();
+        assert!(matches!(Identity::from_mnemonic(&short), Err(IdentityError::BadPhrase(_))));
     }
 
     #[test]

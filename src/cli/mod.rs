@@ -10,6 +10,7 @@ mod daemon;
 mod demo;
 mod forget;
 mod init;
+mod key;
 mod offer;
 mod prune;
 mod restore;
@@ -41,6 +42,8 @@ pub struct Cli {
 pub enum Command {
     /// Create the identity and configuration of a new peer.
     Init(init::Args),
+    /// Export the identity (recovery phrase or key file).
+    Key(key::Args),
     /// Run the node in the foreground until SIGINT/SIGTERM.
     Daemon,
     /// Set how much disk this peer gives others (e.g. 50GB, 500MiB, 0 to stop).
@@ -94,6 +97,7 @@ pub fn main() -> ExitCode {
     let result = Home::resolve(cli.home.clone()).map_err(CliError::from).and_then(|home| match cli.command {
         Command::Init(a) => init::run(&home, a),
         Command::Daemon => daemon::run(home),
+        Command::Key(a) => key::run(&home, a),
         Command::OfferStorage(a) => offer::run(&home, a),
         Command::Backup(a) => backup::run(&home, a),
         Command::Restore(a) => restore::run(&home, a),
