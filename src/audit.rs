@@ -40,6 +40,9 @@ pub struct AuditRecord {
     pub offline_since: Option<u64>,
     /// False once the score fell below the minimum: contracts with the peer are ended.
     pub good: bool,
+    /// Provider side: when this client last declared its claims lost (protocol.md §4.6).
+    #[serde(default)]
+    pub claims_reset: Option<u64>,
 }
 
 impl Default for AuditRecord {
@@ -54,6 +57,7 @@ impl Default for AuditRecord {
             last_error: String::new(),
             offline_since: None,
             good: true,
+            claims_reset: None,
         }
     }
 }

@@ -227,6 +227,8 @@ pub struct StatusReport {
     pub audits: Vec<AuditInfo>,
     /// Copy health of every snapshot, oldest first.
     pub snapshots: Vec<SnapshotHealth>,
+    /// True while a home made with `peer init --recover` is still looking for its head.
+    pub recovering: bool,
 }
 
 /// One peer's audit record in the status.

@@ -257,7 +257,10 @@ mod tests {
             assert!(matches!(Identity::from_mnemonic(&swapped), Err(IdentityError::BadPhrase(_))));
         }
         assert!(matches!(Identity::from_mnemonic("abandon abandon"), Err(IdentityError::BadPhrase(_))));
-        assert!(matches!(Identity::from_mnemonic(&phrase.replacen(words[2], "notaword", 1)), Err(IdentityError::BadPhrase(_))));
+        assert!(matches!(
+            Identity::from_mnemonic(&phrase.replacen(words[2], "notaword", 1)),
+            Err(IdentityError::BadPhrase(_))
+        ));
         // 12 valid words (128-bit entropy) are not a peer identity
         let short = bip39::Mnemonic::from_entropy(&[1; 16]).unwrap().to_string();
         assert!(matches!(Identity::from_mnemonic(&short), Err(IdentityError::BadPhrase(_))));

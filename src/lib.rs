@@ -16,6 +16,7 @@ pub mod config;
 pub mod contracts;
 pub mod control;
 pub mod daemon;
+pub mod head;
 pub mod id;
 pub mod identity;
 pub mod localnet;

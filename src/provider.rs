@@ -199,6 +199,26 @@ impl PackStore {
         Ok(len)
     }
 
+    /// Replaces the head held for `client` (`home/store/<client>/HEAD`), atomically. The
+    /// caller checks it first. Blocking.
+    pub fn put_head(&self, client: &PeerId, head: &[u8]) -> Result<(), StoreError> {
+        let cdir = self.dir.join(client.to_string());
+        std::fs::create_dir_all(&cdir).map_err(io(&cdir))?;
+        let dest = cdir.join("HEAD");
+        let tmp = write_tmp(&dest, head).map_err(io(&dest))?;
+        commit_tmp(&tmp, &dest).map_err(io(&dest))
+    }
+
+    /// The head held for `client`, if any. Blocking.
+    pub fn get_head(&self, client: &PeerId) -> Result<Option<Vec<u8>>, StoreError> {
+        let p = self.dir.join(client.to_string()).join("HEAD");
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path: p.display().to_string(), source: e }),
+        }
+    }
+
     /// Reads a pack held for `client`; `Ok(None)` when not held. Blocking.
     pub fn get(&self, client: &PeerId, pack: &PackId) -> Result<Option<Vec<u8>>, StoreError> {
         let p = self.path(client, pack);

@@ -437,6 +437,63 @@ impl State {
         self.all_decoded(AUDITS, "audit", |k| Some(k.to_vec()))
     }
 
+    /// The whole index.
+    pub fn blobs(&self) -> Result<Vec<(BlobId, IndexEntry)>, StateError> {
+        self.all_decoded(BLOBS, "index entry", BlobId::from_slice)
+    }
+
+    /// A counter kept in the settings table (0 when never set).
+    pub fn counter(&self, name: &str) -> Result<u64, StateError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(SETTINGS)?.get(name)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Sets a counter in the settings table.
+    pub fn set_counter(&self, name: &str, v: u64) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SETTINGS)?.insert(name, v)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes a recovered head in one transaction: snapshots (in the given order, after
+    /// any already here), packs, index entries and contracts.
+    pub fn import(
+        &self,
+        snapshots: &[(SnapshotId, Snapshot)],
+        packs: &[(PackId, PackRecord)],
+        index: &[(BlobId, IndexEntry)],
+        contracts: &[(ContractId, ContractRecord)],
+    ) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(SNAPSHOTS)?;
+            let mut seq = 0;
+            for r in t.iter()? {
+                let (_, v) = r?;
+                seq = seq.max(dec::<StoredSnapshot>("snapshot", v.value())?.seq);
+            }
+            for (id, s) in snapshots {
+                seq += 1;
+                t.insert(id.as_bytes().as_slice(), enc(&StoredSnapshot { seq, snapshot: s.clone() }).as_slice())?;
+            }
+            let mut t = tx.open_table(PACKS)?;
+            for (id, r) in packs {
+                t.insert(id.as_bytes().as_slice(), enc(r).as_slice())?;
+            }
+            let mut t = tx.open_table(BLOBS)?;
+            for (id, e) in index {
+                t.insert(id.as_bytes().as_slice(), enc(e).as_slice())?;
+            }
+            let mut t = tx.open_table(CONTRACTS)?;
+            for (id, c) in contracts {
+                t.insert(id.as_bytes().as_slice(), enc(c).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Where a blob is, if stored.
     pub fn blob(&self, id: &BlobId) -> Result<Option<IndexEntry>, StateError> {
         self.get(BLOBS, id.as_bytes())?.map(|b| dec("index entry", &b)).transpose()

@@ -860,3 +860,70 @@ fn forget_prune_and_check() {
     let e = net.run(0, &["check"]).unwrap_err();
     assert!(e.contains("NotFound") && e.contains(&net.peers[1].peer_id), "{e}");
 }
+
+#[test]
+fn a_lost_home_comes_back_from_the_recovery_phrase_alone() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("photos");
+    make_tree(&src, 60);
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, |_, _| {}).unwrap();
+    net.wait_connected(3, Duration::from_secs(60)).unwrap();
+    backup(&net, 0, &src, 2);
+    let phrase = net.run(0, &["key", "export", "--mnemonic"]).unwrap();
+    assert_eq!(phrase.split_whitespace().count(), 24);
+    let before = status(&net, 0);
+
+    // The laptop dies: the daemon is killed and its home is gone.
+    net.kill(0);
+    let home = net.peers[0].home.clone();
+    std::fs::remove_dir_all(&home).unwrap();
+
+    // A wrong phrase is refused; the right one gives back the same PeerId.
+    let boot = net.peers[1].addr.clone();
+    let init = |words: &str| {
+        let mut c =
+            net.cmd(0, &["init", "--recover", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", &boot]);
+        let mut child = c
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(words.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let mut words: Vec<&str> = phrase.split_whitespace().collect();
+    words.swap(3, 4);
+    let bad = init(&words.join(" "));
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("recovery phrase"));
+    let _ = std::fs::remove_dir_all(&home);
+    let ok = init(&phrase);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), net.peers[0].peer_id);
+
+    // The daemon finds its head through the DHT and its providers, and everything is back.
+    net.restart(0).unwrap();
+    let s = wait_status(&net, 0, 60, |s| s["recovering"] == false);
+    assert_eq!(s["snapshots"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s["offered"], before["offered"]);
+    let live = |s: &Value| -> Vec<String> {
+        let mut v: Vec<String> = s["contracts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ended"].is_null())
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(live(&s), live(&before), "the recovered peer resumes its contracts");
+    let target = tmp.path().join("back");
+    let out = net.run(0, &["restore", "latest", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+    assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
+    assert!(compare_trees(&src, &target.join("photos")).is_empty());
+    // And it backs up again, on top of what it recovered (dedup: nothing new to send).
+    let b = backup(&net, 0, &src, 2);
+    assert_eq!(b["files_read"], 0, "{b}");
+}

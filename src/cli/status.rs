@@ -22,6 +22,9 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         return Ok(());
     }
     println!("peer id:          {}", s.peer_id);
+    if s.recovering {
+        println!("recovering:       looking for this peer's head in the network (peer init --recover)");
+    }
     for l in &s.listen {
         println!("listening on:     {l}");
     }

@@ -28,6 +28,9 @@ impl Inner {
     /// `peer forget`: removes the snapshots `policy` does not keep (none with `dry_run`).
     pub(super) async fn forget(&self, policy: &Policy, dry_run: bool) -> Reply {
         let Ok(_guard) = self.busy.try_lock() else { return Reply::Error(BUSY.into()) };
+        if self.home.recover_marker().exists() {
+            return Reply::Error(super::ops::RECOVERING.into());
+        }
         if policy.is_empty() {
             return Reply::Error(
                 "give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly \
@@ -52,6 +55,9 @@ impl Inner {
                 remove.push(SnapshotInfo::new(id, s));
             }
         }
+        if !dry_run && !remove.is_empty() {
+            self.publish_head().await;
+        }
         Reply::Forget(ForgetSummary { keep, remove, dry_run })
     }
 
@@ -59,6 +65,9 @@ impl Inner {
     /// Packs whose holders cannot be reached stay marked and are deleted by a later prune.
     pub(super) async fn prune(self: Arc<Self>, dry_run: bool) -> Reply {
         let Ok(_guard) = self.busy.try_lock() else { return Reply::Error(BUSY.into()) };
+        if self.home.recover_marker().exists() {
+            return Reply::Error(super::ops::RECOVERING.into());
+        }
         let needed = match self.needed_packs().await {
             Ok((p, _)) => p,
             Err(e) => return Reply::Error(format!("{e}; nothing was deleted")),
@@ -115,6 +124,7 @@ impl Inner {
                 let _ = self.state.remove_pack(&id);
             }
         }
+        self.publish_head().await;
         Reply::Prune(s)
     }
 

@@ -15,6 +15,7 @@
 mod auditing;
 mod claiming;
 mod contracting;
+mod heads;
 mod maintenance;
 mod ops;
 mod repair;
@@ -170,6 +171,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
 
     let audits = tokio::spawn(inner.clone().audit_loop());
     let repairs = tokio::spawn(inner.clone().repair_loop());
+    let recovery = tokio::spawn(inner.clone().recover_loop());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(setup)?;
     loop {
         tokio::select! {
@@ -185,6 +187,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     control_task.abort();
     audits.abort();
     repairs.abort();
+    recovery.abort();
     net.shutdown().await;
     let _ = std::fs::remove_file(inner.home.control_socket());
     Ok(())

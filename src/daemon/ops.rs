@@ -34,6 +34,10 @@ pub fn check_offer(home: &Home, bytes: u64, stored: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Why commands that change the repository wait on a recovering home.
+pub(super) const RECOVERING: &str =
+    "this peer is still looking for its head in the network (peer init --recover); see 'peer status'";
+
 impl Inner {
     /// Copy health of every snapshot, from the locally cached trees only.
     async fn snapshot_health(&self) -> Vec<SnapshotHealth> {
@@ -78,6 +82,7 @@ impl Inner {
     }
 
     async fn status(&self) -> Result<StatusReport, String> {
+        let recovering = self.home.recover_marker().exists();
         let snapshots = self.snapshot_health().await;
         let contracts = self.state.contracts().map_err(|e| e.to_string())?;
         let t = now();
@@ -132,6 +137,7 @@ impl Inner {
                 })
                 .collect(),
             snapshots,
+            recovering,
         })
     }
 
@@ -221,6 +227,9 @@ impl Inner {
         if copies == 0 {
             return Reply::Error("--copies must be at least 1".into());
         }
+        if self.home.recover_marker().exists() {
+            return Reply::Error(RECOVERING.into());
+        }
         if let Err(e) = backup::check_paths(&paths).and_then(|_| backup::exclude_matcher(&exclude)) {
             return Reply::Error(e.to_string());
         }
@@ -259,7 +268,11 @@ impl Inner {
         })
         .await;
         match result {
-            Ok(sum) => Reply::Backup(sum),
+            Ok(sum) => {
+                let _ = tx.try_send(Reply::Progress(Progress { phase: "head".into(), done: 0, total: 0 }));
+                self.publish_head().await;
+                Reply::Backup(sum)
+            }
             Err(e) => Reply::Error(e.to_string()),
         }
     }

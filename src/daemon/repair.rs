@@ -144,18 +144,26 @@ impl Inner {
             bytes_per_sec: self.config.repair.bytes_per_sec,
         };
         let me = &self;
+        let placed = std::sync::atomic::AtomicUsize::new(0);
+        let placed = &placed;
         futures::stream::iter(todo)
             .for_each_concurrent(self.config.repair.concurrency, |(live, id, rec)| {
                 let (sink, source, pacer) = (sink.clone(), &source, &pacer);
                 async move {
                     let need = Liveness::target(&rec) - live;
                     match me.repair_pack(id, &rec, need, &sink, source, pacer).await {
-                        Ok(n) => tracing::info!("repair: pack {} placed on {n} more holders", id.short()),
+                        Ok(n) => {
+                            placed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!("repair: pack {} placed on {n} more holders", id.short())
+                        }
                         Err(e) => tracing::warn!("repair: pack {}: {e}", id.short()),
                     }
                 }
             })
             .await;
+        if placed.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            self.publish_head().await; // the holders changed
+        }
     }
 
     /// Copies one pack from a surviving holder to `need` new ones; returns how many took it.

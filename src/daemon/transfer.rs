@@ -38,6 +38,20 @@ impl Inner {
             @ (DataRequest::StoreClaim { .. } | DataRequest::AuditClaim { .. } | DataRequest::ReleaseClaim { .. }) => {
                 self.on_claim(peer, r).await
             }
+            DataRequest::PutHead(signed) => self.on_put_head(peer, signed).await,
+            DataRequest::GetHead => {
+                let store = self.store.clone();
+                match tokio::task::spawn_blocking(move || store.get_head(&peer)).await {
+                    Ok(Ok(Some(b))) => match from_cbor::<crate::identity::Signed>("head", &b) {
+                        Ok(s) => DataResponse::Head(s),
+                        Err(e) => err(DataErrorCode::Internal, format!("the head held is unreadable: {e}")),
+                    },
+                    Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no head held for {peer}")),
+                    Ok(Err(e)) => err(DataErrorCode::Internal, e.to_string()),
+                    Err(e) => err(DataErrorCode::Internal, e.to_string()),
+                }
+            }
+            DataRequest::ClaimsLost => self.on_claims_lost(peer),
             DataRequest::Delete(signed) => {
                 match signed.verify(DOMAIN_DELETE) {
                     Ok(s) if s == peer => {}
@@ -146,6 +160,64 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Provider side: keeps a client's new head unless it is older than the one held.
+    async fn on_put_head(&self, peer: PeerId, signed: crate::identity::Signed) -> DataResponse {
+        let err = |code, message: String| DataResponse::Error { code, message };
+        if !self.live_contracts(Role::Provider).iter().any(|(_, c)| c.peer_id() == Some(peer)) {
+            return err(DataErrorCode::NoContract, format!("no live contract with {peer}"));
+        }
+        let seq = match crate::head::envelope_seq(&signed, &peer) {
+            Ok(s) => s,
+            Err(e) => return err(DataErrorCode::BadPack, e.to_string()),
+        };
+        let bytes = crate::protocol::to_cbor(&signed);
+        if bytes.len() > crate::protocol::MAX_HEAD + 4096 {
+            return err(DataErrorCode::BadPack, "head too large".into());
+        }
+        let store = self.store.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let held = store.get_head(&peer)?;
+            if let Some(old) = held
+                .and_then(|b| from_cbor::<crate::identity::Signed>("head", &b).ok())
+                .and_then(|s| crate::head::envelope_seq(&s, &peer).ok())
+                && old > seq
+            {
+                return Ok(Some(old));
+            }
+            store.put_head(&peer, &bytes).map(|_| None)
+        })
+        .await;
+        match r {
+            Ok(Ok(None)) => DataResponse::Stored,
+            Ok(Ok(Some(old))) => err(DataErrorCode::Refused, format!("head {seq} is older than the head {old} held")),
+            Ok(Err(e)) => err(DataErrorCode::Internal, e.to_string()),
+            Err(e) => err(DataErrorCode::Internal, e.to_string()),
+        }
+    }
+
+    /// Provider side: a client lost our claim blocks (a recovered disk): place them again,
+    /// at most once per [`crate::protocol::CLAIM_RESET_SECS`].
+    fn on_claims_lost(&self, peer: PeerId) -> DataResponse {
+        let err = |code, message: String| DataResponse::Error { code, message };
+        if !self.live_contracts(Role::Provider).iter().any(|(_, c)| c.peer_id() == Some(peer)) {
+            return err(DataErrorCode::NoContract, format!("no live contract with {peer}"));
+        }
+        let key = peer.to_bytes();
+        let Ok(mut rec) = self.state.audit(&key) else { return err(DataErrorCode::Internal, "audit record".into()) };
+        let t = now();
+        if let Some(last) = rec.claims_reset
+            && t.saturating_sub(last) < crate::protocol::CLAIM_RESET_SECS
+        {
+            return err(DataErrorCode::Refused, format!("claims were reset at {last}; at most once a week"));
+        }
+        rec.claims_reset = Some(t);
+        if self.state.put_audit(&key, &rec).and_then(|_| self.state.set_claim_placed(&key, 0)).is_err() {
+            return err(DataErrorCode::Internal, "cannot record the reset".into());
+        }
+        tracing::warn!("{peer} lost the claims we placed; placing them again");
+        DataResponse::Released
     }
 
     /// Addresses recorded for a peer in our live contracts with it, either role.

@@ -130,6 +130,8 @@ enum Command {
     RespondContract(ResponseChannel<ContractResponse>, ContractResponse),
     RespondData(ResponseChannel<DataResponse>, DataResponse),
     Status(oneshot::Sender<NetStatus>),
+    PutRecord(Vec<u8>, Vec<u8>),
+    GetRecord(Vec<u8>, oneshot::Sender<Vec<Vec<u8>>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -192,6 +194,18 @@ impl NetHandle {
     /// Listen addresses and connected peers.
     pub async fn status(&self) -> Result<NetStatus, NetError> {
         self.call(Command::Status).await
+    }
+
+    /// Stores a record in the DHT (and locally), under `key`, replacing older ones. The
+    /// daemon checks it first; peers check it again on arrival (protocol.md §1.5).
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) {
+        let _ = self.tx.send(Command::PutRecord(key, value)).await;
+    }
+
+    /// Every value the DHT holds under `key` (unchecked; empty when none was found within
+    /// the query timeout).
+    pub async fn get_record(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, NetError> {
+        self.call(|tx| Command::GetRecord(key, tx)).await
     }
 
     /// Closes every connection and stops the task.
@@ -268,6 +282,7 @@ pub fn start(
         topic,
         pending_contract: HashMap::new(),
         pending_data: HashMap::new(),
+        pending_get: HashMap::new(),
         strikes: HashMap::new(),
         blocked: HashMap::new(),
         last_lookup: std::time::Instant::now()
@@ -294,6 +309,9 @@ fn build_behaviour(
     let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)?;
     let mut kcfg = kad::Config::new(KAD_PROTOCOL);
     kcfg.set_query_timeout(Duration::from_secs(30));
+    // Inbound records are checked by us before they are stored (only head records,
+    // correctly signed, newer than the one held): see `EventLoop::accept_record`.
+    kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
     let kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kcfg);
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -331,6 +349,9 @@ fn build_behaviour(
     })
 }
 
+/// Where the values found by a record lookup go.
+type RecordReply = oneshot::Sender<Vec<Vec<u8>>>;
+
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -338,6 +359,8 @@ struct EventLoop {
     topic: gossipsub::IdentTopic,
     pending_contract: HashMap<OutboundRequestId, oneshot::Sender<Result<ContractResponse, NetError>>>,
     pending_data: HashMap<OutboundRequestId, oneshot::Sender<Result<DataResponse, NetError>>>,
+    /// Record lookups under way: values found so far and where the answer goes.
+    pending_get: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordReply)>,
     /// Malformed inputs per peer.
     strikes: HashMap<PeerId, u32>,
     /// Blocked peers and when they were blocked.
@@ -409,7 +432,62 @@ impl EventLoop {
                     connected: self.swarm.connected_peers().cloned().collect(),
                 });
             }
+            Command::PutRecord(key, value) => {
+                let record = kad::Record::new(key, value);
+                if let Err(e) = b.kad.put_record(record, kad::Quorum::One) {
+                    tracing::warn!("cannot store a record: {e}");
+                }
+            }
+            Command::GetRecord(key, reply) => {
+                let id = b.kad.get_record(kad::RecordKey::new(&key));
+                self.pending_get.insert(id, (Vec::new(), reply));
+            }
             Command::Shutdown(_) => {}
+        }
+    }
+
+    /// Stores an inbound record only if it is a valid head record newer than the one held.
+    fn accept_record(&mut self, source: PeerId, record: kad::Record) {
+        use kad::store::RecordStore;
+        let (_, new) = match crate::protocol::verify_head_record(record.key.as_ref(), &record.value) {
+            Ok(v) => v,
+            Err(e) => return self.strike(source, &format!("an invalid Kademlia record ({e})")),
+        };
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let held = store
+            .get(&record.key)
+            .and_then(|r| crate::protocol::verify_head_record(r.key.as_ref(), &r.value).ok())
+            .map(|(_, p)| p.seq);
+        if held.is_some_and(|s| s > new.seq) {
+            tracing::debug!("refused a head record from {source} older than the one held");
+            return;
+        }
+        if let Err(e) = store.put(record) {
+            tracing::debug!("cannot keep a record: {e}");
+        }
+    }
+
+    fn on_kad(&mut self, ev: kad::Event) {
+        match ev {
+            kad::Event::RoutingUpdated { peer, .. } => self.dial_if_wanted(peer),
+            kad::Event::InboundRequest { request: kad::InboundRequest::PutRecord { source, record: Some(r), .. } } => {
+                self.accept_record(source, r)
+            }
+            kad::Event::OutboundQueryProgressed { id, result: kad::QueryResult::GetRecord(r), step, .. } => {
+                let done = step.last || !matches!(r, Ok(kad::GetRecordOk::FoundRecord(_)));
+                if let Ok(kad::GetRecordOk::FoundRecord(pr)) = r
+                    && let Some((found, _)) = self.pending_get.get_mut(&id)
+                {
+                    found.push(pr.record.value);
+                }
+                if done && let Some((found, reply)) = self.pending_get.remove(&id) {
+                    let _ = reply.send(found);
+                }
+            }
+            kad::Event::OutboundQueryProgressed { result: kad::QueryResult::PutRecord(Err(e)), .. } => {
+                tracing::debug!("record not stored remotely: {e}")
+            }
+            _ => {}
         }
     }
 
@@ -435,9 +513,7 @@ impl EventLoop {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })) => {
-                self.dial_if_wanted(peer)
-            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr);

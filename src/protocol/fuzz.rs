@@ -26,6 +26,14 @@ pub fn wire(data: &[u8]) {
         }
         Err(_) => {}
     }
+    let me = Identity::from_secret([1; 32]);
+    let _ = verify_head_record(&head_record_key(&me.peer_id()), data);
+    if let Ok(DataRequest::PutHead(s)) = from_cbor::<DataRequest>("data request", data) {
+        let _ = crate::head::envelope_seq(&s, &me.peer_id());
+    }
+    if let Ok(DataResponse::Head(s)) = from_cbor::<DataResponse>("data response", data) {
+        let _ = crate::head::open(&me, &s);
+    }
     let _ = from_cbor::<Cancellation>("cancellation", data);
     let _ = from_cbor::<ContractResponse>("contract response", data);
     if let Ok(c) = from_cbor::<Contract>("contract", data) {
@@ -61,6 +69,7 @@ pub fn disk(data: &[u8]) {
     let _ = from_cbor::<crate::state::PackRecord>("pack record", data);
     let _ = from_cbor::<crate::state::IndexEntry>("index entry", data);
     let _ = from_cbor::<crate::audit::AuditRecord>("audit record", data);
+    let _ = from_cbor::<crate::head::HeadDoc>("head", data);
     if let Ok(text) = std::str::from_utf8(data)
         && let Ok(c) = toml::from_str::<crate::config::Config>(text)
     {

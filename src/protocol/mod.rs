@@ -32,6 +32,16 @@ pub const DOMAIN_ACCEPTANCE: &str = "peer/acceptance/v1";
 pub const DOMAIN_CONTRACT: &str = "peer/contract/v1";
 /// Signature domain of a cancellation.
 pub const DOMAIN_CANCEL: &str = "peer/cancel/v1";
+/// Signature domain of a head envelope (protocol.md §5.8).
+pub const DOMAIN_HEAD: &str = "peer/head/v1";
+/// Signature domain of a head pointer, the value of a head record in Kademlia.
+pub const DOMAIN_HEAD_RECORD: &str = "peer/head-record/v1";
+/// Prefix of a head record's Kademlia key; the client's PeerId bytes follow.
+pub const HEAD_RECORD_PREFIX: &[u8] = b"/peer/head/";
+/// Most holders a head pointer names.
+pub const MAX_HEAD_HOLDERS: usize = 64;
+/// Largest sealed head, bytes (it travels in one data message).
+pub const MAX_HEAD: usize = crate::repo::pack::MAX_PACK_SIZE;
 /// Signature domain of a deletion request.
 pub const DOMAIN_DELETE: &str = "peer/delete/v1";
 /// Most packs one deletion request names.
@@ -337,10 +347,68 @@ pub enum DataRequest {
         /// Blocks `0..keep` stay.
         keep: u32,
     },
+    /// Keep the requester's latest head: a [`HeadEnvelope`] signed by the requester under
+    /// [`DOMAIN_HEAD`] (protocol.md §5.8). Refused when its `seq` is lower than the one held.
+    PutHead(Signed),
+    /// Send back the requester's head, if held: answered [`DataResponse::Head`].
+    GetHead,
+    /// The requester lost the claim blocks this provider placed with it (a disk lost and
+    /// recovered from the phrase): place them again (protocol.md §4.6). At most once per
+    /// [`CLAIM_RESET_SECS`] per client.
+    ClaimsLost,
     /// Delete packs the requester no longer needs (`peer prune`): a [`Deletion`] signed by
     /// the requester under [`DOMAIN_DELETE`] (protocol.md §5.6). The provider keeps it as
     /// proof that the client asked.
     Delete(Signed),
+}
+
+/// Shortest time between two claim resets of one client, seconds (7 days).
+pub const CLAIM_RESET_SECS: u64 = 7 * 86400;
+
+/// A client's head as its providers keep it (protocol.md §5.8): the sequence number in
+/// clear, so a provider can refuse a rollback, and the head document sealed with the
+/// client's enc-key (XChaCha20-Poly1305, AAD `peer/head/v1`) after zstd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadEnvelope {
+    /// Increases with every head the client publishes.
+    pub seq: u64,
+    /// Nonce ‖ ciphertext ‖ tag, at most [`MAX_HEAD`] bytes.
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
+}
+
+/// Where a client's latest head is (protocol.md §5.8): the value of its Kademlia record
+/// under [`HEAD_RECORD_PREFIX`] ‖ PeerId, signed by the client under [`DOMAIN_HEAD_RECORD`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadPointer {
+    /// The head's sequence number.
+    pub seq: u64,
+    /// PeerIds (bytes) of the providers that acknowledged it, at most [`MAX_HEAD_HOLDERS`].
+    pub holders: Vec<serde_bytes::ByteBuf>,
+}
+
+/// The Kademlia key of `client`'s head record.
+pub fn head_record_key(client: &PeerId) -> Vec<u8> {
+    [HEAD_RECORD_PREFIX, &client.to_bytes()].concat()
+}
+
+/// Checks a head record: the key names a PeerId, the value is a [`HeadPointer`] signed by
+/// that peer, with at most [`MAX_HEAD_HOLDERS`] holders. Returns the client and the pointer.
+pub fn verify_head_record(key: &[u8], value: &[u8]) -> Result<(PeerId, HeadPointer), MessageError> {
+    let peer = key
+        .strip_prefix(HEAD_RECORD_PREFIX)
+        .and_then(|b| PeerId::from_bytes(b).ok())
+        .ok_or_else(|| MessageError::Invalid("not a head record key".into()))?;
+    let signed: Signed = from_cbor("head record", value)?;
+    let signer = signed.verify(DOMAIN_HEAD_RECORD).map_err(|e| MessageError::Signature("head record", e))?;
+    if signer != peer {
+        return Err(MessageError::Invalid("head record signed by another peer than its key names".into()));
+    }
+    let p: HeadPointer = from_cbor("head pointer", &signed.body)?;
+    if p.holders.len() > MAX_HEAD_HOLDERS {
+        return Err(MessageError::Invalid("head record names too many holders".into()));
+    }
+    Ok((peer, p))
 }
 
 /// Packs a client asks its holder to delete (protocol.md §5.6).
@@ -367,6 +435,8 @@ pub enum DataErrorCode {
     Internal,
     /// The provider is serving too many requests; retry after a pause.
     Busy,
+    /// A well-formed request that policy refuses (a rolled-back head, a claim reset too soon).
+    Refused,
 }
 
 /// Responses on [`DATA_PROTOCOL`].
@@ -378,6 +448,8 @@ pub enum DataResponse {
     Sample(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to [`DataRequest::ReleaseClaim`]: the blocks are deleted.
     Released,
+    /// Answer to [`DataRequest::GetHead`]: the signed [`HeadEnvelope`] held.
+    Head(Signed),
     /// Answer to [`DataRequest::Delete`]: the named packs held are deleted (packs not
     /// held are ignored).
     Deleted {

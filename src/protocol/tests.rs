@@ -45,6 +45,32 @@ fn cancellation() -> Signed {
     client().sign(DOMAIN_CANCEL, to_cbor(&c))
 }
 
+fn head_envelope() -> Signed {
+    client().sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: 3, sealed: vec![7; 8] }))
+}
+
+fn head_record() -> Signed {
+    let p = HeadPointer { seq: 3, holders: vec![provider().peer_id().to_bytes().into()] };
+    client().sign(DOMAIN_HEAD_RECORD, to_cbor(&p))
+}
+
+#[test]
+fn head_records_are_checked() {
+    let key = head_record_key(&client().peer_id());
+    let good = to_cbor(&head_record());
+    let (peer, p) = verify_head_record(&key, &good).unwrap();
+    assert_eq!((peer, p.seq), (client().peer_id(), 3));
+    // under another peer's key, or signed by another peer, or not a head key at all
+    assert!(verify_head_record(&head_record_key(&provider().peer_id()), &good).is_err());
+    let forged = to_cbor(&provider().sign(DOMAIN_HEAD_RECORD, head_record().body));
+    assert!(verify_head_record(&key, &forged).is_err());
+    assert!(verify_head_record(b"/other/key", &good).is_err());
+    assert!(verify_head_record(&key, b"garbage").is_err());
+    let many = HeadPointer { seq: 1, holders: vec![vec![1u8].into(); MAX_HEAD_HOLDERS + 1] };
+    let too_many = to_cbor(&client().sign(DOMAIN_HEAD_RECORD, to_cbor(&many)));
+    assert!(verify_head_record(&key, &too_many).is_err());
+}
+
 fn deletion() -> Signed {
     let d = Deletion { packs: vec![PackId([4; 32]), PackId([5; 32])], time: 1_800_000_000 };
     client().sign(DOMAIN_DELETE, to_cbor(&d))
@@ -92,6 +118,11 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
         ("data_response_sample", rt(&DataResponse::Sample(vec![6, 6]))),
         ("data_response_released", rt(&DataResponse::Released)),
         ("data_request_delete", rt(&DataRequest::Delete(deletion()))),
+        ("data_request_put_head", rt(&DataRequest::PutHead(head_envelope()))),
+        ("data_request_get_head", rt(&DataRequest::GetHead)),
+        ("data_request_claims_lost", rt(&DataRequest::ClaimsLost)),
+        ("data_response_head", rt(&DataResponse::Head(head_envelope()))),
+        ("head_record", rt(&head_record())),
         ("data_response_deleted", rt(&DataResponse::Deleted { bytes: 1 << 20 })),
     ]
 }
