@@ -414,6 +414,20 @@ impl State {
         Ok(u32::try_from(v).unwrap_or(u32::MAX))
     }
 
+    /// Clients (PeerId bytes) recorded as holding claim blocks for us.
+    pub fn claim_clients(&self) -> Result<Vec<Vec<u8>>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CLAIMS)?;
+        let mut out = Vec::new();
+        for r in t.iter()? {
+            let (k, v) = r?;
+            if v.value() > 0 {
+                out.push(k.value().to_vec());
+            }
+        }
+        Ok(out)
+    }
+
     /// Records how many claim blocks `client` holds for us.
     pub fn set_claim_placed(&self, client: &[u8], n: u32) -> Result<(), StateError> {
         let tx = self.db.begin_write()?;

@@ -59,7 +59,8 @@ impl Inner {
         let Ok(packs) = self.state.packs() else { return };
         let live: HashSet<ContractId> = self.live_contracts(Role::Client).into_iter().map(|(id, _)| id).collect();
         let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, u64)>> = HashMap::new();
-        for (id, rec) in packs {
+        // Packs marked garbage by prune are being deleted at their holders: not audited.
+        for (id, rec) in packs.into_iter().filter(|(_, r)| !r.garbage) {
             for h in rec.holders.into_iter().filter(|h| live.contains(&h.contract)) {
                 by_holder.entry(h.peer).or_default().push((id, rec.size));
             }

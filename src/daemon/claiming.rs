@@ -91,6 +91,13 @@ impl Inner {
                 *owed.entry(p).or_default() += c.bytes;
             }
         }
+        // A client whose every contract with us expired drops our claim (it owes us
+        // nothing): start from zero should a new contract come.
+        for c in self.state.claim_clients().unwrap_or_default() {
+            if PeerId::from_bytes(&c).is_ok_and(|p| !owed.contains_key(&p)) {
+                let _ = self.state.set_claim_placed(&c, 0);
+            }
+        }
         let mut used: HashMap<PeerId, u64> = HashMap::new();
         for (_, c) in self.live_contracts(Role::Client) {
             if let Some(p) = c.peer_id() {
