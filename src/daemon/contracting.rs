@@ -244,8 +244,23 @@ impl Inner {
                     ready.len()
                 ));
             }
+            // Providers we already have a contract with room at, not connected now (a restart,
+            // a short outage): dial them and give them until the deadline before concluding.
+            let away: Vec<(PeerId, Vec<Multiaddr>)> = live
+                .iter()
+                .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
+                .filter_map(|(_, c)| c.peer_id().map(|p| (p, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
+                .filter(|(p, _)| !connected.contains(p))
+                .collect();
+            for (p, addrs) in &away {
+                self.net.dial(*p, addrs.clone()).await;
+            }
             let held: u64 = live.iter().map(|(_, c)| c.bytes).sum();
             let Some(ask) = contracts::client_ask(offered, self.config.contracts.ratio, held, s.wanted) else {
+                if ready.len() + away.len() >= n {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
                 break Err(format!(
                     "your offer of {} lets you hold no more at others (ratio {}); give to get: raise it with \
                      'peer offer-storage SIZE'",

@@ -108,21 +108,32 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
             .collect::<Result<Vec<_>, _>>()
     };
     let t = now();
-    let known = state
+    let known: Vec<(PeerId, Vec<Multiaddr>)> = state
         .contracts()
         .map_err(setup)?
         .into_iter()
         .filter(|(_, c)| c.is_live(t))
         .filter_map(|(_, c)| Some((c.peer_id()?, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
         .collect();
-    let cfg = net::NetConfig {
-        listen: parse(&config.network.listen)?,
-        bootstrap: parse(&config.network.bootstrap)?,
-        known,
+    let listen = parse(&config.network.listen)?;
+    let cfg = |listen: Vec<Multiaddr>| net::NetConfig {
+        listen,
+        bootstrap: parse(&config.network.bootstrap).unwrap_or_default(),
+        known: known.clone(),
         mdns: config.network.mdns,
         max_connections: config.network.max_connections,
     };
-    let (net, mut events) = net::start(id.keypair(), cfg).map_err(setup)?;
+    // Listen on the ports of the last run where the config says "any port", so that the
+    // addresses our contract partners recorded stay valid across restarts.
+    let sticky: Vec<Multiaddr> = listen.iter().map(|a| with_saved_port(&state, a)).collect();
+    let (net, mut events) = match net::start(id.keypair(), cfg(sticky.clone())) {
+        Ok(v) => v,
+        Err(e) if sticky != listen => {
+            tracing::info!("the ports of the last run are taken ({e}); listening on new ones");
+            net::start(id.keypair(), cfg(listen)).map_err(setup)?
+        }
+        Err(e) => return Err(setup(e)),
+    };
     say(&id.peer_id().to_string());
 
     let sock = home.control_socket();
@@ -193,6 +204,31 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// The settings key and port of a TCP or QUIC listen address.
+fn port_of(a: &Multiaddr) -> Option<(&'static str, u16)> {
+    use libp2p::multiaddr::Protocol;
+    let mut it = a.iter();
+    match (it.nth(1)?, it.next()) {
+        (Protocol::Tcp(p), _) => Some(("listen_tcp_port", p)),
+        (Protocol::Udp(p), Some(Protocol::QuicV1)) => Some(("listen_quic_port", p)),
+        _ => None,
+    }
+}
+
+/// `a` with port 0 replaced by the port the last run listened on, if any.
+fn with_saved_port(state: &State, a: &Multiaddr) -> Multiaddr {
+    use libp2p::multiaddr::Protocol;
+    let Some((key, 0)) = port_of(a) else { return a.clone() };
+    let Ok(saved @ 1..=65535) = state.counter(key) else { return a.clone() };
+    a.iter()
+        .map(|p| match p {
+            Protocol::Tcp(0) => Protocol::Tcp(saved as u16),
+            Protocol::Udp(0) => Protocol::Udp(saved as u16),
+            p => p,
+        })
+        .collect()
+}
+
 /// Replay and rate checks for proposals (protocol.md §4.1), bounded in memory.
 #[derive(Default)]
 struct GossipGuard {
@@ -254,6 +290,9 @@ impl Inner {
         match ev {
             NetEvent::Listening(a) => {
                 say(&a.to_string());
+                if let Some((key, port)) = port_of(&a) {
+                    let _ = self.state.set_counter(key, u64::from(port));
+                }
                 if let Ok(mut l) = self.listen.lock()
                     && !l.contains(&a)
                 {

@@ -130,6 +130,7 @@ enum Command {
     RespondContract(ResponseChannel<ContractResponse>, ContractResponse),
     RespondData(ResponseChannel<DataResponse>, DataResponse),
     Status(oneshot::Sender<NetStatus>),
+    Dial(PeerId, Vec<Multiaddr>),
     PutRecord(Vec<u8>, Vec<u8>),
     GetRecord(Vec<u8>, oneshot::Sender<Vec<Vec<u8>>>),
     Shutdown(oneshot::Sender<()>),
@@ -194,6 +195,11 @@ impl NetHandle {
     /// Listen addresses and connected peers.
     pub async fn status(&self) -> Result<NetStatus, NetError> {
         self.call(Command::Status).await
+    }
+
+    /// Dials `peer` (at `addrs` and the addresses Kademlia knows) unless connected.
+    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let _ = self.tx.send(Command::Dial(peer, addrs)).await;
     }
 
     /// Stores a record in the DHT (and locally), under `key`, replacing older ones. The
@@ -431,6 +437,14 @@ impl EventLoop {
                     listen: self.swarm.listeners().cloned().collect(),
                     connected: self.swarm.connected_peers().cloned().collect(),
                 });
+            }
+            Command::Dial(peer, addrs) => {
+                if !self.swarm.is_connected(&peer) {
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!("cannot dial {peer}: {e}");
+                    }
+                }
             }
             Command::PutRecord(key, value) => {
                 let record = kad::Record::new(key, value);
