@@ -95,6 +95,23 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Repair of packs below their target copies.
     pub repair: RepairConfig,
+    /// The store of packs held for others.
+    pub provider: ProviderConfig,
+}
+
+/// `[provider]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Bytes of disk always left free: a pack or claim block that would eat into them is
+    /// refused (`NoRoom`, "not enough free disk"), whatever the contracts say. Default 64 MiB.
+    pub min_free_bytes: u64,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig { min_free_bytes: 64 << 20 }
+    }
 }
 
 /// `[repair]`.
@@ -226,6 +243,8 @@ const HEADER: &str = "\
 #   grace_secs        time a holder may be unreachable before its copies are placed again elsewhere
 #   concurrency       packs repaired at once
 #   bytes_per_sec     upload rate repair may use
+# [provider]
+#   min_free_bytes    disk always left free; packs that would use it are refused
 
 ";
 

@@ -71,12 +71,15 @@ pub fn provider_grant(
 }
 
 /// Bytes a client asks of each of `missing` new providers, given its offer and the bytes
-/// already granted to it: its remaining allowance `ratio × offered − held`, split evenly.
-/// `None` when nothing is left to ask.
+/// already granted to it: half its remaining allowance `ratio × offered − held`, split
+/// evenly, but at least [`MIN_GRANT`] when the allowance covers that. The other half stays
+/// for later: providers that replace lost or full ones (repair, placement). `None` when
+/// nothing worth a contract is left to ask.
 pub fn client_ask(offered: u64, ratio: f64, held: u64, missing: usize) -> Option<u64> {
     let allowance = (ratio * offered as f64) as u64;
     let left = allowance.saturating_sub(held);
-    let each = left / missing.max(1) as u64;
+    let fair = left / missing.max(1) as u64;
+    let each = (fair / 2).max(MIN_GRANT.min(fair));
     (each >= MIN_GRANT.min(left.max(1))).then_some(each).filter(|&e| e > 0)
 }
 
@@ -98,9 +101,14 @@ mod tests {
 
     #[test]
     fn clients_ask_within_their_allowance() {
-        assert_eq!(client_ask(3 * G, 1.0, 0, 3), Some(G));
+        // half the fair share, keeping the rest for replacements
+        assert_eq!(client_ask(6 * G, 1.0, 0, 3), Some(G));
         assert_eq!(client_ask(3 * G, 1.0, 3 * G, 1), None);
         assert_eq!(client_ask(0, 1.0, 0, 3), None);
-        assert_eq!(client_ask(4 * G, 0.5, G, 1), Some(G));
+        assert_eq!(client_ask(4 * G, 0.5, G, 1), Some(G / 2));
+        // but a whole minimal grant when the allowance affords it
+        assert_eq!(client_ask(3 * MIN_GRANT, 1.0, 0, 3), Some(MIN_GRANT));
+        assert_eq!(client_ask(2 * MIN_GRANT, 1.0, MIN_GRANT, 1), Some(MIN_GRANT));
+        assert_eq!(client_ask(MIN_GRANT, 1.0, MIN_GRANT / 2, 1), Some(MIN_GRANT / 2));
     }
 }

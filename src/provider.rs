@@ -51,6 +51,8 @@ pub struct PackStore {
     used: Arc<Mutex<HashMap<PeerId, u64>>>,
     /// Serializes the final rename and count, so a pack stored twice at once counts once.
     commit: Arc<Mutex<()>>,
+    /// Bytes of disk always left free.
+    reserve: u64,
 }
 
 /// First half of an atomic write: `data` in a fresh temporary file `.tmp-…` next to
@@ -85,8 +87,10 @@ pub fn free_space(path: &Path) -> std::io::Result<u64> {
 }
 
 impl PackStore {
-    /// Opens the store at `dir`, creating it, removing leftover temporary files and counting bytes per client.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens the store at `dir`, creating it, removing leftover temporary files and counting
+    /// bytes per client. Stores that would leave less than `reserve` bytes of disk free fail
+    /// with [`StoreError::DiskFull`].
+    pub fn open(dir: &Path, reserve: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut used = HashMap::new();
         for client in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -107,7 +111,12 @@ impl PackStore {
             }
             used.insert(peer, total);
         }
-        Ok(PackStore { dir: dir.to_path_buf(), used: Arc::new(Mutex::new(used)), commit: Arc::new(Mutex::new(())) })
+        Ok(PackStore {
+            dir: dir.to_path_buf(),
+            used: Arc::new(Mutex::new(used)),
+            commit: Arc::new(Mutex::new(())),
+            reserve,
+        })
     }
 
     fn path(&self, client: &PeerId, pack: &PackId) -> PathBuf {
@@ -142,7 +151,7 @@ impl PackStore {
         let cdir = self.dir.join(client.to_string());
         std::fs::create_dir_all(&cdir).map_err(io(&cdir))?;
         let free = free_space(&cdir).map_err(io(&cdir))?;
-        if free < data.len() as u64 + (64 << 20) {
+        if free < data.len() as u64 + self.reserve {
             return Err(StoreError::DiskFull { path: cdir.display().to_string(), need: data.len() as u64 });
         }
         let tmp = write_tmp(&dest, data).map_err(io(&dest))?;
@@ -237,7 +246,7 @@ mod tests {
     #[test]
     fn put_verifies_is_atomic_and_counts() {
         let d = tempfile::tempdir().unwrap();
-        let s = PackStore::open(d.path()).unwrap();
+        let s = PackStore::open(d.path(), 0).unwrap();
         let client = PeerId::random();
         let data = vec![9u8; 200_000];
         let id = merkle::root(&data);
@@ -250,7 +259,11 @@ mod tests {
         assert!(s.get(&PeerId::random(), &id).unwrap().is_none());
         // a leftover temporary file is removed and not counted at the next open
         std::fs::write(d.path().join(client.to_string()).join(".tmp-x"), b"partial").unwrap();
-        let s2 = PackStore::open(d.path()).unwrap();
+        let s2 = PackStore::open(d.path(), 0).unwrap();
+        assert!(matches!(
+            PackStore::open(d.path(), u64::MAX / 2).unwrap().put(&PeerId::random(), &id, &data),
+            Err(StoreError::DiskFull { .. })
+        ));
         assert_eq!(s2.used(&client), 200_000);
         assert!(!d.path().join(client.to_string()).join(".tmp-x").exists());
     }

@@ -307,7 +307,7 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
     };
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, GIB, configure).unwrap();
     net.wait_connected(4, Duration::from_secs(60)).unwrap();
-    // Sized so that the claims the providers place on peer 0 stay small: 80 MiB each.
+    // Sized so that the claims the providers place on peer 0 stay small: 68 MiB each.
     net.run(0, &["offer-storage", "240MiB"]).unwrap();
     let b = backup(&net, 0, &src, 3);
     assert!(b["packs"].as_u64().unwrap() >= 2, "{b}");
@@ -399,8 +399,8 @@ fn claims_are_audited_contracts_renew_and_a_free_rider_loses_its_providers() {
     };
     let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
     net.wait_connected(2, Duration::from_secs(60)).unwrap();
-    // 160 MiB offered: each of the two providers grants 80 MiB, so each places five
-    // 16 MiB claim blocks on peer 0.
+    // 160 MiB offered: each of the two providers is asked for (and grants) 68 MiB, the
+    // smallest contract, so each places four whole 16 MiB claim blocks on peer 0.
     net.run(0, &["offer-storage", "160MiB"]).unwrap();
     backup(&net, 0, &src, 2);
     let c0: Value = serde_json::from_str(&net.run(0, &["contracts", "--json"]).unwrap()).unwrap();
@@ -409,14 +409,14 @@ fn claims_are_audited_contracts_renew_and_a_free_rider_loses_its_providers() {
 
     // The providers place their claims and audit them: peer 0 passes.
     let block = 16u64 << 20;
-    wait_status(&net, 0, 60, |s| s["claims_held"] == 10 * block);
+    wait_status(&net, 0, 60, |s| s["claims_held"] == 8 * block);
     for i in [1, 2] {
         let s = wait_status(&net, i, 60, |s| {
             audit_of(s, &net.peers[0].peer_id).is_some_and(|a| a["passes"].as_u64() >= Some(2))
         });
-        assert_eq!(s["claims_placed"], 5 * block, "{s}");
+        assert_eq!(s["claims_placed"], 4 * block, "{s}");
     }
-    assert_eq!(claim_files(&net.peers[0].home).len(), 10);
+    assert_eq!(claim_files(&net.peers[0].home).len(), 8);
 
     // Contracts renew before they expire, and stay live past their first expiry.
     let renewed = wait_status(&net, 0, 60, |s| {
@@ -686,7 +686,7 @@ fn eight_peers_repair_lost_copies_from_the_network_alone() {
     };
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 8, GIB, configure).unwrap();
     net.wait_connected(7, Duration::from_secs(60)).unwrap();
-    // 210 MiB offered: three providers grant 70 MiB each (small claims on peer 0).
+    // 210 MiB offered: three providers grant 68 MiB each (small claims on peer 0).
     net.run(0, &["offer-storage", "210MiB"]).unwrap();
     let b = backup(&net, 0, &src, 3);
     assert!(b["packs"].as_u64().unwrap() >= 4, "{b}");
@@ -1047,4 +1047,61 @@ fn kill_9_of_client_and_provider_loses_nothing() {
     let target = tmp.path().join("back");
     net.run(0, &["restore", "--target", target.to_str().unwrap()]).unwrap();
     assert!(compare_trees(&more, &target.join("more")).is_empty());
+}
+
+#[test]
+fn a_full_provider_refuses_clearly_keeps_its_packs_and_the_client_goes_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (d, seed) in [(&a, 300), (&b, 400)] {
+        std::fs::create_dir_all(d).unwrap();
+        for i in 0..4 {
+            std::fs::write(d.join(format!("f{i}.bin")), noise(seed + i, 1 << 20)).unwrap();
+        }
+    }
+    let configure = |_: usize, c: &mut String| *c = c.replace("proposal_wait_secs = 30", "proposal_wait_secs = 5");
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, configure).unwrap();
+    net.wait_connected(3, Duration::from_secs(60)).unwrap();
+    // Peer 3 offers nothing for now, so the two first providers are peers 1 and 2.
+    net.run(3, &["offer-storage", "0"]).unwrap();
+    backup(&net, 0, &a, 2);
+    let holders: Vec<usize> = status(&net, 0)["contracts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| net.peers.iter().position(|p| p.peer_id == c["peer"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(holders.len(), 2);
+    let full = holders[0];
+    let kept = store_files(&net.peers[full].home);
+
+    // Its disk fills up (simulated by a reserve larger than any disk).
+    net.stop(full);
+    let cfg = net.peers[full].home.join("config.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("min_free_bytes = 67108864", "min_free_bytes = 1125899906842624");
+    std::fs::write(&cfg, text).unwrap();
+    net.restart(full).unwrap();
+    net.wait_connected(3, Duration::from_secs(60)).unwrap();
+
+    // With nobody else to go to, the backup fails and says why.
+    let e = net.run(0, &["backup", b.to_str().unwrap(), "--copies", "2"]).unwrap_err();
+    assert!(e.contains("not enough free disk at the provider"), "{e}");
+    // Once another peer offers room, the packs go there instead.
+    net.run(3, &["offer-storage", "1GiB"]).unwrap();
+    backup(&net, 0, &b, 2);
+    assert!(!store_files(&net.peers[3].home).is_empty(), "the new provider holds the packs");
+    assert_eq!(store_files(&net.peers[full].home), kept, "the full provider's packs are untouched");
+    for f in &kept {
+        let name: peer::id::PackId = f.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        assert_eq!(peer::repo::merkle::root(&std::fs::read(f).unwrap()), name);
+    }
+    let snaps: Value = serde_json::from_str(&net.run(0, &["snapshots", "--json"]).unwrap()).unwrap();
+    for (k, (src, name)) in [(&a, "a"), (&b, "b")].into_iter().enumerate() {
+        let target = tmp.path().join(format!("back-{name}"));
+        let id = snaps[k]["id"].as_str().unwrap();
+        net.run(0, &["restore", id, "--target", target.to_str().unwrap()]).unwrap();
+        assert!(compare_trees(src, &target.join(name)).is_empty());
+    }
 }

@@ -38,7 +38,7 @@ impl Inner {
                     );
                 }
                 let free = crate::provider::free_space(&self.home.dir).unwrap_or(0);
-                if free < CLAIM_BLOCK + (64 << 20) {
+                if free < CLAIM_BLOCK + self.config.provider.min_free_bytes {
                     return err(
                         DataErrorCode::NoRoom,
                         format!("only {free} bytes of disk free for claim block {index}"),

@@ -202,13 +202,20 @@ impl Inner {
     /// proposing new contracts on gossip (republished every [`REPROPOSE_SECS`]) until the
     /// configured wait runs out. Errors say how many providers there are and what to do.
     pub(super) async fn ensure_providers(&self, n: usize) -> Result<(), String> {
+        self.ensure_providers_avoiding(n, &HashSet::new()).await
+    }
+
+    /// [`Inner::ensure_providers`], not counting the providers in `avoid` (ones that just
+    /// refused a pack: a full disk) as ready.
+    pub(super) async fn ensure_providers_avoiding(&self, n: usize, avoid: &HashSet<PeerId>) -> Result<(), String> {
         let wait = Duration::from_secs(self.config.contracts.proposal_wait_secs);
         let deadline = tokio::time::Instant::now() + wait;
         let offered = self.state.offered().map_err(|e| e.to_string())?;
         let mut session: Option<Arc<Session>> = None;
         let mut ids: Vec<ProposalId> = Vec::new();
         let result = loop {
-            let (ready, connected) = self.ready_providers().await;
+            let (mut ready, connected) = self.ready_providers().await;
+            ready.retain(|p| !avoid.contains(p));
             let live = self.live_contracts(Role::Client);
             if ready.len() >= n {
                 break Ok(());

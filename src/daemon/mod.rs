@@ -100,7 +100,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         }
         e => setup(e),
     })?;
-    let store = PackStore::open(&home.store_dir()).map_err(setup)?;
+    let store = PackStore::open(&home.store_dir(), config.provider.min_free_bytes).map_err(setup)?;
     let claims = ClaimStore::open(&home.claims_dir()).map_err(setup)?;
     let parse = |v: &[String]| {
         v.iter()

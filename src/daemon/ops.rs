@@ -12,10 +12,9 @@ use crate::control::{
 use crate::protocol::now;
 use crate::restore::{self, PackSource};
 use crate::state::Role;
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -257,8 +256,7 @@ impl Inner {
             upload_concurrency: self.config.backup.upload_concurrency,
             exclude,
         };
-        let sink: Arc<dyn PackSink> =
-            Arc::new(NetSink { inner: self.clone(), copies: copies as usize, pending: Mutex::new(HashMap::new()) });
+        let sink: Arc<dyn PackSink> = Arc::new(NetSink::new(self.clone(), copies as usize));
         let (c2, inner) = (counters.clone(), self.clone());
         let op = async move { backup::run(&inner.id, &inner.state, opts, sink, c2).await };
         let result = with_progress(tx, op, || Progress {

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use libp2p::PeerId;
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Which copies count as live at one moment.
@@ -137,7 +137,7 @@ impl Inner {
             tracing::warn!("repair: {e}");
         }
         tracing::info!("repair: {} packs below their target copies", todo.len());
-        let sink = Arc::new(NetSink { inner: self.clone(), copies: 0, pending: Mutex::new(HashMap::new()) });
+        let sink = Arc::new(NetSink::new(self.clone(), 0));
         let source = NetSource { inner: self.clone() };
         let pacer = Pacer {
             next: tokio::sync::Mutex::new(tokio::time::Instant::now()),

@@ -122,7 +122,9 @@ impl Inner {
                     Ok(Err(StoreError::Mismatch(p))) => {
                         err(DataErrorCode::BadPack, format!("pack {p} does not match its id"))
                     }
-                    Ok(Err(e @ StoreError::DiskFull { .. })) => err(DataErrorCode::NoRoom, e.to_string()),
+                    Ok(Err(StoreError::DiskFull { need, .. })) => {
+                        err(DataErrorCode::NoRoom, format!("not enough free disk at the provider for {need} bytes"))
+                    }
                     Ok(Err(e)) => {
                         tracing::error!("store failed: {e}");
                         err(DataErrorCode::Internal, "provider could not write the pack".into())
@@ -240,6 +242,23 @@ pub(super) struct NetSink {
     pub(super) copies: usize,
     /// Bytes of packs in flight per contract, not yet in the state's `used`.
     pub(super) pending: Mutex<HashMap<ContractId, u64>>,
+    /// Providers that refused a pack for lack of room (a full disk): skipped from then on.
+    pub(super) refused: Mutex<HashSet<PeerId>>,
+    /// One search for more providers at a time.
+    pub(super) more: tokio::sync::Mutex<()>,
+}
+
+impl NetSink {
+    /// A sink placing each pack on `copies` holders.
+    pub(super) fn new(inner: Arc<Inner>, copies: usize) -> Self {
+        NetSink {
+            inner,
+            copies,
+            pending: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashSet::new()),
+            more: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 impl NetSink {
@@ -255,6 +274,11 @@ impl NetSink {
                     pause *= 2;
                 }
                 Ok(DataResponse::Error { code, message }) => {
+                    if code == DataErrorCode::NoRoom
+                        && let Ok(mut r) = self.refused.lock()
+                    {
+                        r.insert(peer);
+                    }
                     return Err(format!("provider {peer} refused: {code:?}: {message}"));
                 }
                 Ok(_) => return Err(format!("provider {peer} gave an unexpected answer to a store request")),
@@ -267,6 +291,7 @@ impl NetSink {
     /// Picks up to `need` contracts with room for `size` bytes, one per provider not in
     /// `tried`, most free first, and reserves the bytes, all under one lock.
     fn pick(&self, size: u64, need: usize, tried: &HashSet<PeerId>) -> Vec<(PeerId, ContractId)> {
+        let refused = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
         let Ok(mut pending) = self.pending.lock() else { return vec![] };
         let mut cands: Vec<(u64, PeerId, ContractId)> = self
             .inner
@@ -275,7 +300,7 @@ impl NetSink {
             .filter_map(|(id, c)| {
                 let free = c.bytes.saturating_sub(c.used + pending.get(&id).copied().unwrap_or(0));
                 let peer = c.peer_id()?;
-                (free >= size && !tried.contains(&peer)).then_some((free, peer, id))
+                (free >= size && !tried.contains(&peer) && !refused.contains(&peer)).then_some((free, peer, id))
             })
             .collect();
         cands.sort_by_key(|c| std::cmp::Reverse(c.0));
@@ -341,7 +366,22 @@ impl PackSink for NetSink {
         if pack.bytes.len() > MAX_PACK_SIZE {
             return Err(format!("pack {} is {size} bytes, over the {MAX_PACK_SIZE}-byte limit", pack.id.short()));
         }
-        let (holders, errors) = self.place_on(&pack, self.copies, HashSet::new()).await;
+        let (mut holders, mut errors) = self.place_on(&pack, self.copies, HashSet::new()).await;
+        if holders.len() < self.copies && !errors.is_empty() {
+            // Some providers failed or refused (a full disk): find others and try them.
+            let _one = self.more.lock().await;
+            let avoid = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
+            match self.inner.ensure_providers_avoiding(self.copies, &avoid).await {
+                Ok(()) => {
+                    let have: HashSet<PeerId> =
+                        holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
+                    let (more, errs) = self.place_on(&pack, self.copies - holders.len(), have).await;
+                    holders.extend(more);
+                    errors.extend(errs);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
         if holders.len() < self.copies {
             return Err(format!(
                 "pack {} reached {} of {} holders: {}",
