@@ -70,6 +70,8 @@ pub struct BackupOptions {
     pub upload_concurrency: usize,
     /// Exclude patterns, gitignore syntax (a leading `/` anchors at the filesystem root).
     pub exclude: Vec<String>,
+    /// Erasure-code each pack instead of copying it (`copies` is then unused).
+    pub erasure: Option<crate::repo::erasure::Scheme>,
 }
 
 /// Name of the per-directory exclude file: gitignore syntax, applying to its directory
@@ -215,7 +217,7 @@ pub async fn run(
                 .collect();
             state.commit_pack(&pack.id, &rec, &blobs).map_err(|e| e.to_string())?;
             packs += 1;
-            bytes_uploaded += rec.size * rec.holders.len() as u64;
+            bytes_uploaded += rec.stored_bytes();
             Ok(())
         };
     while let Some(pack) = rx.recv().await {
@@ -234,7 +236,7 @@ pub async fn run(
         uploads.spawn(async move {
             let pack = Arc::new(pack);
             let rec = sink.place(pack.clone()).await?;
-            c.uploaded.fetch_add(rec.size * rec.holders.len() as u64, Ordering::Relaxed);
+            c.uploaded.fetch_add(rec.stored_bytes(), Ordering::Relaxed);
             Ok((pack, rec))
         });
     }
@@ -394,8 +396,14 @@ impl Walker {
         if let Some(ok) = self.packs_ok.get(&e.pack) {
             return Ok(*ok);
         }
+        // Stored means it survives as many losses as this backup asks for: copies − 1, or M.
+        let losses = match self.opts.erasure {
+            Some(s) => usize::from(s.m),
+            None => self.opts.copies.saturating_sub(1),
+        };
         let ok = self.state.pack(&e.pack)?.is_some_and(|rec| {
-            rec.holders.iter().filter(|h| self.live.contains(&h.contract)).count() >= self.opts.copies
+            let live = rec.live_count(|h| self.live.contains(&h.contract));
+            live >= rec.needed() + losses
         });
         self.packs_ok.insert(e.pack, ok);
         Ok(ok)

@@ -28,6 +28,9 @@ pub enum Request {
         /// Exclude patterns (gitignore syntax).
         #[serde(default)]
         exclude: Vec<String>,
+        /// Erasure-code packs with this scheme instead of `copies` copies.
+        #[serde(default)]
+        erasure: Option<crate::repo::erasure::Scheme>,
     },
     /// Restore a snapshot.
     Restore {
@@ -178,6 +181,20 @@ impl SnapshotInfo {
     }
 }
 
+/// A redundancy scheme in use, in `peer status` ([`crate::durability`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DurabilityInfo {
+    /// `3 copies` or `erasure 4+2`.
+    pub scheme: String,
+    /// Packs stored this way.
+    pub packs: u64,
+    /// Bytes stored per byte of pack.
+    pub overhead: f64,
+    /// Probability that one pack is lost in a month without repair, at
+    /// [`crate::durability::MONTHLY_CHURN`].
+    pub monthly_loss: f64,
+}
+
 /// One contract in the status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContractInfo {
@@ -229,6 +246,8 @@ pub struct StatusReport {
     pub snapshots: Vec<SnapshotHealth>,
     /// True while a home made with `peer init --recover` is still looking for its head.
     pub recovering: bool,
+    /// Each redundancy scheme in use, with its packs and their loss probability.
+    pub durability: Vec<DurabilityInfo>,
 }
 
 /// One peer's audit record in the status.

@@ -140,6 +140,77 @@ pub struct PackRecord {
     /// ignores it, and it is deleted at its holders.
     #[serde(default)]
     pub garbage: bool,
+    /// Erasure-coded packs (protocol.md §3.7): the scheme; `holders` is then empty and
+    /// each shard has its own holder.
+    #[serde(default)]
+    pub erasure: Option<crate::repo::erasure::Scheme>,
+    /// The K+M shards of an erasure-coded pack, by index.
+    #[serde(default)]
+    pub shards: Vec<Shard>,
+}
+
+/// One shard of an erasure-coded pack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// Its id: the Merkle root of its bytes, under which its holder stores it.
+    pub id: PackId,
+    /// Its size, bytes.
+    pub size: u64,
+    /// Where it is; `None` once lost (repair places it again).
+    pub holder: Option<Holder>,
+}
+
+impl PackRecord {
+    /// Copies (replicated) or shards (erasure-coded) whose holder passes `live`.
+    pub fn live_count(&self, live: impl Fn(&Holder) -> bool) -> usize {
+        match self.erasure {
+            Some(_) => self.shards.iter().filter(|s| s.holder.as_ref().is_some_and(&live)).count(),
+            None => self.holders.iter().filter(|h| live(h)).count(),
+        }
+    }
+
+    /// Copies or shards wanted: `copies`, or K+M (records from before `copies` existed:
+    /// as many holders as they have).
+    pub fn target(&self) -> usize {
+        match self.erasure {
+            Some(s) => s.n(),
+            None if self.copies > 0 => self.copies as usize,
+            None => self.holders.len(),
+        }
+    }
+
+    /// Copies or shards needed to read the pack: 1, or K.
+    pub fn needed(&self) -> usize {
+        self.erasure.map(|s| usize::from(s.k)).unwrap_or(1)
+    }
+
+    /// Every stored object of the pack: (object id, bytes, holder): the pack at each of
+    /// its holders, or each placed shard at its holder.
+    pub fn objects(&self, pack: &PackId) -> Vec<(PackId, u64, Holder)> {
+        match self.erasure {
+            Some(_) => self.shards.iter().filter_map(|s| Some((s.id, s.size, s.holder.clone()?))).collect(),
+            None => self.holders.iter().map(|h| (*pack, self.size, h.clone())).collect(),
+        }
+    }
+
+    /// Bytes stored at holders, all copies or shards counted.
+    pub fn stored_bytes(&self) -> u64 {
+        match self.erasure {
+            Some(_) => self.shards.iter().filter(|s| s.holder.is_some()).map(|s| s.size).sum(),
+            None => self.size * self.holders.len() as u64,
+        }
+    }
+
+    /// Distinct providers holding any copy or shard.
+    pub fn holder_peers(&self) -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = match self.erasure {
+            Some(_) => self.shards.iter().filter_map(|s| s.holder.as_ref().map(|h| h.peer.clone())).collect(),
+            None => self.holders.iter().map(|h| h.peer.clone()).collect(),
+        };
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 /// Index entry: where a blob is.
@@ -353,6 +424,24 @@ impl State {
         Ok(())
     }
 
+    /// Sets the holder of shard `index` of a known pack (repair).
+    pub fn set_shard_holder(&self, id: &PackId, index: usize, holder: Holder) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(PACKS)?;
+            let cur = t.get(id.as_bytes().as_slice())?.map(|v| v.value().to_vec());
+            if let Some(b) = cur {
+                let mut rec: PackRecord = dec("pack", &b)?;
+                if let Some(s) = rec.shards.get_mut(index) {
+                    s.holder = Some(holder);
+                }
+                t.insert(id.as_bytes().as_slice(), enc(&rec).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Adds holders to a known pack (repair), skipping any it has already.
     pub fn add_holders(&self, id: &PackId, new: &[Holder]) -> Result<(), StateError> {
         let tx = self.db.begin_write()?;
@@ -394,7 +483,14 @@ impl State {
                 let mut rec: PackRecord = dec("pack", v.value())?;
                 let before = rec.holders.len();
                 rec.holders.retain(|h| !gone(k.value(), h));
-                if rec.holders.len() != before {
+                let mut lost_shard = false;
+                for s in &mut rec.shards {
+                    if s.holder.as_ref().is_some_and(|h| gone(k.value(), h)) {
+                        s.holder = None;
+                        lost_shard = true;
+                    }
+                }
+                if rec.holders.len() != before || lost_shard {
                     changed.push((k.value().to_vec(), rec));
                 }
             }
@@ -588,6 +684,8 @@ mod tests {
                 holders: vec![Holder { peer: vec![1], contract: ContractId([3; 32]) }],
                 copies: 1,
                 garbage: false,
+                erasure: None,
+                shards: vec![],
             };
             s.commit_pack(&PackId([2; 32]), &rec, &[(BlobId([1; 32]), e)]).unwrap();
         }

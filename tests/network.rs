@@ -1105,3 +1105,72 @@ fn a_full_provider_refuses_clearly_keeps_its_packs_and_the_client_goes_elsewhere
         assert!(compare_trees(src, &target.join(name)).is_empty());
     }
 }
+
+#[test]
+fn erasure_4_plus_2_on_8_peers_survives_two_losses_and_rebuilds_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("docs");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3 {
+        std::fs::write(src.join(format!("part{i}.bin")), noise(500 + i, 2 << 20)).unwrap();
+    }
+    let configure = |_: usize, c: &mut String| {
+        *c = c
+            .replace("interval_secs = 3600", "interval_secs = 1")
+            .replace("timeout_secs = 30", "timeout_secs = 5")
+            .replace("pack_size = 16777216", "pack_size = 1048576")
+            .replace("grace_secs = 86400\nconcurrency", "grace_secs = 3\nconcurrency")
+            .replace("bytes_per_sec = 4194304", "bytes_per_sec = 1073741824");
+    };
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 8, GIB, configure).unwrap();
+    net.wait_connected(7, Duration::from_secs(60)).unwrap();
+    // Six providers at the smallest contract each (68 MiB), so the claims stay small.
+    net.run(0, &["offer-storage", "408MiB"]).unwrap();
+    let out = net.run(0, &["backup", src.to_str().unwrap(), "--erasure", "4+2", "--json"]).unwrap();
+    let b = json_last(&out);
+    // 1.5× the packs' size is stored, not 2× or 3×.
+    let (new, up) = (b["bytes_new"].as_u64().unwrap() as f64, b["bytes_uploaded"].as_u64().unwrap() as f64);
+    assert!(up < 1.6 * new && up > 1.4 * new, "{b}");
+    let s = status(&net, 0);
+    assert_eq!(s["durability"][0]["scheme"], "erasure 4+2", "{s}");
+    let h = &s["snapshots"][0];
+    assert!(h["full"] == h["packs"] && h["packs"].as_u64() > Some(0), "{s}");
+    let holders: Vec<usize> = s["contracts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| net.peers.iter().position(|p| p.peer_id == c["peer"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(holders.len(), 6, "one shard of each pack per provider: {s}");
+    let packs = h["packs"].as_u64().unwrap() as usize;
+    for &i in &holders {
+        assert_eq!(store_files(&net.peers[i].home).len(), packs, "peer {i} holds one shard of each pack");
+    }
+
+    // Any two shard holders vanish: the other four give every pack back.
+    net.stop(holders[1]);
+    net.stop(holders[4]);
+    let target = tmp.path().join("back");
+    let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+    assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
+    assert!(compare_trees(&src, &target.join("docs")).is_empty());
+
+    // Past the grace, repair rebuilds lost shards from any four onto the one peer left.
+    let spare = (1..8).find(|i| !holders.contains(i)).unwrap();
+    let gone = [net.peers[holders[1]].peer_id.clone(), net.peers[holders[4]].peer_id.clone()];
+    let s = wait_status(&net, 0, 120, |s| {
+        store_files(&net.peers[spare].home).len() == packs
+            && s["contracts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| gone.contains(&c["peer"].as_str().unwrap().to_string()))
+                .all(|c| !c["ended"].is_null())
+    });
+    // Five of six shards now: reduced, none lost, and each remaining shard verifies.
+    let h = &s["snapshots"][0];
+    assert!(h["zero"] == 0 && h["reduced"] == h["packs"], "{s}");
+    let c = json_last(&net.run(0, &["check", "--read-data", "--json"]).unwrap());
+    assert_eq!(c["copies_checked"].as_u64(), Some(5 * packs as u64), "{c}");
+    assert_eq!(c["packs_read"], c["packs"], "{c}");
+}

@@ -12,8 +12,12 @@ pub struct Args {
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// Distinct peers that hold each pack.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, conflicts_with = "erasure")]
     copies: u32,
+    /// Instead of copies: cut each pack into K+M Reed-Solomon shards on K+M distinct peers,
+    /// any K of which restore it (e.g. 4+2: 1.5× the size, survives losing any 2 peers).
+    #[arg(long, value_name = "K+M")]
+    erasure: Option<crate::repo::erasure::Scheme>,
     /// Leave out paths matching PATTERN (gitignore syntax; repeatable). A `.peerignore`
     /// file in any backed-up directory excludes the same way for its directory and below.
     #[arg(long, value_name = "PATTERN")]
@@ -31,8 +35,11 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         std::fs::symlink_metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
         paths.push(abs);
     }
-    let reply =
-        super::call_with_progress(home, Request::Backup { paths, copies: a.copies, exclude: a.exclude }, a.json)?;
+    let reply = super::call_with_progress(
+        home,
+        Request::Backup { paths, copies: a.copies, exclude: a.exclude, erasure: a.erasure },
+        a.json,
+    )?;
     let Reply::Backup(s) = reply else {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };

@@ -56,6 +56,16 @@ pub fn run(home: &Home, a: Args) -> CliResult {
             human(c.bytes)
         );
     }
+    for d in &s.durability {
+        println!(
+            "durability:       {}: {} packs, {:.2}× stored, P(pack lost) = {:.1e} per month without repair at {:.0}% churn",
+            d.scheme,
+            d.packs,
+            d.overhead,
+            d.monthly_loss,
+            crate::durability::MONTHLY_CHURN * 100.0
+        );
+    }
     if !s.snapshots.is_empty() {
         println!("snapshots (packs at full / reduced / zero live copies):");
     }

@@ -58,22 +58,23 @@ impl Inner {
     async fn audit_round(&self) {
         let Ok(packs) = self.state.packs() else { return };
         let live: HashSet<ContractId> = self.live_contracts(Role::Client).into_iter().map(|(id, _)| id).collect();
-        let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, u64)>> = HashMap::new();
+        // (pack, object held: the pack or one of its shards, its size) per holder.
+        let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, PackId, u64)>> = HashMap::new();
         // Packs marked garbage by prune are being deleted at their holders: not audited.
         for (id, rec) in packs.into_iter().filter(|(_, r)| !r.garbage) {
-            for h in rec.holders.into_iter().filter(|h| live.contains(&h.contract)) {
-                by_holder.entry(h.peer).or_default().push((id, rec.size));
+            for (object, size, h) in rec.objects(&id).into_iter().filter(|(_, _, h)| live.contains(&h.contract)) {
+                by_holder.entry(h.peer).or_default().push((id, object, size));
             }
         }
         let results: Vec<(PeerId, PackId, Outcome)> = futures::stream::iter(by_holder)
             .map(|(peer, packs)| async move {
                 let peer_id = PeerId::from_bytes(&peer).ok()?;
-                let (pack, size, leaf) = {
+                let (pack, object, size, leaf) = {
                     let mut rng = rand::thread_rng();
-                    let (pack, size) = packs[rng.gen_range(0..packs.len())];
-                    (pack, size, rng.gen_range(0..audit::leaves(size)))
+                    let (pack, object, size) = packs[rng.gen_range(0..packs.len())];
+                    (pack, object, size, rng.gen_range(0..audit::leaves(size)))
                 };
-                Some((peer_id, pack, self.challenge(peer_id, pack, size, leaf).await?))
+                Some((peer_id, pack, self.challenge(peer_id, object, size, leaf).await?))
             })
             .buffer_unordered(AUDITS_AT_ONCE)
             .filter_map(|r| async move { r })

@@ -93,21 +93,22 @@ impl Inner {
         if let Err(e) = self.state.mark_garbage(&ids) {
             return Reply::Error(e.to_string());
         }
-        let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, ContractId, u64)>> = HashMap::new();
+        // (pack, object held: the pack or a shard, contract, size) per holder.
+        let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, PackId, ContractId, u64)>> = HashMap::new();
         for (id, rec) in &unused {
-            for h in &rec.holders {
-                by_holder.entry(h.peer.clone()).or_default().push((*id, h.contract, rec.size));
+            for (object, size, h) in rec.objects(id) {
+                by_holder.entry(h.peer.clone()).or_default().push((*id, object, h.contract, size));
             }
         }
         for (peer_bytes, list) in by_holder {
             let Ok(peer) = PeerId::from_bytes(&peer_bytes) else { continue };
             for chunk in list.chunks(MAX_DELETE_PACKS) {
-                let d = Deletion { packs: chunk.iter().map(|(p, _, _)| *p).collect(), time: now() };
+                let d = Deletion { packs: chunk.iter().map(|(_, o, _, _)| *o).collect(), time: now() };
                 let signed = self.id.sign(DOMAIN_DELETE, protocol::to_cbor(&d));
                 match self.net.data_request(peer, self.addrs_of(&peer), DataRequest::Delete(signed)).await {
                     Ok(DataResponse::Deleted { bytes }) => {
                         s.bytes_freed += bytes;
-                        for (pack, contract, size) in chunk {
+                        for (pack, _, contract, size) in chunk {
                             let _ = self.state.drop_copy(pack, &peer_bytes);
                             let _ = self.state.update_contract(contract, |c| c.used = c.used.saturating_sub(*size));
                         }
@@ -119,7 +120,7 @@ impl Inner {
         }
         for id in ids {
             if let Ok(Some(rec)) = self.state.pack(&id)
-                && rec.holders.is_empty()
+                && rec.objects(&id).is_empty()
             {
                 let _ = self.state.remove_pack(&id);
             }
@@ -192,12 +193,12 @@ impl Inner {
         let Ok(Some(rec)) = self.state.pack(&id) else {
             return (0, 0, false, vec![format!("pack {}: no record of where it is", id.short())]);
         };
-        let (mut checked, mut ok) = (0, 0);
-        for h in &rec.holders {
+        let (mut checked, mut ok) = (0u64, 0u64);
+        for (object, size, h) in rec.objects(&id) {
             let Ok(peer) = PeerId::from_bytes(&h.peer) else { continue };
-            let leaf = rand::thread_rng().gen_range(0..audit::leaves(rec.size));
+            let leaf = rand::thread_rng().gen_range(0..audit::leaves(size));
             checked += 1;
-            match self.challenge(peer, id, rec.size, leaf).await {
+            match self.challenge(peer, object, size, leaf).await {
                 Some(Outcome::Pass) => ok += 1,
                 Some(Outcome::Wrong(why)) | Some(Outcome::Unreachable(why)) => {
                     problems.push(format!("pack {} at {peer}: {why}", id.short()))
@@ -205,8 +206,12 @@ impl Inner {
                 None => problems.push(format!("pack {} at {peer}: busy, not checked", id.short())),
             }
         }
-        if ok == 0 {
-            problems.push(format!("pack {}: no holder proved it has it", id.short()));
+        if (ok as usize) < rec.needed() {
+            problems.push(format!(
+                "pack {}: only {ok} of the {} copies or shards needed to read it proved held",
+                id.short(),
+                rec.needed()
+            ));
         }
         let mut read = false;
         if read_data {

@@ -7,7 +7,7 @@ use super::transfer::{NetSink, NetSource};
 use crate::backup::{self, BackupOptions, Counters, PackSink};
 use crate::config::Home;
 use crate::control::{
-    self, AuditInfo, ContractInfo, Progress, Reply, Request, SnapshotHealth, SnapshotInfo, StatusReport,
+    self, AuditInfo, ContractInfo, DurabilityInfo, Progress, Reply, Request, SnapshotHealth, SnapshotInfo, StatusReport,
 };
 use crate::protocol::now;
 use crate::restore::{self, PackSource};
@@ -68,7 +68,8 @@ impl Inner {
                         let live = lv.count(&rec);
                         match live {
                             0 => h.zero += 1,
-                            n if n >= super::repair::Liveness::target(&rec) => h.full += 1,
+                            n if n >= rec.target() => h.full += 1,
+                            n if n < rec.needed() => h.zero += 1,
                             _ => h.reduced += 1,
                         }
                     }
@@ -82,6 +83,20 @@ impl Inner {
 
     async fn status(&self) -> Result<StatusReport, String> {
         let recovering = self.home.recover_marker().exists();
+        let mut schemes: std::collections::BTreeMap<String, (u64, f64, f64)> = Default::default();
+        for (_, r) in self.state.packs().unwrap_or_default().iter().filter(|(_, r)| !r.garbage) {
+            let (name, n, f) = match r.erasure {
+                Some(s) => (format!("erasure {s}"), s.n() as u32, u32::from(s.m)),
+                None => (format!("{} copies", r.target()), r.target() as u32, (r.target() as u32).saturating_sub(1)),
+            };
+            let overhead = f64::from(n) / (n - f) as f64;
+            let loss = crate::durability::loss_probability(n, f, crate::durability::MONTHLY_CHURN);
+            schemes.entry(name).or_insert((0, overhead, loss)).0 += 1;
+        }
+        let durability = schemes
+            .into_iter()
+            .map(|(scheme, (packs, overhead, monthly_loss))| DurabilityInfo { scheme, packs, overhead, monthly_loss })
+            .collect();
         let snapshots = self.snapshot_health().await;
         let contracts = self.state.contracts().map_err(|e| e.to_string())?;
         let t = now();
@@ -137,6 +152,7 @@ impl Inner {
                 .collect(),
             snapshots,
             recovering,
+            durability,
         })
     }
 
@@ -203,7 +219,9 @@ impl Inner {
                 },
                 Err(e) => Reply::Error(e),
             },
-            Request::Backup { paths, copies, exclude } => self.clone().backup(&tx, paths, copies, exclude).await,
+            Request::Backup { paths, copies, exclude, erasure } => {
+                self.clone().backup(&tx, paths, copies, exclude, erasure).await
+            }
             Request::Restore { snapshot, target, overwrite, include } => {
                 self.clone().restore(&tx, restore::RestoreWhat { snapshot, target, overwrite, include }).await
             }
@@ -219,6 +237,7 @@ impl Inner {
         paths: Vec<PathBuf>,
         copies: u32,
         exclude: Vec<String>,
+        erasure: Option<crate::repo::erasure::Scheme>,
     ) -> Reply {
         let Ok(_guard) = self.busy.try_lock() else {
             return Reply::Error("another backup or restore is running on this daemon".into());
@@ -244,7 +263,8 @@ impl Inner {
             Err(e) => return Reply::Error(e.to_string()),
         }
         let _ = tx.try_send(Reply::Progress(Progress { phase: "contracts".into(), done: 0, total: 0 }));
-        if let Err(e) = self.ensure_providers(copies as usize).await {
+        let providers = erasure.map(|s| s.n()).unwrap_or(copies as usize);
+        if let Err(e) = self.ensure_providers(providers).await {
             return Reply::Error(e);
         }
         let counters = Arc::new(Counters::default());
@@ -255,8 +275,9 @@ impl Inner {
             zstd_level: self.config.backup.zstd_level,
             upload_concurrency: self.config.backup.upload_concurrency,
             exclude,
+            erasure,
         };
-        let sink: Arc<dyn PackSink> = Arc::new(NetSink::new(self.clone(), copies as usize));
+        let sink: Arc<dyn PackSink> = Arc::new(NetSink { erasure, ..NetSink::new(self.clone(), copies as usize) });
         let (c2, inner) = (counters.clone(), self.clone());
         let op = async move { backup::run(&inner.id, &inner.state, opts, sink, c2).await };
         let result = with_progress(tx, op, || Progress {

@@ -43,15 +43,9 @@ impl Liveness {
                 .is_none_or(|a| a.good && a.offline_since.is_none_or(|s| self.now.saturating_sub(s) <= self.grace))
     }
 
-    /// Live copies of a pack.
+    /// Live copies (or shards) of a pack.
     pub(super) fn count(&self, rec: &PackRecord) -> usize {
-        rec.holders.iter().filter(|h| self.live(h)).count()
-    }
-
-    /// Copies a pack should have: its recorded target, or for records without one, as
-    /// many as it was given.
-    pub(super) fn target(rec: &PackRecord) -> usize {
-        if rec.copies > 0 { rec.copies as usize } else { rec.holders.len() }
+        rec.live_count(|h| self.live(h))
     }
 }
 
@@ -113,9 +107,9 @@ impl Inner {
         let lv = self.liveness();
         let mut todo: Vec<(usize, PackId, PackRecord)> = packs
             .into_iter()
-            .filter(|(_, r)| !r.holders.is_empty() && !r.garbage)
+            .filter(|(id, r)| !r.objects(id).is_empty() && !r.garbage)
             .map(|(id, r)| (lv.count(&r), id, r))
-            .filter(|(live, _, r)| *live < Liveness::target(r))
+            .filter(|(live, _, r)| *live < r.target())
             .collect();
         if todo.is_empty() {
             return;
@@ -126,8 +120,8 @@ impl Inner {
         let wanted = todo
             .iter()
             .map(|(live, _, r)| {
-                let holding = r.holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok());
-                holding.filter(|p| ready.contains(p)).count() + Liveness::target(r) - live
+                let holding = r.holder_peers().into_iter().filter_map(|p| PeerId::from_bytes(&p).ok());
+                holding.filter(|p| ready.contains(p)).count() + r.target() - live
             })
             .max()
             .unwrap_or(0);
@@ -144,14 +138,22 @@ impl Inner {
             bytes_per_sec: self.config.repair.bytes_per_sec,
         };
         let me = &self;
+        let lv = &lv;
         let placed = std::sync::atomic::AtomicUsize::new(0);
         let placed = &placed;
         futures::stream::iter(todo)
             .for_each_concurrent(self.config.repair.concurrency, |(live, id, rec)| {
                 let (sink, source, pacer) = (sink.clone(), &source, &pacer);
                 async move {
-                    let need = Liveness::target(&rec) - live;
-                    match me.repair_pack(id, &rec, need, &sink, source, pacer).await {
+                    let need = rec.target() - live;
+                    let dead: Vec<usize> = rec
+                        .shards
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| !s.holder.as_ref().is_some_and(|h| lv.live(h)))
+                        .map(|(i, _)| i)
+                        .collect();
+                    match me.repair_pack(id, &rec, need, &dead, &sink, source, pacer).await {
                         Ok(n) => {
                             placed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                             tracing::info!("repair: pack {} placed on {n} more holders", id.short())
@@ -166,18 +168,43 @@ impl Inner {
         }
     }
 
-    /// Copies one pack from a surviving holder to `need` new ones; returns how many took it.
+    /// Copies one pack from a surviving holder to `need` new ones, or for an erasure-coded
+    /// pack rebuilds the shards at indices `dead` from any K and places each on a new
+    /// provider; returns how many copies or shards were placed.
+    #[allow(clippy::too_many_arguments)]
     async fn repair_pack(
         &self,
         id: PackId,
         rec: &PackRecord,
         need: usize,
+        dead: &[usize],
         sink: &NetSink,
         source: &NetSource,
         pacer: &Pacer,
     ) -> Result<usize, String> {
         let bytes = source.fetch(id).await.map_err(|e| format!("no holder could supply it: {e}"))?;
-        let exclude: HashSet<PeerId> = rec.holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
+        let mut exclude: HashSet<PeerId> =
+            rec.holder_peers().into_iter().filter_map(|p| PeerId::from_bytes(&p).ok()).collect();
+        if let Some(s) = rec.erasure {
+            let shards = tokio::task::spawn_blocking(move || s.split(&bytes)).await.map_err(|e| e.to_string())??;
+            let mut placed = 0;
+            for &i in dead {
+                let (Some(b), Some(want)) = (shards.get(i), rec.shards.get(i)) else { continue };
+                let shard = SealedPack { id: crate::repo::merkle::root(b), bytes: b.clone(), entries: vec![] };
+                if shard.id != want.id {
+                    return Err(format!("rebuilt shard {i} does not match its id"));
+                }
+                pacer.wait(b.len() as u64).await;
+                let (mut added, errors) = sink.place_on(&shard, 1, exclude.clone()).await;
+                let Some(h) = added.pop() else {
+                    return Err(format!("placed {placed} of {} shards: {}", dead.len(), errors.join("; ")));
+                };
+                exclude.extend(PeerId::from_bytes(&h.peer).ok());
+                self.state.set_shard_holder(&id, i, h).map_err(|e| e.to_string())?;
+                placed += 1;
+            }
+            return Ok(placed);
+        }
         pacer.wait(bytes.len() as u64 * need as u64).await;
         let pack = SealedPack { id, bytes, entries: vec![] };
         let (added, errors) = sink.place_on(&pack, need, exclude).await;

@@ -10,10 +10,11 @@ use crate::protocol::{
     DOMAIN_DELETE, DataErrorCode, DataRequest, DataResponse, Deletion, MAX_DELETE_PACKS, from_cbor, now,
 };
 use crate::provider::StoreError;
+use crate::repo::erasure::Scheme;
 use crate::repo::merkle;
 use crate::repo::pack::{MAX_PACK_SIZE, SealedPack};
 use crate::restore::PackSource;
-use crate::state::{Holder, PackRecord, Role};
+use crate::state::{Holder, PackRecord, Role, Shard};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -246,6 +247,8 @@ pub(super) struct NetSink {
     pub(super) refused: Mutex<HashSet<PeerId>>,
     /// One search for more providers at a time.
     pub(super) more: tokio::sync::Mutex<()>,
+    /// Erasure-code packs with this scheme instead of copying them.
+    pub(super) erasure: Option<Scheme>,
 }
 
 impl NetSink {
@@ -257,6 +260,7 @@ impl NetSink {
             pending: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashSet::new()),
             more: tokio::sync::Mutex::new(()),
+            erasure: None,
         }
     }
 }
@@ -359,6 +363,72 @@ impl NetSink {
     }
 }
 
+impl NetSink {
+    /// [`NetSink::place_on`], and when that falls short because providers failed or
+    /// refused (a full disk), proposes contracts until `ready` providers other than the
+    /// refusing ones are ready, and tries the new ones.
+    async fn place_or_find(
+        &self,
+        pack: &SealedPack,
+        need: usize,
+        exclude: HashSet<PeerId>,
+        ready: usize,
+    ) -> (Vec<Holder>, Vec<String>) {
+        let (mut holders, mut errors) = self.place_on(pack, need, exclude.clone()).await;
+        if holders.len() < need {
+            let _one = self.more.lock().await;
+            let avoid = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
+            match self.inner.ensure_providers_avoiding(ready, &avoid).await {
+                Ok(()) => {
+                    let mut have = exclude;
+                    have.extend(holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()));
+                    let (more, errs) = self.place_on(pack, need - holders.len(), have).await;
+                    holders.extend(more);
+                    errors.extend(errs);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        (holders, errors)
+    }
+
+    /// Erasure-codes a pack and places each shard on its own provider.
+    async fn place_shards(&self, pack: &SealedPack, s: Scheme) -> Result<PackRecord, String> {
+        let bytes = pack.bytes.clone();
+        let shards = tokio::task::spawn_blocking(move || {
+            s.split(&bytes).map(|v| {
+                v.into_iter()
+                    .map(|b| SealedPack { id: merkle::root(&b), bytes: b, entries: vec![] })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let mut used: HashSet<PeerId> = HashSet::new();
+        let mut out = Vec::with_capacity(shards.len());
+        for (i, sh) in shards.iter().enumerate() {
+            let (mut h, errors) = self.place_or_find(sh, 1, used.clone(), s.n()).await;
+            let Some(holder) = h.pop() else {
+                return Err(format!(
+                    "shard {i} of pack {} found no provider: {}",
+                    pack.id.short(),
+                    if errors.is_empty() { "no other contract has room".to_string() } else { errors.join("; ") }
+                ));
+            };
+            used.extend(PeerId::from_bytes(&holder.peer).ok());
+            out.push(Shard { id: sh.id, size: sh.bytes.len() as u64, holder: Some(holder) });
+        }
+        Ok(PackRecord {
+            size: pack.bytes.len() as u64,
+            holders: vec![],
+            copies: 0,
+            garbage: false,
+            erasure: Some(s),
+            shards: out,
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl PackSink for NetSink {
     async fn place(&self, pack: Arc<SealedPack>) -> Result<PackRecord, String> {
@@ -366,22 +436,10 @@ impl PackSink for NetSink {
         if pack.bytes.len() > MAX_PACK_SIZE {
             return Err(format!("pack {} is {size} bytes, over the {MAX_PACK_SIZE}-byte limit", pack.id.short()));
         }
-        let (mut holders, mut errors) = self.place_on(&pack, self.copies, HashSet::new()).await;
-        if holders.len() < self.copies && !errors.is_empty() {
-            // Some providers failed or refused (a full disk): find others and try them.
-            let _one = self.more.lock().await;
-            let avoid = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
-            match self.inner.ensure_providers_avoiding(self.copies, &avoid).await {
-                Ok(()) => {
-                    let have: HashSet<PeerId> =
-                        holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
-                    let (more, errs) = self.place_on(&pack, self.copies - holders.len(), have).await;
-                    holders.extend(more);
-                    errors.extend(errs);
-                }
-                Err(e) => errors.push(e),
-            }
+        if let Some(s) = self.erasure {
+            return self.place_shards(&pack, s).await;
         }
+        let (holders, errors) = self.place_or_find(&pack, self.copies, HashSet::new(), self.copies).await;
         if holders.len() < self.copies {
             return Err(format!(
                 "pack {} reached {} of {} holders: {}",
@@ -395,13 +453,35 @@ impl PackSink for NetSink {
                 }
             ));
         }
-        Ok(PackRecord { size, holders, copies: self.copies as u32, garbage: false })
+        Ok(PackRecord { size, holders, copies: self.copies as u32, garbage: false, erasure: None, shards: vec![] })
     }
 }
 
 /// Fetches packs from their holders, verifying each against its id, failing over.
 pub(super) struct NetSource {
     pub(super) inner: Arc<Inner>,
+}
+
+impl NetSource {
+    /// Object `id` (a pack or a shard) from `peer`, checked against its id.
+    async fn fetch_from(&self, peer: PeerId, id: PackId) -> Result<Vec<u8>, String> {
+        let addrs = self.inner.addrs_of(&peer);
+        match self.inner.net.data_request(peer, addrs, DataRequest::Fetch { pack: id }).await {
+            Ok(DataResponse::Pack(b)) => {
+                let checked = tokio::task::spawn_blocking(move || (merkle::root(&b) == id).then_some(b)).await;
+                match checked {
+                    Ok(Some(b)) => Ok(b),
+                    _ => {
+                        tracing::warn!("holder {peer} returned a corrupt copy of {}", id.short());
+                        Err(format!("provider {peer} returned a corrupt copy"))
+                    }
+                }
+            }
+            Ok(DataResponse::Error { code, message }) => Err(format!("provider {peer}: {code:?}: {message}")),
+            Ok(_) => Err(format!("provider {peer} gave an unexpected answer to a fetch request")),
+            Err(e) => Err(describe(&peer, &e)),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -414,27 +494,46 @@ impl PackSource for NetSource {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("pack {pack} has no known holder"))?;
         let mut errors = Vec::new();
-        for h in rec.holders {
-            let Ok(peer) = PeerId::from_bytes(&h.peer) else { continue };
-            let addrs = self.inner.addrs_of(&peer);
-            match self.inner.net.data_request(peer, addrs, DataRequest::Fetch { pack }).await {
-                Ok(DataResponse::Pack(b)) => {
-                    let checked = tokio::task::spawn_blocking(move || (merkle::root(&b) == pack).then_some(b)).await;
-                    match checked {
-                        Ok(Some(b)) => return Ok(b),
-                        _ => {
-                            tracing::warn!("holder {peer} returned a corrupt copy of pack {}", pack.short());
-                            errors.push(format!("provider {peer} returned a corrupt copy"));
-                        }
-                    }
+        let Some(s) = rec.erasure else {
+            for h in rec.holders {
+                let Ok(peer) = PeerId::from_bytes(&h.peer) else { continue };
+                match self.fetch_from(peer, pack).await {
+                    Ok(b) => return Ok(b),
+                    Err(e) => errors.push(e),
                 }
-                Ok(DataResponse::Error { code, message }) => {
-                    errors.push(format!("provider {peer}: {code:?}: {message}"))
+            }
+            return Err(errors.join("; "));
+        };
+        // Any K shards, each checked against its id, then the pack against its own.
+        let mut got: Vec<Option<Vec<u8>>> = vec![None; s.n()];
+        let mut have = 0;
+        for (i, sh) in rec.shards.iter().enumerate() {
+            if have == usize::from(s.k) {
+                break;
+            }
+            let Some(peer) = sh.holder.as_ref().and_then(|h| PeerId::from_bytes(&h.peer).ok()) else { continue };
+            match self.fetch_from(peer, sh.id).await {
+                Ok(b) => {
+                    got[i] = Some(b);
+                    have += 1;
                 }
-                Ok(_) => errors.push(format!("provider {peer} gave an unexpected answer to a fetch request")),
-                Err(e) => errors.push(describe(&peer, &e)),
+                Err(e) => errors.push(format!("shard {i}: {e}")),
             }
         }
-        Err(errors.join("; "))
+        if have < usize::from(s.k) {
+            return Err(format!("only {have} of the {} shards needed could be fetched: {}", s.k, errors.join("; ")));
+        }
+        let len = rec.size as usize;
+        let joined = tokio::task::spawn_blocking(move || {
+            let b = s.join(len, &got)?;
+            if merkle::root(&b) == pack {
+                Ok(b)
+            } else {
+                Err("the decoded shards do not match the pack id".to_string())
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        joined
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod blob;
 pub mod chunker;
+pub mod erasure;
 pub mod merkle;
 pub mod pack;
 pub mod tree;
