@@ -22,6 +22,9 @@ use std::sync::Arc;
 /// Packs checked at once by `check`.
 pub const CHECK_CONCURRENCY: usize = 4;
 
+/// A stored object to delete: (pack, object: the pack or a shard, contract, bytes).
+type Held = (PackId, PackId, ContractId, u64);
+
 const BUSY: &str = "another backup, restore, forget or prune is running on this daemon";
 
 impl Inner {
@@ -94,7 +97,7 @@ impl Inner {
             return Reply::Error(e.to_string());
         }
         // (pack, object held: the pack or a shard, contract, size) per holder.
-        let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, PackId, ContractId, u64)>> = HashMap::new();
+        let mut by_holder: HashMap<Vec<u8>, Vec<Held>> = HashMap::new();
         for (id, rec) in &unused {
             for (object, size, h) in rec.objects(id) {
                 by_holder.entry(h.peer.clone()).or_default().push((*id, object, h.contract, size));

@@ -524,7 +524,7 @@ impl PackSource for NetSource {
             return Err(format!("only {have} of the {} shards needed could be fetched: {}", s.k, errors.join("; ")));
         }
         let len = rec.size as usize;
-        let joined = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let b = s.join(len, &got)?;
             if merkle::root(&b) == pack {
                 Ok(b)
@@ -533,7 +533,6 @@ impl PackSource for NetSource {
             }
         })
         .await
-        .map_err(|e| e.to_string())?;
-        joined
+        .map_err(|e| e.to_string())?
     }
 }
