@@ -681,7 +681,7 @@ fn eight_peers_repair_lost_copies_from_the_network_alone() {
             .replace("interval_secs = 3600", "interval_secs = 1")
             .replace("timeout_secs = 30", "timeout_secs = 5")
             .replace("pack_size = 16777216", "pack_size = 1048576")
-            .replace("grace_secs = 86400\nconcurrency", "grace_secs = 3\nconcurrency")
+            .replace("grace_secs = 86400\nconcurrency", "grace_secs = 10\nconcurrency")
             .replace("bytes_per_sec = 4194304", "bytes_per_sec = 1073741824");
     };
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 8, GIB, configure).unwrap();
@@ -1119,7 +1119,7 @@ fn erasure_4_plus_2_on_8_peers_survives_two_losses_and_rebuilds_shards() {
             .replace("interval_secs = 3600", "interval_secs = 1")
             .replace("timeout_secs = 30", "timeout_secs = 5")
             .replace("pack_size = 16777216", "pack_size = 1048576")
-            .replace("grace_secs = 86400\nconcurrency", "grace_secs = 3\nconcurrency")
+            .replace("grace_secs = 86400\nconcurrency", "grace_secs = 10\nconcurrency")
             .replace("bytes_per_sec = 4194304", "bytes_per_sec = 1073741824");
     };
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 8, GIB, configure).unwrap();
