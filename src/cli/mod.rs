@@ -89,6 +89,21 @@ pub type CliResult = Result<(), CliError>;
 /// Parses arguments, sets up logging (`PEER_LOG`, default `warn,peer=info` for the daemon),
 /// runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
+    // `peer status | head`: a reader that goes away ends the command quietly, as in any
+    // Unix tool, instead of a panic report about the closed pipe.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info)
+    }));
     let cli = Cli::parse();
     let default_log = if matches!(cli.command, Command::Daemon) { "warn,peer=info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PEER_LOG")

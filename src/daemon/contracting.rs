@@ -223,7 +223,7 @@ impl Inner {
             if tokio::time::Instant::now() >= deadline {
                 break Err(format!(
                     "only {} of the {n} providers needed accepted a contract within {}s ({} peers connected); \
-                     wait for more peers to join or use fewer --copies",
+                     wait for more peers to join, or use fewer --copies or a smaller --erasure K+M",
                     ready.len(),
                     wait.as_secs(),
                     connected.len()
