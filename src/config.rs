@@ -51,6 +51,11 @@ impl Home {
     pub fn recover_marker(&self) -> PathBuf {
         self.dir.join("RECOVER")
     }
+    /// `head.record`: the last head record we published, put again into the DHT after a
+    /// restart and every [`crate::daemon::REPUBLISH_SECS`] (records expire).
+    pub fn head_record(&self) -> PathBuf {
+        self.dir.join("head.record")
+    }
     /// `control.sock`: the daemon's Unix control socket.
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control.sock")

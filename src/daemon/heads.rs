@@ -13,6 +13,8 @@ use std::time::Duration;
 
 /// Settings counter holding the sequence number of the last head published.
 const HEAD_SEQ: &str = "head_seq";
+/// Seconds between two republications of our head record (Kademlia keeps records 48 h).
+pub const REPUBLISH_SECS: u64 = 6 * 3600;
 /// Seconds between two attempts to find our head while recovering.
 pub const RECOVER_RETRY_SECS: u64 = 2;
 
@@ -24,6 +26,7 @@ impl Inner {
         if self.home.recover_marker().exists() {
             return; // never overwrite the head we are still looking for
         }
+        let _one = self.publishing.lock().await;
         let seq = self.state.counter(HEAD_SEQ).unwrap_or(0) + 1;
         let signed = match head::collect(&self.state, seq, now())
             .map_err(head::HeadError::from)
@@ -62,8 +65,28 @@ impl Inner {
             holders: holders.iter().take(protocol::MAX_HEAD_HOLDERS).map(|p| p.to_bytes().into()).collect(),
         };
         let value = protocol::to_cbor(&self.id.sign(DOMAIN_HEAD_RECORD, protocol::to_cbor(&pointer)));
+        let path = self.home.head_record();
+        if let Err(e) = crate::provider::write_tmp(&path, &value).and_then(|t| crate::provider::commit_tmp(&t, &path)) {
+            tracing::warn!("cannot keep the head record at {}: {e}", path.display());
+        }
         self.net.put_record(protocol::head_record_key(&self.me()), value).await;
         tracing::info!("head {seq} stored at {} providers", holders.len());
+    }
+
+    /// Puts our last head record into the DHT again, a minute after start and then every
+    /// [`REPUBLISH_SECS`]: Kademlia drops records after 48 h, and a daemon that published
+    /// nothing new since its restart must not let its head become unfindable.
+    pub(super) async fn republish_loop(self: Arc<Self>) {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        loop {
+            if !self.home.recover_marker().exists()
+                && let Ok(value) = std::fs::read(self.home.head_record())
+            {
+                self.net.put_record(protocol::head_record_key(&self.me()), value).await;
+                tracing::debug!("head record republished");
+            }
+            tokio::time::sleep(Duration::from_secs(REPUBLISH_SECS)).await;
+        }
     }
 
     /// On a recovering home: looks for our head until it is found, then imports it, tells

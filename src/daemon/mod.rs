@@ -21,6 +21,7 @@ mod ops;
 mod repair;
 mod transfer;
 
+pub use heads::REPUBLISH_SECS;
 pub use ops::check_offer;
 
 use crate::claims::ClaimStore;
@@ -77,6 +78,8 @@ struct Inner {
     /// Gossip hygiene: proposals seen (until expiry) and per-author rates.
     gossip: Mutex<GossipGuard>,
     busy: tokio::sync::Mutex<()>,
+    /// One head publication at a time, so two never share a sequence number.
+    publishing: tokio::sync::Mutex<()>,
 }
 
 fn setup<E: std::fmt::Display>(e: E) -> DaemonError {
@@ -160,6 +163,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         proposals: Arc::new(Semaphore::new(PROPOSALS_AT_ONCE)),
         gossip: Mutex::new(GossipGuard::default()),
         busy: tokio::sync::Mutex::new(()),
+        publishing: tokio::sync::Mutex::new(()),
     });
 
     let ctl = inner.clone();
@@ -183,6 +187,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     let audits = tokio::spawn(inner.clone().audit_loop());
     let repairs = tokio::spawn(inner.clone().repair_loop());
     let recovery = tokio::spawn(inner.clone().recover_loop());
+    let republish = tokio::spawn(inner.clone().republish_loop());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(setup)?;
     loop {
         tokio::select! {
@@ -199,6 +204,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     audits.abort();
     repairs.abort();
     recovery.abort();
+    republish.abort();
     net.shutdown().await;
     let _ = std::fs::remove_file(inner.home.control_socket());
     Ok(())
