@@ -12,7 +12,7 @@ use crate::identity::{Identity, Signed};
 use crate::protocol::{DOMAIN_HEAD, HeadEnvelope, MAX_HEAD, from_cbor, to_cbor};
 use crate::repo::blob;
 use crate::repo::tree::Snapshot;
-use crate::state::{ContractRecord, IndexEntry, PackRecord, Role, State, StateError};
+use crate::state::{ContractRecord, IndexEntry, PackRecord, State, StateError};
 use serde::{Deserialize, Serialize};
 
 /// Associated data of the sealed head.
@@ -35,7 +35,8 @@ pub struct HeadDoc {
     pub packs: Vec<(PackId, PackRecord)>,
     /// The index: where each blob is.
     pub index: Vec<(BlobId, IndexEntry)>,
-    /// Contracts in which the client stores at others, live ones only.
+    /// Live contracts, both roles: as client (where our packs are) and as provider (whose
+    /// clients a recovered peer must tell that their packs here are gone).
     pub contracts: Vec<(ContractId, ContractRecord)>,
 }
 
@@ -65,7 +66,7 @@ pub fn collect(state: &State, seq: u64, time: u64) -> Result<HeadDoc, StateError
         snapshots: state.snapshots()?,
         packs: state.packs()?.into_iter().filter(|(_, r)| !r.garbage).collect(),
         index: state.blobs()?,
-        contracts: state.contracts()?.into_iter().filter(|(_, c)| c.role == Role::Client && c.is_live(time)).collect(),
+        contracts: state.contracts()?.into_iter().filter(|(_, c)| c.is_live(time)).collect(),
     })
 }
 

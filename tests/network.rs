@@ -883,6 +883,11 @@ fn a_lost_home_comes_back_from_the_recovery_phrase_alone() {
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, |_, _| {}).unwrap();
     net.wait_connected(3, Duration::from_secs(60)).unwrap();
     backup(&net, 0, &src, 2);
+    // Peer 0 also holds packs for peer 1 (three copies among the three others).
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("x.bin"), noise(77, 300_000)).unwrap();
+    backup(&net, 1, &other, 3);
     let phrase = net.run(0, &["key", "export", "--mnemonic"]).unwrap();
     assert_eq!(phrase.split_whitespace().count(), 24);
     let before = status(&net, 0);
@@ -925,13 +930,22 @@ fn a_lost_home_comes_back_from_the_recovery_phrase_alone() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|c| c["ended"].is_null())
+            .filter(|c| c["ended"].is_null() && c["role"] == "client")
             .map(|c| c["id"].as_str().unwrap().to_string())
             .collect();
         v.sort();
         v
     };
     assert_eq!(live(&s), live(&before), "the recovered peer resumes its contracts");
+    // The packs it held for peer 1 were on the lost disk: it says so, signed, and peer 1
+    // ends that contract without holding it against peer 0.
+    let p0 = net.peers[0].peer_id.clone();
+    let s1 = wait_status(&net, 1, 30, |s| {
+        s["contracts"].as_array().unwrap().iter().any(|c| c["peer"] == p0.as_str() && !c["ended"].is_null())
+    });
+    let c = s1["contracts"].as_array().unwrap().iter().find(|c| c["peer"] == p0.as_str()).unwrap();
+    assert!(c["end_reason"].as_str().unwrap().contains("lost its disk"), "{c}");
+    assert!(audit_of(&s1, &p0).is_none_or(|a| a["standing"] == "good"), "{s1}");
     let target = tmp.path().join("back");
     let out = net.run(0, &["restore", "latest", "--target", target.to_str().unwrap(), "--json"]).unwrap();
     assert_eq!(json_last(&out)["failed_count"], 0, "{out}");

@@ -100,12 +100,17 @@ impl Inner {
                             end_reason: String::new(),
                         };
                         match self.state.put_contract(&t.id, &rec) {
-                            Ok(()) => tracing::info!(
-                                "contract {} as provider for {} ({} bytes)",
-                                t.id.short(),
-                                vp.client,
-                                t.bytes
-                            ),
+                            Ok(()) => {
+                                tracing::info!(
+                                    "contract {} as provider for {} ({} bytes)",
+                                    t.id.short(),
+                                    vp.client,
+                                    t.bytes
+                                );
+                                // Our head lists whom we store for, so that after a lost
+                                // disk we can tell them (protocol.md §5.8).
+                                self.publish_head().await;
+                            }
                             Err(e) => tracing::error!("cannot persist contract: {e}"),
                         }
                     }

@@ -27,6 +27,9 @@ impl Inner {
             return; // never overwrite the head we are still looking for
         }
         let _one = self.publishing.lock().await;
+        if self.live_contracts(Role::Client).is_empty() {
+            return; // nowhere to keep a head: nothing backed up yet
+        }
         let seq = self.state.counter(HEAD_SEQ).unwrap_or(0) + 1;
         let signed = match head::collect(&self.state, seq, now())
             .map_err(head::HeadError::from)
@@ -99,6 +102,7 @@ impl Inner {
                     let _ = std::fs::remove_file(&marker);
                     tracing::warn!("recovered head: {n} snapshots; resuming");
                     self.claims_lost().await;
+                    self.lost_what_we_held().await;
                     self.publish_head().await;
                     return;
                 }
@@ -152,6 +156,18 @@ impl Inner {
             .and_then(|_| if self.state.offered()? == 0 { self.state.set_offered(doc.offered) } else { Ok(()) })
             .map_err(|e| e.to_string())?;
         Ok(Some(doc.snapshots.len()))
+    }
+
+    /// Ends every contract in which we stored packs for others: they were on the lost disk.
+    /// The signed cancellation tells each client at once, so it re-places its copies
+    /// instead of failing us in its audits.
+    async fn lost_what_we_held(&self) {
+        for (id, _) in self.live_contracts(Role::Provider) {
+            let why = "this peer lost its disk and was recovered from its key; the packs it held for you are gone";
+            if let Err(e) = self.cancel(id, why).await {
+                tracing::warn!("cannot end contract {}: {e}", id.short());
+            }
+        }
     }
 
     /// Tells every provider we have a contract with that its claims here are gone.
