@@ -41,11 +41,15 @@ pub fn run_peer(exe: &Path, home: &Path, args: &[&str]) -> Result<String, String
         .output()
         .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
     if !out.status.success() {
+        // The last line of stdout (with --json, the summary: what failed and why) helps too.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().last().unwrap_or_default();
         return Err(format!(
-            "peer {} failed ({}): {}",
+            "peer {} failed ({}): {}{}{last}",
             args.join(" "),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr).trim(),
+            if last.is_empty() { "" } else { "\nlast output: " }
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -466,7 +466,18 @@ impl NetSource {
     /// Object `id` (a pack or a shard) from `peer`, checked against its id.
     async fn fetch_from(&self, peer: PeerId, id: PackId) -> Result<Vec<u8>, String> {
         let addrs = self.inner.addrs_of(&peer);
-        match self.inner.net.data_request(peer, addrs, DataRequest::Fetch { pack: id }).await {
+        let mut pause = Duration::from_millis(250);
+        let mut answer = self.inner.net.data_request(peer, addrs.clone(), DataRequest::Fetch { pack: id }).await;
+        // A busy holder is asked again after a pause, like a store (§5.3).
+        for _ in 1..BUSY_RETRIES {
+            if !matches!(answer, Ok(DataResponse::Error { code: DataErrorCode::Busy, .. })) {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            answer = self.inner.net.data_request(peer, addrs.clone(), DataRequest::Fetch { pack: id }).await;
+        }
+        match answer {
             Ok(DataResponse::Pack(b)) => {
                 let checked = tokio::task::spawn_blocking(move || (merkle::root(&b) == id).then_some(b)).await;
                 match checked {
