@@ -163,6 +163,8 @@ impl Inner {
                 Ok(DataResponse::Error { code: DataErrorCode::NoRoom, message }) => {
                     return Some((what, Outcome::Wrong(format!("refused the space it owes: {message}"))));
                 }
+                // Our own streams to it are all busy: try again next round.
+                Err(crate::net::NetError::Saturated(_)) => break,
                 // Silence counts like silence to an audit: a failure once the grace is over.
                 Err(e) => return Some((what, Outcome::Unreachable(e.to_string()))),
                 Ok(other) => {

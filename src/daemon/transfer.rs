@@ -273,7 +273,7 @@ impl NetSink {
             let req = DataRequest::Store { contract, pack: pack.id, data: pack.bytes.clone() };
             match self.inner.net.data_request(peer, addrs.clone(), req).await {
                 Ok(DataResponse::Stored) => return Ok(()),
-                Ok(DataResponse::Error { code: DataErrorCode::Busy, .. }) => {
+                Ok(DataResponse::Error { code: DataErrorCode::Busy, .. }) | Err(NetError::Saturated(_)) => {
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }

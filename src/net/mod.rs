@@ -32,6 +32,10 @@ pub const DATA_TIMEOUT_SECS: u64 = 600;
 pub const CONTRACT_TIMEOUT_SECS: u64 = 20;
 /// Data streams (inbound and outbound) open at once per connection (libp2p request-response).
 pub const MAX_CONCURRENT_STREAMS: usize = 4;
+/// Attempts of a small request while every stream to the peer is busy.
+pub const SATURATED_RETRIES: u32 = 12;
+/// First pause before such a retry; it doubles, up to 1 s (about 8 s in all).
+pub const SATURATED_PAUSE: Duration = Duration::from_millis(50);
 /// Bytes of inbound data requests being read at once, all peers together.
 pub const INBOUND_READ_BUDGET: u64 = 256 << 20;
 /// Events queued for the daemon at most; past it inbound requests are dropped.
@@ -72,6 +76,10 @@ pub enum NetError {
         /// libp2p's reason.
         reason: String,
     },
+    /// Every stream of the connection to the peer is in use (request-response
+    /// `max_concurrent_streams`): nothing was sent; try again shortly.
+    #[error("all streams to {0} are busy")]
+    Saturated(PeerId),
     /// The network task has stopped.
     #[error("the network task has stopped")]
     Stopped,
@@ -169,6 +177,17 @@ impl NetHandle {
         addrs: Vec<Multiaddr>,
         req: ContractRequest,
     ) -> Result<ContractResponse, NetError> {
+        let mut pause = SATURATED_PAUSE;
+        for _ in 1..SATURATED_RETRIES {
+            let (a, r) = (addrs.clone(), req.clone());
+            match self.call(|tx| Command::Contract(peer, a, r, tx)).await? {
+                Err(NetError::Saturated(_)) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
         self.call(|tx| Command::Contract(peer, addrs, req, tx)).await?
     }
 
@@ -179,6 +198,20 @@ impl NetHandle {
         addrs: Vec<Multiaddr>,
         req: DataRequest,
     ) -> Result<DataResponse, NetError> {
+        // Small requests wait for a free stream here; the large ones (a pack, a claim block,
+        // a head) come back `Saturated` to their caller, which rebuilds them to retry.
+        let large = matches!(req, DataRequest::Store { .. } | DataRequest::StoreClaim { .. } | DataRequest::PutHead(_));
+        let mut pause = SATURATED_PAUSE;
+        for _ in 1..if large { 1 } else { SATURATED_RETRIES } {
+            let (a, r) = (addrs.clone(), req.clone());
+            match self.call(|tx| Command::Data(peer, a, r, tx)).await? {
+                Err(NetError::Saturated(_)) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
         self.call(|tx| Command::Data(peer, addrs, req, tx)).await?
     }
 
@@ -638,7 +671,14 @@ fn route<Req, Resp>(
         }
         Event::OutboundFailure { peer, request_id, error, .. } => {
             if let Some(tx) = pending.remove(&request_id) {
-                let _ = tx.send(Err(NetError::Request { peer, reason: error.to_string() }));
+                let saturated = matches!(&error, request_response::OutboundFailure::Io(e)
+                    if e.to_string().contains("max sub-streams"));
+                let e = if saturated {
+                    NetError::Saturated(peer)
+                } else {
+                    NetError::Request { peer, reason: error.to_string() }
+                };
+                let _ = tx.send(Err(e));
             }
         }
         Event::InboundFailure { peer, error, .. } => {
