@@ -234,6 +234,16 @@ pub struct State {
     db: Arc<Database>,
 }
 
+/// The highest sequence number among recorded snapshots (0 when none).
+fn last_snapshot_seq(t: &redb::Table<&[u8], &[u8]>) -> Result<u64, StateError> {
+    let mut seq = 0;
+    for r in t.iter()? {
+        let (_, v) = r?;
+        seq = seq.max(dec::<StoredSnapshot>("snapshot", v.value())?.seq);
+    }
+    Ok(seq)
+}
+
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     crate::protocol::to_cbor(v)
 }
@@ -426,35 +436,33 @@ impl State {
 
     /// Sets the holder of shard `index` of a known pack (repair).
     pub fn set_shard_holder(&self, id: &PackId, index: usize, holder: Holder) -> Result<(), StateError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(PACKS)?;
-            let cur = t.get(id.as_bytes().as_slice())?.map(|v| v.value().to_vec());
-            if let Some(b) = cur {
-                let mut rec: PackRecord = dec("pack", &b)?;
-                if let Some(s) = rec.shards.get_mut(index) {
-                    s.holder = Some(holder);
-                }
-                t.insert(id.as_bytes().as_slice(), enc(&rec).as_slice())?;
+        self.update_pack(id, |rec| {
+            if let Some(s) = rec.shards.get_mut(index) {
+                s.holder = Some(holder);
             }
-        }
-        tx.commit()?;
-        Ok(())
+        })
     }
 
     /// Adds holders to a known pack (repair), skipping any it has already.
     pub fn add_holders(&self, id: &PackId, new: &[Holder]) -> Result<(), StateError> {
+        self.update_pack(id, |rec| {
+            for h in new {
+                if !rec.holders.iter().any(|x| x.peer == h.peer) {
+                    rec.holders.push(h.clone());
+                }
+            }
+        })
+    }
+
+    /// Changes a known pack's record in one transaction; an unknown pack is left alone.
+    fn update_pack(&self, id: &PackId, f: impl FnOnce(&mut PackRecord)) -> Result<(), StateError> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(PACKS)?;
             let cur = t.get(id.as_bytes().as_slice())?.map(|v| v.value().to_vec());
             if let Some(b) = cur {
                 let mut rec: PackRecord = dec("pack", &b)?;
-                for h in new {
-                    if !rec.holders.iter().any(|x| x.peer == h.peer) {
-                        rec.holders.push(h.clone());
-                    }
-                }
+                f(&mut rec);
                 t.insert(id.as_bytes().as_slice(), enc(&rec).as_slice())?;
             }
         }
@@ -578,13 +586,8 @@ impl State {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(SNAPSHOTS)?;
-            let mut seq = 0;
-            for r in t.iter()? {
-                let (_, v) = r?;
-                seq = seq.max(dec::<StoredSnapshot>("snapshot", v.value())?.seq);
-            }
-            for (id, s) in snapshots {
-                seq += 1;
+            let first = last_snapshot_seq(&t)? + 1;
+            for (seq, (id, s)) in (first..).zip(snapshots) {
                 t.insert(id.as_bytes().as_slice(), enc(&StoredSnapshot { seq, snapshot: s.clone() }).as_slice())?;
             }
             let mut t = tx.open_table(PACKS)?;
@@ -645,11 +648,7 @@ impl State {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(SNAPSHOTS)?;
-            let mut seq = 0;
-            for r in t.iter()? {
-                let (_, v) = r?;
-                seq = seq.max(dec::<StoredSnapshot>("snapshot", v.value())?.seq);
-            }
+            let seq = last_snapshot_seq(&t)?;
             let rec = StoredSnapshot { seq: seq + 1, snapshot: s.clone() };
             t.insert(id.as_bytes().as_slice(), enc(&rec).as_slice())?;
         }
