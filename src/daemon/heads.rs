@@ -168,6 +168,15 @@ impl Inner {
                 tracing::warn!("cannot end contract {}: {e}", id.short());
             }
         }
+        // A cancellation that did not get through is retried at every audit round anyway;
+        // try a few more times now, so those clients learn of the loss soon.
+        for _ in 0..5 {
+            if !self.state.contracts().unwrap_or_default().iter().any(|(_, c)| c.unsent_cancel.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(RECOVER_RETRY_SECS)).await;
+            self.retry_cancels().await;
+        }
     }
 
     /// Tells every provider we have a contract with that its claims here are gone.
