@@ -102,6 +102,8 @@ pub struct Config {
     pub repair: RepairConfig,
     /// The store of packs held for others.
     pub provider: ProviderConfig,
+    /// Circuit relay served to private peers.
+    pub relay: RelayConfig,
 }
 
 /// `[provider]`.
@@ -171,6 +173,51 @@ pub struct NetworkConfig {
     pub mdns: bool,
     /// Connections to keep open at most, in total. Default 256.
     pub max_connections: u32,
+    /// Treat only globally routable IP addresses as reachable: an address in a private,
+    /// loopback, link-local or documentation range is never advertised, confirmed as
+    /// external, or added to the routing table. Default true; `false` is for test networks
+    /// and closed LANs, where every address counts (protocol.md §1.8).
+    pub global_addresses_only: bool,
+    /// Ask the router to forward a port to us with UPnP IGD. Default true.
+    pub upnp: bool,
+    /// Bytes per second (in KiB/s, as restic's `--limit-upload`) everything this daemon
+    /// sends may use, serving others included; 0 = no limit. Default 0.
+    pub limit_upload: u64,
+    /// KiB/s everything this daemon receives may use; 0 = no limit. Default 0.
+    pub limit_download: u64,
+}
+
+/// `[relay]`: circuit relay v2 (libp2p relay-v2 spec) served to private peers while this
+/// peer is publicly reachable. Bounds keep a relay cheap: circuits carry contract messages,
+/// never packs (protocol.md §1.8).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Serve relay reservations and circuits. Default true.
+    pub serve: bool,
+    /// Reservations held at once, all peers together. Default 128.
+    pub max_reservations: usize,
+    /// Seconds a reservation lasts before it must be renewed. Default 3600.
+    pub reservation_secs: u64,
+    /// Circuits open at once, all peers together. Default 16.
+    pub max_circuits: usize,
+    /// Bytes one circuit may carry (both directions) before the relay closes it. Default 1 MiB.
+    pub max_circuit_bytes: u64,
+    /// Seconds one circuit may stay open. Default 120.
+    pub max_circuit_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            serve: true,
+            max_reservations: 128,
+            reservation_secs: 3600,
+            max_circuits: 16,
+            max_circuit_bytes: 1 << 20,
+            max_circuit_secs: 120,
+        }
+    }
 }
 
 /// `[contracts]`.
@@ -207,6 +254,10 @@ impl Default for NetworkConfig {
             bootstrap: vec![],
             mdns: true,
             max_connections: 256,
+            global_addresses_only: true,
+            upnp: true,
+            limit_upload: 0,
+            limit_download: 0,
         }
     }
 }
@@ -231,6 +282,10 @@ const HEADER: &str = "\
 #   bootstrap         multiaddrs of known peers, each ending in /p2p/<PeerId>
 #   mdns              find peers on the local network (true/false)
 #   max_connections   open connections at most
+#   global_addresses_only  only public IP addresses count as reachable (false: test networks, closed LANs)
+#   upnp              ask the router for a port mapping (UPnP IGD)
+#   limit_upload      KiB/s all sending may use, serving others included (0 = no limit)
+#   limit_download    KiB/s all receiving may use (0 = no limit)
 # [contracts]
 #   ratio             bytes you may keep at others = ratio x bytes you offer (each copy counted)
 #   duration_secs     length of a new contract
@@ -250,6 +305,9 @@ const HEADER: &str = "\
 #   bytes_per_sec     upload rate repair may use
 # [provider]
 #   min_free_bytes    disk always left free; packs that would use it are refused
+# [relay]             circuit relay v2 for peers behind NAT, served while you are publicly reachable
+#   serve             true/false
+#   max_reservations, reservation_secs, max_circuits, max_circuit_bytes, max_circuit_secs   its bounds
 
 ";
 

@@ -225,6 +225,15 @@ pub struct StatusReport {
     pub listen: Vec<String>,
     /// Connected peers.
     pub connected: Vec<String>,
+    /// `public`, `private` or `unknown`: whether others can dial us (AutoNAT v2,
+    /// protocol.md §1.8).
+    pub reachability: String,
+    /// Our confirmed external multiaddrs.
+    pub external_addrs: Vec<String>,
+    /// PeerIds of the relays we hold reservations on.
+    pub relays: Vec<String>,
+    /// Every open connection: direct or relayed, and over which transport.
+    pub connections: Vec<ConnectionInfo>,
     /// Bytes offered to others.
     pub offered: u64,
     /// Bytes of the offer granted in contracts.
@@ -248,6 +257,19 @@ pub struct StatusReport {
     pub recovering: bool,
     /// Each redundancy scheme in use, with its packs and their loss probability.
     pub durability: Vec<DurabilityInfo>,
+}
+
+/// One open connection in the status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// The remote PeerId.
+    pub peer: String,
+    /// Its multiaddr (a `/p2p-circuit` address when relayed).
+    pub addr: String,
+    /// Through a relay.
+    pub relayed: bool,
+    /// `tcp` or `quic`.
+    pub transport: String,
 }
 
 /// One peer's audit record in the status.

@@ -28,7 +28,32 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     for l in &s.listen {
         println!("listening on:     {l}");
     }
-    println!("connected peers:  {}", s.connected.len());
+    println!(
+        "reachability:     {}{}",
+        s.reachability,
+        match s.reachability.as_str() {
+            "private" if s.relays.is_empty() =>
+                " (no relay yet: others cannot reach you; see README 'Behind a home router')",
+            "private" => " (others reach you through your relays; hole punching makes direct connections)",
+            _ => "",
+        }
+    );
+    for a in &s.external_addrs {
+        println!("external address: {a}");
+    }
+    for r in &s.relays {
+        println!("relay:            {r}");
+    }
+    let relayed = s.connections.iter().filter(|c| c.relayed).count();
+    println!(
+        "connected peers:  {} ({} connections: {} direct, {relayed} relayed)",
+        s.connected.len(),
+        s.connections.len(),
+        s.connections.len() - relayed
+    );
+    for c in &s.connections {
+        println!("  {} {:<7} {:<4} {}", c.peer, if c.relayed { "relayed" } else { "direct" }, c.transport, c.addr);
+    }
     println!(
         "offered:          {} ({} granted in contracts, {} used by others)",
         human(s.offered),

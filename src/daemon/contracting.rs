@@ -188,19 +188,25 @@ impl Inner {
         ContractResponse::Countersigned(sig)
     }
 
-    /// Providers we can place a pack on now: connected, with a live contract that has room
-    /// for a largest pack. Also returns every connected peer.
-    pub(super) async fn ready_providers(&self) -> (HashSet<PeerId>, HashSet<PeerId>) {
-        let connected: HashSet<PeerId> =
-            self.net.status().await.map(|s| s.connected.into_iter().collect()).unwrap_or_default();
+    /// Providers we can place a pack on now: directly connected (packs never go through a
+    /// relay, protocol.md §1.8), with a live contract that has room for a largest pack.
+    /// Also returns what the network looks like (for waiting and for error messages).
+    pub(super) async fn ready_providers(&self) -> (HashSet<PeerId>, Reachable) {
+        let ns = self.net.status().await.ok();
+        let set = |v: Option<&Vec<PeerId>>| v.map(|v| v.iter().copied().collect::<HashSet<_>>()).unwrap_or_default();
+        let seen = Reachable {
+            connected: set(ns.as_ref().map(|s| &s.connected)),
+            direct: set(ns.as_ref().map(|s| &s.direct)),
+            punching: set(ns.as_ref().map(|s| &s.punching)),
+        };
         let ready = self
             .live_contracts(Role::Client)
             .iter()
             .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
             .filter_map(|(_, c)| c.peer_id())
-            .filter(|p| connected.contains(p))
+            .filter(|p| seen.direct.contains(p))
             .collect();
-        (ready, connected)
+        (ready, seen)
     }
 
     /// Makes sure `n` distinct connected providers hold live contracts with room for us,
@@ -219,20 +225,45 @@ impl Inner {
         let mut session: Option<Arc<Session>> = None;
         let mut ids: Vec<ProposalId> = Vec::new();
         let result = loop {
-            let (mut ready, connected) = self.ready_providers().await;
+            let (mut ready, seen) = self.ready_providers().await;
             ready.retain(|p| !avoid.contains(p));
             let live = self.live_contracts(Role::Client);
             if ready.len() >= n {
                 break Ok(());
             }
+            // Contract partners connected only through a relay: direct if the hole punch
+            // under way works, relayed-only if it failed.
+            let with_room: HashSet<PeerId> = live
+                .iter()
+                .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
+                .filter_map(|(_, c)| c.peer_id())
+                .filter(|p| !avoid.contains(p))
+                .collect();
+            let punching = with_room.iter().filter(|p| seen.punching.contains(p)).count();
+            let relayed_only = with_room.iter().filter(|p| seen.relayed_only(p)).count();
             if tokio::time::Instant::now() >= deadline {
-                break Err(format!(
-                    "only {} of the {n} providers needed accepted a contract within {}s ({} peers connected); \
-                     wait for more peers to join, or use fewer --copies or a smaller --erasure K+M",
-                    ready.len(),
-                    wait.as_secs(),
-                    connected.len()
-                ));
+                break Err(if relayed_only + punching > 0 {
+                    format!(
+                        "only {} of the {n} providers needed are reachable directly ({} more only through relays, \
+                         which carry no packs); forward a port to this peer or to theirs, or wait for more peers \
+                         (see README 'Behind a home router')",
+                        ready.len(),
+                        relayed_only + punching
+                    )
+                } else {
+                    format!(
+                        "only {} of the {n} providers needed accepted a contract within {}s ({} peers connected); \
+                         wait for more peers to join, or use fewer --copies or a smaller --erasure K+M",
+                        ready.len(),
+                        wait.as_secs(),
+                        seen.connected.len()
+                    )
+                });
+            }
+            if ready.len() + punching >= n {
+                // Hole punches under way may make enough providers direct: give them time.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
             let s = match &session {
                 Some(s) => s.clone(),
@@ -249,6 +280,13 @@ impl Inner {
                 }
             };
             if s.accepted.lock().map(|a| a.len() >= s.wanted).unwrap_or(true) {
+                let accepted = s.accepted.lock().map(|a| a.clone()).unwrap_or_default();
+                if accepted.iter().any(|p| seen.punching.contains(p) || seen.relayed_only(p)) {
+                    // Some of them can be reached only through a relay: they keep their
+                    // contracts (and may become direct later), and we ask for others.
+                    session = None;
+                    continue;
+                }
                 // Everyone asked for has answered, yet fewer than n are usable: stop early.
                 break Err(format!(
                     "{} providers accepted, but only {} of the {n} needed are reachable with room",
@@ -262,7 +300,7 @@ impl Inner {
                 .iter()
                 .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
                 .filter_map(|(_, c)| c.peer_id().map(|p| (p, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
-                .filter(|(p, _)| !connected.contains(p))
+                .filter(|(p, _)| !seen.connected.contains(p))
                 .collect();
             for (p, addrs) in &away {
                 self.net.dial(*p, addrs.clone()).await;
@@ -312,6 +350,23 @@ impl Inner {
             }
         }
         result
+    }
+}
+
+/// Which peers we are connected to, and how (from [`crate::net::NetStatus`]).
+pub(super) struct Reachable {
+    /// Every connected peer.
+    pub(super) connected: HashSet<PeerId>,
+    /// Peers with a direct connection (bulk data can go to them).
+    pub(super) direct: HashSet<PeerId>,
+    /// Peers connected through a relay whose hole punch is under way.
+    pub(super) punching: HashSet<PeerId>,
+}
+
+impl Reachable {
+    /// Connected, but only through a relay, with no hole punch under way.
+    pub(super) fn relayed_only(&self, p: &PeerId) -> bool {
+        self.connected.contains(p) && !self.direct.contains(p) && !self.punching.contains(p)
     }
 }
 

@@ -66,7 +66,6 @@ struct Inner {
     /// Claim blocks we hold for our providers (protocol.md §4.6).
     claims: ClaimStore,
     net: NetHandle,
-    listen: Mutex<Vec<Multiaddr>>,
     /// Client side: open proposals and the session each belongs to.
     sessions: Mutex<HashMap<ProposalId, Arc<contracting::Session>>>,
     /// Provider side: bytes promised in acceptances not yet countersigned, per client.
@@ -125,6 +124,13 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         known: known.clone(),
         mdns: config.network.mdns,
         max_connections: config.network.max_connections,
+        global_only: config.network.global_addresses_only,
+        upnp: config.network.upnp,
+        relay: config.relay.serve.then(|| config.relay.clone()),
+        limits: net::throttle::Limits {
+            up: net::throttle::Rate::new(config.network.limit_upload),
+            down: net::throttle::Rate::new(config.network.limit_download),
+        },
     };
     // Listen on the ports of the last run where the config says "any port", so that the
     // addresses our contract partners recorded stay valid across restarts.
@@ -155,7 +161,6 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         store,
         claims,
         net: net.clone(),
-        listen: Mutex::new(Vec::new()),
         sessions: Mutex::new(HashMap::new()),
         reserved: Mutex::new(HashMap::new()),
         inflight: Mutex::new(HashMap::new()),
@@ -284,12 +289,10 @@ impl Inner {
         self.state.contracts().unwrap_or_default().into_iter().filter(|(_, c)| c.role == role && c.is_live(t)).collect()
     }
 
-    /// Our listen addresses as text, at most `MAX_PROPOSAL_ADDRS`.
+    /// The addresses we advertise (confirmed external, then circuit addresses through our
+    /// relays; protocol.md §1.8) as text, at most `MAX_PROPOSAL_ADDRS`.
     fn listen_addrs(&self) -> Vec<String> {
-        self.listen
-            .lock()
-            .map(|l| l.iter().take(protocol::MAX_PROPOSAL_ADDRS).map(|a| a.to_string()).collect())
-            .unwrap_or_default()
+        self.net.advertised().iter().take(protocol::MAX_PROPOSAL_ADDRS).map(|a| a.to_string()).collect()
     }
 
     async fn on_event(self: Arc<Self>, ev: NetEvent) {
@@ -298,11 +301,6 @@ impl Inner {
                 say(&a.to_string());
                 if let Some((key, port)) = port_of(&a) {
                     let _ = self.state.set_counter(key, u64::from(port));
-                }
-                if let Ok(mut l) = self.listen.lock()
-                    && !l.contains(&a)
-                {
-                    l.push(a);
                 }
             }
             NetEvent::Proposal { id, source, data } => {

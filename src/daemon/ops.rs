@@ -103,8 +103,12 @@ impl Inner {
         let live = |r: Role| contracts.iter().filter(move |(_, c)| c.role == r && c.is_live(t));
         Ok(StatusReport {
             peer_id: self.me().to_string(),
-            listen: self.listen.lock().map(|l| l.iter().map(|a| a.to_string()).collect()).unwrap_or_default(),
+            listen: vec![],
             connected: vec![],
+            reachability: "unknown".into(),
+            external_addrs: vec![],
+            relays: vec![],
+            connections: vec![],
             offered: self.state.offered().map_err(|e| e.to_string())?,
             granted: live(Role::Provider).map(|(_, c)| c.bytes).sum(),
             used_by_others: self.store.used_total(),
@@ -193,7 +197,22 @@ impl Inner {
             Request::Status => match self.status().await {
                 Ok(mut st) => {
                     if let Ok(ns) = self.net.status().await {
+                        let me = libp2p::multiaddr::Protocol::P2p(self.me());
+                        st.listen = ns.listen.iter().map(|a| a.clone().with(me.clone()).to_string()).collect();
                         st.connected = ns.connected.iter().map(|p| p.to_string()).collect();
+                        st.reachability = ns.reachability.to_string();
+                        st.external_addrs = ns.external.iter().map(|a| a.to_string()).collect();
+                        st.relays = ns.relays.iter().map(|p| p.to_string()).collect();
+                        st.connections = ns
+                            .connections
+                            .iter()
+                            .map(|c| crate::control::ConnectionInfo {
+                                peer: c.peer.to_string(),
+                                addr: c.addr.to_string(),
+                                relayed: c.relayed,
+                                transport: c.transport.to_string(),
+                            })
+                            .collect();
                     }
                     Reply::Status(st)
                 }

@@ -286,7 +286,15 @@ impl NetSink {
                     return Err(format!("provider {peer} refused: {code:?}: {message}"));
                 }
                 Ok(_) => return Err(format!("provider {peer} gave an unexpected answer to a store request")),
-                Err(e) => return Err(describe(&peer, &e)),
+                Err(e) => {
+                    if matches!(e, NetError::NotDirect { .. })
+                        && let Ok(mut r) = self.refused.lock()
+                    {
+                        // Packs never go through a relay: skip it for the rest of this run.
+                        r.insert(peer);
+                    }
+                    return Err(describe(&peer, &e));
+                }
             }
         }
         Err(format!("provider {peer} stayed busy"))

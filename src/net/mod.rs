@@ -8,6 +8,18 @@
 //! DNS, identify, ping, Kademlia (server mode, [`KAD_PROTOCOL`]), gossipsub (author-signed,
 //! strict, validated by us, message id = SHA-256 of the data), two request-response
 //! protocols with CBOR and size caps, and optional mDNS. See protocol.md §1.
+//!
+//! Behind home routers (protocol.md §1.8): AutoNAT v2 (client and server) confirms which of
+//! our addresses others can dial; UPnP asks the router for a mapping; a publicly reachable
+//! peer serves circuit relay v2 within bounds; a peer that is not keeps reservations on
+//! [`reach::RELAYS_WANTED`] relays and advertises its `/p2p-circuit` addresses; DCUtR
+//! turns a relayed connection into a direct one. Bulk data (the data protocol) is sent
+//! only over direct connections: a data request waits up to [`DIRECT_WAIT`] for one, and a
+//! peer that cannot be reached at any known address is looked up by PeerId in Kademlia.
+//! [`reach`] holds that state; [`throttle`] the bandwidth limits.
+
+pub mod reach;
+pub mod throttle;
 
 use crate::protocol::codec::{CborCodec, Inbound, InboundBudget};
 use crate::protocol::{
@@ -15,14 +27,17 @@ use crate::protocol::{
     KAD_PROTOCOL, MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE, MAX_DATA_MESSAGE, MAX_GOSSIP, PROPOSAL_TOPIC,
 };
 use futures::StreamExt;
+use libp2p::core::{muxing::StreamMuxerBox, transport::OrTransport, upgrade};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, allow_block_list, connection_limits, gossipsub, identify, kad, mdns, multiaddr::Protocol,
-    noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Swarm, Transport, allow_block_list, autonat, connection_limits, dcutr, dns, gossipsub, identify,
+    kad, mdns, multiaddr::Protocol, noise, ping, quic, relay, tcp, upnp, yamux,
 };
+use reach::{ConnInfo, Reach, Reachability};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Timeout of one data request, seconds: a 34 MiB pack sharing a 10 Mbit/s uplink with
@@ -47,6 +62,12 @@ pub const TARGET_PEERS: usize = 32;
 pub const STRIKES_TO_BLOCK: u32 = 8;
 /// How long a blocked peer stays blocked, seconds.
 pub const BLOCK_SECS: u64 = 600;
+/// How long a data request waits for a direct connection to its peer (a dial, a hole
+/// punch, a Kademlia lookup of the peer's new address) before it fails with
+/// [`NetError::NotDirect`].
+pub const DIRECT_WAIT: Duration = Duration::from_secs(20);
+/// Kademlia lookups of one unreachable peer's addresses at most this often.
+pub const LOOKUP_EVERY: Duration = Duration::from_secs(10);
 
 type ContractBehaviour = request_response::Behaviour<CborCodec<ContractRequest, ContractResponse>>;
 type DataBehaviour = request_response::Behaviour<CborCodec<DataRequest, DataResponse>>;
@@ -63,6 +84,12 @@ struct Behaviour {
     contract: ContractBehaviour,
     data: DataBehaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    autonat_client: autonat::v2::client::Behaviour,
+    autonat_server: autonat::v2::server::Behaviour,
+    relay_client: relay::client::Behaviour,
+    relay_server: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    upnp: Toggle<upnp::tokio::Behaviour>,
 }
 
 /// Errors of network operations.
@@ -80,6 +107,15 @@ pub enum NetError {
     /// `max_concurrent_streams`): nothing was sent; try again shortly.
     #[error("all streams to {0} are busy")]
     Saturated(PeerId),
+    /// No direct connection to the peer could be had within [`DIRECT_WAIT`]: data goes over
+    /// direct connections only (protocol.md §1.8). Nothing was sent.
+    #[error("{peer} is {}", if *relayed { "reachable only through a relay (hole punching failed)" } else { "unreachable" })]
+    NotDirect {
+        /// The peer.
+        peer: PeerId,
+        /// True when a relayed connection to it is open.
+        relayed: bool,
+    },
     /// The network task has stopped.
     #[error("the network task has stopped")]
     Stopped,
@@ -126,8 +162,33 @@ pub enum NetEvent {
 pub struct NetStatus {
     /// Our listen addresses (without `/p2p`).
     pub listen: Vec<Multiaddr>,
-    /// Peers with an open connection.
+    /// Peers with an open connection, direct or relayed.
     pub connected: Vec<PeerId>,
+    /// Peers with a direct connection and no relayed one: bulk data can go to them now.
+    pub direct: Vec<PeerId>,
+    /// Peers connected only through relays whose hole punch is still under way.
+    pub punching: Vec<PeerId>,
+    /// Public, private or unknown (AutoNAT v2).
+    pub reachability: Reachability,
+    /// Our confirmed external addresses (without `/p2p`).
+    pub external: Vec<Multiaddr>,
+    /// Relays we hold reservations on.
+    pub relays: Vec<PeerId>,
+    /// Every open connection.
+    pub connections: Vec<Connection>,
+}
+
+/// One open connection, for `peer status`.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// The remote peer.
+    pub peer: PeerId,
+    /// Its address (a circuit address when relayed).
+    pub addr: Multiaddr,
+    /// Through a relay.
+    pub relayed: bool,
+    /// TCP or QUIC.
+    pub transport: reach::Transport,
 }
 
 enum Command {
@@ -150,6 +211,7 @@ pub struct NetHandle {
     tx: mpsc::Sender<Command>,
     /// This peer's id.
     pub peer_id: PeerId,
+    advertised: Arc<RwLock<Vec<Multiaddr>>>,
 }
 
 impl NetHandle {
@@ -225,6 +287,13 @@ impl NetHandle {
         let _ = self.tx.send(Command::RespondData(ch, resp)).await;
     }
 
+    /// What we tell others to dial (protocol.md §1.8): confirmed external addresses, then
+    /// circuit addresses through our relays, each with `/p2p/<our PeerId>`; empty while
+    /// neither is known.
+    pub fn advertised(&self) -> Vec<Multiaddr> {
+        self.advertised.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
     /// Listen addresses and connected peers.
     pub async fn status(&self) -> Result<NetStatus, NetError> {
         self.call(Command::Status).await
@@ -266,6 +335,14 @@ pub struct NetConfig {
     pub mdns: bool,
     /// Total connection cap.
     pub max_connections: u32,
+    /// `network.global_addresses_only`.
+    pub global_only: bool,
+    /// Try UPnP port mapping.
+    pub upnp: bool,
+    /// Serve circuit relay v2 with these bounds (`None`: do not serve).
+    pub relay: Option<crate::config::RelayConfig>,
+    /// Bandwidth limits for everything sent and received.
+    pub limits: throttle::Limits,
 }
 
 /// Builds the Swarm, starts listening, and spawns the event loop.
@@ -275,19 +352,15 @@ pub fn start(
     cfg: NetConfig,
 ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
     let other = |e: &dyn std::fmt::Display| NetError::Other(e.to_string());
-    let mdns_on = cfg.mdns;
-    let max_conn = cfg.max_connections;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| other(&e))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| other(&e))?
-        .with_behaviour(|key| build_behaviour(key, mdns_on, max_conn))
-        .map_err(|e| other(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-        .build();
+    let peer_id = keypair.public().to_peer_id();
+    let (transport, relay_client) = build_transport(&keypair, &cfg.limits).map_err(|e| other(&e))?;
+    let behaviour = build_behaviour(&keypair, &cfg, relay_client).map_err(|e| other(&e))?;
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour,
+        peer_id,
+        libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(300)),
+    );
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
     let topic = gossipsub::IdentTopic::new(PROPOSAL_TOPIC);
     swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| other(&e))?;
@@ -311,9 +384,9 @@ pub fn start(
             tracing::debug!("cannot dial known peer {peer}: {e}");
         }
     }
-    let peer_id = *swarm.local_peer_id();
     let (tx, rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let advertised = Arc::new(RwLock::new(Vec::new()));
     let lp = EventLoop {
         swarm,
         commands: rx,
@@ -324,18 +397,50 @@ pub fn start(
         pending_get: HashMap::new(),
         strikes: HashMap::new(),
         blocked: HashMap::new(),
-        last_lookup: std::time::Instant::now()
-            .checked_sub(Duration::from_secs(5))
-            .unwrap_or_else(std::time::Instant::now),
+        last_lookup: Instant::now().checked_sub(Duration::from_secs(5)).unwrap_or_else(Instant::now),
+        reach: Reach::new(peer_id, cfg.global_only),
+        advertised: advertised.clone(),
+        waiting: HashMap::new(),
+        lookups: HashMap::new(),
+        looked_up: HashMap::new(),
+        relay_listeners: HashMap::new(),
     };
     tokio::spawn(lp.run());
-    Ok((NetHandle { tx, peer_id }, ev_rx))
+    Ok((NetHandle { tx, peer_id, advertised }, ev_rx))
+}
+
+type BoxedTransport = libp2p::core::transport::Boxed<(PeerId, StreamMuxerBox)>;
+
+/// TCP (Noise, Yamux) and QUIC, with DNS, each connection's muxer under the bandwidth
+/// limits; beside them the relay client transport for `/p2p-circuit` addresses (its bytes
+/// travel inside a connection to the relay, so they are limited there).
+fn build_transport(
+    key: &libp2p::identity::Keypair,
+    limits: &throttle::Limits,
+) -> Result<(BoxedTransport, relay::client::Behaviour), Box<dyn std::error::Error + Send + Sync>> {
+    let (l1, l2) = (limits.clone(), limits.clone());
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(move |(p, m), _| (p, l1.wrap(StreamMuxerBox::new(m))));
+    let quic =
+        quic::tokio::Transport::new(quic::Config::new(key)).map(move |(p, m), _| (p, l2.wrap(StreamMuxerBox::new(m))));
+    let direct = dns::tokio::Transport::system(OrTransport::new(quic, tcp).map(|e, _| e.into_inner()))?;
+    let (relay_transport, relay_client) = relay::client::new(key.public().to_peer_id());
+    let relayed = relay_transport
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
+    let all = OrTransport::new(relayed, direct).map(|e, _| e.into_inner()).boxed();
+    Ok((all, relay_client))
 }
 
 fn build_behaviour(
     key: &libp2p::identity::Keypair,
-    mdns_on: bool,
-    max_conn: u32,
+    cfg: &NetConfig,
+    relay_client: relay::client::Behaviour,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer_id = key.public().to_peer_id();
     let gcfg = gossipsub::ConfigBuilder::default()
@@ -352,9 +457,12 @@ fn build_behaviour(
     // correctly signed, newer than the one held): see `EventLoop::accept_record`.
     kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
     let kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kcfg);
+    // Only confirmed external and circuit addresses are told to others (protocol.md §1.8):
+    // listen addresses such as 0.0.0.0 or a home LAN's are useless or misleading elsewhere.
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-            .with_agent_version(format!("peer/{}", env!("CARGO_PKG_VERSION"))),
+            .with_agent_version(format!("peer/{}", env!("CARGO_PKG_VERSION")))
+            .with_hide_listen_addrs(true),
     );
     let contract = request_response::Behaviour::with_codec(
         CborCodec::new(MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE),
@@ -368,13 +476,27 @@ fn build_behaviour(
             .with_request_timeout(Duration::from_secs(DATA_TIMEOUT_SECS))
             .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
     );
-    let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
+    let mdns = if cfg.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
-            .with_max_established(Some(max_conn))
-            .with_max_established_per_peer(Some(2))
+            .with_max_established(Some(cfg.max_connections))
+            // a direct connection, a relayed one being replaced, and a hole punch's
+            .with_max_established_per_peer(Some(3))
             .with_max_pending_incoming(Some(64)),
     );
+    let relay_server = cfg.relay.as_ref().map(|r| {
+        relay::Behaviour::new(
+            peer_id,
+            relay::Config {
+                max_reservations: r.max_reservations,
+                reservation_duration: Duration::from_secs(r.reservation_secs),
+                max_circuits: r.max_circuits,
+                max_circuit_duration: Duration::from_secs(r.max_circuit_secs),
+                max_circuit_bytes: r.max_circuit_bytes,
+                ..Default::default()
+            },
+        )
+    });
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
         limits,
@@ -385,11 +507,31 @@ fn build_behaviour(
         contract,
         data,
         mdns: mdns.into(),
+        autonat_client: autonat::v2::client::Behaviour::new(
+            rand::rngs::OsRng,
+            autonat::v2::client::Config::default().with_probe_interval(Duration::from_secs(2)),
+        ),
+        autonat_server: autonat::v2::server::Behaviour::new(rand::rngs::OsRng),
+        relay_client,
+        relay_server: relay_server.into(),
+        dcutr: dcutr::Behaviour::new(peer_id),
+        upnp: cfg.upnp.then(upnp::tokio::Behaviour::default).into(),
     })
 }
 
 /// Where the values found by a record lookup go.
 type RecordReply = oneshot::Sender<Vec<Vec<u8>>>;
+/// Where a data request's answer goes.
+type DataReply = oneshot::Sender<Result<DataResponse, NetError>>;
+
+/// A data request waiting for a direct connection to its peer.
+struct Parked {
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    request: DataRequest,
+    reply: DataReply,
+    until: Instant,
+}
 
 struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -397,20 +539,33 @@ struct EventLoop {
     events: mpsc::Sender<NetEvent>,
     topic: gossipsub::IdentTopic,
     pending_contract: HashMap<OutboundRequestId, oneshot::Sender<Result<ContractResponse, NetError>>>,
-    pending_data: HashMap<OutboundRequestId, oneshot::Sender<Result<DataResponse, NetError>>>,
+    pending_data: HashMap<OutboundRequestId, DataReply>,
     /// Record lookups under way: values found so far and where the answer goes.
     pending_get: HashMap<kad::QueryId, (Vec<Vec<u8>>, RecordReply)>,
     /// Malformed inputs per peer.
     strikes: HashMap<PeerId, u32>,
     /// Blocked peers and when they were blocked.
-    blocked: HashMap<PeerId, std::time::Instant>,
+    blocked: HashMap<PeerId, Instant>,
     /// When we last started a Kademlia lookup for more peers.
-    last_lookup: std::time::Instant,
+    last_lookup: Instant,
+    /// Reachability, relays, and which connections are direct.
+    reach: Reach,
+    /// What [`NetHandle::advertised`] reads.
+    advertised: Arc<RwLock<Vec<Multiaddr>>>,
+    /// Data requests waiting for a direct connection, per peer.
+    waiting: HashMap<PeerId, Vec<Parked>>,
+    /// Kademlia lookups of a peer's addresses under way.
+    lookups: HashMap<kad::QueryId, PeerId>,
+    /// When each peer was last looked up.
+    looked_up: HashMap<PeerId, Instant>,
+    /// Our listeners on relays (`/p2p-circuit`), by relay.
+    relay_listeners: HashMap<libp2p::core::transport::ListenerId, PeerId>,
 }
 
 impl EventLoop {
     async fn run(mut self) {
         let mut bootstrap = tokio::time::interval(Duration::from_secs(30));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
@@ -423,6 +578,7 @@ impl EventLoop {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                     self.unblock_expired();
                 }
+                _ = tick.tick() => self.on_tick(),
             }
         }
     }
@@ -430,6 +586,60 @@ impl EventLoop {
     fn emit(&self, ev: NetEvent) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(ev) {
             tracing::warn!("daemon busy: dropped an inbound message");
+        }
+    }
+
+    /// Once a second: relay reservations kept or given up, waiting data requests expired.
+    fn on_tick(&mut self) {
+        if self.reach.drop_relays() {
+            let ids: Vec<_> = self.relay_listeners.keys().copied().collect();
+            for id in ids {
+                self.swarm.remove_listener(id);
+            }
+        }
+        for (relay, addr) in self.reach.relays_to_reserve() {
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    tracing::info!("asking {relay} for a relay reservation");
+                    self.relay_listeners.insert(id, relay);
+                    self.reach.reserving(relay);
+                }
+                Err(e) => tracing::debug!("cannot reserve on {addr}: {e}"),
+            }
+        }
+        let now = Instant::now();
+        let peers: Vec<PeerId> = self.waiting.keys().copied().collect();
+        for peer in peers {
+            let relayed = self.reach.relayed_only(&peer);
+            // A relayed connection whose hole punch failed will not become direct: fail now.
+            let hopeless = relayed && !self.reach.punching(&peer, now);
+            if let Some(list) = self.waiting.get_mut(&peer) {
+                let (expired, kept): (Vec<_>, Vec<_>) =
+                    std::mem::take(list).into_iter().partition(|p| hopeless || p.until <= now);
+                *list = kept;
+                for p in expired {
+                    let _ = p.reply.send(Err(NetError::NotDirect { peer, relayed }));
+                }
+                if list.is_empty() {
+                    self.waiting.remove(&peer);
+                }
+            }
+        }
+        self.publish_addresses();
+    }
+
+    /// Updates what [`NetHandle::advertised`] returns.
+    fn publish_addresses(&self) {
+        let now = self.reach.advertised();
+        if let Ok(mut a) = self.advertised.write()
+            && *a != now
+        {
+            tracing::info!(
+                "reachability {}; advertising {}",
+                self.reach.reachability(),
+                now.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            );
+            *a = now;
         }
     }
 
@@ -452,12 +662,17 @@ impl EventLoop {
                 }
             }
             Command::Contract(peer, addrs, req, reply) => {
-                let id = b.contract.send_request_with_addresses(&peer, Inbound::Request(req), addrs);
+                let addrs = self.dialable(addrs);
+                let id = self.swarm.behaviour_mut().contract.send_request_with_addresses(
+                    &peer,
+                    Inbound::Request(req),
+                    addrs,
+                );
                 self.pending_contract.insert(id, reply);
             }
-            Command::Data(peer, addrs, req, reply) => {
-                let id = b.data.send_request_with_addresses(&peer, Inbound::Request(req), addrs);
-                self.pending_data.insert(id, reply);
+            Command::Data(peer, addrs, request, reply) => {
+                let addrs = self.dialable(addrs);
+                self.send_data(Parked { peer, addrs, request, reply, until: Instant::now() + DIRECT_WAIT });
             }
             Command::RespondContract(ch, r) => {
                 let _ = b.contract.send_response(ch, r);
@@ -466,17 +681,12 @@ impl EventLoop {
                 let _ = b.data.send_response(ch, r);
             }
             Command::Status(reply) => {
-                let _ = reply.send(NetStatus {
-                    listen: self.swarm.listeners().cloned().collect(),
-                    connected: self.swarm.connected_peers().cloned().collect(),
-                });
+                let _ = reply.send(self.status());
             }
             Command::Dial(peer, addrs) => {
                 if !self.swarm.is_connected(&peer) {
-                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        tracing::debug!("cannot dial {peer}: {e}");
-                    }
+                    let addrs = self.dialable(addrs);
+                    self.dial(peer, addrs);
                 }
             }
             Command::PutRecord(key, value) => {
@@ -491,6 +701,83 @@ impl EventLoop {
             }
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// The addresses worth dialing among `addrs` (routable ones).
+    fn dialable(&self, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        addrs.into_iter().filter(|a| self.reach.routable(a)).collect()
+    }
+
+    fn status(&self) -> NetStatus {
+        let now = Instant::now();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().cloned().collect();
+        let mut connections: Vec<Connection> = self
+            .reach
+            .connections()
+            .map(|c| Connection { peer: c.peer, addr: c.addr.clone(), relayed: c.relayed, transport: c.transport })
+            .collect();
+        connections.sort_by_key(|c| (c.peer, c.relayed));
+        NetStatus {
+            listen: self.swarm.listeners().cloned().collect(),
+            direct: connected.iter().filter(|p| self.reach.sendable(p)).copied().collect(),
+            punching: connected.iter().filter(|p| self.reach.punching(p, now)).copied().collect(),
+            connected,
+            reachability: self.reach.reachability(),
+            external: self.reach.external().to_vec(),
+            relays: self.reach.relays(),
+            connections,
+        }
+    }
+
+    /// Sends a data request now if `p.peer` has a direct connection; otherwise parks it
+    /// until one comes (a dial, a hole punch) or [`DIRECT_WAIT`] passes.
+    fn send_data(&mut self, p: Parked) {
+        let peer = p.peer;
+        if self.reach.sendable(&peer) {
+            let id = self.swarm.behaviour_mut().data.send_request_with_addresses(
+                &peer,
+                Inbound::Request(p.request),
+                p.addrs,
+            );
+            self.pending_data.insert(id, p.reply);
+            return;
+        }
+        if !self.swarm.is_connected(&peer) {
+            self.dial(peer, p.addrs.clone());
+        }
+        self.waiting.entry(peer).or_default().push(p);
+    }
+
+    /// Sends the data requests parked for `peer` once it is sendable.
+    fn flush(&mut self, peer: PeerId) {
+        if !self.reach.sendable(&peer) {
+            return;
+        }
+        for p in self.waiting.remove(&peer).unwrap_or_default() {
+            self.send_data(p);
+        }
+    }
+
+    /// Dials `peer` at `addrs` and the addresses Kademlia knows.
+    fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!("cannot dial {peer}: {e}");
+        }
+    }
+
+    /// Looks `peer` up by PeerId in Kademlia (its addresses may have changed), at most once
+    /// per [`LOOKUP_EVERY`].
+    fn look_up(&mut self, peer: PeerId) {
+        if self.looked_up.get(&peer).is_some_and(|t| t.elapsed() < LOOKUP_EVERY) {
+            return;
+        }
+        if self.looked_up.len() > 10_000 {
+            self.looked_up.retain(|_, t| t.elapsed() < LOOKUP_EVERY);
+        }
+        self.looked_up.insert(peer, Instant::now());
+        let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        self.lookups.insert(id, peer);
     }
 
     /// Stores an inbound record only if it is a valid head record newer than the one held.
@@ -531,6 +818,25 @@ impl EventLoop {
                     let _ = reply.send(found);
                 }
             }
+            kad::Event::OutboundQueryProgressed { id, result: kad::QueryResult::GetClosestPeers(r), step, .. } => {
+                let Some(&target) = self.lookups.get(&id) else { return };
+                let found = match &r {
+                    Ok(ok) => ok.peers.iter().find(|p| p.peer_id == target).map(|p| p.addrs.clone()),
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => {
+                        peers.iter().find(|p| p.peer_id == target).map(|p| p.addrs.clone())
+                    }
+                };
+                if step.last || found.is_some() {
+                    self.lookups.remove(&id);
+                }
+                if let Some(addrs) = found {
+                    let addrs = self.dialable(addrs);
+                    tracing::debug!("found {target} through the DHT at {addrs:?}");
+                    if !addrs.is_empty() && !self.swarm.is_connected(&target) {
+                        self.dial(target, addrs);
+                    }
+                }
+            }
             kad::Event::OutboundQueryProgressed { result: kad::QueryResult::PutRecord(Err(e)), .. } => {
                 tracing::debug!("record not stored remotely: {e}")
             }
@@ -547,18 +853,72 @@ impl EventLoop {
         }
     }
 
+    fn on_identify(&mut self, peer_id: PeerId, info: identify::Info) {
+        let routable: Vec<Multiaddr> = info.listen_addrs.into_iter().filter(|a| self.reach.routable(a)).collect();
+        self.reach.identified(peer_id, info.protocols.contains(&relay::HOP_PROTOCOL_NAME), &routable);
+        if info.protocols.contains(&KAD_PROTOCOL) {
+            for a in routable {
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+            }
+        }
+    }
+
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
-                self.emit(NetEvent::Listening(full));
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
-                if info.protocols.contains(&KAD_PROTOCOL) =>
-            {
-                for a in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                if let Some(&relay) = self.relay_listeners.get(&listener_id) {
+                    tracing::info!("relay reservation on {relay}: reachable at {address}");
+                    self.reach.reserved(relay, address.clone());
+                    self.swarm.add_external_address(address);
+                    self.publish_addresses();
+                } else {
+                    let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                    self.emit(NetEvent::Listening(full));
                 }
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } | SwarmEvent::ListenerError { listener_id, .. } => {
+                if let Some(relay) = self.relay_listeners.remove(&listener_id) {
+                    tracing::info!("relay reservation on {relay} ended");
+                    if let Some(a) = self.reach.unreserved(&relay) {
+                        self.swarm.remove_external_address(&a);
+                    }
+                    self.publish_addresses();
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                if self.reach.confirm(&address) {
+                    tracing::info!("confirmed external address {address}");
+                } else {
+                    self.swarm.remove_external_address(&address);
+                }
+                self.publish_addresses();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.reach.expire(&address);
+                self.publish_addresses();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(e)) => {
+                if let Err(err) = &e.result {
+                    tracing::debug!("{} cannot dial us back at {}: {err}", e.server, e.tested_addr);
+                    self.reach.failed(&e.tested_addr);
+                    self.publish_addresses();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => match e.result {
+                Ok(_) => tracing::info!("hole punched to {}: direct connection", e.remote_peer_id),
+                Err(err) => {
+                    tracing::info!("hole punching to {} failed: {err}", e.remote_peer_id);
+                    self.reach.punch_failed(e.remote_peer_id);
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) })) => {
+                // A connection that stopped answering (a router that lost its NAT state, a
+                // changed address) is closed at once, so that the peer is dialed afresh.
+                tracing::debug!("ping to {peer} failed ({e}); closing that connection");
+                self.swarm.close_connection(connection);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                self.on_identify(peer_id, info)
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
@@ -576,20 +936,48 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Contract(e)) => self.on_contract(e),
             SwarmEvent::Behaviour(BehaviourEvent::Data(e)) => self.on_data(e),
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
-                tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
-                // A new peer knows others: look for more now rather than at the next tick,
-                // while we have fewer than we want (at most one lookup per 5 s).
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+                self.on_connected(peer_id, connection_id, endpoint.get_remote_address().clone());
                 if num_established.get() == 1
                     && self.swarm.connected_peers().count() < TARGET_PEERS
                     && self.last_lookup.elapsed() >= Duration::from_secs(5)
                 {
-                    self.last_lookup = std::time::Instant::now();
+                    // A new peer knows others: look for more now rather than at the next
+                    // tick, while we have fewer than we want (at most one lookup per 5 s).
+                    self.last_lookup = Instant::now();
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
             }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
+                self.reach.disconnected(&connection_id);
+                self.flush(peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
+                if !self.swarm.is_connected(&peer) && self.waiting.contains_key(&peer) =>
+            {
+                tracing::debug!("cannot reach {peer} ({error}); looking it up by PeerId");
+                self.look_up(peer);
+            }
             _ => {}
         }
+    }
+
+    /// Records a new connection. A direct one replaces every relayed one to the same peer
+    /// (closed, so that requests cannot be put on them); a relayed one next to a direct one
+    /// is closed at once.
+    fn on_connected(&mut self, peer: PeerId, id: ConnectionId, addr: Multiaddr) {
+        let relayed = reach::is_circuit(&addr);
+        tracing::debug!("connected to {peer} at {addr}{}", if relayed { " (relayed)" } else { "" });
+        let transport = reach::transport_of(&addr);
+        self.reach.connected(id, ConnInfo { peer, addr, relayed, transport, since: Instant::now() });
+        if relayed && self.reach.direct(&peer) {
+            self.swarm.close_connection(id);
+        } else if !relayed {
+            for c in self.reach.relayed_conns(&peer) {
+                self.swarm.close_connection(c);
+            }
+        }
+        self.flush(peer);
     }
 
     fn on_contract(&mut self, e: request_response::Event<Inbound<ContractRequest>, ContractResponse>) {
