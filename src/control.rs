@@ -31,6 +31,14 @@ pub enum Request {
         /// Erasure-code packs with this scheme instead of `copies` copies.
         #[serde(default)]
         erasure: Option<crate::repo::erasure::Scheme>,
+        /// Hold everything the daemon sends to at most this many KiB/s while this runs
+        /// (restic's `--limit-upload`); 0 = no change.
+        #[serde(default)]
+        limit_upload: u64,
+        /// Hold everything the daemon receives to at most this many KiB/s while this runs;
+        /// 0 = no change.
+        #[serde(default)]
+        limit_download: u64,
     },
     /// Restore a snapshot.
     Restore {
@@ -43,6 +51,14 @@ pub enum Request {
         /// Restore only these paths (and what is below them); empty = everything.
         #[serde(default)]
         include: Vec<PathBuf>,
+        /// Hold everything the daemon sends to at most this many KiB/s while this runs
+        /// (restic's `--limit-upload`); 0 = no change.
+        #[serde(default)]
+        limit_upload: u64,
+        /// Hold everything the daemon receives to at most this many KiB/s while this runs;
+        /// 0 = no change.
+        #[serde(default)]
+        limit_download: u64,
     },
     /// List snapshots.
     Snapshots,

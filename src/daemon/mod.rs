@@ -127,10 +127,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         global_only: config.network.global_addresses_only,
         upnp: config.network.upnp,
         relay: config.relay.serve.then(|| config.relay.clone()),
-        limits: net::throttle::Limits {
-            up: net::throttle::Rate::new(config.network.limit_upload),
-            down: net::throttle::Rate::new(config.network.limit_download),
-        },
+        limits: net::throttle::Limits::new(config.network.limit_upload, config.network.limit_download),
     };
     // Listen on the ports of the last run where the config says "any port", so that the
     // addresses our contract partners recorded stay valid across restarts.

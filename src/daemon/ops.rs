@@ -238,10 +238,12 @@ impl Inner {
                 },
                 Err(e) => Reply::Error(e),
             },
-            Request::Backup { paths, copies, exclude, erasure } => {
+            Request::Backup { paths, copies, exclude, erasure, limit_upload, limit_download } => {
+                let _limits = self.net.limit_while(limit_upload, limit_download);
                 self.clone().backup(&tx, paths, copies, exclude, erasure).await
             }
-            Request::Restore { snapshot, target, overwrite, include } => {
+            Request::Restore { snapshot, target, overwrite, include, limit_upload, limit_download } => {
+                let _limits = self.net.limit_while(limit_upload, limit_download);
                 self.clone().restore(&tx, restore::RestoreWhat { snapshot, target, overwrite, include }).await
             }
         };

@@ -212,6 +212,7 @@ pub struct NetHandle {
     /// This peer's id.
     pub peer_id: PeerId,
     advertised: Arc<RwLock<Vec<Multiaddr>>>,
+    limits: throttle::Limits,
 }
 
 impl NetHandle {
@@ -294,6 +295,17 @@ impl NetHandle {
         self.advertised.read().map(|a| a.clone()).unwrap_or_default()
     }
 
+    /// Holds everything this daemon sends at most at `up_kib` KiB/s and everything it
+    /// receives at most at `down_kib` KiB/s (0 = no change) until the guards are dropped:
+    /// a command's `--limit-upload` / `--limit-download` (see [`throttle`]).
+    pub fn limit_while(
+        &self,
+        up_kib: u64,
+        down_kib: u64,
+    ) -> (Option<throttle::RateGuard>, Option<throttle::RateGuard>) {
+        (self.limits.up.limit_while(up_kib), self.limits.down.limit_while(down_kib))
+    }
+
     /// Listen addresses and connected peers.
     pub async fn status(&self) -> Result<NetStatus, NetError> {
         self.call(Command::Status).await
@@ -353,7 +365,8 @@ pub fn start(
 ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
     let other = |e: &dyn std::fmt::Display| NetError::Other(e.to_string());
     let peer_id = keypair.public().to_peer_id();
-    let (transport, relay_client) = build_transport(&keypair, &cfg.limits).map_err(|e| other(&e))?;
+    let limits = cfg.limits.clone();
+    let (transport, relay_client) = build_transport(&keypair, &limits).map_err(|e| other(&e))?;
     let behaviour = build_behaviour(&keypair, &cfg, relay_client).map_err(|e| other(&e))?;
     let mut swarm = Swarm::new(
         transport,
@@ -406,7 +419,7 @@ pub fn start(
         relay_listeners: HashMap::new(),
     };
     tokio::spawn(lp.run());
-    Ok((NetHandle { tx, peer_id, advertised }, ev_rx))
+    Ok((NetHandle { tx, peer_id, advertised, limits }, ev_rx))
 }
 
 type BoxedTransport = libp2p::core::transport::Boxed<(PeerId, StreamMuxerBox)>;
@@ -501,7 +514,10 @@ fn build_behaviour(
         blocked: allow_block_list::Behaviour::default(),
         limits,
         identify,
-        ping: ping::Behaviour::default(),
+        // A dead connection (a router that lost its NAT state) is noticed within 20 s.
+        ping: ping::Behaviour::new(
+            ping::Config::new().with_interval(Duration::from_secs(10)).with_timeout(Duration::from_secs(10)),
+        ),
         kad,
         gossipsub,
         contract,
@@ -597,6 +613,12 @@ impl EventLoop {
                 self.swarm.remove_listener(id);
             }
         }
+        for (relay, addr) in self.reach.relays_to_dial() {
+            if self.swarm.is_connected(&relay) {
+                continue;
+            }
+            self.dial(relay, vec![addr]);
+        }
         for (relay, addr) in self.reach.relays_to_reserve() {
             match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {
@@ -628,12 +650,16 @@ impl EventLoop {
         self.publish_addresses();
     }
 
-    /// Updates what [`NetHandle::advertised`] returns.
-    fn publish_addresses(&self) {
+    /// Updates what [`NetHandle::advertised`] returns; when it changed, tells every
+    /// connected peer at once (identify push), so that relays and contract partners learn
+    /// our new addresses without waiting for the next identify round.
+    fn publish_addresses(&mut self) {
         let now = self.reach.advertised();
-        if let Ok(mut a) = self.advertised.write()
-            && *a != now
         {
+            let Ok(mut a) = self.advertised.write() else { return };
+            if *a == now {
+                return;
+            }
             tracing::info!(
                 "reachability {}; advertising {}",
                 self.reach.reachability(),
@@ -641,6 +667,8 @@ impl EventLoop {
             );
             *a = now;
         }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        self.swarm.behaviour_mut().identify.push(peers);
     }
 
     fn on_command(&mut self, c: Command) {

@@ -19,6 +19,8 @@ pub const RELAYS_WANTED: usize = 2;
 /// How long a relayed-only connection is given for hole punching (DCUtR) before the peer
 /// counts as reachable only through a relay.
 pub const PUNCH_WAIT: Duration = Duration::from_secs(15);
+/// A relay whose reservation ended or was refused is not asked again for this long.
+pub const RELAY_RETRY: Duration = Duration::from_secs(60);
 
 /// Whether others can dial us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -90,6 +92,8 @@ pub struct Reach {
     punch_failed: HashSet<PeerId>,
     /// Relays we may reserve on: peers serving relay v2 with a routable direct address.
     relay_candidates: HashMap<PeerId, Multiaddr>,
+    /// Relays whose reservation ended, and when.
+    relays_lost: HashMap<PeerId, Instant>,
 }
 
 impl Reach {
@@ -104,6 +108,7 @@ impl Reach {
             conns: HashMap::new(),
             punch_failed: HashSet::new(),
             relay_candidates: HashMap::new(),
+            relays_lost: HashMap::new(),
         }
     }
 
@@ -192,17 +197,37 @@ impl Reach {
     /// address to reserve through, `<relay addr>/p2p/<relay>/p2p-circuit`; none while we are
     /// public. The caller starts listening on each and reports it with [`Reach::reserving`].
     pub fn relays_to_reserve(&self) -> Vec<(PeerId, Multiaddr)> {
-        if self.reachability() == Reachability::Public || self.relays.len() >= RELAYS_WANTED {
-            return vec![];
-        }
-        let mut cands: Vec<(&PeerId, &Multiaddr)> =
-            self.relay_candidates.iter().filter(|(p, _)| !self.relays.contains_key(p) && self.direct(p)).collect();
-        cands.sort();
+        let mut cands = self.usable_relays();
+        cands.retain(|(p, _)| self.direct(p));
         cands
             .into_iter()
             .take(RELAYS_WANTED - self.relays.len())
             .map(|(p, a)| (*p, a.clone().with(Protocol::P2p(*p)).with(Protocol::P2pCircuit)))
             .collect()
+    }
+
+    /// Relays worth dialing so that we can reserve on them: candidates not connected now,
+    /// while we have fewer reservations than we want (after an address change, say).
+    pub fn relays_to_dial(&self) -> Vec<(PeerId, Multiaddr)> {
+        let mut cands = self.usable_relays();
+        cands.retain(|(p, _)| !self.direct(p));
+        cands.into_iter().map(|(p, a)| (*p, a.clone())).collect()
+    }
+
+    /// Candidates not in use and not lost recently, sorted; none while we are public or
+    /// have all the reservations we want.
+    fn usable_relays(&self) -> Vec<(&PeerId, &Multiaddr)> {
+        if self.reachability() == Reachability::Public || self.relays.len() >= RELAYS_WANTED {
+            return vec![];
+        }
+        let mut v: Vec<(&PeerId, &Multiaddr)> = self
+            .relay_candidates
+            .iter()
+            .filter(|(p, _)| !self.relays.contains_key(p))
+            .filter(|(p, _)| self.relays_lost.get(p).is_none_or(|t| t.elapsed() >= RELAY_RETRY))
+            .collect();
+        v.sort();
+        v
     }
 
     /// We asked `relay` for a reservation.
@@ -217,6 +242,10 @@ impl Reach {
 
     /// The reservation on `relay` ended or failed; a new relay is chosen at the next tick.
     pub fn unreserved(&mut self, relay: &PeerId) -> Option<Multiaddr> {
+        if self.relays_lost.len() > 1000 {
+            self.relays_lost.retain(|_, t| t.elapsed() < RELAY_RETRY);
+        }
+        self.relays_lost.insert(*relay, Instant::now());
         self.relays.remove(relay).flatten()
     }
 

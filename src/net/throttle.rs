@@ -7,6 +7,9 @@
 //! bytes are counted there once. What is counted is the payload of substreams (requests,
 //! responses, gossip, DHT messages); the Noise and Yamux framing around them is not.
 //!
+//! The wrapper is always in place; with no limit in force a read or write costs one atomic
+//! load more.
+//!
 //! A [`Rate`] is a virtual clock: each transfer of `n` bytes moves `next` forward by
 //! `n / rate` seconds, and a transfer may start only while `next` is no more than
 //! [`BURST`] ahead of now, so over any interval the bytes moved stay within
@@ -16,6 +19,7 @@ use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent, SubstreamBox};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -25,18 +29,70 @@ pub const BURST: Duration = Duration::from_millis(100);
 /// Largest piece moved in one read or write while a limit is set, bytes.
 pub const CHUNK: usize = 16 << 10;
 
-/// One direction's limit, shared by every substream of every connection.
+/// One direction's limit, shared by every substream of every connection: the configured
+/// rate, lowered while a command asks for less ([`Rate::limit_while`], restic's
+/// `--limit-upload` / `--limit-download`).
 #[derive(Debug)]
 pub struct Rate {
-    bytes_per_sec: f64,
+    /// Configured bytes per second; 0 = none.
+    base: u64,
+    /// Bytes per second in force now; 0 = none.
+    effective: AtomicU64,
+    /// Lower limits asked for by commands running now, bytes per second.
+    overrides: Mutex<Vec<u64>>,
     next: Mutex<Instant>,
 }
 
+/// Holds a command's lower limit until dropped.
+pub struct RateGuard {
+    rate: Arc<Rate>,
+    bytes_per_sec: u64,
+}
+
+impl Drop for RateGuard {
+    fn drop(&mut self) {
+        if let Ok(mut o) = self.rate.overrides.lock() {
+            if let Some(i) = o.iter().position(|b| *b == self.bytes_per_sec) {
+                o.swap_remove(i);
+            }
+            self.rate.recompute(&o);
+        }
+    }
+}
+
 impl Rate {
-    /// A limit of `kib_per_sec` KiB/s; `None` for 0 (no limit).
-    pub fn new(kib_per_sec: u64) -> Option<Arc<Rate>> {
-        (kib_per_sec > 0)
-            .then(|| Arc::new(Rate { bytes_per_sec: kib_per_sec as f64 * 1024.0, next: Mutex::new(Instant::now()) }))
+    /// A limit of `kib_per_sec` KiB/s; 0 = no limit (until a command asks for one).
+    pub fn new(kib_per_sec: u64) -> Arc<Rate> {
+        let base = kib_per_sec.saturating_mul(1024);
+        Arc::new(Rate {
+            base,
+            effective: AtomicU64::new(base),
+            overrides: Mutex::new(Vec::new()),
+            next: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Bytes per second in force now; 0 = no limit.
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.effective.load(Ordering::Relaxed)
+    }
+
+    /// Holds the rate at most at `kib_per_sec` KiB/s until the guard is dropped (the lowest
+    /// of the configured limit and every command's wins); 0 changes nothing.
+    pub fn limit_while(self: &Arc<Self>, kib_per_sec: u64) -> Option<RateGuard> {
+        let bytes_per_sec = kib_per_sec.saturating_mul(1024);
+        if bytes_per_sec == 0 {
+            return None;
+        }
+        let mut o = self.overrides.lock().ok()?;
+        o.push(bytes_per_sec);
+        self.recompute(&o);
+        Some(RateGuard { rate: self.clone(), bytes_per_sec })
+    }
+
+    fn recompute(&self, overrides: &[u64]) {
+        let e = overrides.iter().copied().chain((self.base > 0).then_some(self.base)).min().unwrap_or(0);
+        self.effective.store(e, Ordering::Relaxed);
     }
 
     /// How long to wait before a transfer may start (zero: now).
@@ -47,30 +103,34 @@ impl Rate {
 
     /// Counts `n` bytes moved at `now`.
     fn charge(&self, n: usize, now: Instant) {
+        let bps = self.bytes_per_sec();
+        if bps == 0 {
+            return;
+        }
         if let Ok(mut next) = self.next.lock() {
-            *next = (*next).max(now) + Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
+            *next = (*next).max(now) + Duration::from_secs_f64(n as f64 / bps as f64);
         }
     }
 }
 
-/// The two limits, either of which may be absent.
-#[derive(Clone, Debug, Default)]
+/// The two limits.
+#[derive(Clone, Debug)]
 pub struct Limits {
     /// What we send.
-    pub up: Option<Arc<Rate>>,
+    pub up: Arc<Rate>,
     /// What we receive.
-    pub down: Option<Arc<Rate>>,
+    pub down: Arc<Rate>,
 }
 
 impl Limits {
-    /// True when neither direction is limited.
-    pub fn is_none(&self) -> bool {
-        self.up.is_none() && self.down.is_none()
+    /// Limits of `up` and `down` KiB/s (0 = none).
+    pub fn new(up: u64, down: u64) -> Self {
+        Limits { up: Rate::new(up), down: Rate::new(down) }
     }
 
     /// Wraps a connection's muxer so that its substreams obey these limits.
     pub fn wrap(&self, m: StreamMuxerBox) -> StreamMuxerBox {
-        if self.is_none() { m } else { StreamMuxerBox::new(Throttled { inner: m, limits: self.clone() }) }
+        StreamMuxerBox::new(Throttled { inner: m, limits: self.clone() })
     }
 }
 
@@ -142,7 +202,10 @@ fn admit(rate: &Rate, wait: &mut Option<Pin<Box<tokio::time::Sleep>>>, cx: &mut 
 impl AsyncRead for ThrottledStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let Some(rate) = this.limits.down.clone() else { return Pin::new(&mut this.inner).poll_read(cx, buf) };
+        let rate = this.limits.down.clone();
+        if rate.bytes_per_sec() == 0 {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         if admit(&rate, &mut this.read_wait, cx).is_pending() {
             return Poll::Pending;
         }
@@ -158,7 +221,10 @@ impl AsyncRead for ThrottledStream {
 impl AsyncWrite for ThrottledStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let Some(rate) = this.limits.up.clone() else { return Pin::new(&mut this.inner).poll_write(cx, buf) };
+        let rate = this.limits.up.clone();
+        if rate.bytes_per_sec() == 0 {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
         if admit(&rate, &mut this.write_wait, cx).is_pending() {
             return Poll::Pending;
         }
@@ -185,13 +251,26 @@ mod tests {
 
     #[test]
     fn the_clock_runs_ahead_by_what_was_moved() {
-        let r = Rate::new(1).unwrap(); // 1024 bytes/s
+        let r = Rate::new(1); // 1024 bytes/s
         let t = Instant::now();
         assert_eq!(r.delay(t), Duration::ZERO);
         r.charge(1024, t); // one second's worth
         let d = r.delay(t);
         assert!(d > Duration::from_millis(850) && d <= Duration::from_millis(900), "{d:?}");
         assert_eq!(r.delay(t + Duration::from_millis(900)), Duration::ZERO);
-        assert!(Rate::new(0).is_none());
+        // A command's lower limit holds while its guard lives; the lowest one wins.
+        let r = Rate::new(0);
+        assert_eq!(r.bytes_per_sec(), 0);
+        let g1 = r.limit_while(100);
+        let g2 = r.limit_while(10);
+        assert_eq!(r.bytes_per_sec(), 10 * 1024);
+        drop(g2);
+        assert_eq!(r.bytes_per_sec(), 100 * 1024);
+        drop(g1);
+        assert_eq!(r.bytes_per_sec(), 0);
+        let c = Rate::new(50);
+        let g = c.limit_while(500);
+        assert_eq!(c.bytes_per_sec(), 50 * 1024, "the configured limit stays when a command asks for more");
+        drop(g);
     }
 }
