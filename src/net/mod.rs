@@ -66,6 +66,11 @@ pub const BLOCK_SECS: u64 = 600;
 /// punch, a Kademlia lookup of the peer's new address) before it fails with
 /// [`NetError::NotDirect`].
 pub const DIRECT_WAIT: Duration = Duration::from_secs(20);
+/// How long one direct dial (connect, Noise, Yamux) may take: shorter than an AutoNAT v2
+/// server's 10 s for a dial-back.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a relayed connection stays open once a direct one to the same peer exists.
+pub const RELAYED_GRACE: Duration = Duration::from_secs(3);
 /// Kademlia lookups of one unreachable peer's addresses at most this often.
 pub const LOOKUP_EVERY: Duration = Duration::from_secs(10);
 
@@ -84,6 +89,7 @@ struct Behaviour {
     contract: ContractBehaviour,
     data: DataBehaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    autonat_v1: autonat::v1::Behaviour,
     autonat_client: autonat::v2::client::Behaviour,
     autonat_server: autonat::v2::server::Behaviour,
     relay_client: relay::client::Behaviour,
@@ -380,22 +386,21 @@ pub fn start(
     for a in cfg.listen {
         swarm.listen_on(a.clone()).map_err(|e| NetError::Other(format!("cannot listen on {a}: {e}")))?;
     }
+    // Dialed once the listeners are up (first listen address or first tick), so that TCP
+    // dials leave from the listen port (port reuse): the address others then observe is
+    // one they can dial back and hole punch to, not an ephemeral port.
+    let mut initial_dials = Vec::new();
     for a in &cfg.bootstrap {
         if let Some(Protocol::P2p(peer)) = a.iter().last() {
             swarm.behaviour_mut().kad.add_address(&peer, a.clone());
         }
-        if let Err(e) = swarm.dial(a.clone()) {
-            tracing::warn!("cannot dial bootstrap peer {a}: {e}");
-        }
+        initial_dials.push(libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(a.clone()).build());
     }
     for (peer, addrs) in cfg.known {
         for a in &addrs {
             swarm.behaviour_mut().kad.add_address(&peer, a.clone());
         }
-        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
-        if let Err(e) = swarm.dial(opts) {
-            tracing::debug!("cannot dial known peer {peer}: {e}");
-        }
+        initial_dials.push(libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build());
     }
     let (tx, rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
@@ -417,6 +422,8 @@ pub fn start(
         lookups: HashMap::new(),
         looked_up: HashMap::new(),
         relay_listeners: HashMap::new(),
+        initial_dials,
+        closing: Vec::new(),
     };
     tokio::spawn(lp.run());
     Ok((NetHandle { tx, peer_id, advertised, limits }, ev_rx))
@@ -439,7 +446,12 @@ fn build_transport(
         .map(move |(p, m), _| (p, l1.wrap(StreamMuxerBox::new(m))));
     let quic =
         quic::tokio::Transport::new(quic::Config::new(key)).map(move |(p, m), _| (p, l2.wrap(StreamMuxerBox::new(m))));
-    let direct = dns::tokio::Transport::system(OrTransport::new(quic, tcp).map(|e, _| e.into_inner()))?;
+    // A dial that gets no answer (a NAT dropping it) fails after DIAL_TIMEOUT rather than
+    // the OS's minutes, so that an AutoNAT dial-back can report "unreachable" in time.
+    let direct = libp2p::core::transport::timeout::TransportTimeout::new(
+        dns::tokio::Transport::system(OrTransport::new(quic, tcp).map(|e, _| e.into_inner()))?,
+        DIAL_TIMEOUT,
+    );
     let (relay_transport, relay_client) = relay::client::new(key.public().to_peer_id());
     let relayed = relay_transport
         .upgrade(upgrade::Version::V1Lazy)
@@ -523,6 +535,18 @@ fn build_behaviour(
         contract,
         data,
         mdns: mdns.into(),
+        // v1 beside v2: v2 asks for dial-backs only over connections we opened, so a public
+        // peer that others dial (a bootstrap) would never learn it is public from v2 alone.
+        autonat_v1: autonat::v1::Behaviour::new(
+            peer_id,
+            autonat::v1::Config {
+                boot_delay: Duration::from_secs(3),
+                retry_interval: Duration::from_secs(20),
+                throttle_server_period: Duration::from_secs(10),
+                only_global_ips: cfg.global_only,
+                ..Default::default()
+            },
+        ),
         autonat_client: autonat::v2::client::Behaviour::new(
             rand::rngs::OsRng,
             autonat::v2::client::Config::default().with_probe_interval(Duration::from_secs(2)),
@@ -576,12 +600,17 @@ struct EventLoop {
     looked_up: HashMap<PeerId, Instant>,
     /// Our listeners on relays (`/p2p-circuit`), by relay.
     relay_listeners: HashMap<libp2p::core::transport::ListenerId, PeerId>,
+    /// Relayed connections to close, and when (a direct one to the same peer exists).
+    closing: Vec<(ConnectionId, Instant)>,
+    /// Bootstrap and known peers, dialed once we listen.
+    initial_dials: Vec<libp2p::swarm::dial_opts::DialOpts>,
 }
 
 impl EventLoop {
     async fn run(mut self) {
         let mut bootstrap = tokio::time::interval(Duration::from_secs(30));
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let second = Duration::from_secs(1);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
@@ -605,8 +634,25 @@ impl EventLoop {
         }
     }
 
+    /// Dials the bootstrap and known peers (once).
+    fn initial_dials(&mut self) {
+        for opts in std::mem::take(&mut self.initial_dials) {
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::warn!("cannot dial a bootstrap or known peer: {e}");
+            }
+        }
+    }
+
     /// Once a second: relay reservations kept or given up, waiting data requests expired.
     fn on_tick(&mut self) {
+        self.initial_dials();
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.closing).into_iter().partition(|(_, t)| *t <= now);
+        self.closing = later;
+        for (c, _) in due {
+            self.swarm.close_connection(c);
+        }
         if self.reach.drop_relays() {
             let ids: Vec<_> = self.relay_listeners.keys().copied().collect();
             for id in ids {
@@ -902,6 +948,7 @@ impl EventLoop {
                 } else {
                     let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
                     self.emit(NetEvent::Listening(full));
+                    self.initial_dials();
                 }
             }
             SwarmEvent::ListenerClosed { listener_id, .. } | SwarmEvent::ListenerError { listener_id, .. } => {
@@ -924,6 +971,18 @@ impl EventLoop {
             SwarmEvent::ExternalAddrExpired { address } => {
                 self.reach.expire(&address);
                 self.publish_addresses();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatV1(autonat::v1::Event::StatusChanged { new, .. })) => {
+                match new {
+                    autonat::v1::NatStatus::Public(a) => self.swarm.add_external_address(a),
+                    autonat::v1::NatStatus::Private => {
+                        for a in self.swarm.listeners().cloned().collect::<Vec<_>>() {
+                            self.reach.failed(&a);
+                        }
+                        self.publish_addresses();
+                    }
+                    autonat::v1::NatStatus::Unknown => {}
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(e)) => {
                 if let Err(err) = &e.result {
@@ -965,7 +1024,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Contract(e)) => self.on_contract(e),
             SwarmEvent::Behaviour(BehaviourEvent::Data(e)) => self.on_data(e),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
-                self.on_connected(peer_id, connection_id, endpoint.get_remote_address().clone());
+                self.on_connected(peer_id, connection_id, endpoint.get_remote_address().clone(), endpoint.is_relayed());
                 if num_established.get() == 1
                     && self.swarm.connected_peers().count() < TARGET_PEERS
                     && self.last_lookup.elapsed() >= Duration::from_secs(5)
@@ -990,19 +1049,20 @@ impl EventLoop {
         }
     }
 
-    /// Records a new connection. A direct one replaces every relayed one to the same peer
-    /// (closed, so that requests cannot be put on them); a relayed one next to a direct one
-    /// is closed at once.
-    fn on_connected(&mut self, peer: PeerId, id: ConnectionId, addr: Multiaddr) {
-        let relayed = reach::is_circuit(&addr);
+    /// Records a new connection. A direct one replaces every relayed one to the same peer,
+    /// and a relayed one next to a direct one goes too: each is closed [`RELAYED_GRACE`]
+    /// later, so that the contract messages under way on it are answered first, and data
+    /// requests to that peer wait until then (they must not be put on a relayed one).
+    fn on_connected(&mut self, peer: PeerId, id: ConnectionId, addr: Multiaddr, relayed: bool) {
         tracing::debug!("connected to {peer} at {addr}{}", if relayed { " (relayed)" } else { "" });
         let transport = reach::transport_of(&addr);
         self.reach.connected(id, ConnInfo { peer, addr, relayed, transport, since: Instant::now() });
+        let at = Instant::now() + RELAYED_GRACE;
         if relayed && self.reach.direct(&peer) {
-            self.swarm.close_connection(id);
+            self.closing.push((id, at));
         } else if !relayed {
             for c in self.reach.relayed_conns(&peer) {
-                self.swarm.close_connection(c);
+                self.closing.push((c, at));
             }
         }
         self.flush(peer);

@@ -1,0 +1,450 @@
+//! Peers behind home routers: real daemons in Linux network namespaces this test makes.
+//!
+//! The lab: an "internet" namespace with a bridge on 203.0.113.0/24; one public peer on it
+//! (the bootstrap and the relay, offering nothing, so it never holds packs); and homes,
+//! each a router namespace (WAN on the bridge, iptables MASQUERADE, unsolicited inbound
+//! dropped) with one host behind it on 192.0.2.0/24 — the same LAN range in every home, as
+//! real homes have. One router may NAT with `--random-fully` (a symmetric NAT). Only
+//! documentation ranges are used and there is no default route out of the lab. Every
+//! namespace and daemon is removed when the [`Lab`] is dropped, also when a test fails.
+//!
+//! These tests need root (CI runs as root). Without it they fail, naming the reason.
+
+use peer::localnet::{compare_trees, run_peer};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PUBLIC_IP: &str = "203.0.113.10";
+const PORT: u16 = 4001;
+
+/// Which transports the daemons listen on.
+#[derive(Clone, Copy)]
+enum Transports {
+    Tcp,
+    Quic,
+}
+
+struct Daemon {
+    ns: String,
+    home: PathBuf,
+    peer_id: String,
+    child: Option<Child>,
+}
+
+/// Namespaces and the daemons in them; all removed on drop.
+struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    daemons: Vec<Daemon>,
+    dir: tempfile::TempDir,
+    exe: PathBuf,
+    homes: usize,
+}
+
+fn sh(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("cannot run {}: {e}", args[0]))?;
+    if !out.status.success() {
+        return Err(format!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Lab {
+    /// Makes the internet namespace and its bridge. Panics (the test fails) when namespaces
+    /// cannot be made: not root, or no `ip`/`iptables` (`.ci/run` installs iptables).
+    fn new(tag: &str) -> Lab {
+        let prefix = format!("peert{}{tag}", std::process::id() % 100_000);
+        let mut lab = Lab {
+            prefix,
+            namespaces: vec![],
+            daemons: vec![],
+            dir: tempfile::tempdir().expect("temp dir"),
+            exe: PathBuf::from(env!("CARGO_BIN_EXE_peer")),
+            homes: 0,
+        };
+        sh(&["iptables", "--version"]).expect("iptables is needed for the NAT tests (apt-get install -y iptables)");
+        let wan = lab.ns("wan").unwrap_or_else(|e| {
+            panic!("cannot create network namespaces ({e}); the NAT tests must run as root with iproute2")
+        });
+        lab.ip(&wan, "link add br0 type bridge");
+        lab.ip(&wan, "link set br0 up");
+        lab
+    }
+
+    fn name(&self, n: &str) -> String {
+        format!("{}-{n}", self.prefix)
+    }
+
+    fn ns(&mut self, n: &str) -> Result<String, String> {
+        let name = self.name(n);
+        sh(&["ip", "netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    fn ip(&self, ns: &str, cmd: &str) {
+        let mut args = vec!["ip", "-n", ns];
+        args.extend(cmd.split_whitespace());
+        sh(&args).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn exec(&self, ns: &str, cmd: &[&str]) {
+        let mut args = vec!["ip", "netns", "exec", ns];
+        args.extend(cmd);
+        sh(&args).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Plugs namespace `ns` into the internet bridge as `wan` with address `ip`.
+    fn plug(&self, ns: &str, port: &str, ip: &str) {
+        let wan = self.name("wan");
+        self.ip(&wan, &format!("link add {port} type veth peer name wan netns {ns}"));
+        self.ip(&wan, &format!("link set {port} master br0 up"));
+        self.ip(ns, &format!("addr add {ip}/24 dev wan"));
+        self.ip(ns, "link set wan up");
+    }
+
+    /// A host directly on the internet.
+    fn public_host(&mut self, n: &str, ip: &str) -> String {
+        let ns = self.ns(n).unwrap_or_else(|e| panic!("{e}"));
+        self.plug(&ns, &format!("p{n}"), ip);
+        ns
+    }
+
+    /// A home: a router with public address `wan_ip` and one host behind it at 192.0.2.2.
+    /// Returns the host's namespace.
+    fn home(&mut self, wan_ip: &str, symmetric: bool) -> String {
+        let i = self.homes;
+        self.homes += 1;
+        let router = self.ns(&format!("r{i}")).unwrap_or_else(|e| panic!("{e}"));
+        let host = self.ns(&format!("h{i}")).unwrap_or_else(|e| panic!("{e}"));
+        self.plug(&router, &format!("r{i}"), wan_ip);
+        self.ip(&router, &format!("link add lan type veth peer name eth0 netns {host}"));
+        self.ip(&router, "addr add 192.0.2.1/24 dev lan");
+        self.ip(&router, "link set lan up");
+        self.ip(&host, "addr add 192.0.2.2/24 dev eth0");
+        self.ip(&host, "link set eth0 up");
+        self.ip(&host, "route add default via 192.0.2.1");
+        self.exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let mut masq = vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"];
+        if symmetric {
+            masq.push("--random-fully");
+        }
+        self.exec(&router, &masq);
+        self.exec(
+            &router,
+            &[
+                "iptables",
+                "-A",
+                "FORWARD",
+                "-i",
+                "wan",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        );
+        self.exec(&router, &["iptables", "-A", "FORWARD", "-i", "wan", "-j", "DROP"]);
+        // The router itself answers nothing unsolicited either (no RST, no ICMP), as home
+        // routers do: a hole punch's early packet is dropped, not refused.
+        self.exec(
+            &router,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-i",
+                "wan",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        );
+        self.exec(&router, &["iptables", "-A", "INPUT", "-i", "wan", "-j", "DROP"]);
+        host
+    }
+
+    /// Gives home `i`'s router a new public address (a DHCP lease change): its NAT state is
+    /// lost with the old address.
+    fn renumber(&self, i: usize, new_ip: &str) {
+        let router = self.name(&format!("r{i}"));
+        self.ip(&router, "addr flush dev wan");
+        self.ip(&router, &format!("addr add {new_ip}/24 dev wan"));
+        // The kernel drops MASQUERADE entries of a vanished address; flush the rest too.
+        let _ = sh(&["ip", "netns", "exec", &router, "sh", "-c", "echo f > /proc/net/nf_conntrack 2>/dev/null"]);
+    }
+
+    /// `peer init` + config + offer, then starts the daemon in `ns`; returns its index.
+    fn daemon(&mut self, ns: &str, t: Transports, bootstrap: Option<&str>, offer: &str) -> usize {
+        let i = self.daemons.len();
+        let home = self.dir.path().join(format!("peer{i}"));
+        let listen = match t {
+            Transports::Tcp => format!("/ip4/0.0.0.0/tcp/{PORT}"),
+            Transports::Quic => format!("/ip4/0.0.0.0/udp/{PORT}/quic-v1"),
+        };
+        let mut args = vec!["init", "--no-mdns", "--listen", &listen];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap", b]);
+        }
+        let peer_id = run_peer(&self.exe, &home, &args).unwrap().trim().to_string();
+        let cfg = home.join("config.toml");
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("global_addresses_only = true", "global_addresses_only = false")
+            .replace("upnp = true", "upnp = false")
+            .replace("proposal_wait_secs = 30", "proposal_wait_secs = 60");
+        std::fs::write(&cfg, text).unwrap();
+        run_peer(&self.exe, &home, &["offer-storage", offer]).unwrap();
+        self.daemons.push(Daemon { ns: ns.to_string(), home, peer_id, child: None });
+        self.start(i);
+        i
+    }
+
+    fn start(&mut self, i: usize) {
+        let d = &self.daemons[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.home.join("daemon.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &d.ns])
+            .arg(&self.exe)
+            .arg("--home")
+            .arg(&d.home)
+            .arg("daemon")
+            .env("PEER_LOG", "warn,peer=debug")
+            .env_remove("PEER_HOME")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start a daemon");
+        self.daemons[i].child = Some(child);
+        self.wait(i, 30, "its control socket", |_| true);
+    }
+
+    fn home_of(&self, i: usize) -> &Path {
+        &self.daemons[i].home
+    }
+
+    fn run(&self, i: usize, args: &[&str]) -> Result<String, String> {
+        run_peer(&self.exe, self.home_of(i), args)
+    }
+
+    fn status(&self, i: usize) -> Option<Value> {
+        self.run(i, &["status", "--json"]).ok().and_then(|s| serde_json::from_str(&s).ok())
+    }
+
+    /// Waits until daemon `i`'s status satisfies `ok`, up to `secs`; fails the test with the
+    /// last status and the daemon's log tail otherwise.
+    fn wait(&self, i: usize, secs: u64, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.status(i);
+            if let Some(s) = &s
+                && ok(s)
+            {
+                return s.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "peer {i} did not reach {what} within {secs} s; status: {}\nlog tail:\n{}",
+                    s.map(|v| v.to_string()).unwrap_or_default(),
+                    self.log_tail(i)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(self.home_of(i).join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn bootstrap_addr(&self, i: usize, t: Transports) -> String {
+        let id = &self.daemons[i].peer_id;
+        match t {
+            Transports::Tcp => format!("/ip4/{PUBLIC_IP}/tcp/{PORT}/p2p/{id}"),
+            Transports::Quic => format!("/ip4/{PUBLIC_IP}/udp/{PORT}/quic-v1/p2p/{id}"),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            if let Some(mut c) = d.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for ns in self.namespaces.iter().rev() {
+            if let Err(e) = sh(&["ip", "netns", "del", ns]) {
+                eprintln!("could not remove namespace {ns}: {e}");
+            }
+        }
+        if std::thread::panicking() {
+            // Keep the homes and daemon logs of a failed run for a look.
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("homes and daemon logs kept in {}", dir.keep().display());
+        }
+    }
+}
+
+fn connections<'a>(s: &'a Value, peer: &str) -> Vec<&'a Value> {
+    s["connections"].as_array().map(|a| a.iter().filter(|c| c["peer"] == peer).collect()).unwrap_or_default()
+}
+
+fn has_direct(s: &Value, peer: &str) -> bool {
+    connections(s, peer).iter().any(|c| c["relayed"] == false)
+}
+
+fn holders_of_packs(lab: &Lab, i: usize) -> usize {
+    let dir = lab.home_of(i).join("store");
+    walk_files(&dir).iter().filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() == 64)).count()
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn make_data(dir: &Path) {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut bytes = vec![0u8; 3 << 20];
+    for b in bytes.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(dir.join("photo.raw"), &bytes).unwrap();
+    std::fs::write(dir.join("sub/notes.txt"), b"behind a home router\n".repeat(1000)).unwrap();
+}
+
+/// The public peer, then a client and `providers` providers each behind an ordinary NAT,
+/// and `symmetric` more behind symmetric NATs. Returns the lab; daemon 0 is the public
+/// peer, 1 the client, then the providers in order.
+fn world(tag: &str, t: Transports, providers: usize, symmetric: usize) -> Lab {
+    let mut lab = Lab::new(tag);
+    let public = lab.public_host("pub", PUBLIC_IP);
+    lab.daemon(&public, t, None, "0");
+    let boot = lab.bootstrap_addr(0, t);
+    for k in 0..1 + providers + symmetric {
+        let host = lab.home(&format!("203.0.113.{}", 20 + k), k > providers);
+        lab.daemon(&host, t, Some(&boot), "2GB");
+    }
+    lab
+}
+
+/// Waits until every home peer is known private and holds a relay reservation.
+fn wait_private_with_relay(lab: &Lab) {
+    for i in 1..lab.daemons.len() {
+        lab.wait(i, 90, "private reachability with a relay reservation", |s| {
+            s["reachability"] == "private" && s["relays"].as_array().is_some_and(|r| !r.is_empty())
+        });
+    }
+    let s = lab.wait(0, 30, "public reachability", |s| s["reachability"] == "public");
+    assert!(s["external_addrs"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str().unwrap().contains(PUBLIC_IP))));
+}
+
+fn backup_and_restore_through_home_routers(t: Transports, tag: &str) {
+    let lab = world(tag, t, 3, 0);
+    wait_private_with_relay(&lab);
+    let data = lab.dir.path().join("data");
+    make_data(&data);
+    let out = lab
+        .run(1, &["backup", data.to_str().unwrap(), "--copies", "3", "--json"])
+        .unwrap_or_else(|e| panic!("{e}\nclient log:\n{}", lab.log_tail(1)));
+    assert!(out.contains("\"summary\""), "{out}");
+    // Every holder got its packs over a direct connection (hole punched through both NATs).
+    let s = lab.status(1).unwrap();
+    for p in 2..5 {
+        let id = lab.daemons[p].peer_id.clone();
+        assert!(holders_of_packs(&lab, p) > 0, "provider {p} holds no pack");
+        let conns = connections(&s, &id);
+        assert!(has_direct(&s, &id), "no direct connection to provider {p}: {conns:?}");
+        let want = match t {
+            Transports::Tcp => "tcp",
+            Transports::Quic => "quic",
+        };
+        assert!(conns.iter().all(|c| c["transport"] == want), "{conns:?}");
+        assert!(
+            conns.iter().all(|c| !c["addr"].as_str().unwrap().contains("192.0.2.")),
+            "a home LAN address was dialed: {conns:?}"
+        );
+    }
+    let back = lab.dir.path().join("back");
+    lab.run(1, &["restore", "latest", "--target", back.to_str().unwrap()]).unwrap();
+    let diffs = compare_trees(&data, &back.join("data"));
+    assert!(diffs.is_empty(), "{diffs:?}");
+}
+
+#[test]
+fn a_client_and_three_providers_behind_nats_back_up_and_restore_over_tcp() {
+    backup_and_restore_through_home_routers(Transports::Tcp, "t");
+}
+
+#[test]
+fn a_client_and_three_providers_behind_nats_back_up_and_restore_over_quic() {
+    backup_and_restore_through_home_routers(Transports::Quic, "q");
+}
+
+#[test]
+fn a_symmetric_nat_gets_no_packs_and_a_renumbered_router_is_found_again() {
+    let lab = world("s", Transports::Tcp, 3, 1);
+    wait_private_with_relay(&lab);
+    let data = lab.dir.path().join("data");
+    make_data(&data);
+    let sym = lab.daemons[5].peer_id.clone();
+    lab.run(1, &["backup", data.to_str().unwrap(), "--copies", "3", "--json"])
+        .unwrap_or_else(|e| panic!("{e}\nclient log:\n{}", lab.log_tail(1)));
+    assert_eq!(holders_of_packs(&lab, 5), 0, "the peer behind the symmetric NAT got packs");
+    for p in 2..5 {
+        assert!(holders_of_packs(&lab, p) > 0, "provider {p} holds no pack");
+    }
+    let s = lab.status(5).unwrap();
+    assert!(!has_direct(&s, &lab.daemons[1].peer_id), "symmetric NAT punched through: {s}");
+    let c = lab.status(1).unwrap();
+    if !connections(&c, &sym).is_empty() {
+        assert!(!has_direct(&c, &sym), "{c}");
+    }
+
+    // Provider 2's router comes back with a new public address.
+    lab.renumber(1, "203.0.113.99");
+    let p2 = lab.daemons[2].peer_id.clone();
+    lab.wait(2, 120, "a relay reservation from its new address", |s| {
+        s["relays"].as_array().is_some_and(|r| !r.is_empty())
+            && connections(s, &lab.daemons[0].peer_id).iter().any(|c| c["relayed"] == false)
+    });
+    let out = lab.run(1, &["check"]).unwrap_or_else(|e| panic!("{e}\nclient log:\n{}", lab.log_tail(1)));
+    assert!(out.contains("proved held"), "{out}");
+    let s = lab.status(1).unwrap();
+    assert!(
+        connections(&s, &p2)
+            .iter()
+            .any(|c| c["relayed"] == false && c["addr"].as_str().unwrap().contains("203.0.113.99")),
+        "not reconnected directly to the renumbered provider: {:?}",
+        connections(&s, &p2)
+    );
+    let back = lab.dir.path().join("back");
+    lab.run(1, &["restore", "latest", "--target", back.to_str().unwrap()]).unwrap();
+    assert!(compare_trees(&data, &back.join("data")).is_empty());
+}
