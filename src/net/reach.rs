@@ -241,11 +241,16 @@ impl Reach {
     }
 
     /// The reservation on `relay` ended or failed; a new relay is chosen at the next tick.
+    /// A relay still connected (it refused or dropped the reservation) is not asked again
+    /// for [`RELAY_RETRY`]; one whose connection broke (our address changed) is asked again
+    /// as soon as we are connected to it again.
     pub fn unreserved(&mut self, relay: &PeerId) -> Option<Multiaddr> {
-        if self.relays_lost.len() > 1000 {
-            self.relays_lost.retain(|_, t| t.elapsed() < RELAY_RETRY);
+        if self.direct(relay) {
+            if self.relays_lost.len() > 1000 {
+                self.relays_lost.retain(|_, t| t.elapsed() < RELAY_RETRY);
+            }
+            self.relays_lost.insert(*relay, Instant::now());
         }
-        self.relays_lost.insert(*relay, Instant::now());
         self.relays.remove(relay).flatten()
     }
 
