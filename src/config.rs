@@ -176,7 +176,7 @@ pub struct NetworkConfig {
     /// Treat only globally routable IP addresses as reachable: an address in a private,
     /// loopback, link-local or documentation range is never advertised, confirmed as
     /// external, or added to the routing table. Default true; `false` is for test networks
-    /// and closed LANs, where every address counts (protocol.md §1.8).
+    /// and closed LANs, where every address counts (protocol.md §1.10).
     pub global_addresses_only: bool,
     /// Ask the router to forward a port to us with UPnP IGD. Default true.
     pub upnp: bool,
@@ -189,7 +189,7 @@ pub struct NetworkConfig {
 
 /// `[relay]`: circuit relay v2 (libp2p relay-v2 spec) served to private peers while this
 /// peer is publicly reachable. Bounds keep a relay cheap: circuits carry contract messages,
-/// never packs (protocol.md §1.8).
+/// never packs (protocol.md §1.10).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {

@@ -242,7 +242,7 @@ pub struct StatusReport {
     /// Connected peers.
     pub connected: Vec<String>,
     /// `public`, `private` or `unknown`: whether others can dial us (AutoNAT v2,
-    /// protocol.md §1.8).
+    /// protocol.md §1.10).
     pub reachability: String,
     /// Our confirmed external multiaddrs.
     pub external_addrs: Vec<String>,

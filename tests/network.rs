@@ -1188,3 +1188,29 @@ fn erasure_4_plus_2_on_8_peers_survives_two_losses_and_rebuilds_shards() {
     assert_eq!(c["copies_checked"].as_u64(), Some(5 * packs as u64), "{c}");
     assert_eq!(c["packs_read"], c["packs"], "{c}");
 }
+
+#[test]
+fn limit_upload_holds_the_backup_under_its_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("noise.bin"), noise(7, 6 << 20)).unwrap();
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 2, GIB, |_, _| {}).unwrap();
+    net.wait_connected(1, Duration::from_secs(60)).unwrap();
+    let limit_kib = 1024u64;
+    let started = std::time::Instant::now();
+    let out = net
+        .run(0, &["backup", src.to_str().unwrap(), "--copies", "1", "--json", "--limit-upload", &limit_kib.to_string()])
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let summary = json_last(&out);
+    // What reached the provider's disk is what went over the wire (plus framing).
+    let stored = dir_bytes(&store_files(&net.peers[1].home));
+    assert!(stored >= 6 << 20, "only {stored} bytes reached the provider");
+    // The limit lets at most a 100 ms burst and one 16 KiB piece through ahead of the rate.
+    let allowed = (limit_kib * 1024) as f64 * (secs + 0.1) + 16384.0;
+    assert!(
+        (stored as f64) <= allowed,
+        "{stored} bytes uploaded in {secs:.1} s: over {limit_kib} KiB/s (summary {summary})"
+    );
+}

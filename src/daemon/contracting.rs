@@ -189,7 +189,7 @@ impl Inner {
     }
 
     /// Providers we can place a pack on now: directly connected (packs never go through a
-    /// relay, protocol.md §1.8), with a live contract that has room for a largest pack.
+    /// relay, protocol.md §1.10), with a live contract that has room for a largest pack.
     /// Also returns what the network looks like (for waiting and for error messages).
     pub(super) async fn ready_providers(&self) -> (HashSet<PeerId>, Reachable) {
         let ns = self.net.status().await.ok();

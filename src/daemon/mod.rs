@@ -287,7 +287,7 @@ impl Inner {
     }
 
     /// The addresses we advertise (confirmed external, then circuit addresses through our
-    /// relays; protocol.md §1.8) as text, at most `MAX_PROPOSAL_ADDRS`.
+    /// relays; protocol.md §1.10) as text, at most `MAX_PROPOSAL_ADDRS`.
     fn listen_addrs(&self) -> Vec<String> {
         self.net.advertised().iter().take(protocol::MAX_PROPOSAL_ADDRS).map(|a| a.to_string()).collect()
     }

@@ -9,7 +9,7 @@
 //! strict, validated by us, message id = SHA-256 of the data), two request-response
 //! protocols with CBOR and size caps, and optional mDNS. See protocol.md §1.
 //!
-//! Behind home routers (protocol.md §1.8): AutoNAT v2 (client and server) confirms which of
+//! Behind home routers (protocol.md §1.10): AutoNAT v2 (client and server) confirms which of
 //! our addresses others can dial; UPnP asks the router for a mapping; a publicly reachable
 //! peer serves circuit relay v2 within bounds; a peer that is not keeps reservations on
 //! [`reach::RELAYS_WANTED`] relays and advertises its `/p2p-circuit` addresses; DCUtR
@@ -114,7 +114,7 @@ pub enum NetError {
     #[error("all streams to {0} are busy")]
     Saturated(PeerId),
     /// No direct connection to the peer could be had within [`DIRECT_WAIT`]: data goes over
-    /// direct connections only (protocol.md §1.8). Nothing was sent.
+    /// direct connections only (protocol.md §1.10). Nothing was sent.
     #[error("{peer} is {}", if *relayed { "reachable only through a relay (hole punching failed)" } else { "unreachable" })]
     NotDirect {
         /// The peer.
@@ -294,7 +294,7 @@ impl NetHandle {
         let _ = self.tx.send(Command::RespondData(ch, resp)).await;
     }
 
-    /// What we tell others to dial (protocol.md §1.8): confirmed external addresses, then
+    /// What we tell others to dial (protocol.md §1.10): confirmed external addresses, then
     /// circuit addresses through our relays, each with `/p2p/<our PeerId>`; empty while
     /// neither is known.
     pub fn advertised(&self) -> Vec<Multiaddr> {
@@ -482,7 +482,7 @@ fn build_behaviour(
     // correctly signed, newer than the one held): see `EventLoop::accept_record`.
     kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
     let kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kcfg);
-    // Only confirmed external and circuit addresses are told to others (protocol.md §1.8):
+    // Only confirmed external and circuit addresses are told to others (protocol.md §1.10):
     // listen addresses such as 0.0.0.0 or a home LAN's are useless or misleading elsewhere.
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -972,18 +972,12 @@ impl EventLoop {
                 self.reach.expire(&address);
                 self.publish_addresses();
             }
-            SwarmEvent::Behaviour(BehaviourEvent::AutonatV1(autonat::v1::Event::StatusChanged { new, .. })) => {
-                match new {
-                    autonat::v1::NatStatus::Public(a) => self.swarm.add_external_address(a),
-                    autonat::v1::NatStatus::Private => {
-                        for a in self.swarm.listeners().cloned().collect::<Vec<_>>() {
-                            self.reach.failed(&a);
-                        }
-                        self.publish_addresses();
-                    }
-                    autonat::v1::NatStatus::Unknown => {}
-                }
-            }
+            // v1 only confirms: its "private" verdicts also come from throttled or refused
+            // probes, and v2's failed dial-backs already say which addresses are unreachable.
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatV1(autonat::v1::Event::StatusChanged {
+                new: autonat::v1::NatStatus::Public(a),
+                ..
+            })) => self.swarm.add_external_address(a),
             SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(e)) => {
                 if let Err(err) = &e.result {
                     tracing::debug!("{} cannot dial us back at {}: {err}", e.server, e.tested_addr);

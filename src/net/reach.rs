@@ -1,4 +1,4 @@
-//! What this peer knows about reaching and being reached (protocol.md §1.8), as plain
+//! What this peer knows about reaching and being reached (protocol.md §1.10), as plain
 //! state the event loop feeds: which of our addresses AutoNAT confirmed, which relays we
 //! hold reservations on, and which connections are direct or relayed. It decides what we
 //! advertise, whether we need relays, and whether a peer may be sent bulk data.
