@@ -31,14 +31,9 @@ pub enum Request {
         /// Erasure-code packs with this scheme instead of `copies` copies.
         #[serde(default)]
         erasure: Option<crate::repo::erasure::Scheme>,
-        /// Hold everything the daemon sends to at most this many KiB/s while this runs
-        /// (restic's `--limit-upload`); 0 = no change.
+        /// Bandwidth limits while this runs.
         #[serde(default)]
-        limit_upload: u64,
-        /// Hold everything the daemon receives to at most this many KiB/s while this runs;
-        /// 0 = no change.
-        #[serde(default)]
-        limit_download: u64,
+        limits: RateLimits,
     },
     /// Restore a snapshot.
     Restore {
@@ -51,14 +46,9 @@ pub enum Request {
         /// Restore only these paths (and what is below them); empty = everything.
         #[serde(default)]
         include: Vec<PathBuf>,
-        /// Hold everything the daemon sends to at most this many KiB/s while this runs
-        /// (restic's `--limit-upload`); 0 = no change.
+        /// Bandwidth limits while this runs.
         #[serde(default)]
-        limit_upload: u64,
-        /// Hold everything the daemon receives to at most this many KiB/s while this runs;
-        /// 0 = no change.
-        #[serde(default)]
-        limit_download: u64,
+        limits: RateLimits,
     },
     /// List snapshots.
     Snapshots,
@@ -273,6 +263,21 @@ pub struct StatusReport {
     pub recovering: bool,
     /// Each redundancy scheme in use, with its packs and their loss probability.
     pub durability: Vec<DurabilityInfo>,
+}
+
+/// A command's bandwidth limits (restic's `--limit-upload` / `--limit-download`): the
+/// daemon holds everything it sends and receives to them while the command runs
+/// (protocol.md §1.10).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, clap::Args)]
+pub struct RateLimits {
+    /// Limit what the daemon sends to this many KiB/s while this runs (0 = only the
+    /// config's `network.limit_upload`); serving others counts too.
+    #[arg(long = "limit-upload", value_name = "KiB/s", default_value_t = 0)]
+    pub upload_kib: u64,
+    /// Limit what the daemon receives to this many KiB/s while this runs (0 = only the
+    /// config's `network.limit_download`).
+    #[arg(long = "limit-download", value_name = "KiB/s", default_value_t = 0)]
+    pub download_kib: u64,
 }
 
 /// One open connection in the status.

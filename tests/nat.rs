@@ -133,42 +133,16 @@ impl Lab {
             masq.push("--random-fully");
         }
         self.exec(&router, &masq);
-        self.exec(
-            &router,
-            &[
-                "iptables",
-                "-A",
-                "FORWARD",
-                "-i",
-                "wan",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-        );
-        self.exec(&router, &["iptables", "-A", "FORWARD", "-i", "wan", "-j", "DROP"]);
-        // The router itself answers nothing unsolicited either (no RST, no ICMP), as home
-        // routers do: a hole punch's early packet is dropped, not refused.
-        self.exec(
-            &router,
-            &[
-                "iptables",
-                "-A",
-                "INPUT",
-                "-i",
-                "wan",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-        );
-        self.exec(&router, &["iptables", "-A", "INPUT", "-i", "wan", "-j", "DROP"]);
+        // Unsolicited traffic from the internet is dropped, both what would be forwarded and
+        // what is addressed to the router itself (no RST, no ICMP, as home routers do: a hole
+        // punch's early packet is dropped, not refused).
+        for chain in ["FORWARD", "INPUT"] {
+            let established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"];
+            let mut accept = vec!["iptables", "-A", chain, "-i", "wan"];
+            accept.extend(established);
+            self.exec(&router, &accept);
+            self.exec(&router, &["iptables", "-A", chain, "-i", "wan", "-j", "DROP"]);
+        }
         host
     }
 

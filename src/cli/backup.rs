@@ -25,14 +25,8 @@ pub struct Args {
     /// Print JSON lines (status lines, then a summary) instead of text.
     #[arg(long)]
     json: bool,
-    /// Limit what the daemon sends to this many KiB/s while this runs (0 = the config's
-    /// `network.limit_upload`); serving others counts too.
-    #[arg(long, value_name = "KiB/s", default_value_t = 0)]
-    limit_upload: u64,
-    /// Limit what the daemon receives to this many KiB/s while this runs (0 = the config's
-    /// `network.limit_download`).
-    #[arg(long, value_name = "KiB/s", default_value_t = 0)]
-    limit_download: u64,
+    #[command(flatten)]
+    limits: crate::control::RateLimits,
 }
 
 /// Asks the daemon to back up the paths (made absolute here) and prints the summary.
@@ -45,14 +39,7 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     }
     let reply = super::call_with_progress(
         home,
-        Request::Backup {
-            paths,
-            copies: a.copies,
-            exclude: a.exclude,
-            erasure: a.erasure,
-            limit_upload: a.limit_upload,
-            limit_download: a.limit_download,
-        },
+        Request::Backup { paths, copies: a.copies, exclude: a.exclude, erasure: a.erasure, limits: a.limits },
         a.json,
     )?;
     let Reply::Backup(s) = reply else {

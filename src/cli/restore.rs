@@ -24,14 +24,8 @@ pub struct Args {
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
-    /// Limit what the daemon sends to this many KiB/s while this runs (0 = the config's
-    /// `network.limit_upload`); serving others counts too.
-    #[arg(long, value_name = "KiB/s", default_value_t = 0)]
-    limit_upload: u64,
-    /// Limit what the daemon receives to this many KiB/s while this runs (0 = the config's
-    /// `network.limit_download`).
-    #[arg(long, value_name = "KiB/s", default_value_t = 0)]
-    limit_download: u64,
+    #[command(flatten)]
+    limits: crate::control::RateLimits,
 }
 
 /// Asks the daemon to restore; exit code 3 when some files could not be restored.
@@ -42,8 +36,7 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         target,
         overwrite: a.overwrite,
         include: a.include,
-        limit_upload: a.limit_upload,
-        limit_download: a.limit_download,
+        limits: a.limits,
     };
     let Reply::Restore(s) = super::call_with_progress(home, req, a.json)? else {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });

@@ -202,7 +202,7 @@ impl Inner {
         let ready = self
             .live_contracts(Role::Client)
             .iter()
-            .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
+            .filter(|(_, c)| has_room(c))
             .filter_map(|(_, c)| c.peer_id())
             .filter(|p| seen.direct.contains(p))
             .collect();
@@ -235,7 +235,7 @@ impl Inner {
             // under way works, relayed-only if it failed.
             let with_room: HashSet<PeerId> = live
                 .iter()
-                .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
+                .filter(|(_, c)| has_room(c))
                 .filter_map(|(_, c)| c.peer_id())
                 .filter(|p| !avoid.contains(p))
                 .collect();
@@ -298,7 +298,7 @@ impl Inner {
             // a short outage): dial them and give them until the deadline before concluding.
             let away: Vec<(PeerId, Vec<Multiaddr>)> = live
                 .iter()
-                .filter(|(_, c)| c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64)
+                .filter(|(_, c)| has_room(c))
                 .filter_map(|(_, c)| c.peer_id().map(|p| (p, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
                 .filter(|(p, _)| !seen.connected.contains(p))
                 .collect();
@@ -351,6 +351,11 @@ impl Inner {
         }
         result
     }
+}
+
+/// True when a contract has room left for one largest pack.
+fn has_room(c: &ContractRecord) -> bool {
+    c.bytes.saturating_sub(c.used) >= crate::repo::pack::MAX_PACK_SIZE as u64
 }
 
 /// Which peers we are connected to, and how (from [`crate::net::NetStatus`]).

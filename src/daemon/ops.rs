@@ -238,12 +238,12 @@ impl Inner {
                 },
                 Err(e) => Reply::Error(e),
             },
-            Request::Backup { paths, copies, exclude, erasure, limit_upload, limit_download } => {
-                let _limits = self.net.limit_while(limit_upload, limit_download);
+            Request::Backup { paths, copies, exclude, erasure, limits } => {
+                let _limits = self.net.limit_while(limits.upload_kib, limits.download_kib);
                 self.clone().backup(&tx, paths, copies, exclude, erasure).await
             }
-            Request::Restore { snapshot, target, overwrite, include, limit_upload, limit_download } => {
-                let _limits = self.net.limit_while(limit_upload, limit_download);
+            Request::Restore { snapshot, target, overwrite, include, limits } => {
+                let _limits = self.net.limit_while(limits.upload_kib, limits.download_kib);
                 self.clone().restore(&tx, restore::RestoreWhat { snapshot, target, overwrite, include }).await
             }
         };
