@@ -153,7 +153,9 @@ impl LocalNet {
         run_peer(&self.exe, &self.peers[i].home, args)
     }
 
-    /// Waits until every daemon is connected to at least `k` others, up to `timeout`.
+    /// Waits until every daemon is connected to at least `k` others and knows itself
+    /// publicly reachable (AutoNAT confirmed an address, which it now advertises), up to
+    /// `timeout`.
     pub fn wait_connected(&self, k: usize, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         for i in 0..self.peers.len() {
@@ -165,7 +167,7 @@ impl LocalNet {
                     .unwrap_or_default();
                 let n = v["connected"].as_array().map(|a| a.len()).unwrap_or(0);
                 let reach = v["reachability"].as_str().unwrap_or("unknown").to_string();
-                if n >= k {
+                if n >= k && reach == "public" {
                     break;
                 }
                 if Instant::now() > deadline {

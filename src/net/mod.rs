@@ -69,6 +69,8 @@ pub const DIRECT_WAIT: Duration = Duration::from_secs(20);
 /// How long one direct dial (connect, Noise, Yamux) may take: shorter than an AutoNAT v2
 /// server's 10 s for a dial-back.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(8);
+/// Connections to one peer at most.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 8;
 /// How long a relayed connection stays open once a direct one to the same peer exists.
 pub const RELAYED_GRACE: Duration = Duration::from_secs(3);
 /// Kademlia lookups of one unreachable peer's addresses at most this often.
@@ -505,8 +507,9 @@ fn build_behaviour(
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
             .with_max_established(Some(cfg.max_connections))
-            // a direct connection, a relayed one being replaced, and a hole punch's
-            .with_max_established_per_peer(Some(3))
+            // A direct connection, a relayed one being replaced, a hole punch's, and the
+            // AutoNAT dial-backs (v1 and v2 each open one, kept until idle).
+            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
             .with_max_pending_incoming(Some(64)),
     );
     let relay_server = cfg.relay.as_ref().map(|r| {

@@ -139,22 +139,25 @@ impl Reach {
         if !self.routable(a) {
             return false;
         }
-        self.failed.remove(a);
-        if !self.confirmed.contains(a) {
-            self.confirmed.push(a.clone());
+        let a = strip_p2p(a);
+        self.failed.remove(&a);
+        if !self.confirmed.contains(&a) {
+            self.confirmed.push(a);
         }
         true
     }
 
     /// A confirmed address expired (UPnP mapping gone, removed by us).
     pub fn expire(&mut self, a: &Multiaddr) {
-        self.confirmed.retain(|c| c != a);
+        let a = strip_p2p(a);
+        self.confirmed.retain(|c| *c != a);
     }
 
     /// AutoNAT's dial-back to `a` failed.
     pub fn failed(&mut self, a: &Multiaddr) {
-        if !self.confirmed.contains(a) {
-            self.failed.insert(a.clone());
+        let a = strip_p2p(a);
+        if !self.confirmed.contains(&a) {
+            self.failed.insert(a);
         }
     }
 
@@ -446,6 +449,8 @@ mod tests {
         assert!(!want.iter().any(|(p, _)| *p == next[0].0));
         // A dial-back succeeds: public, and the reservations are given up.
         assert!(r.confirm(&ma("/ip4/203.0.113.1/tcp/4001")));
+        assert!(r.confirm(&ma(&format!("/ip4/203.0.113.1/tcp/4001/p2p/{me}"))));
+        assert_eq!(r.external().len(), 1, "the same address with and without /p2p is one");
         assert_eq!(r.reachability(), Reachability::Public);
         assert!(r.drop_relays());
         assert!(r.relays_to_reserve().is_empty());
