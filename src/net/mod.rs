@@ -821,6 +821,13 @@ impl EventLoop {
         }
         if !self.swarm.is_connected(&peer) {
             self.dial(peer, p.addrs.clone());
+        } else if self.reach.relayed_only(&peer) && self.reach.retry_punch(&peer, Instant::now()) {
+            // Hole punching failed a while ago: a new relayed connection gets a new attempt
+            // (the peer is dialed again once these are closed).
+            tracing::debug!("trying to hole punch to {peer} again");
+            for c in self.reach.relayed_conns(&peer) {
+                self.swarm.close_connection(c);
+            }
         }
         self.waiting.entry(peer).or_default().push(p);
     }
@@ -954,14 +961,14 @@ impl EventLoop {
                     self.initial_dials();
                 }
             }
-            SwarmEvent::ListenerClosed { listener_id, .. } | SwarmEvent::ListenerError { listener_id, .. } => {
-                if let Some(relay) = self.relay_listeners.remove(&listener_id) {
-                    tracing::info!("relay reservation on {relay} ended");
-                    if let Some(a) = self.reach.unreserved(&relay) {
-                        self.swarm.remove_external_address(&a);
-                    }
-                    self.publish_addresses();
-                }
+            // A relay listener closes with Ok when its connection to the relay closed, with
+            // an error when the relay refused the reservation.
+            SwarmEvent::ListenerClosed { listener_id, reason: Ok(()), .. } => self.on_listener_gone(listener_id, None),
+            SwarmEvent::ListenerClosed { listener_id, reason: Err(e), .. } => {
+                self.on_listener_gone(listener_id, Some(e.to_string()))
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                self.on_listener_gone(listener_id, Some(error.to_string()))
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 if self.reach.confirm(&address) {
@@ -1035,6 +1042,12 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
                 self.reach.disconnected(&connection_id);
                 self.flush(peer_id);
+                // Data still waiting for a peer we lost every connection to: dial it again.
+                if !self.swarm.is_connected(&peer_id)
+                    && let Some(addrs) = self.waiting.get(&peer_id).and_then(|w| w.first()).map(|p| p.addrs.clone())
+                {
+                    self.dial(peer_id, addrs);
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
                 if !self.swarm.is_connected(&peer) && self.waiting.contains_key(&peer) =>
@@ -1043,6 +1056,21 @@ impl EventLoop {
                 self.look_up(peer);
             }
             _ => {}
+        }
+    }
+
+    /// A listener closed (`refused`: the relay's error, if it refused): when it was a relay
+    /// reservation, that relay is replaced at the next tick.
+    fn on_listener_gone(&mut self, id: libp2p::core::transport::ListenerId, refused: Option<String>) {
+        if let Some(relay) = self.relay_listeners.remove(&id) {
+            match &refused {
+                Some(e) => tracing::info!("relay {relay} refused or ended our reservation: {e}"),
+                None => tracing::info!("relay reservation on {relay} ended with its connection"),
+            }
+            if let Some(a) = self.reach.unreserved(&relay, refused.is_some()) {
+                self.swarm.remove_external_address(&a);
+            }
+            self.publish_addresses();
         }
     }
 

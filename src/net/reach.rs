@@ -19,7 +19,10 @@ pub const RELAYS_WANTED: usize = 2;
 /// How long a relayed-only connection is given for hole punching (DCUtR) before the peer
 /// counts as reachable only through a relay.
 pub const PUNCH_WAIT: Duration = Duration::from_secs(15);
-/// A relay whose reservation ended or was refused is not asked again for this long.
+/// A failed hole punch to a peer is tried again (on a new relayed connection) once this
+/// long has passed and bulk data is waiting for it.
+pub const PUNCH_RETRY: Duration = Duration::from_secs(30);
+/// A relay that refused a reservation is not asked again for this long.
 pub const RELAY_RETRY: Duration = Duration::from_secs(60);
 
 /// Whether others can dial us.
@@ -89,7 +92,7 @@ pub struct Reach {
     relays: HashMap<PeerId, Option<Multiaddr>>,
     conns: HashMap<ConnectionId, ConnInfo>,
     /// Peers whose hole punch failed since their last direct connection.
-    punch_failed: HashSet<PeerId>,
+    punch_failed: HashMap<PeerId, Instant>,
     /// Relays we may reserve on: peers serving relay v2 with a routable direct address.
     relay_candidates: HashMap<PeerId, Multiaddr>,
     /// Relays whose reservation ended, and when.
@@ -106,7 +109,7 @@ impl Reach {
             failed: HashSet::new(),
             relays: HashMap::new(),
             conns: HashMap::new(),
-            punch_failed: HashSet::new(),
+            punch_failed: HashMap::new(),
             relay_candidates: HashMap::new(),
             relays_lost: HashMap::new(),
         }
@@ -243,12 +246,11 @@ impl Reach {
         self.relays.insert(relay, Some(circuit));
     }
 
-    /// The reservation on `relay` ended or failed; a new relay is chosen at the next tick.
-    /// A relay still connected (it refused or dropped the reservation) is not asked again
-    /// for [`RELAY_RETRY`]; one whose connection broke (our address changed) is asked again
-    /// as soon as we are connected to it again.
-    pub fn unreserved(&mut self, relay: &PeerId) -> Option<Multiaddr> {
-        if self.direct(relay) {
+    /// The reservation on `relay` ended; a new relay is chosen at the next tick. A relay
+    /// that `refused` it is not asked again for [`RELAY_RETRY`]; one whose connection closed
+    /// (our address changed, say) is asked again as soon as we are connected to it.
+    pub fn unreserved(&mut self, relay: &PeerId, refused: bool) -> Option<Multiaddr> {
+        if refused {
             if self.relays_lost.len() > 1000 {
                 self.relays_lost.retain(|_, t| t.elapsed() < RELAY_RETRY);
             }
@@ -277,7 +279,23 @@ impl Reach {
 
     /// DCUtR gave up on `peer`.
     pub fn punch_failed(&mut self, peer: PeerId) {
-        self.punch_failed.insert(peer);
+        if self.punch_failed.len() > 10_000 {
+            self.punch_failed.retain(|_, t| t.elapsed() < PUNCH_RETRY);
+        }
+        self.punch_failed.insert(peer, Instant::now());
+    }
+
+    /// True when hole punching to `peer` failed at least [`PUNCH_RETRY`] ago: worth a new
+    /// relayed connection and a new attempt (what blocked it, such as a socket of a
+    /// connection to an address that is gone, may have cleared). Forgets the failure.
+    pub fn retry_punch(&mut self, peer: &PeerId, now: Instant) -> bool {
+        match self.punch_failed.get(peer) {
+            Some(t) if now.duration_since(*t) >= PUNCH_RETRY => {
+                self.punch_failed.remove(peer);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// True when `peer` has a direct connection.
@@ -300,7 +318,7 @@ impl Reach {
     /// waiting for (it has not failed and the connection is younger than [`PUNCH_WAIT`]).
     pub fn punching(&self, peer: &PeerId, now: Instant) -> bool {
         !self.direct(peer)
-            && !self.punch_failed.contains(peer)
+            && !self.punch_failed.contains_key(peer)
             && self.conns.values().any(|c| &c.peer == peer && c.relayed && now.duration_since(c.since) < PUNCH_WAIT)
     }
 
@@ -442,8 +460,8 @@ mod tests {
         assert!(r.relays_to_reserve().is_empty());
         assert_eq!(r.advertised().len(), 2);
         assert!(r.advertised().iter().all(|a| a.to_string().ends_with(&format!("/p2p-circuit/p2p/{me}"))));
-        // One relay goes away: the third one is chosen.
-        r.unreserved(&want[0].0);
+        // One relay refuses: the third one is chosen.
+        r.unreserved(&want[0].0, true);
         let next = r.relays_to_reserve();
         assert_eq!(next.len(), 1);
         assert!(!want.iter().any(|(p, _)| *p == next[0].0));
@@ -481,6 +499,9 @@ mod tests {
         assert!(!r.punching(&p, t + PUNCH_WAIT));
         r.punch_failed(p);
         assert!(!r.punching(&p, t) && r.relayed_only(&p));
+        assert!(!r.retry_punch(&p, Instant::now()), "too early to try again");
+        assert!(r.retry_punch(&p, Instant::now() + PUNCH_RETRY));
+        assert!(!r.retry_punch(&p, Instant::now() + PUNCH_RETRY), "the failure was forgotten");
         let direct = ConnInfo {
             peer: p,
             addr: ma("/ip4/203.0.113.2/tcp/1"),
