@@ -61,7 +61,10 @@ impl Lab {
             namespaces: vec![],
             daemons: vec![],
             dir: tempfile::tempdir().expect("temp dir"),
-            exe: PathBuf::from(env!("CARGO_BIN_EXE_peer")),
+            // bench/nat.sh points this at the release binary.
+            exe: std::env::var_os("PEER_EXE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_peer"))),
             homes: 0,
         };
         for tool in ["iptables", "conntrack"] {
@@ -459,4 +462,138 @@ fn a_renumbered_router_is_found_again() {
     let back = lab.dir.path().join("back");
     lab.run(1, &["restore", "latest", "--target", back.to_str().unwrap()]).unwrap();
     assert!(compare_trees(&data, &back.join("data")).is_empty());
+}
+
+/// How one hole punch between two homes went.
+enum Punch {
+    /// A direct connection, this long after the second home's daemon started.
+    Direct(Duration),
+    /// DCUtR gave up (or nothing direct within the limit).
+    Failed,
+}
+
+/// Starts the public peer and home A, then home B, and waits for a direct connection
+/// between A and B (or DCUtR's failure, from the daemons' logs).
+fn punch_once(tag: &str, t: Transports, a_symmetric: bool, b_symmetric: bool) -> Punch {
+    let mut lab = Lab::new(tag);
+    let public = lab.public_host("pub", PUBLIC_IP);
+    lab.daemon(&public, t, None, "0");
+    let boot = lab.bootstrap_addr(0, t);
+    let ha = lab.home("203.0.113.20", a_symmetric);
+    lab.daemon(&ha, t, Some(&boot), "0");
+    lab.wait(1, 60, "a relay reservation", |s| s["relays"].as_array().is_some_and(|r| !r.is_empty()));
+    let hb = lab.home("203.0.113.21", b_symmetric);
+    let started = Instant::now();
+    lab.daemon(&hb, t, Some(&boot), "0");
+    let (a, b) = (lab.daemons[1].peer_id.clone(), lab.daemons[2].peer_id.clone());
+    let failed = |i: usize, other: &str| {
+        std::fs::read_to_string(lab.home_of(i).join("daemon.log"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("hole punching to") && l.contains(other) && l.contains("failed"))
+    };
+    while started.elapsed() < Duration::from_secs(120) {
+        if lab.status(1).is_some_and(|s| has_direct(&s, &b)) {
+            return Punch::Direct(started.elapsed());
+        }
+        if failed(1, &b) || failed(2, &a) {
+            return Punch::Failed;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Punch::Failed
+}
+
+/// Seconds of one `backup --copies 1` of `data` from daemon `client`.
+fn timed_backup(lab: &Lab, client: usize, data: &Path) -> f64 {
+    let started = Instant::now();
+    lab.run(client, &["backup", data.to_str().unwrap(), "--copies", "1", "--json"])
+        .unwrap_or_else(|e| panic!("{e}\nclient log:\n{}", lab.log_tail(client)));
+    started.elapsed().as_secs_f64()
+}
+
+/// The figures of BENCHMARKS.md "Behind home routers" (run by `bench/nat.sh`): time from a
+/// home daemon's start to its first direct connection, hole-punch outcomes over the NAT
+/// matrix for TCP and QUIC, and backup throughput between two NATed peers against two
+/// public peers. Prints a table; asserts only that the scenarios ran.
+#[test]
+#[ignore = "a benchmark: bench/nat.sh runs it"]
+fn measure_hole_punching_and_nat_throughput() {
+    let runs: usize = std::env::var("NAT_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let trials: usize = std::env::var("NAT_BENCH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    // 1. Time to the first direct connection, ordinary NATs, TCP.
+    let mut times: Vec<f64> = (0..runs)
+        .filter_map(|k| match punch_once(&format!("m{k}"), Transports::Tcp, false, false) {
+            Punch::Direct(d) => Some(d.as_secs_f64()),
+            Punch::Failed => None,
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    assert!(!times.is_empty(), "no hole punch succeeded");
+    println!(
+        "first direct connection (TCP, ordinary x ordinary): {} of {runs} runs, median {:.2} s, min {:.2} s, max {:.2} s",
+        times.len(),
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+    // 2. The matrix.
+    println!("| NATs | TCP | QUIC |\n|---|---|---|");
+    for (name, a, b) in [
+        ("ordinary x ordinary", false, false),
+        ("ordinary x symmetric", false, true),
+        ("symmetric x symmetric", true, true),
+    ] {
+        let mut cells = vec![];
+        for t in [Transports::Tcp, Transports::Quic] {
+            let ok = (0..trials).filter(|k| matches!(punch_once(&format!("x{k}"), t, a, b), Punch::Direct(_))).count();
+            cells.push(format!("{ok} of {trials}"));
+        }
+        println!("| {name} | {} | {} |", cells[0], cells[1]);
+    }
+    // 3. Throughput: client and provider behind ordinary NATs, then both public.
+    let size = 256 << 20;
+    let nat = pair_backup_secs("tn", false, size);
+    let public = pair_backup_secs("tp", true, size);
+    let mb = size as f64 / 1e6;
+    println!(
+        "backup of {mb:.0} MB of random data, --copies 1: NATed to NATed {:.1} MB/s ({nat:.2} s), \
+         public to public {:.1} MB/s ({public:.2} s)",
+        mb / nat,
+        mb / public
+    );
+}
+
+/// Seconds of a `backup --copies 1` of `size` random bytes from a client to its one
+/// provider, both behind ordinary NATs or both public, with the public peer as bootstrap.
+fn pair_backup_secs(tag: &str, public: bool, size: usize) -> f64 {
+    let mut lab = Lab::new(tag);
+    let p = lab.public_host("pub", PUBLIC_IP);
+    lab.daemon(&p, Transports::Tcp, None, "0");
+    let boot = lab.bootstrap_addr(0, Transports::Tcp);
+    for k in 0..2 {
+        let ns = if public {
+            lab.public_host(&format!("p{k}"), &format!("203.0.113.{}", 30 + k))
+        } else {
+            lab.home(&format!("203.0.113.{}", 20 + k), false)
+        };
+        lab.daemon(&ns, Transports::Tcp, Some(&boot), "4GB");
+    }
+    let want = if public { "public" } else { "private" };
+    for i in 1..3 {
+        lab.wait(i, 60, want, |s| s["reachability"] == want);
+    }
+    let data = lab.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let bytes: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(data.join("random.bin"), bytes).unwrap();
+    timed_backup(&lab, 1, &data)
 }
