@@ -385,6 +385,7 @@ pub fn start(
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
     let topic = gossipsub::IdentTopic::new(PROPOSAL_TOPIC);
     swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| other(&e))?;
+    let loopback_only = cfg.listen.iter().all(is_loopback);
     for a in cfg.listen {
         swarm.listen_on(a.clone()).map_err(|e| NetError::Other(format!("cannot listen on {a}: {e}")))?;
     }
@@ -426,9 +427,19 @@ pub fn start(
         relay_listeners: HashMap::new(),
         initial_dials,
         closing: Vec::new(),
+        loopback_only,
     };
     tokio::spawn(lp.run());
     Ok((NetHandle { tx, peer_id, advertised, limits }, ev_rx))
+}
+
+/// True when the address's IP is a loopback one.
+fn is_loopback(a: &Multiaddr) -> bool {
+    match a.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
 }
 
 type BoxedTransport = libp2p::core::transport::Boxed<(PeerId, StreamMuxerBox)>;
@@ -607,6 +618,8 @@ struct EventLoop {
     closing: Vec<(ConnectionId, Instant)>,
     /// Bootstrap and known peers, dialed once we listen.
     initial_dials: Vec<libp2p::swarm::dial_opts::DialOpts>,
+    /// Every configured listen address is a loopback one (a local test network).
+    loopback_only: bool,
 }
 
 impl EventLoop {
@@ -956,9 +969,14 @@ impl EventLoop {
                     self.swarm.add_external_address(address);
                     self.publish_addresses();
                 } else {
+                    // Dial out once a listen address that others can see is up, so that the
+                    // dial leaves from it (port reuse takes a registered address of the same
+                    // kind: loopback for loopback, otherwise not).
+                    if !is_loopback(&address) || self.loopback_only {
+                        self.initial_dials();
+                    }
                     let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
                     self.emit(NetEvent::Listening(full));
-                    self.initial_dials();
                 }
             }
             // A relay listener closes with Ok when its connection to the relay closed, with
@@ -997,10 +1015,13 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => match e.result {
                 Ok(_) => tracing::info!("hole punched to {}: direct connection", e.remote_peer_id),
-                Err(err) => {
+                // Both sides may punch at once; the loser's failure means nothing once a
+                // direct connection exists.
+                Err(err) if !self.reach.direct(&e.remote_peer_id) => {
                     tracing::info!("hole punching to {} failed: {err}", e.remote_peer_id);
                     self.reach.punch_failed(e.remote_peer_id);
                 }
+                Err(err) => tracing::debug!("a second hole punch to {} failed: {err}", e.remote_peer_id),
             },
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) })) => {
                 // A connection that stopped answering (a router that lost its NAT state, a
