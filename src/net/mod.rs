@@ -1023,7 +1023,10 @@ impl EventLoop {
                 }
                 Err(err) => tracing::debug!("a second hole punch to {} failed: {err}", e.remote_peer_id),
             },
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) })) => {
+            // (A peer that does not speak ping at all is no reason.)
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }))
+                if !matches!(e, ping::Failure::Unsupported) =>
+            {
                 // A connection that stopped answering (a router that lost its NAT state, a
                 // changed address) is closed at once, so that the peer is dialed afresh.
                 tracing::debug!("ping to {peer} failed ({e}); closing that connection");
@@ -1049,7 +1052,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Contract(e)) => self.on_contract(e),
             SwarmEvent::Behaviour(BehaviourEvent::Data(e)) => self.on_data(e),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
-                self.on_connected(peer_id, connection_id, endpoint.get_remote_address().clone(), endpoint.is_relayed());
+                self.on_connected(peer_id, connection_id, &endpoint);
                 if num_established.get() == 1
                     && self.swarm.connected_peers().count() < TARGET_PEERS
                     && self.last_lookup.elapsed() >= Duration::from_secs(5)
@@ -1099,10 +1102,12 @@ impl EventLoop {
     /// and a relayed one next to a direct one goes too: each is closed [`RELAYED_GRACE`]
     /// later, so that the contract messages under way on it are answered first, and data
     /// requests to that peer wait until then (they must not be put on a relayed one).
-    fn on_connected(&mut self, peer: PeerId, id: ConnectionId, addr: Multiaddr, relayed: bool) {
+    fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &libp2p::core::ConnectedPoint) {
+        let (addr, relayed, outbound) =
+            (endpoint.get_remote_address().clone(), endpoint.is_relayed(), endpoint.is_dialer());
         tracing::debug!("connected to {peer} at {addr}{}", if relayed { " (relayed)" } else { "" });
         let transport = reach::transport_of(&addr);
-        self.reach.connected(id, ConnInfo { peer, addr, relayed, transport, since: Instant::now() });
+        self.reach.connected(id, ConnInfo { peer, addr, relayed, transport, outbound, since: Instant::now() });
         let at = Instant::now() + RELAYED_GRACE;
         if relayed && self.reach.direct(&peer) {
             self.closing.push((id, at));

@@ -77,6 +77,8 @@ pub struct ConnInfo {
     pub relayed: bool,
     /// TCP or QUIC (of the hop to the relay, when relayed).
     pub transport: Transport,
+    /// We dialed it (at `addr`).
+    pub outbound: bool,
     /// When it was established.
     pub since: Instant,
 }
@@ -187,11 +189,20 @@ impl Reach {
     }
 
     /// Notes what identify told us of `peer`: whether it serves relay v2, and its addresses.
+    /// A relay is reserved through a routable direct address: one it advertises, or else
+    /// one we reached it at over a direct connection we dialed (proof that others can dial
+    /// it too, whatever its own AutoNAT has concluded so far).
     pub fn identified(&mut self, peer: PeerId, serves_relay: bool, addrs: &[Multiaddr]) {
-        let direct = addrs.iter().find(|a| !is_circuit(a) && self.routable(a));
-        match (serves_relay, direct) {
-            (true, Some(a)) => {
-                self.relay_candidates.insert(peer, strip_p2p(a));
+        let advertised = addrs.iter().find(|a| !is_circuit(a) && self.routable(a)).map(strip_p2p);
+        let dialed = || {
+            self.conns
+                .values()
+                .find(|c| c.peer == peer && c.outbound && !c.relayed && self.routable(&c.addr))
+                .map(|c| strip_p2p(&c.addr))
+        };
+        match advertised.or_else(dialed) {
+            Some(a) if serves_relay => {
+                self.relay_candidates.insert(peer, a);
             }
             _ => {
                 self.relay_candidates.remove(&peer);
@@ -447,7 +458,14 @@ mod tests {
             r.identified(p, true, std::slice::from_ref(&a));
             r.connected(
                 ConnectionId::new_unchecked(i),
-                ConnInfo { peer: p, addr: a, relayed: false, transport: Transport::Tcp, since: Instant::now() },
+                ConnInfo {
+                    peer: p,
+                    addr: a,
+                    relayed: false,
+                    transport: Transport::Tcp,
+                    outbound: true,
+                    since: Instant::now(),
+                },
             );
         }
         let want = r.relays_to_reserve();
@@ -472,6 +490,21 @@ mod tests {
         assert_eq!(r.reachability(), Reachability::Public);
         assert!(r.drop_relays());
         assert!(r.relays_to_reserve().is_empty());
+        // A relay that advertises nothing yet is reserved on at the address we dialed it at.
+        let mut d = Reach::new(me, false);
+        d.failed(&ma("/ip4/203.0.113.1/tcp/4001"));
+        let a = ma("/ip4/198.51.100.9/udp/4001/quic-v1");
+        let conn = ConnInfo {
+            peer: r1,
+            addr: a.clone(),
+            relayed: false,
+            transport: Transport::Quic,
+            outbound: true,
+            since: Instant::now(),
+        };
+        d.connected(ConnectionId::new_unchecked(9), conn);
+        d.identified(r1, true, &[]);
+        assert_eq!(d.relays_to_reserve(), vec![(r1, a.with(Protocol::P2p(r1)).with(Protocol::P2pCircuit))]);
         // A peer that does not serve relay, or shows only private addresses, is no candidate.
         let mut s = Reach::new(me, true);
         s.identified(r1, true, &[ma("/ip4/192.168.1.1/tcp/1")]);
@@ -491,6 +524,7 @@ mod tests {
             addr: ma("/ip4/198.51.100.1/tcp/1/p2p-circuit"),
             relayed: true,
             transport: Transport::Tcp,
+            outbound: false,
             since: t,
         };
         r.connected(ConnectionId::new_unchecked(1), relayed);
@@ -507,6 +541,7 @@ mod tests {
             addr: ma("/ip4/203.0.113.2/tcp/1"),
             relayed: false,
             transport: Transport::Tcp,
+            outbound: true,
             since: t,
         };
         r.connected(ConnectionId::new_unchecked(2), direct);
