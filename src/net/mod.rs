@@ -393,7 +393,9 @@ pub fn start(
     // dials leave from the listen port (port reuse): the address others then observe is
     // one they can dial back and hole punch to, not an ephemeral port.
     let mut initial_dials = Vec::new();
+    let mut reach = Reach::new(peer_id, cfg.global_only);
     for a in &cfg.bootstrap {
+        reach.bootstrap(a);
         if let Some(Protocol::P2p(peer)) = a.iter().last() {
             swarm.behaviour_mut().kad.add_address(&peer, a.clone());
         }
@@ -419,7 +421,7 @@ pub fn start(
         strikes: HashMap::new(),
         blocked: HashMap::new(),
         last_lookup: Instant::now().checked_sub(Duration::from_secs(5)).unwrap_or_else(Instant::now),
-        reach: Reach::new(peer_id, cfg.global_only),
+        reach,
         advertised: advertised.clone(),
         waiting: HashMap::new(),
         lookups: HashMap::new(),
@@ -1103,11 +1105,10 @@ impl EventLoop {
     /// later, so that the contract messages under way on it are answered first, and data
     /// requests to that peer wait until then (they must not be put on a relayed one).
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &libp2p::core::ConnectedPoint) {
-        let (addr, relayed, outbound) =
-            (endpoint.get_remote_address().clone(), endpoint.is_relayed(), endpoint.is_dialer());
+        let (addr, relayed) = (endpoint.get_remote_address().clone(), endpoint.is_relayed());
         tracing::debug!("connected to {peer} at {addr}{}", if relayed { " (relayed)" } else { "" });
         let transport = reach::transport_of(&addr);
-        self.reach.connected(id, ConnInfo { peer, addr, relayed, transport, outbound, since: Instant::now() });
+        self.reach.connected(id, ConnInfo { peer, addr, relayed, transport, since: Instant::now() });
         let at = Instant::now() + RELAYED_GRACE;
         if relayed && self.reach.direct(&peer) {
             self.closing.push((id, at));

@@ -22,8 +22,12 @@ pub const PUNCH_WAIT: Duration = Duration::from_secs(15);
 /// A failed hole punch to a peer is tried again (on a new relayed connection) once this
 /// long has passed and bulk data is waiting for it.
 pub const PUNCH_RETRY: Duration = Duration::from_secs(30);
-/// A relay that refused a reservation is not asked again for this long.
-pub const RELAY_RETRY: Duration = Duration::from_secs(60);
+/// A relay that refused a reservation is not asked again for this long; the wait doubles
+/// with every refusal in a row, up to [`RELAY_RETRY_MAX`]. (A relay that does not know its
+/// own public address yet refuses: it has none to put in the reservation.)
+pub const RELAY_RETRY: Duration = Duration::from_secs(5);
+/// The longest wait before asking a relay that keeps refusing again.
+pub const RELAY_RETRY_MAX: Duration = Duration::from_secs(600);
 
 /// Whether others can dial us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,8 +81,6 @@ pub struct ConnInfo {
     pub relayed: bool,
     /// TCP or QUIC (of the hop to the relay, when relayed).
     pub transport: Transport,
-    /// We dialed it (at `addr`).
-    pub outbound: bool,
     /// When it was established.
     pub since: Instant,
 }
@@ -97,8 +99,10 @@ pub struct Reach {
     punch_failed: HashMap<PeerId, Instant>,
     /// Relays we may reserve on: peers serving relay v2 with a routable direct address.
     relay_candidates: HashMap<PeerId, Multiaddr>,
+    /// Configured bootstrap peers and their addresses (without `/p2p`).
+    bootstrap: HashMap<PeerId, Multiaddr>,
     /// Relays whose reservation ended, and when.
-    relays_lost: HashMap<PeerId, Instant>,
+    relays_lost: HashMap<PeerId, (Instant, Duration)>,
 }
 
 impl Reach {
@@ -114,6 +118,7 @@ impl Reach {
             punch_failed: HashMap::new(),
             relay_candidates: HashMap::new(),
             relays_lost: HashMap::new(),
+            bootstrap: HashMap::new(),
         }
     }
 
@@ -190,23 +195,26 @@ impl Reach {
 
     /// Notes what identify told us of `peer`: whether it serves relay v2, and its addresses.
     /// A relay is reserved through a routable direct address: one it advertises, or else
-    /// one we reached it at over a direct connection we dialed (proof that others can dial
-    /// it too, whatever its own AutoNAT has concluded so far).
+    /// its bootstrap address (a configured bootstrap peer is one everybody dials, whatever
+    /// its own AutoNAT has concluded so far).
     pub fn identified(&mut self, peer: PeerId, serves_relay: bool, addrs: &[Multiaddr]) {
         let advertised = addrs.iter().find(|a| !is_circuit(a) && self.routable(a)).map(strip_p2p);
-        let dialed = || {
-            self.conns
-                .values()
-                .find(|c| c.peer == peer && c.outbound && !c.relayed && self.routable(&c.addr))
-                .map(|c| strip_p2p(&c.addr))
-        };
-        match advertised.or_else(dialed) {
+        match advertised.or_else(|| self.bootstrap.get(&peer).cloned()) {
             Some(a) if serves_relay => {
                 self.relay_candidates.insert(peer, a);
             }
             _ => {
                 self.relay_candidates.remove(&peer);
             }
+        }
+    }
+
+    /// Notes a configured bootstrap address (`…/p2p/<PeerId>`; others are ignored).
+    pub fn bootstrap(&mut self, a: &Multiaddr) {
+        if let Some(Protocol::P2p(peer)) = a.iter().last()
+            && !is_circuit(a)
+        {
+            self.bootstrap.insert(peer, strip_p2p(a));
         }
     }
 
@@ -241,7 +249,7 @@ impl Reach {
             .relay_candidates
             .iter()
             .filter(|(p, _)| !self.relays.contains_key(p))
-            .filter(|(p, _)| self.relays_lost.get(p).is_none_or(|t| t.elapsed() >= RELAY_RETRY))
+            .filter(|(p, _)| self.relays_lost.get(p).is_none_or(|(t, wait)| t.elapsed() >= *wait))
             .collect();
         v.sort();
         v
@@ -254,18 +262,21 @@ impl Reach {
 
     /// The reservation on `relay` is up: we listen at `circuit`.
     pub fn reserved(&mut self, relay: PeerId, circuit: Multiaddr) {
+        self.relays_lost.remove(&relay);
         self.relays.insert(relay, Some(circuit));
     }
 
     /// The reservation on `relay` ended; a new relay is chosen at the next tick. A relay
-    /// that `refused` it is not asked again for [`RELAY_RETRY`]; one whose connection closed
-    /// (our address changed, say) is asked again as soon as we are connected to it.
+    /// that `refused` it waits [`RELAY_RETRY`], doubling with each refusal in a row; one
+    /// whose connection closed (our address changed, say) is asked again as soon as we are
+    /// connected to it.
     pub fn unreserved(&mut self, relay: &PeerId, refused: bool) -> Option<Multiaddr> {
         if refused {
             if self.relays_lost.len() > 1000 {
-                self.relays_lost.retain(|_, t| t.elapsed() < RELAY_RETRY);
+                self.relays_lost.retain(|_, (t, wait)| t.elapsed() < *wait);
             }
-            self.relays_lost.insert(*relay, Instant::now());
+            let wait = self.relays_lost.get(relay).map_or(RELAY_RETRY, |(_, w)| (*w * 2).min(RELAY_RETRY_MAX));
+            self.relays_lost.insert(*relay, (Instant::now(), wait));
         }
         self.relays.remove(relay).flatten()
     }
@@ -458,14 +469,7 @@ mod tests {
             r.identified(p, true, std::slice::from_ref(&a));
             r.connected(
                 ConnectionId::new_unchecked(i),
-                ConnInfo {
-                    peer: p,
-                    addr: a,
-                    relayed: false,
-                    transport: Transport::Tcp,
-                    outbound: true,
-                    since: Instant::now(),
-                },
+                ConnInfo { peer: p, addr: a, relayed: false, transport: Transport::Tcp, since: Instant::now() },
             );
         }
         let want = r.relays_to_reserve();
@@ -490,20 +494,16 @@ mod tests {
         assert_eq!(r.reachability(), Reachability::Public);
         assert!(r.drop_relays());
         assert!(r.relays_to_reserve().is_empty());
-        // A relay that advertises nothing yet is reserved on at the address we dialed it at.
+        // A bootstrap relay that advertises nothing yet is reserved on at its bootstrap address.
         let mut d = Reach::new(me, false);
         d.failed(&ma("/ip4/203.0.113.1/tcp/4001"));
         let a = ma("/ip4/198.51.100.9/udp/4001/quic-v1");
-        let conn = ConnInfo {
-            peer: r1,
-            addr: a.clone(),
-            relayed: false,
-            transport: Transport::Quic,
-            outbound: true,
-            since: Instant::now(),
-        };
+        d.bootstrap(&a.clone().with(Protocol::P2p(r1)));
+        let conn =
+            ConnInfo { peer: r1, addr: a.clone(), relayed: false, transport: Transport::Quic, since: Instant::now() };
         d.connected(ConnectionId::new_unchecked(9), conn);
         d.identified(r1, true, &[]);
+        d.identified(r2, true, &[]);
         assert_eq!(d.relays_to_reserve(), vec![(r1, a.with(Protocol::P2p(r1)).with(Protocol::P2pCircuit))]);
         // A peer that does not serve relay, or shows only private addresses, is no candidate.
         let mut s = Reach::new(me, true);
@@ -524,7 +524,6 @@ mod tests {
             addr: ma("/ip4/198.51.100.1/tcp/1/p2p-circuit"),
             relayed: true,
             transport: Transport::Tcp,
-            outbound: false,
             since: t,
         };
         r.connected(ConnectionId::new_unchecked(1), relayed);
@@ -541,7 +540,6 @@ mod tests {
             addr: ma("/ip4/203.0.113.2/tcp/1"),
             relayed: false,
             transport: Transport::Tcp,
-            outbound: true,
             since: t,
         };
         r.connected(ConnectionId::new_unchecked(2), direct);
