@@ -4,7 +4,8 @@
 //! walk ─► unchanged since parent (size, mtime, inode)? reuse its blob ids
 //!      ─► FastCDC ─► blob id ─► known? skip ─► zstd + AEAD ─► pack writer
 //!      ─► sealed packs (bounded channel) ─► PackSink::place (N holders, concurrent)
-//!      ─► commit pack + index ─► … ─► trees ─► snapshot (last pack) ─► snapshot recorded
+//!      ─► commit pack + index ─► … ─► trees ─► snapshot (last pack)
+//!      ─► index packs of the new packs (§3.8) ─► snapshot recorded
 //! ```
 //! The walk, chunking, hashing, compression and encryption run on one blocking thread;
 //! uploads run concurrently on the runtime, at most `upload_concurrency` packs at a time,
@@ -13,11 +14,12 @@
 //! acknowledged by its holders; an error on one file is reported and the file skipped.
 
 use crate::control::BackupSummary;
-use crate::id::{BlobId, SnapshotId};
+use crate::id::{BlobId, PackId, SnapshotId};
 use crate::identity::Identity;
 use crate::repo::blob::{BlobKind, blob_id};
 use crate::repo::chunker;
-use crate::repo::pack::{PackWriter, SealedPack};
+use crate::repo::index;
+use crate::repo::pack::{PackEntry, PackWriter, SealedPack};
 use crate::repo::tree::{self, Node, NodeKind, Snapshot, Tree};
 use crate::state::{IndexEntry, PackRecord, State, StateError};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
@@ -195,6 +197,8 @@ pub async fn run(
     let mut uploads = tokio::task::JoinSet::new();
     let mut packs = 0u64;
     let mut bytes_uploaded = 0u64;
+    // This run's packs and their blobs, for the index packs written at the end.
+    let mut run_index: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
     let mut failure: Option<String> = None;
     let mut commit =
         |r: Result<Result<(Arc<SealedPack>, PackRecord), String>, tokio::task::JoinError>| -> Result<(), String> {
@@ -216,6 +220,7 @@ pub async fn run(
                 })
                 .collect();
             state.commit_pack(&pack.id, &rec, &blobs).map_err(|e| e.to_string())?;
+            run_index.push((pack.id, pack.entries.clone()));
             packs += 1;
             bytes_uploaded += rec.stored_bytes();
             Ok(())
@@ -253,6 +258,8 @@ pub async fn run(
         return Err(BackupError::Upload(e));
     }
     let (snap_id, snapshot, stats, trees) = walked?;
+    let (index_packs, index_bytes) = write_index(id, state, &opts, &sink, run_index).await?;
+    bytes_uploaded += index_bytes;
     state.put_trees(&trees)?;
     state.put_snapshot(&snap_id, &snapshot)?;
     Ok(BackupSummary {
@@ -262,11 +269,55 @@ pub async fn run(
         bytes_read: stats.bytes_read,
         bytes_new: stats.bytes_new,
         packs,
+        index_packs,
+        head: 0,
+        head_error: None,
         bytes_uploaded,
         seconds: started.elapsed().as_secs_f64(),
         errors: stats.errors,
         error_count: stats.error_count,
     })
+}
+
+/// Stores the index of every data pack no index pack covers yet — this run's, and any an
+/// earlier failed run left — as index packs placed like the data (protocol.md §3.8), and
+/// records them all at once. Returns the index packs and the bytes sent.
+async fn write_index(
+    id: &Identity,
+    state: &State,
+    opts: &BackupOptions,
+    sink: &Arc<dyn PackSink>,
+    mut todo: Vec<(PackId, Vec<PackEntry>)>,
+) -> Result<(u64, u64), BackupError> {
+    let unindexed = state.unindexed_packs()?;
+    todo.retain(|(p, _)| unindexed.contains(p));
+    let in_run: HashSet<PackId> = todo.iter().map(|(p, _)| *p).collect();
+    let older: HashSet<PackId> = unindexed.into_iter().filter(|p| !in_run.contains(p)).collect();
+    if !older.is_empty() {
+        let found = state.pack_entries(&older)?;
+        let with_entries: HashSet<PackId> = found.iter().map(|(p, _)| *p).collect();
+        todo.extend(found);
+        // Packs whose blobs all moved to later packs: listed empty, so they count as covered.
+        todo.extend(older.into_iter().filter(|p| !with_entries.contains(p)).map(|p| (p, vec![])));
+    }
+    if todo.is_empty() {
+        return Ok((0, 0));
+    }
+    let keys = (id.id_key, id.enc_key);
+    let (level, size) = (opts.zstd_level, opts.pack_size);
+    let sealed = tokio::task::spawn_blocking(move || index::write((&keys.0, &keys.1), level, size, &todo))
+        .await
+        .map_err(|e| BackupError::Internal(format!("the index writer stopped: {e}")))?;
+    let mut placed = Vec::with_capacity(sealed.len());
+    let mut bytes = 0;
+    for (pack, covers) in sealed {
+        let pack = Arc::new(pack);
+        let rec = sink.place(pack.clone()).await.map_err(|e| BackupError::Upload(format!("index pack: {e}")))?;
+        bytes += rec.stored_bytes();
+        placed.push((pack.id, rec, covers));
+    }
+    state.commit_index_packs(&placed)?;
+    Ok((placed.len() as u64, bytes))
 }
 
 #[derive(Default)]

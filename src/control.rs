@@ -102,8 +102,18 @@ pub struct BackupSummary {
     pub bytes_read: u64,
     /// Bytes of new blobs after dedup and compression (stored form).
     pub bytes_new: u64,
-    /// Packs uploaded.
+    /// Data packs uploaded.
     pub packs: u64,
+    /// Index packs uploaded (protocol.md §3.8): the index of the new packs.
+    #[serde(default)]
+    pub index_packs: u64,
+    /// Sequence number of the head that publishes this snapshot for recovery (§5.8).
+    #[serde(default)]
+    pub head: u64,
+    /// Why the head could not be published: the snapshot is stored, but a recovery from
+    /// the key would not find it until a later publication succeeds.
+    #[serde(default)]
+    pub head_error: Option<String>,
     /// Bytes sent to providers, all copies counted.
     pub bytes_uploaded: u64,
     /// Wall time, seconds.
@@ -263,6 +273,16 @@ pub struct StatusReport {
     pub recovering: bool,
     /// Each redundancy scheme in use, with its packs and their loss probability.
     pub durability: Vec<DurabilityInfo>,
+    /// Index packs (protocol.md §3.8) the head names.
+    #[serde(default)]
+    pub index_packs: u64,
+    /// Sequence number of the last head published (§5.8); 0 for none.
+    #[serde(default)]
+    pub head: u64,
+    /// Why the latest state is not published for recovery, if it is not (retried each
+    /// audit round and after every change).
+    #[serde(default)]
+    pub head_error: Option<String>,
 }
 
 /// A command's bandwidth limits (restic's `--limit-upload` / `--limit-download`): the
@@ -367,7 +387,7 @@ pub enum Reply {
     /// Failed; the message says what and how to fix it.
     Error(String),
     /// Status.
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// Snapshot list.
     Snapshots(Vec<SnapshotInfo>),
     /// Backup finished.

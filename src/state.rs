@@ -9,6 +9,7 @@ use crate::audit::AuditRecord;
 use crate::id::{BlobId, ContractId, PackId, SnapshotId};
 use crate::protocol::Contract;
 use crate::repo::blob::BlobKind;
+use crate::repo::pack::PackEntry;
 use crate::repo::tree::Snapshot;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,9 @@ const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 const TREES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trees");
 const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshots");
 const AUDITS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("audits");
+/// Index packs (protocol.md §3.8) in the order they were written: sequence number →
+/// CBOR [`IndexPackRecord`].
+const INDEX_PACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("index_packs");
 /// Provider side of claims (protocol.md §4.6): client PeerId bytes → blocks `0..n` it acknowledged.
 const CLAIMS: TableDefinition<&[u8], u64> = TableDefinition::new("claims");
 
@@ -228,6 +232,15 @@ pub struct IndexEntry {
     pub raw_length: u32,
 }
 
+/// An index pack (protocol.md §3.8) and the data packs whose blobs it lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPackRecord {
+    /// The index pack (its holders are in its [`PackRecord`]).
+    pub pack: PackId,
+    /// The data packs it covers.
+    pub covers: Vec<PackId>,
+}
+
 /// The local state. Cheap to clone.
 #[derive(Clone)]
 pub struct State {
@@ -260,6 +273,7 @@ impl State {
         let tx = db.begin_write()?;
         tx.open_table(SETTINGS)?;
         tx.open_table(CLAIMS)?;
+        tx.open_table(INDEX_PACKS)?;
         for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS, AUDITS] {
             tx.open_table(t)?;
         }
@@ -575,12 +589,13 @@ impl State {
     }
 
     /// Writes a recovered head in one transaction: snapshots (in the given order, after
-    /// any already here), packs, index entries and contracts.
+    /// any already here), packs, index packs (in order, after any already here) and
+    /// contracts. The index entries themselves come before, with [`State::import_index`].
     pub fn import(
         &self,
         snapshots: &[(SnapshotId, Snapshot)],
         packs: &[(PackId, PackRecord)],
-        index: &[(BlobId, IndexEntry)],
+        index_packs: &[IndexPackRecord],
         contracts: &[(ContractId, ContractRecord)],
     ) -> Result<(), StateError> {
         let tx = self.db.begin_write()?;
@@ -594,9 +609,10 @@ impl State {
             for (id, r) in packs {
                 t.insert(id.as_bytes().as_slice(), enc(r).as_slice())?;
             }
-            let mut t = tx.open_table(BLOBS)?;
-            for (id, e) in index {
-                t.insert(id.as_bytes().as_slice(), enc(e).as_slice())?;
+            let mut t = tx.open_table(INDEX_PACKS)?;
+            let first = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+            for (seq, r) in (first..).zip(index_packs) {
+                t.insert(seq, enc(r).as_slice())?;
             }
             let mut t = tx.open_table(CONTRACTS)?;
             for (id, c) in contracts {
@@ -605,6 +621,97 @@ impl State {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Writes index entries read from an index pack, in one transaction: an entry replaces
+    /// the one already here for the same blob (later index packs win, §3.8).
+    pub fn import_index(&self, entries: impl IntoIterator<Item = (BlobId, IndexEntry)>) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(BLOBS)?;
+            for (id, e) in entries {
+                t.insert(id.as_bytes().as_slice(), enc(&e).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records acknowledged index packs, each with the data packs it lists, in one
+    /// transaction: together they cover those packs (§3.8), so none is recorded alone.
+    pub fn commit_index_packs(&self, packs: &[(PackId, PackRecord, Vec<PackId>)]) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut p = tx.open_table(PACKS)?;
+            let mut t = tx.open_table(INDEX_PACKS)?;
+            let first = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+            for (seq, (id, rec, covers)) in (first..).zip(packs) {
+                p.insert(id.as_bytes().as_slice(), enc(rec).as_slice())?;
+                t.insert(seq, enc(&IndexPackRecord { pack: *id, covers: covers.clone() }).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The index packs, oldest first.
+    pub fn index_packs(&self) -> Result<Vec<IndexPackRecord>, StateError> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for r in tx.open_table(INDEX_PACKS)?.iter()? {
+            out.push(dec("index pack", r?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets index packs (once deleted at their holders, or pruned).
+    pub fn remove_index_packs(&self, ids: &HashSet<PackId>) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(INDEX_PACKS)?;
+            let mut gone = Vec::new();
+            for r in t.iter()? {
+                let (k, v) = r?;
+                if ids.contains(&dec::<IndexPackRecord>("index pack", v.value())?.pack) {
+                    gone.push(k.value());
+                }
+            }
+            for k in gone {
+                t.remove(k)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Data packs, not garbage, that no index pack covers yet: their index still has to
+    /// be written (after a backup that failed before its index, or from before index packs).
+    pub fn unindexed_packs(&self) -> Result<HashSet<PackId>, StateError> {
+        let index = self.index_packs()?;
+        let covered: HashSet<PackId> = index.iter().flat_map(|r| r.covers.iter().chain([&r.pack])).copied().collect();
+        Ok(self.packs()?.into_iter().filter(|(id, r)| !r.garbage && !covered.contains(id)).map(|(id, _)| id).collect())
+    }
+
+    /// The index entries of `packs`, in pack order (one pass over the index).
+    pub fn pack_entries(&self, packs: &HashSet<PackId>) -> Result<Vec<(PackId, Vec<PackEntry>)>, StateError> {
+        let mut by_pack: std::collections::HashMap<PackId, Vec<PackEntry>> = Default::default();
+        let tx = self.db.begin_read()?;
+        for r in tx.open_table(BLOBS)?.iter()? {
+            let (k, v) = r?;
+            let e: IndexEntry = dec("index entry", v.value())?;
+            if packs.contains(&e.pack) {
+                let id = BlobId::from_slice(k.value()).ok_or_else(|| StateError::Corrupt("index key".into()))?;
+                let entry =
+                    PackEntry { id, kind: e.kind, offset: e.offset, length: e.length, raw_length: e.raw_length };
+                by_pack.entry(e.pack).or_default().push(entry);
+            }
+        }
+        let mut out: Vec<(PackId, Vec<PackEntry>)> = by_pack.into_iter().collect();
+        for (_, v) in &mut out {
+            v.sort_by_key(|e| e.offset);
+        }
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
     }
 
     /// Where a blob is, if stored.
@@ -709,5 +816,35 @@ mod tests {
         }
         let order: Vec<u8> = s.snapshots().unwrap().iter().map(|(id, _)| id.0[0]).collect();
         assert_eq!(order, vec![9, 3, 5]);
+    }
+
+    #[test]
+    fn index_packs_cover_data_packs() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(&d.path().join("s.redb")).unwrap();
+        let rec = PackRecord { size: 10, holders: vec![], copies: 1, garbage: false, erasure: None, shards: vec![] };
+        let e = |pack: u8, offset| IndexEntry {
+            pack: PackId([pack; 32]),
+            kind: BlobKind::Data,
+            offset,
+            length: 1,
+            raw_length: 1,
+        };
+        s.commit_pack(&PackId([1; 32]), &rec, &[(BlobId([1; 32]), e(1, 5)), (BlobId([2; 32]), e(1, 0))]).unwrap();
+        s.commit_pack(&PackId([3; 32]), &rec, &[(BlobId([3; 32]), e(3, 0))]).unwrap();
+        let all = |v: &[u8]| v.iter().map(|b| PackId([*b; 32])).collect::<HashSet<_>>();
+        assert_eq!(s.unindexed_packs().unwrap(), all(&[1, 3]));
+        // The entries of a pack come back in pack order.
+        let got = s.pack_entries(&all(&[1])).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![0, 5]);
+        s.commit_index_packs(&[(PackId([9; 32]), rec.clone(), vec![PackId([1; 32])])]).unwrap();
+        assert_eq!(s.unindexed_packs().unwrap(), all(&[3]));
+        s.commit_index_packs(&[(PackId([8; 32]), rec.clone(), vec![PackId([3; 32])])]).unwrap();
+        assert!(s.unindexed_packs().unwrap().is_empty());
+        let order: Vec<u8> = s.index_packs().unwrap().iter().map(|r| r.pack.0[0]).collect();
+        assert_eq!(order, vec![9, 8]);
+        s.remove_index_packs(&all(&[9])).unwrap();
+        assert_eq!(s.index_packs().unwrap().len(), 1);
     }
 }

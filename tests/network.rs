@@ -115,7 +115,8 @@ fn five_peers_backup_dedup_and_restore_after_losing_two() {
     assert_eq!(first["bytes_uploaded"].as_u64().unwrap() % 3, 0, "every pack counted three times: {first}");
     // Every pack is on three distinct providers, none on the client itself.
     let held: Vec<usize> = (1..5).map(|i| store_files(&net.peers[i].home).len()).collect();
-    assert_eq!(held.iter().sum::<usize>() as u64, 3 * first["packs"].as_u64().unwrap(), "{held:?}");
+    let objects = first["packs"].as_u64().unwrap() + first["index_packs"].as_u64().unwrap();
+    assert_eq!(held.iter().sum::<usize>() as u64, 3 * objects, "{held:?}");
     assert!(store_files(&net.peers[0].home).is_empty());
 
     // Unchanged: nothing is read again and no data is uploaded (only the new snapshot document).
@@ -193,8 +194,8 @@ fn three_peers_reciprocity_corrupt_holder_and_in_place_restore() {
     assert!(store_files(&net.peers[1].home).is_empty() && store_files(&net.peers[2].home).is_empty());
 
     let b = backup(&net, 0, &src, 2);
-    let packs = b["packs"].as_u64().unwrap() as usize;
-    assert!(packs >= 2, "{b}");
+    assert!(b["packs"].as_u64().unwrap() >= 2, "{b}");
+    let packs = (b["packs"].as_u64().unwrap() + b["index_packs"].as_u64().unwrap()) as usize;
     let status: Value = serde_json::from_str(&net.run(1, &["status", "--json"]).unwrap()).unwrap();
     assert_eq!(status["contracts"][0]["role"], "provider", "{status}");
     assert!(status["used_by_others"].as_u64().unwrap() > 20 << 20, "{status}");
@@ -932,6 +933,9 @@ fn a_lost_home_comes_back_from_the_recovery_phrase_alone() {
     let s = wait_status(&net, 0, 60, |s| s["recovering"] == false);
     assert_eq!(s["snapshots"].as_array().unwrap().len(), 1, "{s}");
     assert_eq!(s["offered"], before["offered"]);
+    // The index came back from the index packs the head names, not from the head itself.
+    assert!(before["index_packs"].as_u64() > Some(0), "{before}");
+    assert_eq!(s["index_packs"], before["index_packs"], "{s}");
     let live = |s: &Value| -> Vec<String> {
         let mut v: Vec<String> = s["contracts"]
             .as_array()
@@ -1164,7 +1168,8 @@ fn erasure_4_plus_2_on_8_peers_survives_two_losses_and_rebuilds_shards() {
         .map(|c| net.peers.iter().position(|p| p.peer_id == c["peer"].as_str().unwrap()).unwrap())
         .collect();
     assert_eq!(holders.len(), 6, "one shard of each pack per provider: {s}");
-    let packs = h["packs"].as_u64().unwrap() as usize;
+    // The snapshot's packs and the index packs that list them.
+    let packs = (h["packs"].as_u64().unwrap() + s["index_packs"].as_u64().unwrap()) as usize;
     for &i in &holders {
         assert_eq!(store_files(&net.peers[i].home).len(), packs, "peer {i} holds one shard of each pack");
     }

@@ -50,6 +50,16 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     } else {
         print_summary(&s);
     }
+    if let Some(e) = &s.head_error {
+        return Err(CliError {
+            message: format!(
+                "snapshot saved, but not yet published for recovery: {e}. A recovery from the key \
+                 would not find it until a later publication succeeds (retried each audit round; \
+                 see 'peer status')"
+            ),
+            code: super::EXIT_UNPUBLISHED,
+        });
+    }
     if s.error_count > 0 {
         return Err(CliError {
             message: format!("snapshot saved, but {} files could not be read", s.error_count),
@@ -67,6 +77,9 @@ fn print_summary(s: &crate::control::BackupSummary) {
     println!("  files:     {} ({} read, {} unchanged)", s.files, s.files_read, s.files - s.files_read.min(s.files));
     println!("  read:      {}", human(s.bytes_read));
     println!("  new:       {} after dedup and compression", human(s.bytes_new));
-    println!("  uploaded:  {} in {} packs", human(s.bytes_uploaded), s.packs);
+    println!("  uploaded:  {} in {} packs and {} index packs", human(s.bytes_uploaded), s.packs, s.index_packs);
+    if s.head > 0 && s.head_error.is_none() {
+        println!("  head:      {} (recoverable from the key)", s.head);
+    }
     println!("  time:      {:.1} s", s.seconds);
 }

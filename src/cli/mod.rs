@@ -24,6 +24,9 @@ use std::process::ExitCode;
 
 /// Exit code: the backup or restore finished, but some files could not be read or restored.
 pub const EXIT_PARTIAL: u8 = 3;
+/// Exit code of a backup that saved its snapshot but could not publish the head that
+/// lets a recovery from the key find it (protocol.md §5.8).
+pub const EXIT_UNPUBLISHED: u8 = 4;
 
 /// `peer`: decentralized peer-to-peer backup. Give storage, get storage.
 #[derive(Parser, Debug)]

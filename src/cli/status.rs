@@ -22,6 +22,11 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         return Ok(());
     }
     println!("peer id:          {}", s.peer_id);
+    match &s.head_error {
+        Some(e) => println!("head:             NOT PUBLISHED: {e} (the last published is {})", s.head),
+        None if s.head > 0 => println!("head:             {} ({} index packs)", s.head, s.index_packs),
+        None => {}
+    }
     if s.recovering {
         println!("recovering:       looking for this peer's head in the network (peer init --recover)");
     }

@@ -51,6 +51,7 @@ impl Inner {
             self.retry_cancels().await;
             self.drop_unowed_claims().await;
             self.drop_data_of_ended();
+            self.republish_if_failed().await;
         }
     }
 

@@ -3,11 +3,15 @@
 //! `peer init --recover`.
 
 use super::Inner;
+use super::transfer::NetSource;
 use crate::head;
+use crate::id::PackId;
 use crate::protocol::{self, DOMAIN_HEAD_RECORD, DataErrorCode, DataRequest, DataResponse, HeadPointer, now};
-use crate::state::Role;
+use crate::repo::index;
+use crate::state::{IndexEntry, IndexPackRecord, PackRecord, Role};
 use futures::StreamExt;
 use libp2p::PeerId;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,27 +24,39 @@ pub const RECOVER_RETRY_SECS: u64 = 2;
 
 impl Inner {
     /// Seals the current state as a new head, stores it at every provider we have a live
-    /// contract with, and points the DHT at the ones that took it. Failures are logged: the
-    /// previous head stays valid, and the next change publishes again.
-    pub(super) async fn publish_head(&self) {
+    /// contract with, and points the DHT at the ones that took it. Returns why the state
+    /// could not be published, if it could not (also logged and kept for `peer status`):
+    /// the previous head stays valid, and the next change or audit round publishes again.
+    pub(super) async fn publish_head(&self) -> Option<String> {
+        let error = self.try_publish_head().await.err();
+        if let Some(e) = &error {
+            tracing::error!("cannot publish the head: {e}");
+        }
+        *self.head_error.lock().unwrap_or_else(|p| p.into_inner()) = error.clone();
+        error
+    }
+
+    /// Publishes again if the last publication failed (each audit round).
+    pub(super) async fn republish_if_failed(&self) {
+        if self.head_error.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            self.publish_head().await;
+        }
+    }
+
+    async fn try_publish_head(&self) -> Result<(), String> {
         if self.home.recover_marker().exists() {
-            return; // never overwrite the head we are still looking for
+            return Ok(()); // never overwrite the head we are still looking for
         }
         let _one = self.publishing.lock().await;
         if self.live_contracts(Role::Client).is_empty() {
-            return; // nowhere to keep a head: nothing backed up yet
+            return Ok(()); // nowhere to keep a head: nothing backed up yet
         }
-        let seq = self.state.counter(HEAD_SEQ).unwrap_or(0) + 1;
-        let signed = match head::collect(&self.state, seq, now())
+        let seq = self.state.counter(HEAD_SEQ).map_err(|e| e.to_string())? + 1;
+        let signed = head::collect(&self.state, seq, now())
             .map_err(head::HeadError::from)
             .and_then(|d| head::seal(&self.id, &d))
-        {
-            Ok(s) => s,
-            Err(e) => return tracing::error!("cannot make a head: {e}"),
-        };
-        if let Err(e) = self.state.set_counter(HEAD_SEQ, seq) {
-            return tracing::error!("cannot record the head sequence: {e}");
-        }
+            .map_err(|e| format!("cannot make head {seq}: {e}"))?;
+        self.state.set_counter(HEAD_SEQ, seq).map_err(|e| format!("cannot record the head sequence: {e}"))?;
         let providers: std::collections::HashSet<PeerId> =
             self.live_contracts(Role::Client).iter().filter_map(|(_, c)| c.peer_id()).collect();
         let holders: Vec<PeerId> = futures::stream::iter(providers)
@@ -61,7 +77,7 @@ impl Inner {
             .collect()
             .await;
         if holders.is_empty() {
-            return tracing::warn!("no provider took head {seq}");
+            return Err(format!("no provider took head {seq}"));
         }
         let pointer = HeadPointer {
             seq,
@@ -74,6 +90,14 @@ impl Inner {
         }
         self.net.put_record(protocol::head_record_key(&self.me()), value).await;
         tracing::info!("head {seq} stored at {} providers", holders.len());
+        Ok(())
+    }
+
+    /// The last head published (its sequence number, 0 for none) and why the state since
+    /// could not be published, if so.
+    pub(super) fn head_report(&self) -> (u64, Option<String>) {
+        let seq = self.state.counter(HEAD_SEQ).unwrap_or(0);
+        (seq, self.head_error.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Puts our last head record into the DHT again, a minute after start and then every
@@ -115,7 +139,7 @@ impl Inner {
 
     /// One attempt: the newest valid pointer in the DHT, then the newest head its holders
     /// have. Returns the number of snapshots imported, or `None` when nothing is found yet.
-    async fn try_recover(&self) -> Result<Option<usize>, String> {
+    async fn try_recover(self: &Arc<Self>) -> Result<Option<usize>, String> {
         let me = self.me();
         let values = self.net.get_record(protocol::head_record_key(&me)).await.map_err(|e| e.to_string())?;
         let mut holders: Vec<PeerId> = Vec::new();
@@ -134,11 +158,11 @@ impl Inner {
                 Err(e) => tracing::info!("ignored a bad head record: {e}"),
             }
         }
-        let mut newest: Option<head::HeadDoc> = None;
+        let mut newest: Option<head::Opened> = None;
         for h in holders {
             match self.net.data_request(h, vec![], DataRequest::GetHead).await {
                 Ok(DataResponse::Head(s)) => match head::open(&self.id, &s) {
-                    Ok(d) if newest.as_ref().is_none_or(|n| d.seq > n.seq) => newest = Some(d),
+                    Ok(o) if newest.as_ref().is_none_or(|n| o.doc.seq > n.doc.seq) => newest = Some(o),
                     Ok(_) => {}
                     Err(e) => tracing::warn!("{h} returned a bad head: {e}"),
                 },
@@ -146,16 +170,51 @@ impl Inner {
                 other => tracing::info!("{h} did not return our head: {other:?}"),
             }
         }
-        let Some(doc) = newest else { return Ok(None) };
+        let Some(head::Opened { doc, inline_index }) = newest else { return Ok(None) };
         if doc.seq < best {
             return Err(format!("the holders only have head {} but the DHT points at {best}; retrying", doc.seq));
         }
+        self.state.import_index(inline_index).map_err(|e| e.to_string())?;
+        let index = self.recover_index(&doc).await?;
         self.state
-            .import(&doc.snapshots, &doc.packs, &doc.index, &doc.contracts)
+            .import(&doc.snapshots, &doc.packs, &index, &doc.contracts)
             .and_then(|_| self.state.set_counter(HEAD_SEQ, doc.seq))
             .and_then(|_| if self.state.offered()? == 0 { self.state.set_offered(doc.offered) } else { Ok(()) })
             .map_err(|e| e.to_string())?;
         Ok(Some(doc.snapshots.len()))
+    }
+
+    /// Fetches the index packs `doc` names (§3.8) and writes their entries for the packs
+    /// the head lists, one index pack per transaction. Returns the index pack records.
+    async fn recover_index(self: &Arc<Self>, doc: &head::HeadDoc) -> Result<Vec<IndexPackRecord>, String> {
+        let records: HashMap<PackId, PackRecord> = doc.packs.iter().cloned().collect();
+        let source = NetSource { inner: self.clone() };
+        let mut out = Vec::new();
+        for p in &doc.index {
+            let rec = records.get(p).cloned().ok_or_else(|| format!("the head names index pack {p} but no holder"))?;
+            let bytes = source.fetch_placed(*p, rec).await.map_err(|e| format!("index pack {}: {e}", p.short()))?;
+            let keys = (self.id.id_key, self.id.enc_key);
+            let packs = tokio::task::spawn_blocking(move || index::read((&keys.0, &keys.1), &bytes))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("index pack {}: {e}", p.short()))?;
+            let mut covers: Vec<PackId> = packs.iter().map(|ip| ip.id).collect();
+            covers.dedup();
+            let entries = packs.iter().filter(|ip| records.contains_key(&ip.id)).flat_map(|ip| {
+                ip.blobs.iter().map(|b| {
+                    let e = IndexEntry { pack: ip.id, kind: b.1, offset: b.2, length: b.3, raw_length: b.4 };
+                    (b.0, e)
+                })
+            });
+            let state = self.state.clone();
+            let entries: Vec<_> = entries.collect();
+            tokio::task::spawn_blocking(move || state.import_index(entries))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            out.push(IndexPackRecord { pack: *p, covers });
+        }
+        Ok(out)
     }
 
     /// Ends every contract in which we stored packs for others: they were on the lost disk.

@@ -93,7 +93,7 @@ impl Inner {
             return Reply::Prune(s);
         }
         let ids: HashSet<PackId> = unused.iter().map(|(id, _)| *id).collect();
-        if let Err(e) = self.state.mark_garbage(&ids) {
+        if let Err(e) = self.state.mark_garbage(&ids).and_then(|_| self.state.remove_index_packs(&ids)) {
             return Reply::Error(e.to_string());
         }
         // (pack, object held: the pack or a shard, contract, size) per holder.
@@ -132,7 +132,8 @@ impl Inner {
         Reply::Prune(s)
     }
 
-    /// The packs the snapshots need, and how many snapshots there are. Tree documents
+    /// The packs the snapshots need, with the index packs that list them, and how many
+    /// snapshots there are. Tree documents
     /// not cached locally are fetched from their holders.
     async fn needed_packs(self: &Arc<Self>) -> Result<(HashSet<PackId>, u64), String> {
         let source = NetSource { inner: self.clone() };
@@ -144,10 +145,15 @@ impl Inner {
                 .map_err(|e| format!("cannot read the trees of snapshot {}: {e}", sid.short()))?;
             blobs.extend(b);
         }
-        let (packs, missing) = restore::packs_of(&self.state, &blobs).map_err(|e| e.to_string())?;
+        let (mut packs, missing) = restore::packs_of(&self.state, &blobs).map_err(|e| e.to_string())?;
         if missing > 0 {
             return Err(format!("{missing} blobs the snapshots need are in no known pack; run 'peer check'"));
         }
+        // An index pack is needed while it lists any needed pack (§3.8); a recovery reads it.
+        let index = self.state.index_packs().map_err(|e| e.to_string())?;
+        let listing: Vec<PackId> =
+            index.into_iter().filter(|r| r.covers.iter().any(|c| packs.contains(c))).map(|r| r.pack).collect();
+        packs.extend(listing);
         Ok((packs, snaps.len() as u64))
     }
 

@@ -79,6 +79,8 @@ struct Inner {
     busy: tokio::sync::Mutex<()>,
     /// One head publication at a time, so two never share a sequence number.
     publishing: tokio::sync::Mutex<()>,
+    /// Why the last head publication failed; `None` once one succeeds (protocol.md §5.8).
+    head_error: Mutex<Option<String>>,
 }
 
 fn setup<E: std::fmt::Display>(e: E) -> DaemonError {
@@ -166,6 +168,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         gossip: Mutex::new(GossipGuard::default()),
         busy: tokio::sync::Mutex::new(()),
         publishing: tokio::sync::Mutex::new(()),
+        head_error: Mutex::new(None),
     });
 
     let ctl = inner.clone();

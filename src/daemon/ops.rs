@@ -157,6 +157,9 @@ impl Inner {
             snapshots,
             recovering,
             durability,
+            index_packs: self.state.index_packs().map(|v| v.len() as u64).unwrap_or(0),
+            head: self.head_report().0,
+            head_error: self.head_report().1,
         })
     }
 
@@ -214,7 +217,7 @@ impl Inner {
                             })
                             .collect();
                     }
-                    Reply::Status(st)
+                    Reply::Status(Box::new(st))
                 }
                 Err(e) => Reply::Error(e),
             },
@@ -308,9 +311,10 @@ impl Inner {
         })
         .await;
         match result {
-            Ok(sum) => {
+            Ok(mut sum) => {
                 let _ = tx.try_send(Reply::Progress(Progress { phase: "head".into(), done: 0, total: 0 }));
-                self.publish_head().await;
+                sum.head_error = self.publish_head().await;
+                sum.head = self.head_report().0;
                 Reply::Backup(sum)
             }
             Err(e) => Reply::Error(e.to_string()),

@@ -512,6 +512,14 @@ impl PackSource for NetSource {
             .pack(&pack)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("pack {pack} has no known holder"))?;
+        self.fetch_placed(pack, rec).await
+    }
+}
+
+impl NetSource {
+    /// Pack `pack` placed as `rec` says: from any holder of a copy, or from any K shards,
+    /// checked against its id.
+    pub(super) async fn fetch_placed(&self, pack: PackId, rec: PackRecord) -> Result<Vec<u8>, String> {
         let mut errors = Vec::new();
         let Some(s) = rec.erasure else {
             for h in rec.holders {

@@ -19,6 +19,8 @@ pub enum BlobKind {
     Data = 0,
     /// A tree or snapshot document.
     Tree = 1,
+    /// An index document (protocol.md §3.8): where the blobs of other packs are.
+    Index = 2,
 }
 
 /// Bytes a stored blob adds to its compressed plaintext: 24-byte nonce + 16-byte tag.

@@ -4,11 +4,13 @@
 //! blob ([`blob`]: zstd, then XChaCha20-Poly1305, id = HMAC-SHA-256 of the plaintext);
 //! blobs are appended into packs with an encrypted header ([`pack`]); a pack's id is
 //! the root of a SHA-256 Merkle tree over its 64 KiB leaves ([`merkle`]). Trees and
-//! snapshots ([`tree`]) are CBOR documents stored as blobs.
+//! snapshots ([`tree`]) are CBOR documents stored as blobs; so is the index ([`index`]),
+//! in index packs of its own, so that the head stays small.
 
 pub mod blob;
 pub mod chunker;
 pub mod erasure;
+pub mod index;
 pub mod merkle;
 pub mod pack;
 pub mod tree;
