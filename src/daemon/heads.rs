@@ -51,6 +51,7 @@ impl Inner {
         if self.live_contracts(Role::Client).is_empty() {
             return Ok(()); // nowhere to keep a head: nothing backed up yet
         }
+        let started = std::time::Instant::now();
         let seq = self.state.counter(HEAD_SEQ).map_err(|e| e.to_string())? + 1;
         let signed = head::collect(&self.state, seq, now())
             .map_err(head::HeadError::from)
@@ -89,7 +90,8 @@ impl Inner {
             tracing::warn!("cannot keep the head record at {}: {e}", path.display());
         }
         self.net.put_record(protocol::head_record_key(&self.me()), value).await;
-        tracing::info!("head {seq} stored at {} providers", holders.len());
+        let (bytes, secs) = (signed.body.len(), started.elapsed().as_secs_f64());
+        tracing::info!("head {seq} ({bytes} bytes sealed) stored at {} providers in {secs:.2} s", holders.len());
         Ok(())
     }
 

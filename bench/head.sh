@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# bench/head.sh [WORKDIR] [FILES...]
+#
+# Repository scale (protocol.md §3.8, §5.8): for each size (default 100000 and 1000000
+# small files, one blob each), a local network of 4 `peer` daemons on 127.0.0.1 backs the
+# tree up with --copies 2, backs it up again unchanged, then the client's home is deleted,
+# recovered from its recovery phrase alone, and the tree restored and compared. Prints, per
+# size: head bytes (sealed, as held by a provider), head publication seconds (from the
+# daemon's log), index packs, bytes uploaded by the unchanged re-backup, recovery seconds
+# (daemon start to `recovering: false`), restore seconds, and the peak RSS of the client
+# daemon that backed up and of the recovered one. Needs: cargo, python3.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-/tmp/peer-bench-head}
+shift || true
+sizes=("${@:-100000 1000000}")
+read -r -a sizes <<<"${sizes[*]}"
+peers=4
+
+(cd "$here" && cargo build --release --quiet)
+peer="$here/target/release/peer"
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(d'"$1"')'; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pids=(); }
+trap cleanup EXIT
+
+start() { # start HOME: runs the daemon, waits for its first listen address
+  "$peer" --home "$1" daemon >"$1.out" 2>"$1.log" &
+  pids+=($!)
+  until grep -q '^/ip4/127.0.0.1/tcp/' "$1.out"; do sleep 0.1; done
+}
+
+printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s\n' files head_bytes publish_s index unchanged_up recover_s restore_s backup_mib recover_mib
+for n in "${sizes[@]}"; do
+  data="$work/tree-$n"
+  if [ ! -d "$data" ]; then
+    python3 - "$data" "$n" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:05d}")
+    if i % 1000 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:07d}.txt"), "w") as f:
+        f.write(f"file {i} of {n}\n" * 4)
+PY
+  fi
+  net="$work/net-$n"; rm -rf "$net"; mkdir -p "$net"
+  boot=""
+  for i in $(seq 0 $((peers - 1))); do
+    h="$net/p$i"
+    if [ -z "$boot" ]; then "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 >/dev/null
+    else "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$boot" >/dev/null; fi
+    "$peer" --home "$h" offer-storage 4GiB >/dev/null
+    start "$h"
+    [ -n "$boot" ] || boot=$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$h.out")
+  done
+  until [ "$("$peer" --home "$net/p0" status --json | field '["connected"].__len__()')" -ge $((peers - 1)) ]; do sleep 0.2; done
+  "$peer" --home "$net/p0" backup "$data" --copies 2 --json | tail -1 >"$net/backup1.json"
+  "$peer" --home "$net/p0" backup "$data" --copies 2 --json | tail -1 >"$net/backup2.json"
+  st=$("$peer" --home "$net/p0" status --json)
+  index=$(echo "$st" | field '["index_packs"]')
+  head_bytes=$(find "$net"/p[1-9]/store -name HEAD -printf '%s\n' | sort -n | tail -1)
+  publish=$(grep -o 'stored at [0-9]* providers in [0-9.]* s' "$net/p0.log" | tail -1 | awk '{print $(NF-1)}')
+  unchanged=$(field '["bytes_uploaded"]' <"$net/backup2.json")
+  phrase=$("$peer" --home "$net/p0" key export --mnemonic)
+  rss_backup=$(awk '/VmHWM/ {print $2}' "/proc/${pids[0]}/status")
+  kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+  rm -rf "$net/p0"
+  echo "$phrase" | "$peer" --home "$net/p0" init --recover --no-mdns --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$net/p1.out")" >/dev/null
+  t0=$(now); start "$net/p0"; client=${pids[-1]}
+  until [ "$("$peer" --home "$net/p0" status --json 2>/dev/null | field '["recovering"]' 2>/dev/null)" = "False" ]; do sleep 0.2; done
+  t1=$(now)
+  rm -rf "$net/back"
+  "$peer" --home "$net/p0" restore latest --target "$net/back" --json | tail -1 >"$net/restore.json"; t2=$(now)
+  diff -r -q "$data" "$net/back/$(basename "$data")" >/dev/null || { echo "restore of $n files differs" >&2; exit 1; }
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$client/status")
+  printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s\n' "$n" "$head_bytes" "$publish" "$index" "$unchanged" \
+    "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$((rss_backup / 1024))" "$((rss / 1024))"
+  cleanup
+  rm -rf "$net"
+done
