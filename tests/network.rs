@@ -1227,3 +1227,43 @@ fn limit_upload_holds_the_backup_under_its_rate() {
         "{stored} bytes uploaded in {secs:.1} s: over {limit_kib} KiB/s (summary {summary})"
     );
 }
+
+#[test]
+fn a_backup_whose_head_cannot_be_published_says_so_and_it_is_published_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("notes");
+    make_tree(&src, 20);
+    let configure = |_: usize, c: &mut String| *c = c.replace("interval_secs = 3600", "interval_secs = 2");
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
+    net.wait_connected(2, Duration::from_secs(60)).unwrap();
+    let first = backup(&net, 0, &src, 2);
+    assert!(first["head"].as_u64() > Some(0) && first["head_error"].is_null(), "{first}");
+
+    // Both holders' head files become directories: a head cannot be written there, while
+    // packs still can.
+    let heads: Vec<PathBuf> = (1..3)
+        .map(|i| std::fs::read_dir(net.peers[i].home.join("store")).unwrap().next().unwrap().unwrap().path())
+        .map(|d| d.join("HEAD"))
+        .collect();
+    for h in &heads {
+        std::fs::remove_file(h).unwrap();
+        std::fs::create_dir(h).unwrap();
+    }
+    std::fs::write(src.join("new.txt"), b"a change").unwrap();
+    let out = net.cmd(0, &["backup", src.to_str().unwrap(), "--copies", "2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("not yet published for recovery") && err.contains("no provider took head"), "{err}");
+    let s = status(&net, 0);
+    assert_eq!(s["head"], first["head"], "{s}");
+    assert!(s["head_error"].as_str().is_some_and(|e| e.contains("no provider took head")), "{s}");
+    assert_eq!(s["snapshots"].as_array().unwrap().len(), 2, "the snapshot itself is stored: {s}");
+
+    // Once the holders can write again, an audit round publishes the new state.
+    for h in &heads {
+        std::fs::remove_dir(h).unwrap();
+    }
+    let s = wait_status(&net, 0, 60, |s| s["head_error"].is_null());
+    assert!(s["head"].as_u64() > first["head"].as_u64(), "{s}");
+    assert!(heads.iter().all(|h| h.is_file()));
+}
