@@ -15,8 +15,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Settings counter holding the sequence number of the last head published.
+/// Settings counter holding the sequence number of the last head made (protocol.md §3.5).
 const HEAD_SEQ: &str = "head_seq";
+/// Settings counter holding the sequence number of the last head a provider took.
+const HEAD_PUBLISHED: &str = "head_published";
 /// Seconds between two republications of our head record (Kademlia keeps records 48 h).
 pub const REPUBLISH_SECS: u64 = 6 * 3600;
 /// Seconds between two attempts to find our head while recovering.
@@ -90,6 +92,9 @@ impl Inner {
             tracing::warn!("cannot keep the head record at {}: {e}", path.display());
         }
         self.net.put_record(protocol::head_record_key(&self.me()), value).await;
+        if let Err(e) = self.state.set_counter(HEAD_PUBLISHED, seq) {
+            tracing::warn!("cannot record that head {seq} is published: {e}");
+        }
         let (bytes, secs) = (signed.body.len(), started.elapsed().as_secs_f64());
         tracing::info!("head {seq} ({bytes} bytes sealed) stored at {} providers in {secs:.2} s", holders.len());
         Ok(())
@@ -98,7 +103,7 @@ impl Inner {
     /// The last head published (its sequence number, 0 for none) and why the state since
     /// could not be published, if so.
     pub(super) fn head_report(&self) -> (u64, Option<String>) {
-        let seq = self.state.counter(HEAD_SEQ).unwrap_or(0);
+        let seq = self.state.counter(HEAD_PUBLISHED).unwrap_or(0);
         (seq, self.head_error.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
@@ -181,6 +186,7 @@ impl Inner {
         self.state
             .import(&doc.snapshots, &doc.packs, &index, &doc.contracts)
             .and_then(|_| self.state.set_counter(HEAD_SEQ, doc.seq))
+            .and_then(|_| self.state.set_counter(HEAD_PUBLISHED, doc.seq))
             .and_then(|_| if self.state.offered()? == 0 { self.state.set_offered(doc.offered) } else { Ok(()) })
             .map_err(|e| e.to_string())?;
         Ok(Some(doc.snapshots.len()))
