@@ -22,6 +22,7 @@ use crate::repo::index;
 use crate::repo::pack::{PackEntry, PackWriter, SealedPack};
 use crate::repo::tree::{self, Node, NodeKind, Snapshot, Tree};
 use crate::state::{IndexEntry, PackRecord, State, StateError};
+use crate::store::Store;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
@@ -149,7 +150,7 @@ pub const MAX_LISTED: usize = 1000;
 /// snapshot is recorded.
 pub async fn run(
     id: &Identity,
-    state: &State,
+    store: &Store,
     opts: BackupOptions,
     sink: Arc<dyn PackSink>,
     counters: Arc<Counters>,
@@ -157,9 +158,9 @@ pub async fn run(
     let started = std::time::Instant::now();
     let paths = check_paths(&opts.paths)?;
     let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    let parent = state.snapshots()?.into_iter().rev().find(|(_, s)| s.paths == path_strings);
-    let live: HashSet<crate::id::ContractId> = state
-        .contracts()?
+    let parent = store.call(|s| s.snapshots()).await?.into_iter().rev().find(|(_, s)| s.paths == path_strings);
+    let live: HashSet<crate::id::ContractId> = store
+        .contracts()
         .into_iter()
         .filter(|(_, c)| c.role == crate::state::Role::Client && c.is_live(crate::protocol::now()))
         .map(|(id, _)| id)
@@ -169,7 +170,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<SealedPack>(2);
     let walker = Walker {
         id_key: id.id_key,
-        state: state.clone(),
+        state: store.blocking().clone(),
         opts: opts.clone(),
         tx,
         counters: counters.clone(),
@@ -195,45 +196,35 @@ pub async fn run(
         .map_err(|e| BackupError::Internal(format!("cannot start the walker: {e}")))?;
 
     let mut uploads = tokio::task::JoinSet::new();
-    let mut packs = 0u64;
-    let mut bytes_uploaded = 0u64;
-    // This run's packs and their blobs, for the index packs written at the end.
-    let mut run_index: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
-    let mut failure: Option<String> = None;
-    let mut commit =
-        |r: Result<Result<(Arc<SealedPack>, PackRecord), String>, tokio::task::JoinError>| -> Result<(), String> {
-            let (pack, rec) = r.map_err(|e| e.to_string())??;
-            let blobs: Vec<(BlobId, IndexEntry)> = pack
-                .entries
-                .iter()
-                .map(|e| {
-                    (
-                        e.id,
-                        IndexEntry {
-                            pack: pack.id,
-                            kind: e.kind,
-                            offset: e.offset,
-                            length: e.length,
-                            raw_length: e.raw_length,
-                        },
-                    )
-                })
-                .collect();
-            state.commit_pack(&pack.id, &rec, &blobs).map_err(|e| e.to_string())?;
-            run_index.push((pack.id, pack.entries.clone()));
-            packs += 1;
-            bytes_uploaded += rec.stored_bytes();
-            Ok(())
-        };
+    let mut done = Committed::default();
+    // A placed pack is recorded with its blobs in one store command (§3.6 rule 2).
+    let commit = async |r: Result<Result<(Arc<SealedPack>, PackRecord), String>, tokio::task::JoinError>| {
+        let (pack, rec) = r.map_err(|e| e.to_string())??;
+        let blobs: Vec<(BlobId, IndexEntry)> = pack
+            .entries
+            .iter()
+            .map(|e| {
+                let entry = IndexEntry {
+                    pack: pack.id,
+                    kind: e.kind,
+                    offset: e.offset,
+                    length: e.length,
+                    raw_length: e.raw_length,
+                };
+                (e.id, entry)
+            })
+            .collect();
+        let (pid, stored) = (pack.id, rec.stored_bytes());
+        store.call(move |s| s.commit_pack(&pid, &rec, &blobs)).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((pid, pack.entries.clone(), stored))
+    };
     while let Some(pack) = rx.recv().await {
         while uploads.len() >= opts.upload_concurrency {
-            if let Some(r) = uploads.join_next().await
-                && let Err(e) = commit(r)
-            {
-                failure = Some(e);
+            if let Some(r) = uploads.join_next().await {
+                done.add(commit(r).await);
             }
         }
-        if failure.is_some() {
+        if done.failure.is_some() {
             break;
         }
         let sink = sink.clone();
@@ -247,21 +238,19 @@ pub async fn run(
     }
     drop(rx);
     while let Some(r) = uploads.join_next().await {
-        if let Err(e) = commit(r)
-            && failure.is_none()
-        {
-            failure = Some(e);
-        }
+        done.add(commit(r).await);
     }
+    let Committed { packs, bytes_uploaded, run_index, failure } = done;
+    let mut bytes_uploaded = bytes_uploaded;
     let walked = producer.await.map_err(|_| BackupError::Internal("the walker stopped".into()))?;
     if let Some(e) = failure {
         return Err(BackupError::Upload(e));
     }
     let (snap_id, snapshot, stats, trees) = walked?;
-    let (index_packs, index_bytes) = write_index(id, state, &opts, &sink, run_index).await?;
+    let (index_packs, index_bytes) = write_index(id, store, &opts, &sink, run_index).await?;
     bytes_uploaded += index_bytes;
-    state.put_trees(&trees)?;
-    state.put_snapshot(&snap_id, &snapshot)?;
+    let (sid, snap) = (snap_id, snapshot.clone());
+    store.call(move |s| s.put_trees(&trees).and_then(|_| s.put_snapshot(&sid, &snap))).await?;
     Ok(BackupSummary {
         snapshot: snap_id.to_string(),
         files: snapshot.files,
@@ -284,17 +273,18 @@ pub async fn run(
 /// records them all at once. Returns the index packs and the bytes sent.
 async fn write_index(
     id: &Identity,
-    state: &State,
+    store: &Store,
     opts: &BackupOptions,
     sink: &Arc<dyn PackSink>,
     mut todo: Vec<(PackId, Vec<PackEntry>)>,
 ) -> Result<(u64, u64), BackupError> {
-    let unindexed = state.unindexed_packs()?;
+    let unindexed = store.call(|s| s.unindexed_packs()).await?;
     todo.retain(|(p, _)| unindexed.contains(p));
     let in_run: HashSet<PackId> = todo.iter().map(|(p, _)| *p).collect();
     let older: HashSet<PackId> = unindexed.into_iter().filter(|p| !in_run.contains(p)).collect();
     if !older.is_empty() {
-        let found = state.pack_entries(&older)?;
+        let wanted = older.clone();
+        let found = store.call(move |s| s.pack_entries(&wanted)).await?;
         let with_entries: HashSet<PackId> = found.iter().map(|(p, _)| *p).collect();
         todo.extend(found);
         // Packs whose blobs all moved to later packs: listed empty, so they count as covered.
@@ -316,8 +306,34 @@ async fn write_index(
         bytes += rec.stored_bytes();
         placed.push((pack.id, rec, covers));
     }
-    state.commit_index_packs(&placed)?;
-    Ok((placed.len() as u64, bytes))
+    let n = placed.len() as u64;
+    store.call(move |s| s.commit_index_packs(&placed)).await?;
+    Ok((n, bytes))
+}
+
+/// The packs of a run recorded so far, or the first failure.
+#[derive(Default)]
+struct Committed {
+    packs: u64,
+    bytes_uploaded: u64,
+    /// This run's packs and their blobs, for the index packs written at the end.
+    run_index: Vec<(PackId, Vec<PackEntry>)>,
+    failure: Option<String>,
+}
+
+impl Committed {
+    fn add(&mut self, r: Result<(PackId, Vec<PackEntry>, u64), String>) {
+        match r {
+            Ok((pid, entries, stored)) => {
+                self.run_index.push((pid, entries));
+                self.packs += 1;
+                self.bytes_uploaded += stored;
+            }
+            Err(e) => {
+                self.failure.get_or_insert(e);
+            }
+        }
+    }
 }
 
 #[derive(Default)]

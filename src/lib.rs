@@ -28,3 +28,4 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod state;
+pub mod store;

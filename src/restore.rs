@@ -7,6 +7,8 @@
 //! A file is renamed into place only when all its content arrived, so a failure never
 //! leaves a half-written file under the real name. Existing files that differ are left
 //! alone unless `overwrite`; modes and mtimes are set last, directories deepest first.
+//! The index and the tree cache are read through the store actor ([`crate::store`]);
+//! every file-system step runs on a blocking thread.
 
 use crate::control::RestoreSummary;
 use crate::id::{BlobId, PackId, SnapshotId};
@@ -14,6 +16,7 @@ use crate::identity::Identity;
 use crate::repo::pack::{self, PackEntry};
 use crate::repo::tree::{self, Node, NodeKind, Snapshot};
 use crate::state::{State, StateError};
+use crate::store::Store;
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
@@ -80,21 +83,20 @@ struct FilePlan {
 /// Loads tree documents: local cache first, else from their pack.
 struct Docs<'a> {
     id: &'a Identity,
-    state: &'a State,
+    store: &'a Store,
     source: &'a dyn PackSource,
     last: Option<(PackId, Vec<u8>)>,
 }
 
 impl Docs<'_> {
     async fn get(&mut self, blob: &BlobId) -> Result<Vec<u8>, String> {
-        if let Some(d) = self.state.tree(blob).map_err(|e| e.to_string())? {
+        let b = *blob;
+        let (cached, entry) =
+            self.store.call(move |s| Ok((s.tree(&b)?, s.blob(&b)?))).await.map_err(|e| e.to_string())?;
+        if let Some(d) = cached {
             return Ok(d);
         }
-        let e = self
-            .state
-            .blob(blob)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("tree {blob} is in no known pack"))?;
+        let e = entry.ok_or_else(|| format!("tree {blob} is in no known pack"))?;
         if self.last.as_ref().map(|(p, _)| *p) != Some(e.pack) {
             let bytes = self.source.fetch(e.pack).await?;
             self.last = Some((e.pack, bytes));
@@ -102,8 +104,16 @@ impl Docs<'_> {
         let bytes = &self.last.as_ref().expect("set just above").1;
         let entry = PackEntry { id: *blob, kind: e.kind, offset: e.offset, length: e.length, raw_length: e.raw_length };
         let doc = pack::read_blob((&self.id.id_key, &self.id.enc_key), bytes, &entry).map_err(|e| e.to_string())?;
-        let _ = self.state.put_tree(blob, &doc);
+        let cached = doc.clone();
+        if let Err(e) = self.store.call(move |s| s.put_tree(&b, &cached)).await {
+            tracing::warn!("cannot cache tree {}: {e}", b.short()); // only a cache: read again next time
+        }
         Ok(doc)
+    }
+
+    async fn tree(&mut self, blob: &BlobId) -> Result<tree::Tree, RestoreError> {
+        let doc = self.get(blob).await.map_err(RestoreError::Metadata)?;
+        tree::decode_tree(&doc).map_err(|e| RestoreError::Metadata(format!("tree {}: {e}", blob.short())))
     }
 }
 
@@ -111,12 +121,12 @@ impl Docs<'_> {
 /// Tree documents come from the local cache, else from their pack via `source`.
 pub async fn snapshot_blobs(
     id: &Identity,
-    state: &State,
+    store: &Store,
     source: &dyn PackSource,
     sid: &SnapshotId,
     snap: &Snapshot,
 ) -> Result<HashSet<BlobId>, String> {
-    let mut docs = Docs { id, state, source, last: None };
+    let mut docs = Docs { id, store, source, last: None };
     let mut out = HashSet::from([BlobId(sid.0)]);
     let mut stack = vec![snap.tree];
     while let Some(t) = stack.pop() {
@@ -124,15 +134,36 @@ pub async fn snapshot_blobs(
             continue; // an identical subtree seen already
         }
         let tree = tree::decode_tree(&docs.get(&t).await?).map_err(|e| format!("tree {}: {e}", t.short()))?;
-        for n in tree.nodes {
-            match n.kind {
-                NodeKind::Dir => stack.extend(n.subtree),
-                NodeKind::File => out.extend(n.content),
-                NodeKind::Symlink => {}
-            }
-        }
+        expand(tree, &mut out, &mut stack);
     }
     Ok(out)
+}
+
+/// [`snapshot_blobs`] from the local tree cache alone, for code on the store thread
+/// ([`crate::store`]). Errors: a tree not cached here, or one that does not decode.
+pub fn cached_snapshot_blobs(state: &State, sid: &SnapshotId, snap: &Snapshot) -> Result<HashSet<BlobId>, String> {
+    let mut out = HashSet::from([BlobId(sid.0)]);
+    let mut stack = vec![snap.tree];
+    while let Some(t) = stack.pop() {
+        if !out.insert(t) {
+            continue;
+        }
+        let doc = state.tree(&t).map_err(|e| e.to_string())?;
+        let doc = doc.ok_or_else(|| format!("tree {} is not cached here", t.short()))?;
+        expand(tree::decode_tree(&doc).map_err(|e| format!("tree {}: {e}", t.short()))?, &mut out, &mut stack);
+    }
+    Ok(out)
+}
+
+/// Adds a tree's file contents to `out` and its subtrees to `stack`.
+fn expand(tree: tree::Tree, out: &mut HashSet<BlobId>, stack: &mut Vec<BlobId>) {
+    for n in tree.nodes {
+        match n.kind {
+            NodeKind::Dir => stack.extend(n.subtree),
+            NodeKind::File => out.extend(n.content),
+            NodeKind::Symlink => {}
+        }
+    }
 }
 
 /// The packs holding `blobs`, from the index; blobs in no known pack are counted apart.
@@ -188,37 +219,84 @@ fn push_capped(v: &mut Vec<String>, n: &mut u64, s: String) {
 /// Where the blobs of one pack go: (blob entry, list of (file index, offset)).
 type PackPlan = Vec<(PackEntry, Vec<(usize, u64)>)>;
 
+/// A restore worked out before anything is written: what goes where, and which pack
+/// holds each piece (as rustic plans a restore before it executes it).
+struct Plan {
+    sid: SnapshotId,
+    target: Option<PathBuf>,
+    overwrite: bool,
+    /// Directories, shallowest first once prepared.
+    dirs: Vec<(PathBuf, Node)>,
+    files: Vec<FilePlan>,
+    links: Vec<(PathBuf, Node)>,
+    /// Per pack, the blobs it supplies and where each goes.
+    by_pack: HashMap<PackId, PackPlan>,
+    /// Per file, how many blob writes complete it.
+    remaining: Vec<usize>,
+}
+
+/// What fetching the packs left: per file, blobs written, and why a file failed.
+struct Fetched {
+    written: Arc<Vec<AtomicU64>>,
+    failures: HashMap<usize, String>,
+}
+
 /// Restores snapshot `what.snapshot` (see [`resolve`]) under `what.target`, or to its
 /// original paths. `total` is set to the bytes to write; `done` counts bytes written.
 /// Files that no holder could supply are listed in `failed`; the caller maps a non-empty
 /// list to exit code 3. Errors before anything is written: no such snapshot, unreadable
 /// metadata, or a target path blocked by a symlink or a file where a directory belongs.
+///
+/// Three steps: [`plan`] (trees and index, through the store), the file system
+/// prepared on a blocking thread, packs fetched and written a few at a time, and the
+/// files finished on a blocking thread. No file I/O runs on the async runtime.
 pub async fn run(
     id: &Identity,
-    state: &State,
+    store: &Store,
     source: Arc<dyn PackSource>,
     what: &RestoreWhat,
     total: &AtomicU64,
     done: Arc<AtomicU64>,
 ) -> Result<RestoreSummary, RestoreError> {
-    let (target, overwrite) = (what.target.as_deref(), what.overwrite);
     let started = std::time::Instant::now();
-    let (sid, snap) = resolve(state, what.snapshot.as_deref())?;
-    let mut docs = Docs { id, state, source: source.as_ref(), last: None };
-    let root = tree::decode_tree(&docs.get(&snap.tree).await.map_err(RestoreError::Metadata)?)
-        .map_err(|e| RestoreError::Metadata(e.to_string()))?;
+    let plan = plan(id, store, source.as_ref(), what).await?;
+    total.store(plan.files.iter().map(|f| f.node.size).sum(), Ordering::Relaxed);
+    let mut plan = blocking(move || prepare(plan)).await??;
+    let fetched = fetch_all((id.id_key, id.enc_key), source, &mut plan, done).await;
+    let mut summary = blocking(move || finish(plan, fetched)).await?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Runs file-system work on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, RestoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| RestoreError::Target(format!("restore worker failed: {e}")))
+}
+
+/// Walks the snapshot's trees into a plan and finds every blob in the index.
+async fn plan(id: &Identity, store: &Store, source: &dyn PackSource, what: &RestoreWhat) -> Result<Plan, RestoreError> {
+    let which = what.snapshot.clone();
+    let (sid, snap) = store.call(move |s| Ok(resolve(s, which.as_deref()))).await??;
+    let mut docs = Docs { id, store, source, last: None };
+    let root = docs.tree(&snap.tree).await?;
     if root.nodes.len() != snap.paths.len() {
         return Err(RestoreError::Metadata("the root tree does not match the snapshot's paths".into()));
     }
-
-    // Plan: walk the trees. Root entries are in the order of the snapshot's paths.
-    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
-    let mut files: Vec<FilePlan> = Vec::new();
-    let mut links: Vec<(PathBuf, Node)> = Vec::new();
-    // (destination, original path, path by names from the snapshot root, node)
+    let mut plan = Plan {
+        sid,
+        target: what.target.clone(),
+        overwrite: what.overwrite,
+        dirs: vec![],
+        files: vec![],
+        links: vec![],
+        by_pack: HashMap::new(),
+        remaining: vec![],
+    };
+    // (destination, original path, path by names from the snapshot root, node); root
+    // entries are in the order of the snapshot's paths.
     let mut stack: Vec<(PathBuf, PathBuf, PathBuf, Node)> = Vec::new();
     for (n, path) in root.nodes.into_iter().zip(&snap.paths) {
-        let dest = match target {
+        let dest = match &plan.target {
             Some(t) => t.join(std::ffi::OsStr::from_bytes(&n.name)),
             None => PathBuf::from(path),
         };
@@ -234,59 +312,72 @@ pub async fn run(
                 let sub = n
                     .subtree
                     .ok_or_else(|| RestoreError::Metadata(format!("{}: directory without a tree", dest.display())))?;
-                let t = tree::decode_tree(&docs.get(&sub).await.map_err(RestoreError::Metadata)?)
-                    .map_err(|e| RestoreError::Metadata(e.to_string()))?;
-                for c in t.nodes {
+                for c in docs.tree(&sub).await?.nodes {
                     if c.name.is_empty() || c.name == b"." || c.name == b".." || c.name.contains(&b'/') {
                         return Err(RestoreError::Metadata(format!("unsafe name in the tree of {}", dest.display())));
                     }
                     let name = std::ffi::OsStr::from_bytes(&c.name);
                     stack.push((dest.join(name), orig.join(name), rel.join(name), c));
                 }
-                dirs.push((dest, n));
+                plan.dirs.push((dest, n));
             }
             NodeKind::File => {
-                let tmp = dest.with_file_name(format!(".peer-restore-{}-{:x}.tmp", files.len(), rand::random::<u32>()));
-                files.push(FilePlan { dest, tmp, node: n, failed: None });
+                let i = plan.files.len();
+                let tmp = dest.with_file_name(format!(".peer-restore-{i}-{:x}.tmp", rand::random::<u32>()));
+                plan.files.push(FilePlan { dest, tmp, node: n, failed: None });
             }
-            NodeKind::Symlink => links.push((dest, n)),
+            NodeKind::Symlink => plan.links.push((dest, n)),
         }
     }
     drop(docs);
-    total.store(files.iter().map(|f| f.node.size).sum(), Ordering::Relaxed);
+    locate(store, plan).await
+}
 
-    // Where every blob goes, from the index, before anything is written.
-    let mut by_pack: HashMap<PackId, PackPlan> = HashMap::new();
+/// Where every blob of the plan's files is, from the index, in one store command.
+async fn locate(store: &Store, mut plan: Plan) -> Result<Plan, RestoreError> {
+    let wanted: Vec<Vec<BlobId>> = plan.files.iter().map(|f| f.node.content.clone()).collect();
+    let found = store
+        .call(move |s| {
+            wanted
+                .iter()
+                .map(|c| c.iter().map(|b| s.blob(b)).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
     let mut slot: HashMap<BlobId, (PackId, usize)> = HashMap::new();
-    let mut remaining: Vec<usize> = vec![0; files.len()];
-    for (i, f) in files.iter_mut().enumerate() {
+    plan.remaining = vec![0; plan.files.len()];
+    for (i, (f, entries)) in plan.files.iter_mut().zip(found).enumerate() {
         let mut off = 0u64;
-        for b in &f.node.content {
-            let Some(e) = state.blob(b)? else {
+        for (b, e) in f.node.content.iter().zip(entries) {
+            let Some(e) = e else {
                 f.failed = Some(format!("its content (blob {}) is in no known pack", b.short()));
                 break;
             };
             let (pack, k) = *slot.entry(*b).or_insert_with(|| {
-                let v = by_pack.entry(e.pack).or_default();
+                let v = plan.by_pack.entry(e.pack).or_default();
                 let entry =
                     PackEntry { id: *b, kind: e.kind, offset: e.offset, length: e.length, raw_length: e.raw_length };
                 v.push((entry, Vec::new()));
                 (e.pack, v.len() - 1)
             });
-            if let Some(v) = by_pack.get_mut(&pack) {
+            if let Some(v) = plan.by_pack.get_mut(&pack) {
                 v[k].1.push((i, off));
             }
-            remaining[i] += 1;
+            plan.remaining[i] += 1;
             off += e.raw_length as u64;
         }
         if f.failed.is_none() && off != f.node.size {
             f.failed = Some(format!("its blobs hold {off} bytes but the tree records {}", f.node.size));
         }
     }
+    Ok(plan)
+}
 
-    // Directories: refuse to write through a symlink or over a non-directory.
-    dirs.sort_by_key(|(p, _)| p.components().count());
-    for (d, _) in &dirs {
+/// Creates the directories and a temporary file of the right size for each file. Refuses
+/// to write through a symlink or over a non-directory. Blocking.
+fn prepare(mut plan: Plan) -> Result<Plan, RestoreError> {
+    plan.dirs.sort_by_key(|(p, _)| p.components().count());
+    for (d, _) in &plan.dirs {
         if let Ok(m) = std::fs::symlink_metadata(d)
             && !m.is_dir()
         {
@@ -296,27 +387,35 @@ pub async fn run(
             )));
         }
     }
-    if let Some(t) = target {
+    if let Some(t) = &plan.target {
         std::fs::create_dir_all(t).map_err(|e| RestoreError::Target(format!("cannot create {}: {e}", t.display())))?;
     }
-    for (d, _) in &dirs {
+    for (d, _) in &plan.dirs {
         if let Err(e) = std::fs::create_dir_all(d) {
             return Err(RestoreError::Target(format!("cannot create {}: {e}", d.display())));
         }
     }
-    for f in files.iter_mut().filter(|f| f.failed.is_none()) {
+    for f in plan.files.iter_mut().filter(|f| f.failed.is_none()) {
         if let Err(e) = std::fs::File::create(&f.tmp).and_then(|h| h.set_len(f.node.size)) {
             f.failed = Some(format!("cannot write in {}: {e}", f.tmp.parent().unwrap_or(Path::new("/")).display()));
         }
     }
+    Ok(plan)
+}
 
-    // Fetch each pack once and write its blobs where they belong.
+/// Fetches each pack once, [`FETCH_CONCURRENCY`] at a time, and writes its blobs where
+/// they belong (on blocking threads).
+async fn fetch_all(
+    keys: ([u8; 32], [u8; 32]),
+    source: Arc<dyn PackSource>,
+    plan: &mut Plan,
+    done: Arc<AtomicU64>,
+) -> Fetched {
     let tmps: Arc<Vec<(PathBuf, u64, bool)>> =
-        Arc::new(files.iter().map(|f| (f.tmp.clone(), f.node.size, f.failed.is_none())).collect());
+        Arc::new(plan.files.iter().map(|f| (f.tmp.clone(), f.node.size, f.failed.is_none())).collect());
     let failures: Arc<Mutex<HashMap<usize, String>>> = Arc::new(Mutex::new(HashMap::new()));
-    let written: Arc<Vec<AtomicU64>> = Arc::new((0..files.len()).map(|_| AtomicU64::new(0)).collect());
-    let keys = (id.id_key, id.enc_key);
-    futures::stream::iter(by_pack)
+    let written: Arc<Vec<AtomicU64>> = Arc::new((0..plan.files.len()).map(|_| AtomicU64::new(0)).collect());
+    futures::stream::iter(std::mem::take(&mut plan.by_pack))
         .map(|(pack_id, blobs)| {
             let (source, tmps, failures, done, written) =
                 (source.clone(), tmps.clone(), failures.clone(), done.clone(), written.clone());
@@ -344,10 +443,15 @@ pub async fn run(
         .buffer_unordered(FETCH_CONCURRENCY)
         .collect::<Vec<()>>()
         .await;
+    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    Fetched { written, failures }
+}
 
-    // Finish files: only those whose every blob was written.
+/// Moves complete files into place, then links, then directory modes and times (deepest
+/// first). Only files whose every blob was written are kept. Blocking.
+fn finish(mut plan: Plan, fetched: Fetched) -> RestoreSummary {
     let mut summary = RestoreSummary {
-        snapshot: sid.to_string(),
+        snapshot: plan.sid.to_string(),
         files: 0,
         dirs: 0,
         symlinks: 0,
@@ -358,16 +462,16 @@ pub async fn run(
         failed_count: 0,
         seconds: 0.0,
     };
-    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
-    for (i, f) in files.iter_mut().enumerate() {
-        let incomplete = written[i].load(Ordering::Relaxed) != remaining[i] as u64;
+    let overwrite = plan.overwrite;
+    for (i, f) in plan.files.iter_mut().enumerate() {
+        let incomplete = fetched.written[i].load(Ordering::Relaxed) != plan.remaining[i] as u64;
         let why = f
             .failed
             .take()
-            .or_else(|| failures.get(&i).cloned())
+            .or_else(|| fetched.failures.get(&i).cloned())
             .or_else(|| incomplete.then(|| "some of its content was not written".to_string()));
         if let Some(why) = why {
-            let _ = std::fs::remove_file(&f.tmp);
+            let _ = std::fs::remove_file(&f.tmp); // may never have been created
             push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {why}", f.dest.display()));
             continue;
         }
@@ -378,19 +482,19 @@ pub async fn run(
             }
             Ok(false) => push_capped(&mut summary.skipped, &mut summary.skipped_count, f.dest.display().to_string()),
             Err(e) => {
-                let _ = std::fs::remove_file(&f.tmp);
+                let _ = std::fs::remove_file(&f.tmp); // may be gone already
                 push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {e}", f.dest.display()));
             }
         }
     }
-    for (dest, n) in &links {
+    for (dest, n) in &plan.links {
         match restore_link(dest, n, overwrite) {
             Ok(true) => summary.symlinks += 1,
             Ok(false) => push_capped(&mut summary.skipped, &mut summary.skipped_count, dest.display().to_string()),
             Err(e) => push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {e}", dest.display())),
         }
     }
-    for (d, n) in dirs.iter().rev() {
+    for (d, n) in plan.dirs.iter().rev() {
         let r = std::fs::set_permissions(d, std::fs::Permissions::from_mode(n.mode))
             .and_then(|_| filetime::set_file_mtime(d, ft(n.mtime_ns)));
         match r {
@@ -398,8 +502,7 @@ pub async fn run(
             Err(e) => push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {e}", d.display())),
         }
     }
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
+    summary
 }
 
 /// Decrypts the needed blobs of one fetched pack and writes each at its places. Blocking.

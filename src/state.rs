@@ -13,9 +13,9 @@ use crate::repo::pack::PackEntry;
 use crate::repo::tree::Snapshot;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
 const CONTRACTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contracts");
@@ -242,9 +242,14 @@ pub struct IndexPackRecord {
 }
 
 /// The local state. Cheap to clone.
+///
+/// The contracts are also kept in memory, loaded at open and updated by every write that
+/// changes one, so that [`State::contracts`] and [`State::contract`] — read on every
+/// inbound request and every outbound one — cost no transaction.
 #[derive(Clone)]
 pub struct State {
     db: Arc<Database>,
+    contracts: Arc<RwLock<BTreeMap<ContractId, ContractRecord>>>,
 }
 
 /// The highest sequence number among recorded snapshots (0 when none).
@@ -278,7 +283,15 @@ impl State {
             tx.open_table(t)?;
         }
         tx.commit()?;
-        Ok(State { db: Arc::new(db) })
+        let state = State { db: Arc::new(db), contracts: Default::default() };
+        let all: Vec<(ContractId, ContractRecord)> =
+            state.all_decoded(CONTRACTS, "contract", ContractId::from_slice)?;
+        *state.cached_contracts_mut() = all.into_iter().collect();
+        Ok(state)
+    }
+
+    fn cached_contracts_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ContractId, ContractRecord>> {
+        self.contracts.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn put(&self, t: TableDefinition<&[u8], &[u8]>, k: &[u8], v: &[u8]) -> Result<(), StateError> {
@@ -334,17 +347,19 @@ impl State {
 
     /// Stores or replaces a contract.
     pub fn put_contract(&self, id: &ContractId, r: &ContractRecord) -> Result<(), StateError> {
-        self.put(CONTRACTS, id.as_bytes(), &enc(r))
+        self.put(CONTRACTS, id.as_bytes(), &enc(r))?;
+        self.cached_contracts_mut().insert(*id, r.clone());
+        Ok(())
     }
 
-    /// One contract.
+    /// One contract (from memory).
     pub fn contract(&self, id: &ContractId) -> Result<Option<ContractRecord>, StateError> {
-        self.get(CONTRACTS, id.as_bytes())?.map(|b| dec("contract", &b)).transpose()
+        Ok(self.contracts.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned())
     }
 
-    /// Every contract, both roles.
+    /// Every contract, both roles (from memory).
     pub fn contracts(&self) -> Result<Vec<(ContractId, ContractRecord)>, StateError> {
-        self.all_decoded(CONTRACTS, "contract", ContractId::from_slice)
+        Ok(self.contracts.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect())
     }
 
     /// Adds `bytes` to a contract's used count (client side, after an acknowledged upload).
@@ -373,6 +388,9 @@ impl State {
             }
         };
         tx.commit()?;
+        if let Some(r) = &out {
+            self.cached_contracts_mut().insert(*id, r.clone());
+        }
         Ok(out)
     }
 
@@ -620,6 +638,7 @@ impl State {
             }
         }
         tx.commit()?;
+        self.cached_contracts_mut().extend(contracts.iter().cloned());
         Ok(())
     }
 

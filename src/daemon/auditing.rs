@@ -50,14 +50,17 @@ impl Inner {
             self.renew_due().await;
             self.retry_cancels().await;
             self.drop_unowed_claims().await;
-            self.drop_data_of_ended();
+            self.drop_data_of_ended().await;
             self.republish_if_failed().await;
         }
     }
 
     /// Challenges every holder of our packs once: a random leaf of a random pack it holds.
     async fn audit_round(&self) {
-        let Ok(packs) = self.state.packs() else { return };
+        let packs = match self.db(|s| s.packs()).await {
+            Ok(p) => p,
+            Err(e) => return tracing::error!("audit round: {e}"),
+        };
         let live: HashSet<ContractId> = self.live_contracts(Role::Client).into_iter().map(|(id, _)| id).collect();
         // (pack, object held: the pack or one of its shards, its size) per holder.
         let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, PackId, u64)>> = HashMap::new();
@@ -90,9 +93,10 @@ impl Inner {
         for (peer, pack, outcome) in results {
             if matches!(outcome, Outcome::Wrong(_)) {
                 tracing::warn!("the copy of pack {} at {peer} counts as lost", pack.short());
-                let _ = self.state.drop_copy(&pack, &peer.to_bytes());
+                let key = peer.to_bytes();
+                self.persist("a lost copy", move |s| s.drop_copy(&pack, &key)).await;
             }
-            if let Some(why) = self.record(peer, &format!("pack {}", pack.short()), outcome) {
+            if let Some(why) = self.record(peer, &format!("pack {}", pack.short()), outcome).await {
                 self.end_contracts_with(&peer, &why).await;
             }
         }
@@ -112,24 +116,23 @@ impl Inner {
 
     /// Records an outcome; a wrong answer loses that copy. Returns why, when the peer just
     /// lost its standing.
-    pub(super) fn record(&self, peer: PeerId, what: &str, outcome: Outcome) -> Option<String> {
+    pub(super) async fn record(&self, peer: PeerId, what: &str, outcome: Outcome) -> Option<String> {
         let outcome = match outcome {
             Outcome::Wrong(why) => Outcome::Wrong(format!("{what}: {why}")),
             o => o,
         };
         let key = peer.to_bytes();
-        let mut rec = match self.state.audit(&key) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!("audit record: {e}");
-                return None;
-            }
-        };
-        let a = &self.config.audit;
-        let lost_standing = rec.apply(&outcome, now(), a.grace_secs, a.min_score);
-        if let Err(e) = self.state.put_audit(&key, &rec) {
-            tracing::error!("audit record: {e}");
-        }
+        let (grace, min_score) = (self.config.audit.grace_secs, self.config.audit.min_score);
+        let applied = outcome.clone();
+        let applied = self
+            .persist("an audit outcome", move |s| {
+                let mut rec = s.audit(&key)?;
+                let lost_standing = rec.apply(&applied, now(), grace, min_score);
+                s.put_audit(&key, &rec)?;
+                Ok((rec, lost_standing))
+            })
+            .await;
+        let (rec, lost_standing) = applied?;
         match &outcome {
             Outcome::Pass => tracing::debug!("{peer} passed an audit of {what}"),
             Outcome::Wrong(why) => tracing::warn!("{peer} failed an audit of {what}: {why}"),
@@ -141,10 +144,12 @@ impl Inner {
     /// Ends every contract with `peer` (both roles), telling it why; its copies count as lost.
     pub(super) async fn end_contracts_with(&self, peer: &PeerId, why: &str) {
         let t = now();
-        let Ok(contracts) = self.state.contracts() else { return };
-        for (id, c) in contracts {
-            if c.peer_id().as_ref() == Some(peer) && c.is_live(t) {
-                let _ = self.cancel(id, &format!("failed audits: {why}")).await;
+        for (id, c) in self.state.contracts() {
+            if c.peer_id().as_ref() == Some(peer)
+                && c.is_live(t)
+                && let Err(e) = self.cancel(id, &format!("failed audits: {why}")).await
+            {
+                tracing::warn!("cannot end contract {} with {peer}: {e}", id.short());
             }
         }
         tracing::warn!("{peer} lost its standing ({why})");
@@ -152,9 +157,9 @@ impl Inner {
 
     /// Tit for tat: deletes the packs we hold for peers whose contracts we ended more than
     /// `audit.grace_secs` ago.
-    fn drop_data_of_ended(&self) {
+    async fn drop_data_of_ended(&self) {
         let t = now();
-        let Ok(contracts) = self.state.contracts() else { return };
+        let contracts = self.state.contracts();
         let serving: HashSet<PeerId> = contracts
             .iter()
             .filter(|(_, c)| c.role == Role::Provider && c.is_live(t))
@@ -167,7 +172,7 @@ impl Inner {
                 && !serving.contains(&p)
                 && self.store.used(&p) > 0
             {
-                match self.store.drop_client(&p) {
+                match self.reclaim(p).await {
                     Ok(n) => tracing::warn!("dropped {n} bytes held for {p}, whose contract we ended"),
                     Err(e) => tracing::error!("cannot drop data of {p}: {e}"),
                 }

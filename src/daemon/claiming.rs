@@ -93,9 +93,10 @@ impl Inner {
         }
         // A client whose every contract with us expired drops our claim (it owes us
         // nothing): start from zero should a new contract come.
-        for c in self.state.claim_clients().unwrap_or_default() {
+        let clients = self.persist("claim counts", |s| s.claim_clients()).await.unwrap_or_default();
+        for c in clients {
             if PeerId::from_bytes(&c).is_ok_and(|p| !owed.contains_key(&p)) {
-                let _ = self.state.set_claim_placed(&c, 0);
+                self.persist("a dropped claim", move |s| s.set_claim_placed(&c, 0)).await;
             }
         }
         let mut used: HashMap<PeerId, u64> = HashMap::new();
@@ -118,7 +119,7 @@ impl Inner {
             return;
         }
         for (peer, what, outcome) in results {
-            if let Some(why) = self.record(peer, &what, outcome) {
+            if let Some(why) = self.record(peer, &what, outcome).await {
                 self.end_contracts_with(&peer, &why).await;
             }
         }
@@ -129,7 +130,8 @@ impl Inner {
     /// is nothing to judge (nothing placed yet, or the client was busy).
     async fn upkeep_claim(&self, client: PeerId, target: u32) -> Option<(String, Outcome)> {
         let key = client.to_bytes();
-        let mut placed = self.state.claim_placed(&key).ok()?;
+        let k = key.clone();
+        let mut placed = self.persist("claim counts", move |s| s.claim_placed(&k)).await?;
         let addrs = self.addrs_of(&client);
         let timeout = Duration::from_secs(self.config.audit.timeout_secs);
         let ask = |req: DataRequest| {
@@ -140,7 +142,8 @@ impl Inner {
             match ask(DataRequest::ReleaseClaim { keep: target }).await {
                 Ok(Ok(DataResponse::Released)) => {
                     placed = target;
-                    let _ = self.state.set_claim_placed(&key, placed);
+                    let k = key.clone();
+                    self.persist("released claim blocks", move |s| s.set_claim_placed(&k, placed)).await;
                 }
                 other => tracing::debug!("{client} did not release claim blocks: {other:?}"),
             }
@@ -157,7 +160,8 @@ impl Inner {
             match self.net.data_request(client, addrs.clone(), DataRequest::StoreClaim { index, data }).await {
                 Ok(DataResponse::Stored) => {
                     placed += 1;
-                    let _ = self.state.set_claim_placed(&key, placed);
+                    let k = key.clone();
+                    self.persist("a placed claim block", move |s| s.set_claim_placed(&k, placed)).await;
                 }
                 // It owes us this space and refuses it: its offer is not real disk.
                 Ok(DataResponse::Error { code: DataErrorCode::NoRoom, message }) => {
@@ -199,7 +203,7 @@ impl Inner {
     pub(super) async fn drop_unowed_claims(&self) {
         let claims = self.claims.clone();
         let Ok(held) = tokio::task::spawn_blocking(move || claims.providers()).await else { return };
-        let contracts = self.state.contracts().unwrap_or_default();
+        let contracts = self.state.contracts();
         for provider in held {
             let pending = contracts.iter().any(|(_, c)| c.peer_id() == Some(provider) && c.unsent_cancel.is_some());
             if pending || self.owed_to(&provider) > 0 {

@@ -8,7 +8,7 @@ use crate::identity::Signed;
 use crate::protocol::{
     self, Acceptance, Contract, ContractRequest, ContractResponse, DOMAIN_ACCEPTANCE, DOMAIN_CONTRACT, Proposal, now,
 };
-use crate::state::{ContractRecord, Role};
+use crate::state::{ContractRecord, Role, State};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -32,10 +32,10 @@ pub(super) struct Session {
 impl Inner {
     /// Provider side: decide on a proposal, and if we grant, send our acceptance.
     pub(super) async fn consider(self: Arc<Self>, vp: protocol::VerifiedProposal) {
-        if vp.client == self.me() || !self.state.audit(&vp.client.to_bytes()).map(|a| a.good).unwrap_or(true) {
+        if vp.client == self.me() || !self.in_good_standing(&vp.client).await {
             return; // ourselves, or a peer that failed our audits: tit for tat
         }
-        let offered = self.state.offered().unwrap_or(0);
+        let Some(offered) = self.persist("nothing (reading the offer)", |s| s.offered()).await else { return };
         let grant = {
             let Ok(mut reserved) = self.reserved.lock() else { return };
             let live = self.live_contracts(Role::Provider);
@@ -99,7 +99,8 @@ impl Inner {
                             unsent_cancel: None,
                             end_reason: String::new(),
                         };
-                        match self.state.put_contract(&t.id, &rec) {
+                        let id = t.id;
+                        match self.db(move |s| s.put_contract(&id, &rec)).await {
                             Ok(()) => {
                                 tracing::info!(
                                     "contract {} as provider for {} ({} bytes)",
@@ -130,7 +131,7 @@ impl Inner {
     }
 
     /// Client side: countersign an acceptance of one of our open proposals.
-    pub(super) fn on_acceptance(&self, peer: PeerId, signed: Signed) -> ContractResponse {
+    pub(super) async fn on_acceptance(&self, peer: PeerId, signed: Signed) -> ContractResponse {
         let decline = |s: &str| ContractResponse::Declined(s.to_string());
         let (provider, acc, vp) = match protocol::verify_acceptance(&signed) {
             Ok(v) => v,
@@ -149,21 +150,32 @@ impl Inner {
         let Some(session) = self.sessions.lock().ok().and_then(|s| s.get(&vp.id).cloned()) else {
             return decline("the proposal is no longer open");
         };
-        let Ok(mut accepted) = session.accepted.lock() else { return decline("internal error") };
-        if !self.state.audit(&provider.to_bytes()).map(|a| a.good).unwrap_or(true) {
+        if !self.in_good_standing(&provider).await {
             return decline("this provider failed our audits");
         }
-        if session.exclude.contains(&provider) || accepted.contains(&provider) {
-            return decline("already a contract with this provider");
+        {
+            let Ok(mut accepted) = session.accepted.lock() else { return decline("internal error") };
+            if session.exclude.contains(&provider) || accepted.contains(&provider) {
+                return decline("already a contract with this provider");
+            }
+            if accepted.len() >= session.wanted {
+                return decline("enough providers already");
+            }
+            accepted.push(provider); // held while the contract is written; undone if that fails
         }
-        if accepted.len() >= session.wanted {
-            return decline("enough providers already");
-        }
+        let undo = || {
+            if let Ok(mut a) = session.accepted.lock() {
+                a.retain(|p| *p != provider);
+            }
+        };
         let sig = self.id.sign_detached(DOMAIN_CONTRACT, &signed.body);
         let contract = Contract { acceptance: signed, client_sig: sig.clone() };
         let terms = match contract.verify() {
             Ok(t) => t,
-            Err(e) => return decline(&e.to_string()),
+            Err(e) => {
+                undo();
+                return decline(&e.to_string());
+            }
         };
         let rec = ContractRecord {
             contract,
@@ -178,12 +190,13 @@ impl Inner {
             unsent_cancel: None,
             end_reason: String::new(),
         };
-        if let Err(e) = self.state.put_contract(&terms.id, &rec) {
+        let id = terms.id;
+        if let Err(e) = self.db(move |s| s.put_contract(&id, &rec)).await {
             tracing::error!("cannot persist contract: {e}");
+            undo();
             return decline("internal error");
         }
         tracing::info!("contract {} as client with {provider} ({} bytes)", terms.id.short(), acc.bytes);
-        accepted.push(provider);
         session.notify.notify_one();
         ContractResponse::Countersigned(sig)
     }
@@ -221,7 +234,7 @@ impl Inner {
     pub(super) async fn ensure_providers_avoiding(&self, n: usize, avoid: &HashSet<PeerId>) -> Result<(), String> {
         let wait = Duration::from_secs(self.config.contracts.proposal_wait_secs);
         let deadline = tokio::time::Instant::now() + wait;
-        let offered = self.state.offered().map_err(|e| e.to_string())?;
+        let offered = self.db(|s| s.offered()).await.map_err(|e| e.to_string())?;
         let mut session: Option<Arc<Session>> = None;
         let mut ids: Vec<ProposalId> = Vec::new();
         let result = loop {
@@ -391,7 +404,7 @@ impl Inner {
         if c.reason.len() > protocol::MAX_REASON {
             return decline("reason too long");
         }
-        let Some(rec) = self.state.contract(&c.contract).ok().flatten() else {
+        let Some(rec) = self.state.contract(&c.contract) else {
             return decline("unknown contract");
         };
         if rec.peer_id() != Some(peer) {
@@ -408,16 +421,21 @@ impl Inner {
     /// `drop_now` (the client cancelled), else after `audit.grace_secs`.
     pub(super) async fn end_contract(&self, id: crate::id::ContractId, rec: ContractRecord, why: &str, drop_now: bool) {
         let t = now();
-        if let Err(e) = self.state.update_contract(&id, |r| {
-            r.ended = Some(t);
-            r.end_reason = why.chars().take(protocol::MAX_REASON).collect();
-        }) {
+        let reason: String = why.chars().take(protocol::MAX_REASON).collect();
+        let ended = self.db(move |s| {
+            s.update_contract(&id, |r| {
+                r.ended = Some(t);
+                r.end_reason = reason;
+            })
+        });
+        if let Err(e) = ended.await {
             return tracing::error!("cannot end contract {}: {e}", id.short());
         }
         let Some(peer) = rec.peer_id() else { return };
         match rec.role {
             Role::Client => {
-                let lost = self.state.drop_holder(&rec.peer).unwrap_or(0);
+                let holder = rec.peer.clone();
+                let lost = self.persist("lost copies", move |s| s.drop_holder(&holder)).await.unwrap_or(0);
                 tracing::warn!(
                     "contract {} with provider {peer} ended ({why}); {lost} pack copies count as lost",
                     id.short()
@@ -427,13 +445,12 @@ impl Inner {
                 tracing::warn!("contract {} with client {peer} ended ({why})", id.short());
                 if !self.live_contracts(Role::Provider).iter().any(|(_, c)| c.peer_id() == Some(peer)) {
                     // Nothing is owed to us any more; the client drops our claim on its side.
-                    let _ = self.state.set_claim_placed(&peer.to_bytes(), 0);
+                    let key = peer.to_bytes();
+                    self.persist("a dropped claim", move |s| s.set_claim_placed(&key, 0)).await;
                 }
                 if drop_now {
-                    let store = self.store.clone();
-                    match tokio::task::spawn_blocking(move || store.drop_client(&peer)).await {
-                        Ok(Ok(n)) => tracing::info!("reclaimed {n} bytes held for {peer}"),
-                        Ok(Err(e)) => tracing::error!("cannot reclaim the space of {peer}: {e}"),
+                    match self.reclaim(peer).await {
+                        Ok(n) => tracing::info!("reclaimed {n} bytes held for {peer}"),
                         Err(e) => tracing::error!("cannot reclaim the space of {peer}: {e}"),
                     }
                 }
@@ -443,11 +460,7 @@ impl Inner {
 
     /// We end a contract: end it here, then tell the other side (best effort, signed).
     pub(super) async fn cancel(&self, id: crate::id::ContractId, reason: &str) -> Result<(), String> {
-        let rec = self
-            .state
-            .contract(&id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no contract {id}; see 'peer contracts'"))?;
+        let rec = self.state.contract(&id).ok_or_else(|| format!("no contract {id}; see 'peer contracts'"))?;
         if rec.ended.is_some() {
             return Ok(());
         }
@@ -458,7 +471,8 @@ impl Inner {
             let c = protocol::Cancellation { contract: id, reason: reason.clone() };
             let signed = self.id.sign(protocol::DOMAIN_CANCEL, protocol::to_cbor(&c));
             if !self.send_cancel(peer, id, &rec, signed.clone()).await {
-                let _ = self.state.update_contract(&id, |r| r.unsent_cancel = Some(signed));
+                let unsent = move |s: &State| s.update_contract(&id, |r| r.unsent_cancel = Some(signed));
+                self.persist("a cancellation to send again", unsent).await;
             }
         }
         Ok(())
@@ -489,10 +503,10 @@ impl Inner {
     /// contract would have expired anyway.
     pub(super) async fn retry_cancels(&self) {
         let t = now();
-        for (id, rec) in self.state.contracts().unwrap_or_default() {
+        for (id, rec) in self.state.contracts() {
             let (Some(signed), Some(peer)) = (rec.unsent_cancel.clone(), rec.peer_id()) else { continue };
             if rec.expires <= t || self.send_cancel(peer, id, &rec, signed).await {
-                let _ = self.state.update_contract(&id, |r| r.unsent_cancel = None);
+                self.persist("a sent cancellation", move |s| s.update_contract(&id, |r| r.unsent_cancel = None)).await;
             }
         }
     }
@@ -518,11 +532,15 @@ impl Inner {
                         tracing::warn!("{peer} countersigned the renewal of {} badly: {e}", id.short());
                         continue;
                     }
-                    let _ = self.state.update_contract(&id, |c| {
-                        c.expires = c.expires.max(r.expires);
-                        c.renewal = Some((signed, serde_bytes::ByteBuf::from(sig)));
-                    });
-                    tracing::info!("renewed contract {} with {peer} until {}", id.short(), r.expires);
+                    let renewed = move |s: &State| {
+                        s.update_contract(&id, |c| {
+                            c.expires = c.expires.max(r.expires);
+                            c.renewal = Some((signed, serde_bytes::ByteBuf::from(sig)));
+                        })
+                    };
+                    if self.persist("a renewal", renewed).await.is_some() {
+                        tracing::info!("renewed contract {} with {peer} until {}", id.short(), r.expires);
+                    }
                 }
                 Ok(other) => tracing::warn!("{peer} did not renew contract {}: {other:?}", id.short()),
                 Err(e) => tracing::info!("could not renew contract {} with {peer} yet: {e}", id.short()),
@@ -531,7 +549,7 @@ impl Inner {
     }
 
     /// Provider side: countersigns a client's renewal of a live contract in good standing.
-    pub(super) fn on_renew(&self, peer: PeerId, signed: Signed) -> ContractResponse {
+    pub(super) async fn on_renew(&self, peer: PeerId, signed: Signed) -> ContractResponse {
         let decline = |s: &str| ContractResponse::Declined(s.to_string());
         match signed.verify(protocol::DOMAIN_RENEWAL) {
             Ok(signer) if signer == peer => {}
@@ -542,7 +560,7 @@ impl Inner {
             Ok(r) => r,
             Err(e) => return decline(&e.to_string()),
         };
-        let Some(rec) = self.state.contract(&r.contract).ok().flatten() else {
+        let Some(rec) = self.state.contract(&r.contract) else {
             return decline("unknown contract");
         };
         let t = now();
@@ -552,7 +570,7 @@ impl Inner {
         if !rec.is_live(t) {
             return decline("the contract has ended or expired");
         }
-        if !self.state.audit(&peer.to_bytes()).map(|a| a.good).unwrap_or(true) {
+        if !self.in_good_standing(&peer).await {
             return decline("you failed our audits");
         }
         if r.expires <= rec.expires || r.expires > t + self.config.contracts.duration_secs + EXPIRY_SLACK_SECS {
@@ -560,10 +578,14 @@ impl Inner {
         }
         let sig = self.id.sign_detached(protocol::DOMAIN_RENEWAL, &signed.body);
         let renewal = (signed, serde_bytes::ByteBuf::from(sig.clone()));
-        match self.state.update_contract(&r.contract, |c| {
-            c.expires = r.expires;
-            c.renewal = Some(renewal);
-        }) {
+        let (id, expires) = (r.contract, r.expires);
+        let renewed = self.db(move |s| {
+            s.update_contract(&id, |c| {
+                c.expires = expires;
+                c.renewal = Some(renewal);
+            })
+        });
+        match renewed.await {
             Ok(_) => {
                 tracing::info!("renewed contract {} for {peer} until {}", r.contract.short(), r.expires);
                 ContractResponse::Renewed(sig)

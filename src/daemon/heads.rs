@@ -54,12 +54,17 @@ impl Inner {
             return Ok(()); // nowhere to keep a head: nothing backed up yet
         }
         let started = std::time::Instant::now();
-        let seq = self.state.counter(HEAD_SEQ).map_err(|e| e.to_string())? + 1;
-        let signed = head::collect(&self.state, seq, now())
-            .map_err(head::HeadError::from)
-            .and_then(|d| head::seal(&self.id, &d))
-            .map_err(|e| format!("cannot make head {seq}: {e}"))?;
-        self.state.set_counter(HEAD_SEQ, seq).map_err(|e| format!("cannot record the head sequence: {e}"))?;
+        let id = self.id.clone();
+        // Made, sealed and its sequence number recorded in one command on the store.
+        let made = self.db(move |s| {
+            let seq = s.counter(HEAD_SEQ)? + 1;
+            let signed = head::collect(s, seq, now()).map_err(head::HeadError::from).and_then(|d| head::seal(&id, &d));
+            match signed {
+                Ok(signed) => s.set_counter(HEAD_SEQ, seq).map(|_| Ok((seq, signed))),
+                Err(e) => Ok(Err(format!("cannot make head {seq}: {e}"))),
+            }
+        });
+        let (seq, signed) = made.await.map_err(|e| format!("cannot make a head: {e}"))??;
         let providers: std::collections::HashSet<PeerId> =
             self.live_contracts(Role::Client).iter().filter_map(|(_, c)| c.peer_id()).collect();
         let holders: Vec<PeerId> = futures::stream::iter(providers)
@@ -87,14 +92,15 @@ impl Inner {
             holders: holders.iter().take(protocol::MAX_HEAD_HOLDERS).map(|p| p.to_bytes().into()).collect(),
         };
         let value = protocol::to_cbor(&self.id.sign(DOMAIN_HEAD_RECORD, protocol::to_cbor(&pointer)));
-        let path = self.home.head_record();
-        if let Err(e) = crate::provider::write_tmp(&path, &value).and_then(|t| crate::provider::commit_tmp(&t, &path)) {
-            tracing::warn!("cannot keep the head record at {}: {e}", path.display());
+        let (path, kept) = (self.home.head_record(), value.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            crate::provider::write_tmp(&path, &kept).and_then(|t| crate::provider::commit_tmp(&t, &path))
+        });
+        if let Ok(Err(e)) = written.await {
+            tracing::warn!("cannot keep the head record at {}: {e}", self.home.head_record().display());
         }
         self.net.put_record(protocol::head_record_key(&self.me()), value).await;
-        if let Err(e) = self.state.set_counter(HEAD_PUBLISHED, seq) {
-            tracing::warn!("cannot record that head {seq} is published: {e}");
-        }
+        self.persist("that the head is published", move |s| s.set_counter(HEAD_PUBLISHED, seq)).await;
         let (bytes, secs) = (signed.body.len(), started.elapsed().as_secs_f64());
         tracing::info!("head {seq} ({bytes} bytes sealed) stored at {} providers in {secs:.2} s", holders.len());
         Ok(())
@@ -102,8 +108,8 @@ impl Inner {
 
     /// The last head published (its sequence number, 0 for none) and why the state since
     /// could not be published, if so.
-    pub(super) fn head_report(&self) -> (u64, Option<String>) {
-        let seq = self.state.counter(HEAD_PUBLISHED).unwrap_or(0);
+    pub(super) async fn head_report(&self) -> (u64, Option<String>) {
+        let seq = self.db(|s| s.counter(HEAD_PUBLISHED)).await.unwrap_or(0);
         (seq, self.head_error.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
@@ -130,7 +136,9 @@ impl Inner {
         while marker.exists() {
             match self.try_recover().await {
                 Ok(Some(n)) => {
-                    let _ = std::fs::remove_file(&marker);
+                    if let Err(e) = std::fs::remove_file(&marker) {
+                        tracing::error!("cannot remove {}: {e}; remove it by hand", marker.display());
+                    }
                     tracing::warn!("recovered head: {n} snapshots; resuming");
                     self.claims_lost().await;
                     self.lost_what_we_held().await;
@@ -181,15 +189,18 @@ impl Inner {
         if doc.seq < best {
             return Err(format!("the holders only have head {} but the DHT points at {best}; retrying", doc.seq));
         }
-        self.state.import_index(inline_index).map_err(|e| e.to_string())?;
+        self.db(move |s| s.import_index(inline_index)).await.map_err(|e| e.to_string())?;
         let index = self.recover_index(&doc).await?;
-        self.state
-            .import(&doc.snapshots, &doc.packs, &index, &doc.contracts)
-            .and_then(|_| self.state.set_counter(HEAD_SEQ, doc.seq))
-            .and_then(|_| self.state.set_counter(HEAD_PUBLISHED, doc.seq))
-            .and_then(|_| if self.state.offered()? == 0 { self.state.set_offered(doc.offered) } else { Ok(()) })
-            .map_err(|e| e.to_string())?;
-        Ok(Some(doc.snapshots.len()))
+        let snapshots = doc.snapshots.len();
+        self.db(move |s| {
+            s.import(&doc.snapshots, &doc.packs, &index, &doc.contracts)?;
+            s.set_counter(HEAD_SEQ, doc.seq)?;
+            s.set_counter(HEAD_PUBLISHED, doc.seq)?;
+            if s.offered()? == 0 { s.set_offered(doc.offered) } else { Ok(()) }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(Some(snapshots))
     }
 
     /// Fetches the index packs `doc` names (§3.8) and writes their entries for the packs
@@ -214,12 +225,8 @@ impl Inner {
                     (b.0, e)
                 })
             });
-            let state = self.state.clone();
             let entries: Vec<_> = entries.collect();
-            tokio::task::spawn_blocking(move || state.import_index(entries))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            self.db(move |s| s.import_index(entries)).await.map_err(|e| e.to_string())?;
             out.push(IndexPackRecord { pack: *p, covers });
         }
         Ok(out)
@@ -238,7 +245,7 @@ impl Inner {
         // A cancellation that did not get through is retried at every audit round anyway;
         // try a few more times now, so those clients learn of the loss soon.
         for _ in 0..5 {
-            if !self.state.contracts().unwrap_or_default().iter().any(|(_, c)| c.unsent_cancel.is_some()) {
+            if !self.state.contracts().iter().any(|(_, c)| c.unsent_cancel.is_some()) {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(RECOVER_RETRY_SECS)).await;

@@ -41,7 +41,7 @@ impl Inner {
                     .into(),
             );
         }
-        let snaps = match self.state.snapshots() {
+        let snaps = match self.db(|s| s.snapshots()).await {
             Ok(s) => s,
             Err(e) => return Reply::Error(e.to_string()),
         };
@@ -52,7 +52,8 @@ impl Inner {
             if k {
                 keep.push(SnapshotInfo::new(id, s));
             } else {
-                if !dry_run && let Err(e) = self.state.remove_snapshot(id) {
+                let sid = *id;
+                if !dry_run && let Err(e) = self.db(move |s| s.remove_snapshot(&sid)).await {
                     return Reply::Error(e.to_string());
                 }
                 remove.push(SnapshotInfo::new(id, s));
@@ -75,7 +76,7 @@ impl Inner {
             Ok((p, _)) => p,
             Err(e) => return Reply::Error(format!("{e}; nothing was deleted")),
         };
-        let packs = match self.state.packs() {
+        let packs = match self.db(|s| s.packs()).await {
             Ok(p) => p,
             Err(e) => return Reply::Error(e.to_string()),
         };
@@ -93,7 +94,8 @@ impl Inner {
             return Reply::Prune(s);
         }
         let ids: HashSet<PackId> = unused.iter().map(|(id, _)| *id).collect();
-        if let Err(e) = self.state.mark_garbage(&ids).and_then(|_| self.state.remove_index_packs(&ids)) {
+        let marked = ids.clone();
+        if let Err(e) = self.db(move |s| s.mark_garbage(&marked).and_then(|_| s.remove_index_packs(&marked))).await {
             return Reply::Error(e.to_string());
         }
         // (pack, object held: the pack or a shard, contract, size) per holder.
@@ -111,23 +113,30 @@ impl Inner {
                 match self.net.data_request(peer, self.addrs_of(&peer), DataRequest::Delete(signed)).await {
                     Ok(DataResponse::Deleted { bytes }) => {
                         s.bytes_freed += bytes;
-                        for (pack, _, contract, size) in chunk {
-                            let _ = self.state.drop_copy(pack, &peer_bytes);
-                            let _ = self.state.update_contract(contract, |c| c.used = c.used.saturating_sub(*size));
-                        }
+                        let (done, holder) = (chunk.to_vec(), peer_bytes.clone());
+                        let freed = move |s: &crate::state::State| {
+                            for (pack, _, contract, size) in done {
+                                s.drop_copy(&pack, &holder)?;
+                                s.update_contract(&contract, |c| c.used = c.used.saturating_sub(size))?;
+                            }
+                            Ok(())
+                        };
+                        self.persist("deleted copies", freed).await;
                     }
                     Ok(other) => s.errors.push(format!("{peer} did not delete: {other:?}")),
                     Err(e) => s.errors.push(format!("{peer}: {e}; its packs are deleted by a later prune")),
                 }
             }
         }
-        for id in ids {
-            if let Ok(Some(rec)) = self.state.pack(&id)
-                && rec.objects(&id).is_empty()
-            {
-                let _ = self.state.remove_pack(&id);
+        let emptied = move |s: &crate::state::State| {
+            for id in ids {
+                if s.pack(&id)?.is_some_and(|rec| rec.objects(&id).is_empty()) {
+                    s.remove_pack(&id)?;
+                }
             }
-        }
+            Ok(())
+        };
+        self.persist("the records of deleted packs", emptied).await;
         self.publish_head().await;
         Reply::Prune(s)
     }
@@ -137,7 +146,7 @@ impl Inner {
     /// not cached locally are fetched from their holders.
     async fn needed_packs(self: &Arc<Self>) -> Result<(HashSet<PackId>, u64), String> {
         let source = NetSource { inner: self.clone() };
-        let snaps = self.state.snapshots().map_err(|e| e.to_string())?;
+        let snaps = self.db(|s| s.snapshots()).await.map_err(|e| e.to_string())?;
         let mut blobs = HashSet::new();
         for (sid, snap) in &snaps {
             let b = restore::snapshot_blobs(&self.id, &self.state, &source, sid, snap)
@@ -145,12 +154,12 @@ impl Inner {
                 .map_err(|e| format!("cannot read the trees of snapshot {}: {e}", sid.short()))?;
             blobs.extend(b);
         }
-        let (mut packs, missing) = restore::packs_of(&self.state, &blobs).map_err(|e| e.to_string())?;
+        let (mut packs, missing) = self.db(move |s| restore::packs_of(s, &blobs)).await.map_err(|e| e.to_string())?;
         if missing > 0 {
             return Err(format!("{missing} blobs the snapshots need are in no known pack; run 'peer check'"));
         }
         // An index pack is needed while it lists any needed pack (§3.8); a recovery reads it.
-        let index = self.state.index_packs().map_err(|e| e.to_string())?;
+        let index = self.db(|s| s.index_packs()).await.map_err(|e| e.to_string())?;
         let listing: Vec<PackId> =
             index.into_iter().filter(|r| r.covers.iter().any(|c| packs.contains(c))).map(|r| r.pack).collect();
         packs.extend(listing);
@@ -199,7 +208,7 @@ impl Inner {
     /// One pack: (copies challenged, copies that passed, read and verified, problems).
     async fn check_pack(self: &Arc<Self>, id: PackId, read_data: bool) -> (u64, u64, bool, Vec<String>) {
         let mut problems = Vec::new();
-        let Ok(Some(rec)) = self.state.pack(&id) else {
+        let Ok(Some(rec)) = self.db(move |s| s.pack(&id)).await else {
             return (0, 0, false, vec![format!("pack {}: no record of where it is", id.short())]);
         };
         let (mut checked, mut ok) = (0u64, 0u64);

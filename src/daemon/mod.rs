@@ -32,6 +32,7 @@ use crate::net::{self, NetEvent, NetHandle};
 use crate::protocol::{self, ContractRequest, DataErrorCode, DataResponse, now};
 use crate::provider::PackStore;
 use crate::state::{ContractRecord, Role, State};
+use crate::store::Store;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::HashMap;
 use std::io::Write;
@@ -61,7 +62,8 @@ struct Inner {
     home: Home,
     config: Config,
     id: Identity,
-    state: State,
+    /// The store actor owning `state.redb` ([`crate::store`]).
+    state: Store,
     store: PackStore,
     /// Claim blocks we hold for our providers (protocol.md §4.6).
     claims: ClaimStore,
@@ -98,12 +100,17 @@ fn say(line: &str) {
 pub async fn run(home: Home) -> Result<(), DaemonError> {
     let id = Identity::load(&home.key_file()).map_err(setup)?;
     let config = Config::load(&home.config_file()).map_err(setup)?;
-    let state = State::open(&home.state_file()).map_err(|e| match e {
+    let state_file = home.state_file();
+    let opened = tokio::task::spawn_blocking(move || State::open(&state_file)).await.map_err(setup)?;
+    let state = opened.map_err(|e| match e {
         crate::state::StateError::Open { .. } => {
             DaemonError::Setup(format!("{e} (is a daemon already running for {}?)", home.dir.display()))
         }
         e => setup(e),
     })?;
+    let sticky_ports: Vec<(&str, u64)> =
+        ["listen_tcp_port", "listen_quic_port"].into_iter().map(|k| (k, state.counter(k).unwrap_or(0))).collect();
+    let (state, state_thread) = Store::start(state).map_err(setup)?;
     let store = PackStore::open(&home.store_dir(), config.provider.min_free_bytes).map_err(setup)?;
     let claims = ClaimStore::open(&home.claims_dir()).map_err(setup)?;
     let parse = |v: &[String]| {
@@ -114,7 +121,6 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     let t = now();
     let known: Vec<(PeerId, Vec<Multiaddr>)> = state
         .contracts()
-        .map_err(setup)?
         .into_iter()
         .filter(|(_, c)| c.is_live(t))
         .filter_map(|(_, c)| Some((c.peer_id()?, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
@@ -133,7 +139,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     };
     // Listen on the ports of the last run where the config says "any port", so that the
     // addresses our contract partners recorded stay valid across restarts.
-    let sticky: Vec<Multiaddr> = listen.iter().map(|a| with_saved_port(&state, a)).collect();
+    let sticky: Vec<Multiaddr> = listen.iter().map(|a| with_saved_port(&sticky_ports, a)).collect();
     let (net, mut events) = match net::start(id.keypair(), cfg(sticky.clone())) {
         Ok(v) => v,
         Err(e) if sticky != listen => {
@@ -212,6 +218,11 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     republish.abort();
     net.shutdown().await;
     let _ = std::fs::remove_file(inner.home.control_socket());
+    // Every command queued before this point is written; then the store thread ends.
+    inner.state.stop();
+    if tokio::task::spawn_blocking(move || state_thread.join()).await.is_err() {
+        tracing::error!("the state store thread failed");
+    }
     Ok(())
 }
 
@@ -226,11 +237,12 @@ fn port_of(a: &Multiaddr) -> Option<(&'static str, u16)> {
     }
 }
 
-/// `a` with port 0 replaced by the port the last run listened on, if any.
-fn with_saved_port(state: &State, a: &Multiaddr) -> Multiaddr {
+/// `a` with port 0 replaced by the port the last run listened on, if any (`saved`: the
+/// settings counters of [`port_of`]).
+fn with_saved_port(saved: &[(&str, u64)], a: &Multiaddr) -> Multiaddr {
     use libp2p::multiaddr::Protocol;
     let Some((key, 0)) = port_of(a) else { return a.clone() };
-    let Ok(saved @ 1..=65535) = state.counter(key) else { return a.clone() };
+    let Some(&(_, saved @ 1..=65535)) = saved.iter().find(|(k, _)| *k == key) else { return a.clone() };
     a.iter()
         .map(|p| match p {
             Protocol::Tcp(0) => Protocol::Tcp(saved as u16),
@@ -284,9 +296,56 @@ impl Inner {
         self.id.peer_id()
     }
 
+    /// Runs a command on the store actor ([`crate::store`]): no transaction on the runtime.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State) -> Result<T, crate::state::StateError> + Send + 'static,
+    ) -> Result<T, crate::state::StateError> {
+        self.state.call(f).await
+    }
+
+    /// Runs a write on the store actor; a failure is logged naming `what`, and `None`
+    /// returned: the caller goes on, as it would had the write been lost in a crash.
+    async fn persist<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&State) -> Result<T, crate::state::StateError> + Send + 'static,
+    ) -> Option<T> {
+        match self.state.call(f).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!("cannot record {what}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Deletes every pack and the head held for `client`, off the runtime; returns the
+    /// bytes freed.
+    async fn reclaim(&self, client: PeerId) -> Result<u64, String> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.drop_client(&client)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whether `peer` keeps its standing in our audits (protocol.md §5.4). A local error
+    /// counts against it: we do not deal with a peer we cannot judge.
+    async fn in_good_standing(&self, peer: &PeerId) -> bool {
+        let key = peer.to_bytes();
+        match self.db(move |s| s.audit(&key)).await {
+            Ok(a) => a.good,
+            Err(e) => {
+                tracing::error!("cannot read the audit record of {peer}: {e}");
+                false
+            }
+        }
+    }
+
     fn live_contracts(&self, role: Role) -> Vec<(ContractId, ContractRecord)> {
         let t = now();
-        self.state.contracts().unwrap_or_default().into_iter().filter(|(_, c)| c.role == role && c.is_live(t)).collect()
+        self.state.contracts().into_iter().filter(|(_, c)| c.role == role && c.is_live(t)).collect()
     }
 
     /// The addresses we advertise (confirmed external, then circuit addresses through our
@@ -300,7 +359,7 @@ impl Inner {
             NetEvent::Listening(a) => {
                 say(&a.to_string());
                 if let Some((key, port)) = port_of(&a) {
-                    let _ = self.state.set_counter(key, u64::from(port));
+                    self.persist("the listen port", move |s| s.set_counter(key, u64::from(port))).await;
                 }
             }
             NetEvent::Proposal { id, source, data } => {
@@ -329,11 +388,11 @@ impl Inner {
                 }
             }
             NetEvent::Contract { peer, request: ContractRequest::Accept(signed), channel } => {
-                let resp = self.on_acceptance(peer, signed);
+                let resp = self.on_acceptance(peer, signed).await;
                 self.net.respond_contract(channel, resp).await;
             }
             NetEvent::Contract { peer, request: ContractRequest::Renew(signed), channel } => {
-                let resp = self.on_renew(peer, signed);
+                let resp = self.on_renew(peer, signed).await;
                 self.net.respond_contract(channel, resp).await;
             }
             NetEvent::Contract { peer, request: ContractRequest::Cancel(signed), channel } => {

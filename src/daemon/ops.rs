@@ -3,6 +3,7 @@
 //! small queue drained by a writer task, so a client that stops reading never stalls them.
 
 use super::Inner;
+use super::repair::Liveness;
 use super::transfer::{NetSink, NetSource};
 use crate::backup::{self, BackupOptions, Counters, PackSink};
 use crate::config::Home;
@@ -11,7 +12,7 @@ use crate::control::{
 };
 use crate::protocol::now;
 use crate::restore::{self, PackSource};
-use crate::state::Role;
+use crate::state::{Role, State, StateError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,72 +34,91 @@ pub fn check_offer(home: &Home, bytes: u64, stored: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Copy health of every snapshot (protocol.md §5.5), read in one pass on the store
+/// thread: the trees from the local cache, each pack's record from the index.
+fn health_of(state: &State, lv: &Liveness) -> Result<Vec<SnapshotHealth>, StateError> {
+    let mut out = Vec::new();
+    for (sid, snap) in state.snapshots()? {
+        let mut h = SnapshotHealth { id: sid.to_string(), packs: 0, full: 0, reduced: 0, zero: 0, note: String::new() };
+        match restore::cached_snapshot_blobs(state, &sid, &snap) {
+            Ok(blobs) => {
+                let (packs, missing) = restore::packs_of(state, &blobs)?;
+                if missing > 0 {
+                    h.note = format!("{missing} blobs are in no known pack");
+                    h.zero += missing;
+                }
+                for p in packs {
+                    h.packs += 1;
+                    let Some(rec) = state.pack(&p)? else {
+                        h.zero += 1;
+                        continue;
+                    };
+                    match lv.count(&rec) {
+                        0 => h.zero += 1,
+                        n if n >= rec.target() => h.full += 1,
+                        n if n < rec.needed() => h.zero += 1,
+                        _ => h.reduced += 1,
+                    }
+                }
+            }
+            Err(e) => h.note = e,
+        }
+        out.push(h);
+    }
+    Ok(out)
+}
+
+/// Each redundancy scheme in use among the packs not marked garbage, with its packs, its
+/// overhead and its monthly loss probability without repair.
+fn durability_of(packs: &[(crate::id::PackId, crate::state::PackRecord)]) -> Vec<DurabilityInfo> {
+    let mut schemes: std::collections::BTreeMap<String, (u64, f64, f64)> = Default::default();
+    for (_, r) in packs.iter().filter(|(_, r)| !r.garbage) {
+        let (name, n, f) = match r.erasure {
+            Some(s) => (format!("erasure {s}"), s.n() as u32, u32::from(s.m)),
+            None => (format!("{} copies", r.target()), r.target() as u32, (r.target() as u32).saturating_sub(1)),
+        };
+        let overhead = f64::from(n) / (n - f) as f64;
+        let loss = crate::durability::loss_probability(n, f, crate::durability::MONTHLY_CHURN);
+        schemes.entry(name).or_insert((0, overhead, loss)).0 += 1;
+    }
+    schemes
+        .into_iter()
+        .map(|(scheme, (packs, overhead, monthly_loss))| DurabilityInfo { scheme, packs, overhead, monthly_loss })
+        .collect()
+}
+
 /// Why commands that change the repository wait on a recovering home.
 pub(super) const RECOVERING: &str =
     "this peer is still looking for its head in the network (peer init --recover); see 'peer status'";
 
 impl Inner {
     /// Copy health of every snapshot, from the locally cached trees only.
-    async fn snapshot_health(&self) -> Vec<SnapshotHealth> {
-        struct CacheOnly;
-        #[async_trait::async_trait]
-        impl PackSource for CacheOnly {
-            async fn fetch(&self, pack: crate::id::PackId) -> Result<Vec<u8>, String> {
-                Err(format!("pack {} is not cached here", pack.short()))
-            }
-        }
-        let lv = self.liveness();
-        let mut out = Vec::new();
-        for (sid, snap) in self.state.snapshots().unwrap_or_default() {
-            let mut h =
-                SnapshotHealth { id: sid.to_string(), packs: 0, full: 0, reduced: 0, zero: 0, note: String::new() };
-            match restore::snapshot_blobs(&self.id, &self.state, &CacheOnly, &sid, &snap).await {
-                Ok(blobs) => {
-                    let (packs, missing) = restore::packs_of(&self.state, &blobs).unwrap_or_default();
-                    if missing > 0 {
-                        h.note = format!("{missing} blobs are in no known pack");
-                        h.zero += missing;
-                    }
-                    for p in packs {
-                        h.packs += 1;
-                        let Ok(Some(rec)) = self.state.pack(&p) else {
-                            h.zero += 1;
-                            continue;
-                        };
-                        let live = lv.count(&rec);
-                        match live {
-                            0 => h.zero += 1,
-                            n if n >= rec.target() => h.full += 1,
-                            n if n < rec.needed() => h.zero += 1,
-                            _ => h.reduced += 1,
-                        }
-                    }
-                }
-                Err(e) => h.note = e,
-            }
-            out.push(h);
-        }
-        out
+    async fn snapshot_health(&self) -> Result<Vec<SnapshotHealth>, String> {
+        let lv = self.liveness().await;
+        self.db(move |s| health_of(s, &lv)).await.map_err(|e| e.to_string())
     }
 
     async fn status(&self) -> Result<StatusReport, String> {
         let recovering = self.home.recover_marker().exists();
-        let mut schemes: std::collections::BTreeMap<String, (u64, f64, f64)> = Default::default();
-        for (_, r) in self.state.packs().unwrap_or_default().iter().filter(|(_, r)| !r.garbage) {
-            let (name, n, f) = match r.erasure {
-                Some(s) => (format!("erasure {s}"), s.n() as u32, u32::from(s.m)),
-                None => (format!("{} copies", r.target()), r.target() as u32, (r.target() as u32).saturating_sub(1)),
-            };
-            let overhead = f64::from(n) / (n - f) as f64;
-            let loss = crate::durability::loss_probability(n, f, crate::durability::MONTHLY_CHURN);
-            schemes.entry(name).or_insert((0, overhead, loss)).0 += 1;
-        }
-        let durability = schemes
-            .into_iter()
-            .map(|(scheme, (packs, overhead, monthly_loss))| DurabilityInfo { scheme, packs, overhead, monthly_loss })
-            .collect();
-        let snapshots = self.snapshot_health().await;
-        let contracts = self.state.contracts().map_err(|e| e.to_string())?;
+        let snapshots = self.snapshot_health().await?;
+        let contracts = self.state.contracts();
+        let serving: Vec<Vec<u8>> = {
+            let t = now();
+            let mut v: Vec<Vec<u8>> = contracts
+                .iter()
+                .filter(|(_, c)| c.role == Role::Provider && c.is_live(t))
+                .map(|(_, c)| c.peer.clone())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let local = self.db(move |s| {
+            let claims: u64 = serving.iter().map(|p| s.claim_placed(p).map(u64::from)).sum::<Result<u64, _>>()?;
+            Ok((s.offered()?, s.audits()?, s.index_packs()?.len() as u64, durability_of(&s.packs()?), claims))
+        });
+        let (offered, audits, index_packs, durability, claims_placed) = local.await.map_err(|e| e.to_string())?;
+        let (head, head_error) = self.head_report().await;
         let t = now();
         let live = |r: Role| contracts.iter().filter(move |(_, c)| c.role == r && c.is_live(t));
         Ok(StatusReport {
@@ -109,17 +129,12 @@ impl Inner {
             external_addrs: vec![],
             relays: vec![],
             connections: vec![],
-            offered: self.state.offered().map_err(|e| e.to_string())?,
+            offered,
             granted: live(Role::Provider).map(|(_, c)| c.bytes).sum(),
             used_by_others: self.store.used_total(),
             held_at_others: live(Role::Client).map(|(_, c)| c.used).sum(),
             claims_held: self.claims.held_total(),
-            claims_placed: live(Role::Provider)
-                .filter_map(|(_, c)| c.peer_id())
-                .collect::<std::collections::HashSet<_>>()
-                .iter()
-                .map(|p| u64::from(self.state.claim_placed(&p.to_bytes()).unwrap_or(0)) * crate::claims::CLAIM_BLOCK)
-                .sum(),
+            claims_placed: claims_placed * crate::claims::CLAIM_BLOCK,
             contracts: contracts
                 .iter()
                 .map(|(id, c)| ContractInfo {
@@ -139,10 +154,7 @@ impl Inner {
                     end_reason: c.end_reason.clone(),
                 })
                 .collect(),
-            audits: self
-                .state
-                .audits()
-                .map_err(|e| e.to_string())?
+            audits: audits
                 .into_iter()
                 .map(|(peer, a)| AuditInfo {
                     peer: libp2p::PeerId::from_bytes(&peer).map(|p| p.to_string()).unwrap_or_default(),
@@ -157,16 +169,16 @@ impl Inner {
             snapshots,
             recovering,
             durability,
-            index_packs: self.state.index_packs().map(|v| v.len() as u64).unwrap_or(0),
-            head: self.head_report().0,
-            head_error: self.head_report().1,
+            index_packs,
+            head,
+            head_error,
         })
     }
 
     /// The contract whose id starts with `prefix` (hex).
     fn find_contract(&self, prefix: &str) -> Result<crate::id::ContractId, String> {
         let p = prefix.to_ascii_lowercase();
-        let all = self.state.contracts().map_err(|e| e.to_string())?;
+        let all = self.state.contracts();
         let m: Vec<_> = all.into_iter().filter(|(id, _)| !p.is_empty() && id.to_string().starts_with(&p)).collect();
         match m.as_slice() {
             [(id, _)] => Ok(*id),
@@ -221,13 +233,14 @@ impl Inner {
                 }
                 Err(e) => Reply::Error(e),
             },
-            Request::Offer(b) => match check_offer(&self.home, b, self.store.used_total())
-                .and_then(|_| self.state.set_offered(b).map_err(|e| e.to_string()))
-            {
-                Ok(()) => Reply::Ok,
+            Request::Offer(b) => match check_offer(&self.home, b, self.store.used_total()) {
+                Ok(()) => match self.db(move |s| s.set_offered(b)).await {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => Reply::Error(e.to_string()),
+                },
                 Err(e) => Reply::Error(e),
             },
-            Request::Snapshots => match self.state.snapshots() {
+            Request::Snapshots => match self.db(|s| s.snapshots()).await {
                 Ok(v) => Reply::Snapshots(v.iter().map(|(id, s)| SnapshotInfo::new(id, s)).collect()),
                 Err(e) => Reply::Error(e.to_string()),
             },
@@ -275,7 +288,7 @@ impl Inner {
         if let Err(e) = backup::check_paths(&paths).and_then(|_| backup::exclude_matcher(&exclude)) {
             return Reply::Error(e.to_string());
         }
-        match self.state.offered() {
+        match self.db(|s| s.offered()).await {
             Ok(0) => {
                 return Reply::Error(
                     "this peer offers no storage, so no peer will store for it (give to get); \
@@ -314,7 +327,7 @@ impl Inner {
             Ok(mut sum) => {
                 let _ = tx.try_send(Reply::Progress(Progress { phase: "head".into(), done: 0, total: 0 }));
                 sum.head_error = self.publish_head().await;
-                sum.head = self.head_report().0;
+                sum.head = self.head_report().await.0;
                 Reply::Backup(sum)
             }
             Err(e) => Reply::Error(e.to_string()),

@@ -70,10 +70,17 @@ impl Pacer {
 
 impl Inner {
     /// The current [`Liveness`].
-    pub(super) fn liveness(&self) -> Liveness {
+    pub(super) async fn liveness(&self) -> Liveness {
+        let audits = match self.db(|s| s.audits()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("cannot read the audit records: {e}");
+                vec![]
+            }
+        };
         Liveness {
             contracts: self.live_contracts(Role::Client).into_iter().map(|(id, _)| id).collect(),
-            audits: self.state.audits().unwrap_or_default().into_iter().collect(),
+            audits: audits.into_iter().collect(),
             now: now(),
             grace: self.config.repair.grace_secs,
         }
@@ -96,15 +103,21 @@ impl Inner {
     async fn repair_round(self: Arc<Self>) {
         let (t, grace) = (now(), self.config.repair.grace_secs);
         for (id, c) in self.live_contracts(Role::Client) {
-            if let Ok(a) = self.state.audit(&c.peer)
+            let key = c.peer.clone();
+            if let Ok(a) = self.db(move |s| s.audit(&key)).await
                 && a.offline_since.is_some_and(|s| t.saturating_sub(s) > grace)
             {
                 let why = format!("unreachable for more than {grace} s; its copies are placed elsewhere");
-                let _ = self.cancel(id, &why).await;
+                if let Err(e) = self.cancel(id, &why).await {
+                    tracing::warn!("cannot end contract {}: {e}", id.short());
+                }
             }
         }
-        let Ok(packs) = self.state.packs() else { return };
-        let lv = self.liveness();
+        let packs = match self.db(|s| s.packs()).await {
+            Ok(p) => p,
+            Err(e) => return tracing::error!("repair round: {e}"),
+        };
+        let lv = self.liveness().await;
         let mut todo: Vec<(usize, PackId, PackRecord)> = packs
             .into_iter()
             .filter(|(id, r)| !r.objects(id).is_empty() && !r.garbage)
@@ -200,7 +213,7 @@ impl Inner {
                     return Err(format!("placed {placed} of {} shards: {}", dead.len(), errors.join("; ")));
                 };
                 exclude.extend(PeerId::from_bytes(&h.peer).ok());
-                self.state.set_shard_holder(&id, i, h).map_err(|e| e.to_string())?;
+                self.db(move |s| s.set_shard_holder(&id, i, h)).await.map_err(|e| e.to_string())?;
                 placed += 1;
             }
             return Ok(placed);
@@ -209,7 +222,8 @@ impl Inner {
         let pack = SealedPack { id, bytes, entries: vec![] };
         let (added, errors) = sink.place_on(&pack, need, exclude).await;
         if !added.is_empty() {
-            self.state.add_holders(&id, &added).map_err(|e| e.to_string())?;
+            let new = added.clone();
+            self.db(move |s| s.add_holders(&id, &new)).await.map_err(|e| e.to_string())?;
         }
         if added.len() < need {
             return Err(format!(

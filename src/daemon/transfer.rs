@@ -52,7 +52,7 @@ impl Inner {
                     Err(e) => err(DataErrorCode::Internal, e.to_string()),
                 }
             }
-            DataRequest::ClaimsLost => self.on_claims_lost(peer),
+            DataRequest::ClaimsLost => self.on_claims_lost(peer).await,
             DataRequest::Delete(signed) => {
                 match signed.verify(DOMAIN_DELETE) {
                     Ok(s) if s == peer => {}
@@ -86,7 +86,7 @@ impl Inner {
                 if data.len() > MAX_PACK_SIZE {
                     return err(DataErrorCode::BadPack, format!("pack over {MAX_PACK_SIZE} bytes"));
                 }
-                let Some(c) = self.state.contract(&contract).ok().flatten() else {
+                let Some(c) = self.state.contract(&contract) else {
                     return err(DataErrorCode::NoContract, format!("no contract {contract}"));
                 };
                 if c.role != Role::Provider || c.peer_id() != Some(peer) || !c.is_live(now()) {
@@ -202,22 +202,35 @@ impl Inner {
 
     /// Provider side: a client lost our claim blocks (a recovered disk): place them again,
     /// at most once per [`crate::protocol::CLAIM_RESET_SECS`].
-    fn on_claims_lost(&self, peer: PeerId) -> DataResponse {
+    async fn on_claims_lost(&self, peer: PeerId) -> DataResponse {
         let err = |code, message: String| DataResponse::Error { code, message };
         if !self.live_contracts(Role::Provider).iter().any(|(_, c)| c.peer_id() == Some(peer)) {
             return err(DataErrorCode::NoContract, format!("no live contract with {peer}"));
         }
         let key = peer.to_bytes();
-        let Ok(mut rec) = self.state.audit(&key) else { return err(DataErrorCode::Internal, "audit record".into()) };
         let t = now();
-        if let Some(last) = rec.claims_reset
-            && t.saturating_sub(last) < crate::protocol::CLAIM_RESET_SECS
-        {
-            return err(DataErrorCode::Refused, format!("claims were reset at {last}; at most once a week"));
-        }
-        rec.claims_reset = Some(t);
-        if self.state.put_audit(&key, &rec).and_then(|_| self.state.set_claim_placed(&key, 0)).is_err() {
-            return err(DataErrorCode::Internal, "cannot record the reset".into());
+        // Checked and recorded in one store command, so two requests cannot both pass.
+        let reset = self.db(move |s| {
+            let mut rec = s.audit(&key)?;
+            if let Some(last) = rec.claims_reset
+                && t.saturating_sub(last) < crate::protocol::CLAIM_RESET_SECS
+            {
+                return Ok(Some(last));
+            }
+            rec.claims_reset = Some(t);
+            s.put_audit(&key, &rec)?;
+            s.set_claim_placed(&key, 0)?;
+            Ok(None)
+        });
+        match reset.await {
+            Ok(Some(last)) => {
+                return err(DataErrorCode::Refused, format!("claims were reset at {last}; at most once a week"));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("cannot record the loss of claims of {peer}: {e}");
+                return err(DataErrorCode::Internal, "cannot record the reset".into());
+            }
         }
         tracing::warn!("{peer} lost the claims we placed; placing them again");
         DataResponse::Released
@@ -228,7 +241,6 @@ impl Inner {
         let t = now();
         self.state
             .contracts()
-            .unwrap_or_default()
             .iter()
             .filter(|(_, c)| c.is_live(t))
             .filter(|(_, c)| c.peer_id().as_ref() == Some(peer))
@@ -358,7 +370,7 @@ impl NetSink {
                 self.unreserve(c, size);
                 match r {
                     Ok(()) => {
-                        if let Err(e) = self.inner.state.add_contract_use(&c, size) {
+                        if let Err(e) = self.inner.db(move |s| s.add_contract_use(&c, size)).await {
                             tracing::error!("cannot record contract use: {e}");
                         }
                         holders.push(Holder { peer: p.to_bytes(), contract: c });
@@ -508,8 +520,8 @@ impl PackSource for NetSource {
     async fn fetch(&self, pack: PackId) -> Result<Vec<u8>, String> {
         let rec = self
             .inner
-            .state
-            .pack(&pack)
+            .db(move |s| s.pack(&pack))
+            .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("pack {pack} has no known holder"))?;
         self.fetch_placed(pack, rec).await
