@@ -148,6 +148,9 @@ pub const MAX_LISTED: usize = 1000;
 
 /// Runs a backup of `opts.paths`; packs go to `sink`. Returns the summary once the
 /// snapshot is recorded.
+///
+/// Four stages: the walk on its own thread ([`start_walk`]), placing and recording the
+/// packs it seals ([`upload`]), the index packs ([`write_index`]), and the snapshot.
 pub async fn run(
     id: &Identity,
     store: &Store,
@@ -156,18 +159,52 @@ pub async fn run(
     counters: Arc<Counters>,
 ) -> Result<BackupSummary, BackupError> {
     let started = std::time::Instant::now();
+    let (packs_rx, walked) = start_walk(id, store, &opts, counters.clone()).await?;
+    let done = upload(store, packs_rx, &sink, &opts, &counters).await;
+    let walked = walked.await.map_err(|_| BackupError::Internal("the walker stopped".into()))?;
+    if let Some(e) = done.failure {
+        return Err(BackupError::Upload(e));
+    }
+    let (snap_id, snapshot, stats, trees) = walked?;
+    let (index_packs, index_bytes) = write_index(id, store, &opts, &sink, done.run_index).await?;
+    let (sid, snap) = (snap_id, snapshot.clone());
+    store.call(move |s| s.put_trees(&trees).and_then(|_| s.put_snapshot(&sid, &snap))).await?;
+    Ok(BackupSummary {
+        snapshot: snap_id.to_string(),
+        files: snapshot.files,
+        files_read: stats.files_read,
+        bytes_read: stats.bytes_read,
+        bytes_new: stats.bytes_new,
+        packs: done.packs,
+        index_packs,
+        head: 0,
+        head_error: None,
+        bytes_uploaded: done.bytes_uploaded + index_bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        errors: stats.errors,
+        error_count: stats.error_count,
+    })
+}
+
+/// Stage 1: starts the walker thread (walk, chunk, hash, compress, encrypt, seal packs).
+/// Returns the queue of sealed packs (at most two wait in it) and the walk's result.
+async fn start_walk(
+    id: &Identity,
+    store: &Store,
+    opts: &BackupOptions,
+    counters: Arc<Counters>,
+) -> Result<(mpsc::Receiver<SealedPack>, tokio::sync::oneshot::Receiver<Result<Walked, BackupError>>), BackupError> {
     let paths = check_paths(&opts.paths)?;
     let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let parent = store.call(|s| s.snapshots()).await?.into_iter().rev().find(|(_, s)| s.paths == path_strings);
+    let time = crate::protocol::now();
     let live: HashSet<crate::id::ContractId> = store
         .contracts()
         .into_iter()
-        .filter(|(_, c)| c.role == crate::state::Role::Client && c.is_live(crate::protocol::now()))
+        .filter(|(_, c)| c.role == crate::state::Role::Client && c.is_live(time))
         .map(|(id, _)| id)
         .collect();
-    let time = crate::protocol::now();
-
-    let (tx, mut rx) = mpsc::channel::<SealedPack>(2);
+    let (tx, rx) = mpsc::channel::<SealedPack>(2);
     let walker = Walker {
         id_key: id.id_key,
         state: store.blocking().clone(),
@@ -183,52 +220,40 @@ pub async fn run(
         exclude: exclude_matcher(&opts.exclude)?,
         ignores: Vec::new(),
     };
-    let scan_paths = paths.clone();
-    let c2 = counters.clone();
-    let (done_tx, producer) = tokio::sync::oneshot::channel();
+    let (done_tx, walked) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("backup-walker".into())
         .stack_size(WALKER_STACK)
         .spawn(move || {
-            c2.total.store(scan_paths.iter().map(|p| scan_size(p)).sum(), Ordering::Relaxed);
-            let _ = done_tx.send(walker.run(&scan_paths, parent, time));
+            counters.total.store(paths.iter().map(|p| scan_size(p)).sum(), Ordering::Relaxed);
+            let _ = done_tx.send(walker.run(&paths, parent, time)); // the backup may have failed already
         })
         .map_err(|e| BackupError::Internal(format!("cannot start the walker: {e}")))?;
+    Ok((rx, walked))
+}
 
+/// Stage 2: places each sealed pack (`upload_concurrency` at once) and records it with its
+/// blobs in one store command once placed (§3.6 rule 2). Stops taking packs at the first
+/// failure; dropping the queue then stops the walker.
+async fn upload(
+    store: &Store,
+    mut rx: mpsc::Receiver<SealedPack>,
+    sink: &Arc<dyn PackSink>,
+    opts: &BackupOptions,
+    counters: &Arc<Counters>,
+) -> Committed {
     let mut uploads = tokio::task::JoinSet::new();
     let mut done = Committed::default();
-    // A placed pack is recorded with its blobs in one store command (§3.6 rule 2).
-    let commit = async |r: Result<Result<(Arc<SealedPack>, PackRecord), String>, tokio::task::JoinError>| {
-        let (pack, rec) = r.map_err(|e| e.to_string())??;
-        let blobs: Vec<(BlobId, IndexEntry)> = pack
-            .entries
-            .iter()
-            .map(|e| {
-                let entry = IndexEntry {
-                    pack: pack.id,
-                    kind: e.kind,
-                    offset: e.offset,
-                    length: e.length,
-                    raw_length: e.raw_length,
-                };
-                (e.id, entry)
-            })
-            .collect();
-        let (pid, stored) = (pack.id, rec.stored_bytes());
-        store.call(move |s| s.commit_pack(&pid, &rec, &blobs)).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((pid, pack.entries.clone(), stored))
-    };
     while let Some(pack) = rx.recv().await {
         while uploads.len() >= opts.upload_concurrency {
             if let Some(r) = uploads.join_next().await {
-                done.add(commit(r).await);
+                done.add(commit(store, r).await);
             }
         }
         if done.failure.is_some() {
             break;
         }
-        let sink = sink.clone();
-        let c = counters.clone();
+        let (sink, c) = (sink.clone(), counters.clone());
         uploads.spawn(async move {
             let pack = Arc::new(pack);
             let rec = sink.place(pack.clone()).await?;
@@ -238,34 +263,34 @@ pub async fn run(
     }
     drop(rx);
     while let Some(r) = uploads.join_next().await {
-        done.add(commit(r).await);
+        done.add(commit(store, r).await);
     }
-    let Committed { packs, bytes_uploaded, run_index, failure } = done;
-    let mut bytes_uploaded = bytes_uploaded;
-    let walked = producer.await.map_err(|_| BackupError::Internal("the walker stopped".into()))?;
-    if let Some(e) = failure {
-        return Err(BackupError::Upload(e));
-    }
-    let (snap_id, snapshot, stats, trees) = walked?;
-    let (index_packs, index_bytes) = write_index(id, store, &opts, &sink, run_index).await?;
-    bytes_uploaded += index_bytes;
-    let (sid, snap) = (snap_id, snapshot.clone());
-    store.call(move |s| s.put_trees(&trees).and_then(|_| s.put_snapshot(&sid, &snap))).await?;
-    Ok(BackupSummary {
-        snapshot: snap_id.to_string(),
-        files: snapshot.files,
-        files_read: stats.files_read,
-        bytes_read: stats.bytes_read,
-        bytes_new: stats.bytes_new,
-        packs,
-        index_packs,
-        head: 0,
-        head_error: None,
-        bytes_uploaded,
-        seconds: started.elapsed().as_secs_f64(),
-        errors: stats.errors,
-        error_count: stats.error_count,
-    })
+    done
+}
+
+/// Records a placed pack and its blobs; returns its id, entries and bytes stored.
+async fn commit(
+    store: &Store,
+    placed: Result<Result<(Arc<SealedPack>, PackRecord), String>, tokio::task::JoinError>,
+) -> Result<(PackId, Vec<PackEntry>, u64), String> {
+    let (pack, rec) = placed.map_err(|e| e.to_string())??;
+    let blobs: Vec<(BlobId, IndexEntry)> = pack
+        .entries
+        .iter()
+        .map(|e| {
+            let entry = IndexEntry {
+                pack: pack.id,
+                kind: e.kind,
+                offset: e.offset,
+                length: e.length,
+                raw_length: e.raw_length,
+            };
+            (e.id, entry)
+        })
+        .collect();
+    let (pid, stored) = (pack.id, rec.stored_bytes());
+    store.call(move |s| s.commit_pack(&pid, &rec, &blobs)).await.map_err(|e| e.to_string())?;
+    Ok((pid, pack.entries.clone(), stored))
 }
 
 /// Stores the index of every data pack no index pack covers yet — this run's, and any an
@@ -534,82 +559,101 @@ impl Walker {
             target: vec![],
         };
         let ft = m.file_type();
-        if ft.is_symlink() {
+        let kept = if ft.is_symlink() {
             node.kind = NodeKind::Symlink;
             match std::fs::read_link(path) {
-                Ok(t) => node.target = t.as_os_str().as_bytes().to_vec(),
+                Ok(t) => {
+                    node.target = t.as_os_str().as_bytes().to_vec();
+                    true
+                }
                 Err(e) => {
                     self.error(format!("{}: {e}", path.display()));
-                    return Ok(None);
+                    false
                 }
             }
         } else if ft.is_dir() {
             node.kind = NodeKind::Dir;
-            let prev_tree =
-                prev.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree).and_then(|id| self.load_tree(&id));
-            let prev_by_name: HashMap<Vec<u8>, Node> =
-                prev_tree.map(|t| t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect()).unwrap_or_default();
-            let mut entries = match std::fs::read_dir(path).and_then(|rd| rd.collect::<Result<Vec<_>, _>>()) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.error(format!("{}: {e}", path.display()));
-                    return Ok(None);
-                }
-            };
-            entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
-            let pushed = self.push_ignore_file(path);
-            let mut nodes = Vec::with_capacity(entries.len());
-            let mut result = Ok(());
-            for e in entries {
-                let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                if self.excluded(&e.path(), is_dir) {
-                    continue;
-                }
-                let n = e.file_name().as_bytes().to_vec();
-                match self.node(&e.path(), n.clone(), prev_by_name.get(&n)) {
-                    Ok(Some(child)) => nodes.push(child),
-                    Ok(None) => {}
-                    Err(err) => {
-                        result = Err(err);
-                        break;
-                    }
-                }
-            }
-            if pushed {
-                self.ignores.pop();
-            }
-            result?;
-            node.subtree = Some(self.put_tree(Tree { nodes })?);
+            self.dir(path, &mut node, prev)?
         } else if ft.is_file() {
             node.size = m.len();
-            self.stats.files += 1;
-            self.stats.bytes += node.size;
-            if let Some(p) = prev
-                && p.kind == NodeKind::File
-                && p.size == node.size
-                && p.mtime_ns == node.mtime_ns
-                && p.inode == node.inode
-                && p.content.iter().all(|c| self.known(c).unwrap_or(false))
-            {
-                node.content = p.content.clone();
-                self.counters.done.fetch_add(node.size, Ordering::Relaxed);
-                return Ok(Some(node));
-            }
-            match self.read_file(path, &mut node) {
-                Ok(()) => self.stats.files_read += 1,
-                Err(ReadError::Io(e)) => {
-                    self.stats.files -= 1;
-                    self.stats.bytes -= node.size;
-                    self.error(format!("{}: {e}", path.display()));
-                    return Ok(None);
-                }
-                Err(ReadError::Fatal(e)) => return Err(e),
-            }
+            self.file(path, &mut node, prev)?
         } else {
             self.error(format!("{}: not a regular file, directory or symlink; skipped", path.display()));
-            return Ok(None);
+            false
+        };
+        Ok(kept.then_some(node))
+    }
+
+    /// Walks directory `path` into its tree, stored as a blob; false when it cannot be
+    /// listed (the reason recorded).
+    fn dir(&mut self, path: &Path, node: &mut Node, prev: Option<&Node>) -> Result<bool, BackupError> {
+        let prev_tree =
+            prev.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree).and_then(|id| self.load_tree(&id));
+        let prev_by_name: HashMap<Vec<u8>, Node> =
+            prev_tree.map(|t| t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect()).unwrap_or_default();
+        let mut entries = match std::fs::read_dir(path).and_then(|rd| rd.collect::<Result<Vec<_>, _>>()) {
+            Ok(v) => v,
+            Err(e) => {
+                self.error(format!("{}: {e}", path.display()));
+                return Ok(false);
+            }
+        };
+        entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+        let pushed = self.push_ignore_file(path);
+        let mut nodes = Vec::with_capacity(entries.len());
+        let mut result = Ok(());
+        for e in entries {
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if self.excluded(&e.path(), is_dir) {
+                continue;
+            }
+            let n = e.file_name().as_bytes().to_vec();
+            match self.node(&e.path(), n.clone(), prev_by_name.get(&n)) {
+                Ok(Some(child)) => nodes.push(child),
+                Ok(None) => {}
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
         }
-        Ok(Some(node))
+        if pushed {
+            self.ignores.pop();
+        }
+        result?;
+        node.subtree = Some(self.put_tree(Tree { nodes })?);
+        Ok(true)
+    }
+
+    /// A regular file: its content from the parent snapshot when unchanged (size, mtime,
+    /// inode) and still stored, else read and chunked; false when it cannot be read.
+    fn file(&mut self, path: &Path, node: &mut Node, prev: Option<&Node>) -> Result<bool, BackupError> {
+        self.stats.files += 1;
+        self.stats.bytes += node.size;
+        if let Some(p) = prev
+            && p.kind == NodeKind::File
+            && p.size == node.size
+            && p.mtime_ns == node.mtime_ns
+            && p.inode == node.inode
+            && p.content.iter().all(|c| self.known(c).unwrap_or(false))
+        {
+            node.content = p.content.clone();
+            self.counters.done.fetch_add(node.size, Ordering::Relaxed);
+            return Ok(true);
+        }
+        match self.read_file(path, node) {
+            Ok(()) => {
+                self.stats.files_read += 1;
+                Ok(true)
+            }
+            Err(ReadError::Io(e)) => {
+                self.stats.files -= 1;
+                self.stats.bytes -= node.size;
+                self.error(format!("{}: {e}", path.display()));
+                Ok(false)
+            }
+            Err(ReadError::Fatal(e)) => Err(e),
+        }
     }
 
     fn read_file(&mut self, path: &Path, node: &mut Node) -> Result<(), ReadError> {

@@ -377,6 +377,76 @@ pub struct CheckSummary {
     pub problems: Vec<String>,
 }
 
+/// What kind of failure a request met; the CLI maps it to its exit code (README "Exit
+/// codes"): [`ErrorKind::Usage`] → 2, every other kind → 1. Scripts can rely on the kind,
+/// never on the wording of the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request is wrong as given: a bad option value, a path or target that cannot
+    /// be used, a bad pattern.
+    Usage,
+    /// What it names does not exist: a snapshot, a contract.
+    NotFound,
+    /// Another operation is running on the daemon, or the home is still recovering:
+    /// try again later.
+    Busy,
+    /// The network cannot do it now: not enough providers, holders unreachable.
+    Unavailable,
+    /// This peer's rules refuse it: no storage offered (give to get), an offer larger
+    /// than the disk.
+    Refused,
+    /// Local state or the disk failed.
+    Local,
+}
+
+/// A failed request: its kind and a message that says what and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// The kind, which decides the exit code.
+    pub kind: ErrorKind,
+    /// For people.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Failure { kind, message: message.into() }
+    }
+}
+
+impl From<crate::state::StateError> for Failure {
+    fn from(e: crate::state::StateError) -> Self {
+        Failure::new(ErrorKind::Local, e.to_string())
+    }
+}
+
+impl From<crate::backup::BackupError> for Failure {
+    fn from(e: crate::backup::BackupError) -> Self {
+        use crate::backup::BackupError as B;
+        let kind = match &e {
+            B::BadPath(_) => ErrorKind::Usage,
+            B::Upload(_) => ErrorKind::Unavailable,
+            B::State(_) | B::Internal(_) => ErrorKind::Local,
+        };
+        Failure::new(kind, e.to_string())
+    }
+}
+
+impl From<crate::restore::RestoreError> for Failure {
+    fn from(e: crate::restore::RestoreError) -> Self {
+        use crate::restore::RestoreError as R;
+        let kind = match &e {
+            R::NoSnapshot(_) => ErrorKind::NotFound,
+            R::Metadata(_) => ErrorKind::Unavailable,
+            R::Target(_) => ErrorKind::Usage,
+            R::State(_) => ErrorKind::Local,
+        };
+        Failure::new(kind, e.to_string())
+    }
+}
+
 /// A daemon reply frame.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Reply {
@@ -384,8 +454,8 @@ pub enum Reply {
     Progress(Progress),
     /// Done, nothing to report.
     Ok,
-    /// Failed; the message says what and how to fix it.
-    Error(String),
+    /// Failed: its kind and a message that says what and how to fix it.
+    Error(Failure),
     /// Status.
     Status(Box<StatusReport>),
     /// Snapshot list.

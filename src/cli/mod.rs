@@ -24,6 +24,9 @@ use std::process::ExitCode;
 
 /// Exit code: the backup or restore finished, but some files could not be read or restored.
 pub const EXIT_PARTIAL: u8 = 3;
+/// Exit code of wrong usage: clap's own for a bad flag, and ours for a request the daemon
+/// refuses as given ([`crate::control::ErrorKind::Usage`]).
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a backup that saved its snapshot but could not publish the head that
 /// lets a recovery from the key find it (protocol.md §5.8).
 pub const EXIT_UNPUBLISHED: u8 = 4;
@@ -152,7 +155,10 @@ fn call(
 ) -> Result<crate::control::Reply, CliError> {
     let reply = block_on(crate::control::call(&home.dir, &home.control_socket(), &req, on_progress))??;
     match reply {
-        crate::control::Reply::Error(e) => Err(CliError { message: e, code: 1 }),
+        crate::control::Reply::Error(f) => {
+            let code = if f.kind == crate::control::ErrorKind::Usage { EXIT_USAGE } else { 1 };
+            Err(CliError { message: f.message, code })
+        }
         r => Ok(r),
     }
 }

@@ -2,7 +2,7 @@
 
 use super::{CliError, CliResult, call, human};
 use crate::config::Home;
-use crate::control::{Reply, Request};
+use crate::control::{Reply, Request, StatusReport};
 
 /// Arguments of `peer status`.
 #[derive(clap::Args, Debug)]
@@ -21,6 +21,14 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());
     }
+    print_identity(&s);
+    print_network(&s);
+    print_storage(&s);
+    print_health(&s);
+    Ok(())
+}
+
+fn print_identity(s: &StatusReport) {
     println!("peer id:          {}", s.peer_id);
     match &s.head_error {
         Some(e) => println!("head:             NOT PUBLISHED: {e} (the last published is {})", s.head),
@@ -30,6 +38,9 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     if s.recovering {
         println!("recovering:       looking for this peer's head in the network (peer init --recover)");
     }
+}
+
+fn print_network(s: &StatusReport) {
     for l in &s.listen {
         println!("listening on:     {l}");
     }
@@ -59,6 +70,9 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     for c in &s.connections {
         println!("  {} {:<7} {:<4} {}", c.peer, if c.relayed { "relayed" } else { "direct" }, c.transport, c.addr);
     }
+}
+
+fn print_storage(s: &StatusReport) {
     println!(
         "offered:          {} ({} granted in contracts, {} used by others)",
         human(s.offered),
@@ -86,6 +100,9 @@ pub fn run(home: &Home, a: Args) -> CliResult {
             human(c.bytes)
         );
     }
+}
+
+fn print_health(s: &StatusReport) {
     for d in &s.durability {
         println!(
             "durability:       {}: {} packs, {:.2}× stored, P(pack lost) = {:.1e} per month without repair at {:.0}% churn",
@@ -124,5 +141,4 @@ pub fn run(home: &Home, a: Args) -> CliResult {
             if a.last_error.is_empty() { String::new() } else { format!("  (last failure: {})", a.last_error) }
         );
     }
-    Ok(())
 }

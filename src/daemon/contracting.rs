@@ -25,7 +25,11 @@ pub const EXPIRY_SLACK_SECS: u64 = 3600;
 pub(super) struct Session {
     wanted: usize,
     exclude: HashSet<PeerId>,
+    /// Providers whose contract is recorded.
     accepted: Mutex<Vec<PeerId>>,
+    /// Providers whose contract is being recorded: they count against `wanted`, so no
+    /// more are countersigned meanwhile, but not as accepted until recorded.
+    writing: Mutex<Vec<PeerId>>,
     notify: Notify,
 }
 
@@ -154,18 +158,21 @@ impl Inner {
             return decline("this provider failed our audits");
         }
         {
-            let Ok(mut accepted) = session.accepted.lock() else { return decline("internal error") };
-            if session.exclude.contains(&provider) || accepted.contains(&provider) {
+            // Lock order: `accepted`, then `writing`.
+            let (Ok(accepted), Ok(mut writing)) = (session.accepted.lock(), session.writing.lock()) else {
+                return decline("internal error");
+            };
+            if session.exclude.contains(&provider) || accepted.contains(&provider) || writing.contains(&provider) {
                 return decline("already a contract with this provider");
             }
-            if accepted.len() >= session.wanted {
+            if accepted.len() + writing.len() >= session.wanted {
                 return decline("enough providers already");
             }
-            accepted.push(provider); // held while the contract is written; undone if that fails
+            writing.push(provider);
         }
         let undo = || {
-            if let Ok(mut a) = session.accepted.lock() {
-                a.retain(|p| *p != provider);
+            if let Ok(mut w) = session.writing.lock() {
+                w.retain(|p| *p != provider);
             }
         };
         let sig = self.id.sign_detached(DOMAIN_CONTRACT, &signed.body);
@@ -197,6 +204,10 @@ impl Inner {
             return decline("internal error");
         }
         tracing::info!("contract {} as client with {provider} ({} bytes)", terms.id.short(), acc.bytes);
+        if let (Ok(mut a), Ok(mut w)) = (session.accepted.lock(), session.writing.lock()) {
+            w.retain(|p| *p != provider);
+            a.push(provider);
+        }
         session.notify.notify_one();
         ContractResponse::Countersigned(sig)
     }
@@ -286,6 +297,7 @@ impl Inner {
                         wanted: missing,
                         exclude: live.iter().filter_map(|(_, c)| c.peer_id()).collect(),
                         accepted: Mutex::new(vec![]),
+                        writing: Mutex::new(vec![]),
                         notify: Notify::new(),
                     });
                     session = Some(s.clone());

@@ -5,9 +5,10 @@
 //! pack and verify every blob).
 
 use super::Inner;
+use super::ops::fail;
 use super::transfer::NetSource;
 use crate::audit::{self, Outcome};
-use crate::control::{CheckSummary, ForgetSummary, PruneSummary, Reply, SnapshotInfo};
+use crate::control::{CheckSummary, ErrorKind, ForgetSummary, PruneSummary, Reply, SnapshotInfo};
 use crate::id::{ContractId, PackId};
 use crate::protocol::{self, DOMAIN_DELETE, DataRequest, DataResponse, Deletion, MAX_DELETE_PACKS, now};
 use crate::repo::pack;
@@ -30,20 +31,20 @@ const BUSY: &str = "another backup, restore, forget or prune is running on this 
 impl Inner {
     /// `peer forget`: removes the snapshots `policy` does not keep (none with `dry_run`).
     pub(super) async fn forget(&self, policy: &Policy, dry_run: bool) -> Reply {
-        let Ok(_guard) = self.busy.try_lock() else { return Reply::Error(BUSY.into()) };
+        let Ok(_guard) = self.busy.try_lock() else { return fail(ErrorKind::Busy, BUSY) };
         if self.home.recover_marker().exists() {
-            return Reply::Error(super::ops::RECOVERING.into());
+            return fail(ErrorKind::Busy, super::ops::RECOVERING);
         }
         if policy.is_empty() {
-            return Reply::Error(
+            return fail(
+                ErrorKind::Usage,
                 "give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly \
-                 (forget never removes every snapshot)"
-                    .into(),
+                 (forget never removes every snapshot)",
             );
         }
         let snaps = match self.db(|s| s.snapshots()).await {
             Ok(s) => s,
-            Err(e) => return Reply::Error(e.to_string()),
+            Err(e) => return Reply::Error(e.into()),
         };
         let times: Vec<u64> = snaps.iter().map(|(_, s)| s.time).collect();
         let flags = retention::keep(&times, policy);
@@ -54,7 +55,7 @@ impl Inner {
             } else {
                 let sid = *id;
                 if !dry_run && let Err(e) = self.db(move |s| s.remove_snapshot(&sid)).await {
-                    return Reply::Error(e.to_string());
+                    return Reply::Error(e.into());
                 }
                 remove.push(SnapshotInfo::new(id, s));
             }
@@ -68,17 +69,17 @@ impl Inner {
     /// `peer prune`: deletes, at their holders, every pack no remaining snapshot needs.
     /// Packs whose holders cannot be reached stay marked and are deleted by a later prune.
     pub(super) async fn prune(self: Arc<Self>, dry_run: bool) -> Reply {
-        let Ok(_guard) = self.busy.try_lock() else { return Reply::Error(BUSY.into()) };
+        let Ok(_guard) = self.busy.try_lock() else { return fail(ErrorKind::Busy, BUSY) };
         if self.home.recover_marker().exists() {
-            return Reply::Error(super::ops::RECOVERING.into());
+            return fail(ErrorKind::Busy, super::ops::RECOVERING);
         }
         let needed = match self.needed_packs().await {
             Ok((p, _)) => p,
-            Err(e) => return Reply::Error(format!("{e}; nothing was deleted")),
+            Err(e) => return fail(ErrorKind::Unavailable, format!("{e}; nothing was deleted")),
         };
         let packs = match self.db(|s| s.packs()).await {
             Ok(p) => p,
-            Err(e) => return Reply::Error(e.to_string()),
+            Err(e) => return Reply::Error(e.into()),
         };
         let total = packs.len() as u64;
         let unused: Vec<_> = packs.into_iter().filter(|(id, _)| !needed.contains(id)).collect();
@@ -96,7 +97,7 @@ impl Inner {
         let ids: HashSet<PackId> = unused.iter().map(|(id, _)| *id).collect();
         let marked = ids.clone();
         if let Err(e) = self.db(move |s| s.mark_garbage(&marked).and_then(|_| s.remove_index_packs(&marked))).await {
-            return Reply::Error(e.to_string());
+            return Reply::Error(e.into());
         }
         // (pack, object held: the pack or a shard, contract, size) per holder.
         let mut by_holder: HashMap<Vec<u8>, Vec<Held>> = HashMap::new();

@@ -100,19 +100,86 @@ fn say(line: &str) {
 pub async fn run(home: Home) -> Result<(), DaemonError> {
     let id = Identity::load(&home.key_file()).map_err(setup)?;
     let config = Config::load(&home.config_file()).map_err(setup)?;
-    let state_file = home.state_file();
-    let opened = tokio::task::spawn_blocking(move || State::open(&state_file)).await.map_err(setup)?;
-    let state = opened.map_err(|e| match e {
-        crate::state::StateError::Open { .. } => {
-            DaemonError::Setup(format!("{e} (is a daemon already running for {}?)", home.dir.display()))
-        }
-        e => setup(e),
-    })?;
+    let state = open_state(&home).await?;
     let sticky_ports: Vec<(&str, u64)> =
         ["listen_tcp_port", "listen_quic_port"].into_iter().map(|k| (k, state.counter(k).unwrap_or(0))).collect();
     let (state, state_thread) = Store::start(state).map_err(setup)?;
     let store = PackStore::open(&home.store_dir(), config.provider.min_free_bytes).map_err(setup)?;
     let claims = ClaimStore::open(&home.claims_dir()).map_err(setup)?;
+    let (net, events) = start_network(&id, &config, &state, &sticky_ports)?;
+    say(&id.peer_id().to_string());
+    let listener = bind_control(&home)?;
+    let inner = Arc::new(Inner {
+        home,
+        config,
+        id,
+        state,
+        store,
+        claims,
+        net: net.clone(),
+        sessions: Mutex::new(HashMap::new()),
+        reserved: Mutex::new(HashMap::new()),
+        inflight: Mutex::new(HashMap::new()),
+        inbound: Arc::new(Semaphore::new(INBOUND_DATA_LIMIT)),
+        proposals: Arc::new(Semaphore::new(PROPOSALS_AT_ONCE)),
+        gossip: Mutex::new(GossipGuard::default()),
+        busy: tokio::sync::Mutex::new(()),
+        publishing: tokio::sync::Mutex::new(()),
+        head_error: Mutex::new(None),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(serve_control_socket(inner.clone(), listener));
+    tasks.spawn(inner.clone().audit_loop());
+    tasks.spawn(inner.clone().repair_loop());
+    tasks.spawn(inner.clone().recover_loop());
+    tasks.spawn(inner.clone().republish_loop());
+    dispatch(&inner, events).await?;
+
+    // Shutdown: stop taking work, let inbound requests in flight finish (within a bound),
+    // then the network, then every queued write.
+    tracing::info!("shutting down");
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let all = INBOUND_DATA_LIMIT as u32;
+    if tokio::time::timeout(SHUTDOWN_GRACE, inner.inbound.acquire_many(all)).await.is_err() {
+        tracing::warn!("inbound requests still running after {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
+    }
+    net.shutdown().await;
+    if let Err(e) = std::fs::remove_file(inner.home.control_socket()) {
+        tracing::debug!("control socket: {e}");
+    }
+    // Every command queued before this point is written; then the store thread ends.
+    inner.state.stop();
+    if tokio::task::spawn_blocking(move || state_thread.join()).await.is_err() {
+        tracing::error!("the state store thread failed");
+    }
+    Ok(())
+}
+
+/// Seconds that inbound requests in flight get to finish at shutdown.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens `state.redb` off the runtime; a lock held by another daemon is named as such.
+async fn open_state(home: &Home) -> Result<State, DaemonError> {
+    let state_file = home.state_file();
+    let opened = tokio::task::spawn_blocking(move || State::open(&state_file)).await.map_err(setup)?;
+    opened.map_err(|e| match e {
+        crate::state::StateError::Open { .. } => {
+            DaemonError::Setup(format!("{e} (is a daemon already running for {}?)", home.dir.display()))
+        }
+        e => setup(e),
+    })
+}
+
+/// Starts the network on the configured addresses, with the ports of the last run where
+/// the configuration says "any port" (so that the addresses our contract partners
+/// recorded stay valid across restarts), or fresh ones if those are taken.
+fn start_network(
+    id: &Identity,
+    config: &Config,
+    state: &Store,
+    sticky_ports: &[(&str, u64)],
+) -> Result<(NetHandle, tokio::sync::mpsc::Receiver<NetEvent>), DaemonError> {
     let parse = |v: &[String]| {
         v.iter()
             .map(|a| a.parse::<Multiaddr>().map_err(|e| setup(format!("'{a}': {e}"))))
@@ -137,93 +204,60 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         relay: config.relay.serve.then(|| config.relay.clone()),
         limits: net::throttle::Limits::new(config.network.limit_upload, config.network.limit_download),
     };
-    // Listen on the ports of the last run where the config says "any port", so that the
-    // addresses our contract partners recorded stay valid across restarts.
-    let sticky: Vec<Multiaddr> = listen.iter().map(|a| with_saved_port(&sticky_ports, a)).collect();
-    let (net, mut events) = match net::start(id.keypair(), cfg(sticky.clone())) {
-        Ok(v) => v,
+    let sticky: Vec<Multiaddr> = listen.iter().map(|a| with_saved_port(sticky_ports, a)).collect();
+    match net::start(id.keypair(), cfg(sticky.clone())) {
+        Ok(v) => Ok(v),
         Err(e) if sticky != listen => {
             tracing::info!("the ports of the last run are taken ({e}); listening on new ones");
-            net::start(id.keypair(), cfg(listen)).map_err(setup)?
+            net::start(id.keypair(), cfg(listen)).map_err(setup)
         }
-        Err(e) => return Err(setup(e)),
-    };
-    say(&id.peer_id().to_string());
-
-    let sock = home.control_socket();
-    let _ = std::fs::remove_file(&sock); // stale: we hold the state lock, so no daemon owns it
-    let listener = UnixListener::bind(&sock).map_err(|e| setup(format!("cannot bind {}: {e}", sock.display())))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(setup)?;
+        Err(e) => Err(setup(e)),
     }
+}
 
-    let inner = Arc::new(Inner {
-        home,
-        config,
-        id,
-        state,
-        store,
-        claims,
-        net: net.clone(),
-        sessions: Mutex::new(HashMap::new()),
-        reserved: Mutex::new(HashMap::new()),
-        inflight: Mutex::new(HashMap::new()),
-        inbound: Arc::new(Semaphore::new(INBOUND_DATA_LIMIT)),
-        proposals: Arc::new(Semaphore::new(PROPOSALS_AT_ONCE)),
-        gossip: Mutex::new(GossipGuard::default()),
-        busy: tokio::sync::Mutex::new(()),
-        publishing: tokio::sync::Mutex::new(()),
-        head_error: Mutex::new(None),
-    });
+/// Binds `home/control.sock`, readable by the owner only.
+fn bind_control(home: &Home) -> Result<UnixListener, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let sock = home.control_socket();
+    let _ = std::fs::remove_file(&sock); // stale, or absent: we hold the state lock, so no daemon owns it
+    let listener = UnixListener::bind(&sock).map_err(|e| setup(format!("cannot bind {}: {e}", sock.display())))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(setup)?;
+    Ok(listener)
+}
 
-    let ctl = inner.clone();
-    let control_task = tokio::spawn(async move {
-        let conns = Arc::new(Semaphore::new(32));
-        loop {
-            match listener.accept().await {
-                Ok((s, _)) => {
-                    let Ok(permit) = conns.clone().acquire_owned().await else { return };
-                    let i = ctl.clone();
-                    tokio::spawn(async move {
-                        i.serve_control(s).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => tracing::warn!("control socket: {e}"),
+/// Serves the control socket, at most 32 connections at once.
+async fn serve_control_socket(inner: Arc<Inner>, listener: UnixListener) {
+    let conns = Arc::new(Semaphore::new(32));
+    let mut served = tokio::task::JoinSet::new();
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                let Ok(permit) = conns.clone().acquire_owned().await else { return };
+                let i = inner.clone();
+                served.spawn(async move {
+                    i.serve_control(s).await;
+                    drop(permit);
+                });
+                while served.try_join_next().is_some() {}
             }
+            Err(e) => tracing::warn!("control socket: {e}"),
         }
-    });
+    }
+}
 
-    let audits = tokio::spawn(inner.clone().audit_loop());
-    let repairs = tokio::spawn(inner.clone().repair_loop());
-    let recovery = tokio::spawn(inner.clone().recover_loop());
-    let republish = tokio::spawn(inner.clone().republish_loop());
+/// Hands network events to the daemon until the network stops, SIGINT or SIGTERM.
+async fn dispatch(inner: &Arc<Inner>, mut events: tokio::sync::mpsc::Receiver<NetEvent>) -> Result<(), DaemonError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(setup)?;
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(ev) => inner.clone().on_event(ev).await,
-                None => break,
+                None => return Ok(()),
             },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
         }
     }
-    tracing::info!("shutting down");
-    control_task.abort();
-    audits.abort();
-    repairs.abort();
-    recovery.abort();
-    republish.abort();
-    net.shutdown().await;
-    let _ = std::fs::remove_file(inner.home.control_socket());
-    // Every command queued before this point is written; then the store thread ends.
-    inner.state.stop();
-    if tokio::task::spawn_blocking(move || state_thread.join()).await.is_err() {
-        tracing::error!("the state store thread failed");
-    }
-    Ok(())
 }
 
 /// The settings key and port of a TCP or QUIC listen address.

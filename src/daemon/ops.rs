@@ -8,7 +8,8 @@ use super::transfer::{NetSink, NetSource};
 use crate::backup::{self, BackupOptions, Counters, PackSink};
 use crate::config::Home;
 use crate::control::{
-    self, AuditInfo, ContractInfo, DurabilityInfo, Progress, Reply, Request, SnapshotHealth, SnapshotInfo, StatusReport,
+    self, AuditInfo, ContractInfo, DurabilityInfo, ErrorKind, Failure, Progress, Reply, Request, SnapshotHealth,
+    SnapshotInfo, StatusReport,
 };
 use crate::protocol::now;
 use crate::restore::{self, PackSource};
@@ -85,6 +86,11 @@ fn durability_of(packs: &[(crate::id::PackId, crate::state::PackRecord)]) -> Vec
         .into_iter()
         .map(|(scheme, (packs, overhead, monthly_loss))| DurabilityInfo { scheme, packs, overhead, monthly_loss })
         .collect()
+}
+
+/// A failed reply.
+pub(super) fn fail(kind: ErrorKind, message: impl Into<String>) -> Reply {
+    Reply::Error(Failure::new(kind, message))
 }
 
 /// Why commands that change the repository wait on a recovering home.
@@ -193,7 +199,8 @@ impl Inner {
             Ok(Ok(Some(r))) => r,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
-                let _ = control::write_frame(&mut wr, &Reply::Error(format!("bad control request: {e}"))).await;
+                let _ =
+                    control::write_frame(&mut wr, &fail(ErrorKind::Usage, format!("bad control request: {e}"))).await;
                 return;
             }
             Err(_) => return,
@@ -231,18 +238,18 @@ impl Inner {
                     }
                     Reply::Status(Box::new(st))
                 }
-                Err(e) => Reply::Error(e),
+                Err(e) => fail(ErrorKind::Local, e),
             },
             Request::Offer(b) => match check_offer(&self.home, b, self.store.used_total()) {
                 Ok(()) => match self.db(move |s| s.set_offered(b)).await {
                     Ok(()) => Reply::Ok,
-                    Err(e) => Reply::Error(e.to_string()),
+                    Err(e) => Reply::Error(e.into()),
                 },
-                Err(e) => Reply::Error(e),
+                Err(e) => fail(ErrorKind::Refused, e),
             },
             Request::Snapshots => match self.db(|s| s.snapshots()).await {
                 Ok(v) => Reply::Snapshots(v.iter().map(|(id, s)| SnapshotInfo::new(id, s)).collect()),
-                Err(e) => Reply::Error(e.to_string()),
+                Err(e) => Reply::Error(e.into()),
             },
             Request::Forget { policy, dry_run } => self.forget(&policy, dry_run).await,
             Request::Prune { dry_run } => self.clone().prune(dry_run).await,
@@ -250,9 +257,9 @@ impl Inner {
             Request::Cancel { contract, reason } => match self.find_contract(&contract) {
                 Ok(id) => match self.cancel(id, &reason).await {
                     Ok(()) => Reply::Ok,
-                    Err(e) => Reply::Error(e),
+                    Err(e) => fail(ErrorKind::NotFound, e),
                 },
-                Err(e) => Reply::Error(e),
+                Err(e) => fail(ErrorKind::NotFound, e),
             },
             Request::Backup { paths, copies, exclude, erasure, limits } => {
                 let _limits = self.net.limit_while(limits.upload_kib, limits.download_kib);
@@ -277,32 +284,32 @@ impl Inner {
         erasure: Option<crate::repo::erasure::Scheme>,
     ) -> Reply {
         let Ok(_guard) = self.busy.try_lock() else {
-            return Reply::Error("another backup or restore is running on this daemon".into());
+            return fail(ErrorKind::Busy, "another backup or restore is running on this daemon");
         };
         if copies == 0 {
-            return Reply::Error("--copies must be at least 1".into());
+            return fail(ErrorKind::Usage, "--copies must be at least 1");
         }
         if self.home.recover_marker().exists() {
-            return Reply::Error(RECOVERING.into());
+            return fail(ErrorKind::Busy, RECOVERING);
         }
         if let Err(e) = backup::check_paths(&paths).and_then(|_| backup::exclude_matcher(&exclude)) {
-            return Reply::Error(e.to_string());
+            return Reply::Error(e.into());
         }
         match self.db(|s| s.offered()).await {
             Ok(0) => {
-                return Reply::Error(
+                return fail(
+                    ErrorKind::Refused,
                     "this peer offers no storage, so no peer will store for it (give to get); \
-                     run 'peer offer-storage SIZE' first"
-                        .into(),
+                     run 'peer offer-storage SIZE' first",
                 );
             }
             Ok(_) => {}
-            Err(e) => return Reply::Error(e.to_string()),
+            Err(e) => return Reply::Error(e.into()),
         }
         let _ = tx.try_send(Reply::Progress(Progress { phase: "contracts".into(), done: 0, total: 0 }));
         let providers = erasure.map(|s| s.n()).unwrap_or(copies as usize);
         if let Err(e) = self.ensure_providers(providers).await {
-            return Reply::Error(e);
+            return fail(ErrorKind::Unavailable, e);
         }
         let counters = Arc::new(Counters::default());
         let opts = BackupOptions {
@@ -330,13 +337,13 @@ impl Inner {
                 sum.head = self.head_report().await.0;
                 Reply::Backup(sum)
             }
-            Err(e) => Reply::Error(e.to_string()),
+            Err(e) => Reply::Error(e.into()),
         }
     }
 
     async fn restore(self: Arc<Self>, tx: &mpsc::Sender<Reply>, what: restore::RestoreWhat) -> Reply {
         let Ok(_guard) = self.busy.try_lock() else {
-            return Reply::Error("another backup or restore is running on this daemon".into());
+            return fail(ErrorKind::Busy, "another backup or restore is running on this daemon");
         };
         let total = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicU64::new(0));
@@ -351,7 +358,7 @@ impl Inner {
         .await;
         match result {
             Ok(sum) => Reply::Restore(sum),
-            Err(e) => Reply::Error(e.to_string()),
+            Err(e) => Reply::Error(e.into()),
         }
     }
 }
