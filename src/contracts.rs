@@ -83,6 +83,25 @@ pub fn client_ask(offered: u64, ratio: f64, held: u64, missing: usize) -> Option
     (each >= MIN_GRANT.min(left.max(1))).then_some(each).filter(|&e| e > 0)
 }
 
+/// Bytes of our offer that peers other than `client` hold (protocol.md §4.4): for each
+/// peer, the larger of what we granted it (live provider contracts and acceptances not
+/// yet countersigned, `granted`) and what we owe it back (the bytes it grants us in live
+/// client contracts, `owed`, which its claim at us would fill).
+pub fn committed_to_others(
+    client: &libp2p::PeerId,
+    granted: impl IntoIterator<Item = (libp2p::PeerId, u64)>,
+    owed: impl IntoIterator<Item = (libp2p::PeerId, u64)>,
+) -> u64 {
+    let mut per_peer: std::collections::HashMap<libp2p::PeerId, (u64, u64)> = Default::default();
+    for (p, b) in granted {
+        per_peer.entry(p).or_default().0 += b;
+    }
+    for (p, b) in owed {
+        per_peer.entry(p).or_default().1 += b;
+    }
+    per_peer.iter().filter(|(p, _)| *p != client).map(|(_, (g, o))| *g.max(o)).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +129,16 @@ mod tests {
         assert_eq!(client_ask(3 * MIN_GRANT, 1.0, 0, 3), Some(MIN_GRANT));
         assert_eq!(client_ask(2 * MIN_GRANT, 1.0, MIN_GRANT, 1), Some(MIN_GRANT));
         assert_eq!(client_ask(MIN_GRANT, 1.0, MIN_GRANT / 2, 1), Some(MIN_GRANT / 2));
+    }
+
+    #[test]
+    fn committed_counts_each_other_peer_once_at_its_larger_side() {
+        let (a, b, c) = (libp2p::PeerId::random(), libp2p::PeerId::random(), libp2p::PeerId::random());
+        // a: granted 10 + 5 (a reservation), owed 12 → 15; b: granted 3, owed 20 → 20;
+        // c is the client asking: not counted.
+        let granted = [(a, 10), (a, 5), (b, 3), (c, 100)];
+        let owed = [(a, 12), (b, 20), (c, 50)];
+        assert_eq!(committed_to_others(&c, granted, owed), 35);
+        assert_eq!(committed_to_others(&c, [], []), 0);
     }
 }

@@ -10,7 +10,7 @@ use crate::protocol::{
 };
 use crate::state::{ContractRecord, Role, State};
 use libp2p::{Multiaddr, PeerId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -40,40 +40,7 @@ impl Inner {
             return; // ourselves, or a peer that failed our audits: tit for tat
         }
         let Some(offered) = self.persist("nothing (reading the offer)", |s| s.offered()).await else { return };
-        let grant = {
-            let Ok(mut reserved) = self.reserved.lock() else { return };
-            let live = self.live_contracts(Role::Provider);
-            let already = reserved.contains_key(&vp.client) || live.iter().any(|(_, c)| c.peer_id() == Some(vp.client));
-            // What each other peer has of our offer: the larger of what we granted it and
-            // what we owe it back (its claim, which its own packs here would fill).
-            let mut commit: HashMap<PeerId, (u64, u64)> = HashMap::new();
-            for (_, c) in &live {
-                if let Some(p) = c.peer_id() {
-                    commit.entry(p).or_default().0 += c.bytes;
-                }
-            }
-            for (p, b) in reserved.iter() {
-                commit.entry(*p).or_default().0 += b;
-            }
-            for (_, c) in self.live_contracts(Role::Client) {
-                if let Some(p) = c.peer_id() {
-                    commit.entry(p).or_default().1 += c.bytes;
-                }
-            }
-            let granted: u64 =
-                commit.iter().filter(|(p, _)| **p != vp.client).map(|(_, (granted, owed))| *granted.max(owed)).sum();
-            let ratio = self.config.contracts.ratio;
-            match contracts::provider_grant(offered, granted, vp.proposal.bytes, vp.proposal.offered, ratio, already) {
-                Ok(g) => {
-                    reserved.insert(vp.client, g);
-                    g
-                }
-                Err(r) => {
-                    tracing::debug!("not accepting proposal from {}: {r}", vp.client);
-                    return;
-                }
-            }
-        };
+        let Some(grant) = self.reserve_grant(&vp, offered) else { return };
         let duration = vp.proposal.duration_secs.min(self.config.contracts.duration_secs);
         let acc = Acceptance {
             provider: self.me().to_bytes(),
@@ -86,43 +53,7 @@ impl Inner {
         let addrs: Vec<Multiaddr> = vp.proposal.addrs.iter().filter_map(|a| a.parse().ok()).collect();
         let resp = self.net.contract_request(vp.client, addrs, ContractRequest::Accept(signed.clone())).await;
         match resp {
-            Ok(ContractResponse::Countersigned(sig)) => {
-                let contract = Contract { acceptance: signed, client_sig: sig };
-                match contract.verify() {
-                    Ok(t) if t.client == vp.client && t.provider == self.me() => {
-                        let rec = ContractRecord {
-                            contract,
-                            role: Role::Provider,
-                            peer: vp.client.to_bytes(),
-                            bytes: t.bytes,
-                            used: 0,
-                            expires: t.expires,
-                            addrs: vp.proposal.addrs.clone(),
-                            ended: None,
-                            renewal: None,
-                            unsent_cancel: None,
-                            end_reason: String::new(),
-                        };
-                        let id = t.id;
-                        match self.db(move |s| s.put_contract(&id, &rec)).await {
-                            Ok(()) => {
-                                tracing::info!(
-                                    "contract {} as provider for {} ({} bytes)",
-                                    t.id.short(),
-                                    vp.client,
-                                    t.bytes
-                                );
-                                // Our head lists whom we store for, so that after a lost
-                                // disk we can tell them (protocol.md §5.8).
-                                self.publish_head().await;
-                            }
-                            Err(e) => tracing::error!("cannot persist contract: {e}"),
-                        }
-                    }
-                    Ok(_) => tracing::warn!("{} countersigned a contract that is not ours", vp.client),
-                    Err(e) => tracing::warn!("bad countersignature from {}: {e}", vp.client),
-                }
-            }
+            Ok(ContractResponse::Countersigned(sig)) => self.record_as_provider(&vp, signed, sig).await,
             Ok(ContractResponse::Declined(why)) => tracing::debug!("{} declined our acceptance: {why}", vp.client),
             Ok(other @ (ContractResponse::Cancelled | ContractResponse::Renewed(_))) => {
                 tracing::debug!("{} answered an acceptance with {other:?}", vp.client)
@@ -131,6 +62,64 @@ impl Inner {
         }
         if let Ok(mut r) = self.reserved.lock() {
             r.remove(&vp.client);
+        }
+    }
+
+    /// What we grant `vp` out of `offered` (protocol.md §4.4), reserved until the client
+    /// answers; `None` when the policy declines.
+    fn reserve_grant(&self, vp: &protocol::VerifiedProposal, offered: u64) -> Option<u64> {
+        let mut reserved = self.reserved.lock().ok()?;
+        let live = self.live_contracts(Role::Provider);
+        let already = reserved.contains_key(&vp.client) || live.iter().any(|(_, c)| c.peer_id() == Some(vp.client));
+        let granted = live
+            .iter()
+            .filter_map(|(_, c)| Some((c.peer_id()?, c.bytes)))
+            .chain(reserved.iter().map(|(p, b)| (*p, *b)))
+            .collect::<Vec<_>>();
+        let owed = self.live_contracts(Role::Client).into_iter().filter_map(|(_, c)| Some((c.peer_id()?, c.bytes)));
+        let granted = contracts::committed_to_others(&vp.client, granted, owed);
+        let ratio = self.config.contracts.ratio;
+        match contracts::provider_grant(offered, granted, vp.proposal.bytes, vp.proposal.offered, ratio, already) {
+            Ok(g) => {
+                reserved.insert(vp.client, g);
+                Some(g)
+            }
+            Err(r) => {
+                tracing::debug!("not accepting proposal from {}: {r}", vp.client);
+                None
+            }
+        }
+    }
+
+    /// Records the contract the client countersigned (`sig` over our acceptance `signed`),
+    /// then publishes our head, which lists whom we store for (protocol.md §5.8).
+    async fn record_as_provider(&self, vp: &protocol::VerifiedProposal, signed: Signed, sig: Vec<u8>) {
+        let contract = Contract { acceptance: signed, client_sig: sig };
+        let t = match contract.verify() {
+            Ok(t) if t.client == vp.client && t.provider == self.me() => t,
+            Ok(_) => return tracing::warn!("{} countersigned a contract that is not ours", vp.client),
+            Err(e) => return tracing::warn!("bad countersignature from {}: {e}", vp.client),
+        };
+        let rec = ContractRecord {
+            contract,
+            role: Role::Provider,
+            peer: vp.client.to_bytes(),
+            bytes: t.bytes,
+            used: 0,
+            expires: t.expires,
+            addrs: vp.proposal.addrs.clone(),
+            ended: None,
+            renewal: None,
+            unsent_cancel: None,
+            end_reason: String::new(),
+        };
+        let id = t.id;
+        match self.db(move |s| s.put_contract(&id, &rec)).await {
+            Ok(()) => {
+                tracing::info!("contract {} as provider for {} ({} bytes)", t.id.short(), vp.client, t.bytes);
+                self.publish_head().await;
+            }
+            Err(e) => tracing::error!("cannot persist contract: {e}"),
         }
     }
 
@@ -233,6 +222,45 @@ impl Inner {
         (ready, seen)
     }
 
+    /// Dials the providers we have a contract with room at but no connection to (a
+    /// restart, a short outage), so they can count before the deadline. Returns how many.
+    async fn dial_away(&self, live: &[(crate::id::ContractId, ContractRecord)], seen: &Reachable) -> usize {
+        let away: Vec<(PeerId, Vec<Multiaddr>)> = live
+            .iter()
+            .filter(|(_, c)| has_room(c))
+            .filter_map(|(_, c)| c.peer_id().map(|p| (p, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
+            .filter(|(p, _)| !seen.connected.contains(p))
+            .collect();
+        for (p, addrs) in &away {
+            self.net.dial(*p, addrs.clone()).await;
+        }
+        away.len()
+    }
+
+    /// Publishes a proposal asking `ask` bytes for session `s` (protocol.md §4.1) and
+    /// registers it, so acceptances of it are countersigned; returns its id.
+    async fn propose(&self, s: &Arc<Session>, ask: u64, offered: u64) -> ProposalId {
+        let granted_out: u64 = self.live_contracts(Role::Provider).iter().map(|(_, c)| c.bytes).sum();
+        let p = Proposal {
+            bytes: ask,
+            duration_secs: self.config.contracts.duration_secs,
+            offered,
+            free: offered.saturating_sub(granted_out),
+            addrs: self.listen_addrs(),
+            expires: now() + 60,
+            nonce: rand::random(),
+        };
+        let signed = p.sign(&self.id);
+        let pid = ProposalId(crate::id::sha256(&signed.body));
+        if let Ok(mut m) = self.sessions.lock() {
+            m.insert(pid, s.clone());
+        }
+        if let Err(e) = self.net.publish(protocol::to_cbor(&signed)).await {
+            tracing::debug!("proposal not published yet: {e}");
+        }
+        pid
+    }
+
     /// Makes sure `n` distinct connected providers hold live contracts with room for us,
     /// proposing new contracts on gossip (republished every [`REPROPOSE_SECS`]) until the
     /// configured wait runs out. Errors say how many providers there are and what to do.
@@ -255,34 +283,9 @@ impl Inner {
             if ready.len() >= n {
                 break Ok(());
             }
-            // Contract partners connected only through a relay: direct if the hole punch
-            // under way works, relayed-only if it failed.
-            let with_room: HashSet<PeerId> = live
-                .iter()
-                .filter(|(_, c)| has_room(c))
-                .filter_map(|(_, c)| c.peer_id())
-                .filter(|p| !avoid.contains(p))
-                .collect();
-            let punching = with_room.iter().filter(|p| seen.punching.contains(p)).count();
-            let relayed_only = with_room.iter().filter(|p| seen.relayed_only(p)).count();
+            let (punching, relayed_only) = seen.indirect(&live, avoid);
             if tokio::time::Instant::now() >= deadline {
-                break Err(if relayed_only + punching > 0 {
-                    format!(
-                        "only {} of the {n} providers needed are reachable directly ({} more only through relays, \
-                         which carry no packs); forward a port to this peer or to theirs, or wait for more peers \
-                         (see README 'Behind a home router')",
-                        ready.len(),
-                        relayed_only + punching
-                    )
-                } else {
-                    format!(
-                        "only {} of the {n} providers needed accepted a contract within {}s ({} peers connected); \
-                         wait for more peers to join, or use fewer --copies or a smaller --erasure K+M",
-                        ready.len(),
-                        wait.as_secs(),
-                        seen.connected.len()
-                    )
-                });
+                break Err(shortfall(n, ready.len(), relayed_only + punching, wait, seen.connected.len()));
             }
             if ready.len() + punching >= n {
                 // Hole punches under way may make enough providers direct: give them time.
@@ -292,14 +295,7 @@ impl Inner {
             let s = match &session {
                 Some(s) => s.clone(),
                 None => {
-                    let missing = n - ready.len();
-                    let s = Arc::new(Session {
-                        wanted: missing,
-                        exclude: live.iter().filter_map(|(_, c)| c.peer_id()).collect(),
-                        accepted: Mutex::new(vec![]),
-                        writing: Mutex::new(vec![]),
-                        notify: Notify::new(),
-                    });
+                    let s = Session::new(n - ready.len(), live.iter().filter_map(|(_, c)| c.peer_id()).collect());
                     session = Some(s.clone());
                     s
                 }
@@ -319,20 +315,10 @@ impl Inner {
                     ready.len()
                 ));
             }
-            // Providers we already have a contract with room at, not connected now (a restart,
-            // a short outage): dial them and give them until the deadline before concluding.
-            let away: Vec<(PeerId, Vec<Multiaddr>)> = live
-                .iter()
-                .filter(|(_, c)| has_room(c))
-                .filter_map(|(_, c)| c.peer_id().map(|p| (p, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
-                .filter(|(p, _)| !seen.connected.contains(p))
-                .collect();
-            for (p, addrs) in &away {
-                self.net.dial(*p, addrs.clone()).await;
-            }
+            let away = self.dial_away(&live, &seen).await;
             let held: u64 = live.iter().map(|(_, c)| c.bytes).sum();
             let Some(ask) = contracts::client_ask(offered, self.config.contracts.ratio, held, s.wanted) else {
-                if ready.len() + away.len() >= n {
+                if ready.len() + away >= n {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -343,25 +329,7 @@ impl Inner {
                     self.config.contracts.ratio
                 ));
             };
-            let granted_out: u64 = self.live_contracts(Role::Provider).iter().map(|(_, c)| c.bytes).sum();
-            let p = Proposal {
-                bytes: ask,
-                duration_secs: self.config.contracts.duration_secs,
-                offered,
-                free: offered.saturating_sub(granted_out),
-                addrs: self.listen_addrs(),
-                expires: now() + 60,
-                nonce: rand::random(),
-            };
-            let signed = p.sign(&self.id);
-            let pid = ProposalId(crate::id::sha256(&signed.body));
-            if let Ok(mut m) = self.sessions.lock() {
-                m.insert(pid, s.clone());
-            }
-            ids.push(pid);
-            if let Err(e) = self.net.publish(protocol::to_cbor(&signed)).await {
-                tracing::debug!("proposal not published yet: {e}");
-            }
+            ids.push(self.propose(&s, ask, offered).await);
             let step = tokio::time::Instant::now() + Duration::from_secs(REPROPOSE_SECS);
             while !s.accepted.lock().map(|a| a.len() >= s.wanted).unwrap_or(true) {
                 if tokio::time::timeout_at(step.min(deadline), s.notify.notified()).await.is_err() {
@@ -375,6 +343,36 @@ impl Inner {
             }
         }
         result
+    }
+}
+
+impl Session {
+    fn new(wanted: usize, exclude: HashSet<PeerId>) -> Arc<Session> {
+        Arc::new(Session {
+            wanted,
+            exclude,
+            accepted: Mutex::new(vec![]),
+            writing: Mutex::new(vec![]),
+            notify: Notify::new(),
+        })
+    }
+}
+
+/// Why placement cannot have `n` providers: `ready` direct ones with room, `relayed` more
+/// reachable only through relays (or punching), after waiting `wait`.
+fn shortfall(n: usize, ready: usize, relayed: usize, wait: Duration, connected: usize) -> String {
+    if relayed > 0 {
+        format!(
+            "only {ready} of the {n} providers needed are reachable directly ({relayed} more only through relays, \
+             which carry no packs); forward a port to this peer or to theirs, or wait for more peers \
+             (see README 'Behind a home router')"
+        )
+    } else {
+        format!(
+            "only {ready} of the {n} providers needed accepted a contract within {}s ({connected} peers connected); \
+             wait for more peers to join, or use fewer --copies or a smaller --erasure K+M",
+            wait.as_secs()
+        )
     }
 }
 
@@ -397,6 +395,23 @@ impl Reachable {
     /// Connected, but only through a relay, with no hole punch under way.
     pub(super) fn relayed_only(&self, p: &PeerId) -> bool {
         self.connected.contains(p) && !self.direct.contains(p) && !self.punching.contains(p)
+    }
+
+    /// Among the providers of `live` with room (less `avoid`): how many are being hole
+    /// punched (may become direct) and how many are reachable only through a relay.
+    pub(super) fn indirect(
+        &self,
+        live: &[(crate::id::ContractId, ContractRecord)],
+        avoid: &HashSet<PeerId>,
+    ) -> (usize, usize) {
+        let with_room: HashSet<PeerId> = live
+            .iter()
+            .filter(|(_, c)| has_room(c))
+            .filter_map(|(_, c)| c.peer_id())
+            .filter(|p| !avoid.contains(p))
+            .collect();
+        let punching = with_room.iter().filter(|p| self.punching.contains(p)).count();
+        (punching, with_room.iter().filter(|p| self.relayed_only(p)).count())
     }
 }
 

@@ -193,6 +193,31 @@ impl Inner {
         }
     }
 
+    /// [`Inner::status`] with what the network task knows: addresses, connections,
+    /// reachability and relays.
+    async fn full_status(&self) -> Result<StatusReport, String> {
+        let mut st = self.status().await?;
+        if let Ok(ns) = self.net.status().await {
+            let me = libp2p::multiaddr::Protocol::P2p(self.me());
+            st.listen = ns.listen.iter().map(|a| a.clone().with(me.clone()).to_string()).collect();
+            st.connected = ns.connected.iter().map(|p| p.to_string()).collect();
+            st.reachability = ns.reachability.to_string();
+            st.external_addrs = ns.external.iter().map(|a| a.to_string()).collect();
+            st.relays = ns.relays.iter().map(|p| p.to_string()).collect();
+            st.connections = ns
+                .connections
+                .iter()
+                .map(|c| crate::control::ConnectionInfo {
+                    peer: c.peer.to_string(),
+                    addr: c.addr.to_string(),
+                    relayed: c.relayed,
+                    transport: c.transport.to_string(),
+                })
+                .collect();
+        }
+        Ok(st)
+    }
+
     pub(super) async fn serve_control(self: Arc<Self>, s: UnixStream) {
         let (mut rd, mut wr) = s.into_split();
         let req = match tokio::time::timeout(Duration::from_secs(10), control::read_frame::<Request>(&mut rd)).await {
@@ -216,28 +241,8 @@ impl Inner {
             }
         });
         let reply = match req {
-            Request::Status => match self.status().await {
-                Ok(mut st) => {
-                    if let Ok(ns) = self.net.status().await {
-                        let me = libp2p::multiaddr::Protocol::P2p(self.me());
-                        st.listen = ns.listen.iter().map(|a| a.clone().with(me.clone()).to_string()).collect();
-                        st.connected = ns.connected.iter().map(|p| p.to_string()).collect();
-                        st.reachability = ns.reachability.to_string();
-                        st.external_addrs = ns.external.iter().map(|a| a.to_string()).collect();
-                        st.relays = ns.relays.iter().map(|p| p.to_string()).collect();
-                        st.connections = ns
-                            .connections
-                            .iter()
-                            .map(|c| crate::control::ConnectionInfo {
-                                peer: c.peer.to_string(),
-                                addr: c.addr.to_string(),
-                                relayed: c.relayed,
-                                transport: c.transport.to_string(),
-                            })
-                            .collect();
-                    }
-                    Reply::Status(Box::new(st))
-                }
+            Request::Status => match self.full_status().await {
+                Ok(st) => Reply::Status(Box::new(st)),
                 Err(e) => fail(ErrorKind::Local, e),
             },
             Request::Offer(b) => match check_offer(&self.home, b, self.store.used_total()) {

@@ -33,135 +33,152 @@ fn describe(peer: &PeerId, e: &NetError) -> String {
 impl Inner {
     /// Provider side: answers one data request from `peer`.
     pub(super) async fn on_data(&self, peer: PeerId, req: DataRequest) -> DataResponse {
-        let err = |code, message: String| DataResponse::Error { code, message };
         match req {
             r
             @ (DataRequest::StoreClaim { .. } | DataRequest::AuditClaim { .. } | DataRequest::ReleaseClaim { .. }) => {
                 self.on_claim(peer, r).await
             }
             DataRequest::PutHead(signed) => self.on_put_head(peer, signed).await,
-            DataRequest::GetHead => {
-                let store = self.store.clone();
-                match tokio::task::spawn_blocking(move || store.get_head(&peer)).await {
-                    Ok(Ok(Some(b))) => match from_cbor::<crate::identity::Signed>("head", &b) {
-                        Ok(s) => DataResponse::Head(s),
-                        Err(e) => err(DataErrorCode::Internal, format!("the head held is unreadable: {e}")),
-                    },
-                    Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no head held for {peer}")),
-                    Ok(Err(e)) => err(DataErrorCode::Internal, e.to_string()),
-                    Err(e) => err(DataErrorCode::Internal, e.to_string()),
-                }
-            }
+            DataRequest::GetHead => self.on_get_head(peer).await,
             DataRequest::ClaimsLost => self.on_claims_lost(peer).await,
-            DataRequest::Delete(signed) => {
-                match signed.verify(DOMAIN_DELETE) {
-                    Ok(s) if s == peer => {}
-                    _ => return err(DataErrorCode::BadPack, "the deletion is not signed by its sender".into()),
-                }
-                let d: Deletion = match from_cbor("deletion", &signed.body) {
-                    Ok(d) => d,
-                    Err(e) => return err(DataErrorCode::BadPack, e.to_string()),
-                };
-                if d.packs.len() > MAX_DELETE_PACKS {
-                    return err(DataErrorCode::BadPack, format!("more than {MAX_DELETE_PACKS} packs in one deletion"));
-                }
-                let store = self.store.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    d.packs.iter().try_fold(0u64, |n, p| store.delete(&peer, p).map(|b| n + b))
-                })
-                .await;
-                match r {
-                    Ok(Ok(bytes)) => {
-                        tracing::info!("deleted {bytes} bytes of packs at the request of {peer}");
-                        DataResponse::Deleted { bytes }
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!("delete failed: {e}");
-                        err(DataErrorCode::Internal, "provider could not delete the packs".into())
-                    }
-                    Err(e) => err(DataErrorCode::Internal, e.to_string()),
-                }
+            DataRequest::Delete(signed) => self.on_delete(peer, signed).await,
+            DataRequest::Store { contract, pack, data } => self.on_store(peer, contract, pack, data).await,
+            DataRequest::Audit { pack, leaf } => self.on_audit(peer, pack, leaf).await,
+            DataRequest::Fetch { pack } => self.on_fetch(peer, pack).await,
+        }
+    }
+
+    /// `GetHead` (protocol.md §5.8): the head held for `peer`.
+    async fn on_get_head(&self, peer: PeerId) -> DataResponse {
+        let err = |code, message: String| DataResponse::Error { code, message };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.get_head(&peer)).await {
+            Ok(Ok(Some(b))) => match from_cbor::<crate::identity::Signed>("head", &b) {
+                Ok(s) => DataResponse::Head(s),
+                Err(e) => err(DataErrorCode::Internal, format!("the head held is unreadable: {e}")),
+            },
+            Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no head held for {peer}")),
+            Ok(Err(e)) => err(DataErrorCode::Internal, e.to_string()),
+            Err(e) => err(DataErrorCode::Internal, e.to_string()),
+        }
+    }
+
+    /// `Delete` (protocol.md §5.6): packs of `peer`'s, named in a deletion it signed.
+    async fn on_delete(&self, peer: PeerId, signed: crate::identity::Signed) -> DataResponse {
+        let err = |code, message: String| DataResponse::Error { code, message };
+        match signed.verify(DOMAIN_DELETE) {
+            Ok(s) if s == peer => {}
+            _ => return err(DataErrorCode::BadPack, "the deletion is not signed by its sender".into()),
+        }
+        let d: Deletion = match from_cbor("deletion", &signed.body) {
+            Ok(d) => d,
+            Err(e) => return err(DataErrorCode::BadPack, e.to_string()),
+        };
+        if d.packs.len() > MAX_DELETE_PACKS {
+            return err(DataErrorCode::BadPack, format!("more than {MAX_DELETE_PACKS} packs in one deletion"));
+        }
+        let store = self.store.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            d.packs.iter().try_fold(0u64, |n, p| store.delete(&peer, p).map(|b| n + b))
+        })
+        .await;
+        match r {
+            Ok(Ok(bytes)) => {
+                tracing::info!("deleted {bytes} bytes of packs at the request of {peer}");
+                DataResponse::Deleted { bytes }
             }
-            DataRequest::Store { contract, pack, data } => {
-                if data.len() > MAX_PACK_SIZE {
-                    return err(DataErrorCode::BadPack, format!("pack over {MAX_PACK_SIZE} bytes"));
-                }
-                let Some(c) = self.state.contract(&contract) else {
-                    return err(DataErrorCode::NoContract, format!("no contract {contract}"));
-                };
-                if c.role != Role::Provider || c.peer_id() != Some(peer) || !c.is_live(now()) {
-                    return err(DataErrorCode::NoContract, format!("{contract} is not a live contract with {peer}"));
-                }
-                if self.store.has(&peer, &pack) {
-                    return DataResponse::Stored;
-                }
-                let size = data.len() as u64;
-                {
-                    // Check and reserve under one lock, so concurrent stores cannot overrun the contract.
-                    let Ok(mut inflight) = self.inflight.lock() else {
-                        return err(DataErrorCode::Internal, "internal error".into());
-                    };
-                    let pending = inflight.entry(peer).or_default();
-                    let used = self.store.used(&peer) + *pending;
-                    if used + size > c.bytes {
-                        return err(
-                            DataErrorCode::NoRoom,
-                            format!("contract {} has {used} of {} bytes used", contract.short(), c.bytes),
-                        );
-                    }
-                    *pending += size;
-                }
-                let store = self.store.clone();
-                let r = tokio::task::spawn_blocking(move || store.put(&peer, &pack, &data)).await;
-                if let Ok(mut inflight) = self.inflight.lock()
-                    && let Some(p) = inflight.get_mut(&peer)
-                {
-                    *p = p.saturating_sub(size);
-                }
-                match r {
-                    Ok(Ok(())) => DataResponse::Stored,
-                    Ok(Err(StoreError::Mismatch(p))) => {
-                        err(DataErrorCode::BadPack, format!("pack {p} does not match its id"))
-                    }
-                    Ok(Err(StoreError::DiskFull { need, .. })) => {
-                        err(DataErrorCode::NoRoom, format!("not enough free disk at the provider for {need} bytes"))
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!("store failed: {e}");
-                        err(DataErrorCode::Internal, "provider could not write the pack".into())
-                    }
-                    Err(e) => err(DataErrorCode::Internal, e.to_string()),
-                }
+            Ok(Err(e)) => {
+                tracing::error!("delete failed: {e}");
+                err(DataErrorCode::Internal, "provider could not delete the packs".into())
             }
-            DataRequest::Audit { pack, leaf } => {
-                let store = self.store.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    store.get(&peer, &pack).map(|d| d.map(|d| crate::audit::prove(&d, leaf)))
-                })
-                .await;
-                match r {
-                    Ok(Ok(Some(Some((leaf, path))))) => DataResponse::Proof { leaf, path },
-                    Ok(Ok(Some(None))) => err(DataErrorCode::BadPack, format!("pack {pack} has no leaf {leaf}")),
-                    Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no pack {pack} held for {peer}")),
-                    Ok(Err(e)) => {
-                        tracing::error!("read failed: {e}");
-                        err(DataErrorCode::Internal, "provider could not read the pack".into())
-                    }
-                    Err(e) => err(DataErrorCode::Internal, e.to_string()),
-                }
+            Err(e) => err(DataErrorCode::Internal, e.to_string()),
+        }
+    }
+
+    /// `Store` (protocol.md §5.1): a pack under a live contract with room.
+    async fn on_store(&self, peer: PeerId, contract: ContractId, pack: PackId, data: Vec<u8>) -> DataResponse {
+        let err = |code, message: String| DataResponse::Error { code, message };
+        if data.len() > MAX_PACK_SIZE {
+            return err(DataErrorCode::BadPack, format!("pack over {MAX_PACK_SIZE} bytes"));
+        }
+        let Some(c) = self.state.contract(&contract) else {
+            return err(DataErrorCode::NoContract, format!("no contract {contract}"));
+        };
+        if c.role != Role::Provider || c.peer_id() != Some(peer) || !c.is_live(now()) {
+            return err(DataErrorCode::NoContract, format!("{contract} is not a live contract with {peer}"));
+        }
+        if self.store.has(&peer, &pack) {
+            return DataResponse::Stored;
+        }
+        let size = data.len() as u64;
+        {
+            // Check and reserve under one lock, so concurrent stores cannot overrun the contract.
+            let Ok(mut inflight) = self.inflight.lock() else {
+                return err(DataErrorCode::Internal, "internal error".into());
+            };
+            let pending = inflight.entry(peer).or_default();
+            let used = self.store.used(&peer) + *pending;
+            if used + size > c.bytes {
+                return err(
+                    DataErrorCode::NoRoom,
+                    format!("contract {} has {used} of {} bytes used", contract.short(), c.bytes),
+                );
             }
-            DataRequest::Fetch { pack } => {
-                let store = self.store.clone();
-                match tokio::task::spawn_blocking(move || store.get(&peer, &pack)).await {
-                    Ok(Ok(Some(b))) => DataResponse::Pack(b),
-                    Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no pack {pack} held for {peer}")),
-                    Ok(Err(e)) => {
-                        tracing::error!("read failed: {e}");
-                        err(DataErrorCode::Internal, "provider could not read the pack".into())
-                    }
-                    Err(e) => err(DataErrorCode::Internal, e.to_string()),
-                }
+            *pending += size;
+        }
+        let store = self.store.clone();
+        let r = tokio::task::spawn_blocking(move || store.put(&peer, &pack, &data)).await;
+        if let Ok(mut inflight) = self.inflight.lock()
+            && let Some(p) = inflight.get_mut(&peer)
+        {
+            *p = p.saturating_sub(size);
+        }
+        match r {
+            Ok(Ok(())) => DataResponse::Stored,
+            Ok(Err(StoreError::Mismatch(p))) => err(DataErrorCode::BadPack, format!("pack {p} does not match its id")),
+            Ok(Err(StoreError::DiskFull { need, .. })) => {
+                err(DataErrorCode::NoRoom, format!("not enough free disk at the provider for {need} bytes"))
             }
+            Ok(Err(e)) => {
+                tracing::error!("store failed: {e}");
+                err(DataErrorCode::Internal, "provider could not write the pack".into())
+            }
+            Err(e) => err(DataErrorCode::Internal, e.to_string()),
+        }
+    }
+
+    /// `Audit` (protocol.md §5.4): one leaf of a held pack and its Merkle path.
+    async fn on_audit(&self, peer: PeerId, pack: PackId, leaf: u32) -> DataResponse {
+        let err = |code, message: String| DataResponse::Error { code, message };
+        let store = self.store.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            store.get(&peer, &pack).map(|d| d.map(|d| crate::audit::prove(&d, leaf)))
+        })
+        .await;
+        match r {
+            Ok(Ok(Some(Some((leaf, path))))) => DataResponse::Proof { leaf, path },
+            Ok(Ok(Some(None))) => err(DataErrorCode::BadPack, format!("pack {pack} has no leaf {leaf}")),
+            Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no pack {pack} held for {peer}")),
+            Ok(Err(e)) => {
+                tracing::error!("read failed: {e}");
+                err(DataErrorCode::Internal, "provider could not read the pack".into())
+            }
+            Err(e) => err(DataErrorCode::Internal, e.to_string()),
+        }
+    }
+
+    /// `Fetch` (protocol.md §5.2): a held pack, whole.
+    async fn on_fetch(&self, peer: PeerId, pack: PackId) -> DataResponse {
+        let err = |code, message: String| DataResponse::Error { code, message };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.get(&peer, &pack)).await {
+            Ok(Ok(Some(b))) => DataResponse::Pack(b),
+            Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no pack {pack} held for {peer}")),
+            Ok(Err(e)) => {
+                tracing::error!("read failed: {e}");
+                err(DataErrorCode::Internal, "provider could not read the pack".into())
+            }
+            Err(e) => err(DataErrorCode::Internal, e.to_string()),
         }
     }
 

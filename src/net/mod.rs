@@ -483,14 +483,6 @@ fn build_behaviour(
     relay_client: relay::client::Behaviour,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer_id = key.public().to_peer_id();
-    let gcfg = gossipsub::ConfigBuilder::default()
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        .validate_messages()
-        .max_transmit_size(MAX_GOSSIP)
-        .heartbeat_interval(Duration::from_secs(1))
-        .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(crate::id::sha256(&m.data).to_vec()))
-        .build()?;
-    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)?;
     let mut kcfg = kad::Config::new(KAD_PROTOCOL);
     kcfg.set_query_timeout(Duration::from_secs(30));
     // Inbound records are checked by us before they are stored (only head records,
@@ -504,18 +496,6 @@ fn build_behaviour(
             .with_agent_version(format!("peer/{}", env!("CARGO_PKG_VERSION")))
             .with_hide_listen_addrs(true),
     );
-    let contract = request_response::Behaviour::with_codec(
-        CborCodec::new(MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE),
-        [(CONTRACT_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(CONTRACT_TIMEOUT_SECS)),
-    );
-    let data = request_response::Behaviour::with_codec(
-        CborCodec::new(MAX_DATA_MESSAGE, MAX_DATA_MESSAGE).with_budget(InboundBudget::new(INBOUND_READ_BUDGET)),
-        [(DATA_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(DATA_TIMEOUT_SECS))
-            .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
-    );
     let mdns = if cfg.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
@@ -525,19 +505,7 @@ fn build_behaviour(
             .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
             .with_max_pending_incoming(Some(64)),
     );
-    let relay_server = cfg.relay.as_ref().map(|r| {
-        relay::Behaviour::new(
-            peer_id,
-            relay::Config {
-                max_reservations: r.max_reservations,
-                reservation_duration: Duration::from_secs(r.reservation_secs),
-                max_circuits: r.max_circuits,
-                max_circuit_duration: Duration::from_secs(r.max_circuit_secs),
-                max_circuit_bytes: r.max_circuit_bytes,
-                ..Default::default()
-            },
-        )
-    });
+    let relay_server = cfg.relay.as_ref().map(|r| relay_server(peer_id, r));
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
         limits,
@@ -547,9 +515,19 @@ fn build_behaviour(
             ping::Config::new().with_interval(Duration::from_secs(10)).with_timeout(Duration::from_secs(10)),
         ),
         kad,
-        gossipsub,
-        contract,
-        data,
+        gossipsub: gossip(key)?,
+        contract: request_response::Behaviour::with_codec(
+            CborCodec::new(MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE),
+            [(CONTRACT_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(CONTRACT_TIMEOUT_SECS)),
+        ),
+        data: request_response::Behaviour::with_codec(
+            CborCodec::new(MAX_DATA_MESSAGE, MAX_DATA_MESSAGE).with_budget(InboundBudget::new(INBOUND_READ_BUDGET)),
+            [(DATA_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(DATA_TIMEOUT_SECS))
+                .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
+        ),
         mdns: mdns.into(),
         // v1 beside v2: v2 asks for dial-backs only over connections we opened, so a public
         // peer that others dial (a bootstrap) would never learn it is public from v2 alone.
@@ -573,6 +551,34 @@ fn build_behaviour(
         dcutr: dcutr::Behaviour::new(peer_id),
         upnp: cfg.upnp.then(upnp::tokio::Behaviour::default).into(),
     })
+}
+
+/// Gossipsub with strict validation (protocol.md §1.6): signed messages only, each checked
+/// by us before it is forwarded, ids the SHA-256 of the data.
+fn gossip(key: &libp2p::identity::Keypair) -> Result<gossipsub::Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let gcfg = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_GOSSIP)
+        .heartbeat_interval(Duration::from_secs(1))
+        .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(crate::id::sha256(&m.data).to_vec()))
+        .build()?;
+    Ok(gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)?)
+}
+
+/// Circuit relay v2 server within the `[relay]` bounds (protocol.md §1.10).
+fn relay_server(peer_id: PeerId, r: &crate::config::RelayConfig) -> relay::Behaviour {
+    relay::Behaviour::new(
+        peer_id,
+        relay::Config {
+            max_reservations: r.max_reservations,
+            reservation_duration: Duration::from_secs(r.reservation_secs),
+            max_circuits: r.max_circuits,
+            max_circuit_duration: Duration::from_secs(r.max_circuit_secs),
+            max_circuit_bytes: r.max_circuit_bytes,
+            ..Default::default()
+        },
+    )
 }
 
 /// Where the values found by a record lookup go.
@@ -964,23 +970,7 @@ impl EventLoop {
 
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { listener_id, address } => {
-                if let Some(&relay) = self.relay_listeners.get(&listener_id) {
-                    tracing::info!("relay reservation on {relay}: reachable at {address}");
-                    self.reach.reserved(relay, address.clone());
-                    self.swarm.add_external_address(address);
-                    self.publish_addresses();
-                } else {
-                    // Dial out once a listen address that others can see is up, so that the
-                    // dial leaves from it (port reuse takes a registered address of the same
-                    // kind: loopback for loopback, otherwise not).
-                    if !is_loopback(&address) || self.loopback_only {
-                        self.initial_dials();
-                    }
-                    let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
-                    self.emit(NetEvent::Listening(full));
-                }
-            }
+            SwarmEvent::NewListenAddr { listener_id, address } => self.on_new_listen_addr(listener_id, address),
             // A relay listener closes with Ok when its connection to the relay closed, with
             // an error when the relay refused the reservation.
             SwarmEvent::ListenerClosed { listener_id, reason: Ok(()), .. } => self.on_listener_gone(listener_id, None),
@@ -1015,16 +1005,7 @@ impl EventLoop {
                     self.publish_addresses();
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => match e.result {
-                Ok(_) => tracing::info!("hole punched to {}: direct connection", e.remote_peer_id),
-                // Both sides may punch at once; the loser's failure means nothing once a
-                // direct connection exists.
-                Err(err) if !self.reach.direct(&e.remote_peer_id) => {
-                    tracing::info!("hole punching to {} failed: {err}", e.remote_peer_id);
-                    self.reach.punch_failed(e.remote_peer_id);
-                }
-                Err(err) => tracing::debug!("a second hole punch to {} failed: {err}", e.remote_peer_id),
-            },
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
             // (A peer that does not speak ping at all is no reason.)
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }))
                 if !matches!(e, ping::Failure::Unsupported) =>
@@ -1055,26 +1036,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Data(e)) => self.on_data(e),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                 self.on_connected(peer_id, connection_id, &endpoint);
-                if num_established.get() == 1
-                    && self.swarm.connected_peers().count() < TARGET_PEERS
-                    && self.last_lookup.elapsed() >= Duration::from_secs(5)
-                {
-                    // A new peer knows others: look for more now rather than at the next
-                    // tick, while we have fewer than we want (at most one lookup per 5 s).
-                    self.last_lookup = Instant::now();
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                }
+                self.look_for_more(num_established.get());
             }
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
-                self.reach.disconnected(&connection_id);
-                self.flush(peer_id);
-                // Data still waiting for a peer we lost every connection to: dial it again.
-                if !self.swarm.is_connected(&peer_id)
-                    && let Some(addrs) = self.waiting.get(&peer_id).and_then(|w| w.first()).map(|p| p.addrs.clone())
-                {
-                    self.dial(peer_id, addrs);
-                }
-            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => self.on_closed(peer_id, connection_id),
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
                 if !self.swarm.is_connected(&peer) && self.waiting.contains_key(&peer) =>
             {
@@ -1082,6 +1046,64 @@ impl EventLoop {
                 self.look_up(peer);
             }
             _ => {}
+        }
+    }
+
+    /// A new listen address: a relay reservation (then advertised), or one of ours.
+    fn on_new_listen_addr(&mut self, listener_id: libp2p::core::transport::ListenerId, address: Multiaddr) {
+        if let Some(&relay) = self.relay_listeners.get(&listener_id) {
+            tracing::info!("relay reservation on {relay}: reachable at {address}");
+            self.reach.reserved(relay, address.clone());
+            self.swarm.add_external_address(address);
+            self.publish_addresses();
+        } else {
+            // Dial out once a listen address that others can see is up, so that the
+            // dial leaves from it (port reuse takes a registered address of the same
+            // kind: loopback for loopback, otherwise not).
+            if !is_loopback(&address) || self.loopback_only {
+                self.initial_dials();
+            }
+            let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+            self.emit(NetEvent::Listening(full));
+        }
+    }
+
+    /// A hole punch ended (protocol.md §1.10).
+    fn on_dcutr(&mut self, e: dcutr::Event) {
+        match e.result {
+            Ok(_) => tracing::info!("hole punched to {}: direct connection", e.remote_peer_id),
+            // Both sides may punch at once; the loser's failure means nothing once a
+            // direct connection exists.
+            Err(err) if !self.reach.direct(&e.remote_peer_id) => {
+                tracing::info!("hole punching to {} failed: {err}", e.remote_peer_id);
+                self.reach.punch_failed(e.remote_peer_id);
+            }
+            Err(err) => tracing::debug!("a second hole punch to {} failed: {err}", e.remote_peer_id),
+        }
+    }
+
+    /// A new peer knows others: look for more now rather than at the next tick, while we
+    /// have fewer than we want (at most one lookup per 5 s). `established`: connections to
+    /// that peer now.
+    fn look_for_more(&mut self, established: u32) {
+        if established == 1
+            && self.swarm.connected_peers().count() < TARGET_PEERS
+            && self.last_lookup.elapsed() >= Duration::from_secs(5)
+        {
+            self.last_lookup = Instant::now();
+            let _ = self.swarm.behaviour_mut().kad.bootstrap(); // no known peer yet: the next tick retries
+        }
+    }
+
+    /// A connection closed: requests waiting on it move on; data still waiting for a peer
+    /// we lost every connection to dials it again.
+    fn on_closed(&mut self, peer_id: PeerId, connection_id: libp2p::swarm::ConnectionId) {
+        self.reach.disconnected(&connection_id);
+        self.flush(peer_id);
+        if !self.swarm.is_connected(&peer_id)
+            && let Some(addrs) = self.waiting.get(&peer_id).and_then(|w| w.first()).map(|p| p.addrs.clone())
+        {
+            self.dial(peer_id, addrs);
         }
     }
 
