@@ -355,6 +355,19 @@ impl Config {
         Ok(())
     }
 
+    /// Replaces the config at `path` with this one (commented header included), atomically:
+    /// a temporary file beside it, fsynced, renamed over it. Errors name the file.
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let p = path.display().to_string();
+        self.validate().map_err(|message| ConfigError::Invalid { path: p.clone(), message })?;
+        let body = toml::to_string_pretty(self)
+            .map_err(|e| ConfigError::Invalid { path: p.clone(), message: e.to_string() })?;
+        let text = format!("{HEADER}{body}");
+        crate::provider::write_tmp(path, text.as_bytes())
+            .and_then(|t| crate::provider::commit_tmp(&t, path))
+            .map_err(|e| ConfigError::Io { path: p, source: e })
+    }
+
     /// Writes the config with a commented header; refuses to overwrite an existing file.
     pub fn save_new(&self, path: &Path) -> Result<(), ConfigError> {
         use std::io::Write;

@@ -107,13 +107,11 @@ pub struct BackupSummary {
     /// Index packs uploaded (protocol.md §3.8): the index of the new packs.
     #[serde(default)]
     pub index_packs: u64,
-    /// Sequence number of the head that publishes this snapshot for recovery (§5.8).
-    #[serde(default)]
-    pub head: u64,
-    /// Why the head could not be published: the snapshot is stored, but a recovery from
-    /// the key would not find it until a later publication succeeds.
-    #[serde(default)]
-    pub head_error: Option<String>,
+    /// The head that publishes this snapshot for recovery, or why it could not be
+    /// published: the snapshot is stored, but a recovery from the key would not find it
+    /// until a later publication succeeds.
+    #[serde(flatten)]
+    pub head: HeadState,
     /// Bytes sent to providers, all copies counted.
     pub bytes_uploaded: u64,
     /// Wall time, seconds.
@@ -276,11 +274,20 @@ pub struct StatusReport {
     /// Index packs (protocol.md §3.8) the head names.
     #[serde(default)]
     pub index_packs: u64,
-    /// Sequence number of the last head published (§5.8); 0 for none.
+    /// The last head published, and why the latest state is not, if it is not (retried
+    /// each audit round and after every change).
+    #[serde(flatten)]
+    pub head: HeadState,
+}
+
+/// Where publication for recovery stands (protocol.md §5.8): in JSON, the fields `head`
+/// and `head_error` of the object that holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadState {
+    /// Sequence number of the last head a provider took; 0 for none.
     #[serde(default)]
     pub head: u64,
-    /// Why the latest state is not published for recovery, if it is not (retried each
-    /// audit round and after every change).
+    /// Why the latest state could not be published, if so.
     #[serde(default)]
     pub head_error: Option<String>,
 }

@@ -47,6 +47,7 @@ pub struct HeadDoc {
 /// A version-1 head document, which carried the whole index (protocol.md §5.8, "Earlier
 /// versions"). Read only, so a head published before index packs still recovers.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct HeadDocV1 {
     seq: u64,
     time: u64,
@@ -212,18 +213,8 @@ mod tests {
 
     #[test]
     fn a_version_1_head_still_opens_with_its_inline_index() {
-        #[derive(Serialize)]
-        struct V1 {
-            seq: u64,
-            time: u64,
-            offered: u64,
-            snapshots: Vec<(SnapshotId, Snapshot)>,
-            packs: Vec<(PackId, PackRecord)>,
-            index: Vec<(BlobId, IndexEntry)>,
-            contracts: Vec<(ContractId, ContractRecord)>,
-        }
         let me = Identity::from_secret([3; 32]);
-        let doc = V1 {
+        let doc = HeadDocV1 {
             seq: 4,
             time: 9,
             offered: 10,

@@ -63,7 +63,7 @@ impl LocalNet {
         dir: &Path,
         n: usize,
         offer: u64,
-        configure: impl Fn(usize, &mut String),
+        configure: impl Fn(usize, &mut crate::config::Config),
     ) -> Result<Self, String> {
         let mut net = LocalNet { exe: exe.to_path_buf(), dir: dir.to_path_buf(), peers: Vec::new() };
         for i in 0..n {
@@ -74,14 +74,13 @@ impl LocalNet {
                 args.extend(["--bootstrap", b.as_str()]);
             }
             let peer_id = run_peer(exe, &home, &args)?.trim().to_string();
-            let cfg = home.join("config.toml");
-            let mut text = std::fs::read_to_string(&cfg).map_err(|e| e.to_string())?;
+            let file = home.join("config.toml");
+            let mut cfg = crate::config::Config::load(&file).map_err(|e| e.to_string())?;
             // 127.0.0.1 is not a global address: this is a test network (protocol.md §1.10).
-            text = text
-                .replace("global_addresses_only = true", "global_addresses_only = false")
-                .replace("upnp = true", "upnp = false");
-            configure(i, &mut text);
-            std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+            cfg.network.global_addresses_only = false;
+            cfg.network.upnp = false;
+            configure(i, &mut cfg);
+            cfg.save(&file).map_err(|e| e.to_string())?;
             run_peer(exe, &home, &["offer-storage", &offer.to_string()])?;
             let mut p = LocalPeer { home, addr: String::new(), peer_id, child: None };
             net.spawn(&mut p)?;

@@ -181,13 +181,12 @@ impl Lab {
             args.extend(["--bootstrap", b]);
         }
         let peer_id = run_peer(&self.exe, &home, &args).unwrap().trim().to_string();
-        let cfg = home.join("config.toml");
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("global_addresses_only = true", "global_addresses_only = false")
-            .replace("upnp = true", "upnp = false")
-            .replace("proposal_wait_secs = 30", "proposal_wait_secs = 60");
-        std::fs::write(&cfg, text).unwrap();
+        let file = home.join("config.toml");
+        let mut cfg = peer::config::Config::load(&file).unwrap();
+        // The documentation ranges are not global addresses (protocol.md §1.10).
+        (cfg.network.global_addresses_only, cfg.network.upnp) = (false, false);
+        cfg.contracts.proposal_wait_secs = 60;
+        cfg.save(&file).unwrap();
         run_peer(&self.exe, &home, &["offer-storage", offer]).unwrap();
         self.daemons.push(Daemon {
             ns: ns.to_string(),

@@ -1,6 +1,7 @@
 //! End-to-end tests across real `peer daemon` processes on 127.0.0.1 (see `peer::localnet`).
 //! Each test builds its own network in a temporary directory; nothing is mocked.
 
+use peer::config::Config;
 use peer::localnet::{LocalNet, compare_trees};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -65,6 +66,13 @@ fn make_tree(root: &Path, files: usize) {
     std::os::unix::fs::symlink("big file.bin", root.join("link to big")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling link")).unwrap();
     std::fs::set_permissions(root.join("d3"), std::fs::Permissions::from_mode(0o750)).unwrap();
+}
+
+/// Audits every second, repair after 10 s of absence at full speed, 1 MiB packs.
+fn fast_repair(_: usize, c: &mut Config) {
+    (c.audit.interval_secs, c.audit.timeout_secs) = (1, 5);
+    c.backup.pack_size = 1 << 20;
+    (c.repair.grace_secs, c.repair.bytes_per_sec) = (10, 1 << 30);
 }
 
 fn json_last(out: &str) -> Value {
@@ -171,10 +179,10 @@ fn three_peers_reciprocity_corrupt_holder_and_in_place_restore() {
     std::fs::remove_file(src.join("big file.bin")).unwrap();
     std::fs::write(src.join("big file.bin"), noise(5, 20 * 1024 * 1024)).unwrap();
     // Peer 2 listens on QUIC only, so its packs travel over QUIC.
-    let configure = |i: usize, c: &mut String| {
-        *c = c.replace("proposal_wait_secs = 30", "proposal_wait_secs = 3");
+    let configure = |i: usize, c: &mut Config| {
+        c.contracts.proposal_wait_secs = 3;
         if i == 2 {
-            *c = c.replace("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1");
+            c.network.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()];
         }
     };
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
@@ -300,11 +308,8 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
     for i in 0..3 {
         std::fs::write(src.join(format!("part{i}.bin")), noise(i, 9 << 20)).unwrap();
     }
-    let configure = |_: usize, c: &mut String| {
-        *c = c
-            .replace("interval_secs = 3600", "interval_secs = 1")
-            .replace("timeout_secs = 30", "timeout_secs = 10")
-            .replace("min_score = 0.8", "min_score = 0.99");
+    let configure = |_: usize, c: &mut Config| {
+        (c.audit.interval_secs, c.audit.timeout_secs, c.audit.min_score) = (1, 10, 0.99);
     };
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, GIB, configure).unwrap();
     net.wait_connected(4, Duration::from_secs(60)).unwrap();
@@ -398,12 +403,9 @@ fn claims_are_audited_contracts_renew_and_a_free_rider_loses_its_providers() {
     let src = tmp.path().join("docs");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a.bin"), noise(7, 3 << 20)).unwrap();
-    let configure = |_: usize, c: &mut String| {
-        *c = c
-            .replace("interval_secs = 3600", "interval_secs = 1")
-            .replace("duration_secs = 2592000", "duration_secs = 24")
-            .replace("proposal_wait_secs = 30", "proposal_wait_secs = 8")
-            .replace("min_score = 0.8", "min_score = 0.99");
+    let configure = |_: usize, c: &mut Config| {
+        (c.audit.interval_secs, c.audit.min_score) = (1, 0.99);
+        (c.contracts.duration_secs, c.contracts.proposal_wait_secs) = (24, 8);
     };
     let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
     net.wait_connected(2, Duration::from_secs(60)).unwrap();
@@ -684,14 +686,7 @@ fn eight_peers_repair_lost_copies_from_the_network_alone() {
     for i in 0..3 {
         std::fs::write(src.join(format!("part{i}.bin")), noise(20 + i, 2 << 20)).unwrap();
     }
-    let configure = |_: usize, c: &mut String| {
-        *c = c
-            .replace("interval_secs = 3600", "interval_secs = 1")
-            .replace("timeout_secs = 30", "timeout_secs = 5")
-            .replace("pack_size = 16777216", "pack_size = 1048576")
-            .replace("grace_secs = 86400\nconcurrency", "grace_secs = 10\nconcurrency")
-            .replace("bytes_per_sec = 4194304", "bytes_per_sec = 1073741824");
-    };
+    let configure = fast_repair;
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 8, GIB, configure).unwrap();
     net.wait_connected(7, Duration::from_secs(60)).unwrap();
     // 210 MiB offered: three providers grant 68 MiB each (small claims on peer 0).
@@ -827,7 +822,7 @@ fn forget_prune_and_check() {
     let src = tmp.path().join("docs");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("old.bin"), noise(31, 3 << 20)).unwrap();
-    let configure = |_: usize, c: &mut String| *c = c.replace("pack_size = 16777216", "pack_size = 1048576");
+    let configure = |_: usize, c: &mut Config| c.backup.pack_size = 1 << 20;
     let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
     net.wait_connected(2, Duration::from_secs(60)).unwrap();
     backup(&net, 0, &src, 2);
@@ -980,11 +975,7 @@ fn kill_9_of_client_and_provider_loses_nothing() {
     for i in 0..24 {
         std::fs::write(src.join(format!("f{i:02}.bin")), noise(100 + i, 1 << 20)).unwrap();
     }
-    let configure = |_: usize, c: &mut String| {
-        *c = c
-            .replace("pack_size = 16777216", "pack_size = 1048576")
-            .replace("upload_concurrency = 4", "upload_concurrency = 2")
-    };
+    let configure = |_: usize, c: &mut Config| (c.backup.pack_size, c.backup.upload_concurrency) = (1 << 20, 2);
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, configure).unwrap();
     net.wait_connected(3, Duration::from_secs(60)).unwrap();
     let s = src.to_str().unwrap().to_string();
@@ -1085,7 +1076,7 @@ fn a_full_provider_refuses_clearly_keeps_its_packs_and_the_client_goes_elsewhere
             std::fs::write(d.join(format!("f{i}.bin")), noise(seed + i, 1 << 20)).unwrap();
         }
     }
-    let configure = |_: usize, c: &mut String| *c = c.replace("proposal_wait_secs = 30", "proposal_wait_secs = 5");
+    let configure = |_: usize, c: &mut Config| c.contracts.proposal_wait_secs = 5;
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, configure).unwrap();
     net.wait_connected(3, Duration::from_secs(60)).unwrap();
     // Peer 3 offers nothing for now, so the two first providers are peers 1 and 2.
@@ -1140,14 +1131,7 @@ fn erasure_4_plus_2_on_8_peers_survives_two_losses_and_rebuilds_shards() {
     for i in 0..3 {
         std::fs::write(src.join(format!("part{i}.bin")), noise(500 + i, 2 << 20)).unwrap();
     }
-    let configure = |_: usize, c: &mut String| {
-        *c = c
-            .replace("interval_secs = 3600", "interval_secs = 1")
-            .replace("timeout_secs = 30", "timeout_secs = 5")
-            .replace("pack_size = 16777216", "pack_size = 1048576")
-            .replace("grace_secs = 86400\nconcurrency", "grace_secs = 10\nconcurrency")
-            .replace("bytes_per_sec = 4194304", "bytes_per_sec = 1073741824");
-    };
+    let configure = fast_repair;
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 8, GIB, configure).unwrap();
     net.wait_connected(7, Duration::from_secs(60)).unwrap();
     // Six providers at the smallest contract each (68 MiB), so the claims stay small.
@@ -1233,7 +1217,7 @@ fn a_backup_whose_head_cannot_be_published_says_so_and_it_is_published_later() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("notes");
     make_tree(&src, 20);
-    let configure = |_: usize, c: &mut String| *c = c.replace("interval_secs = 3600", "interval_secs = 2");
+    let configure = |_: usize, c: &mut Config| c.audit.interval_secs = 2;
     let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
     net.wait_connected(2, Duration::from_secs(60)).unwrap();
     let first = backup(&net, 0, &src, 2);

@@ -50,7 +50,7 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     } else {
         print_summary(&s);
     }
-    if let Some(e) = &s.head_error {
+    if let Some(e) = &s.head.head_error {
         return Err(CliError {
             message: format!(
                 "snapshot saved, but not yet published for recovery: {e}. A recovery from the key \
@@ -78,8 +78,8 @@ fn print_summary(s: &crate::control::BackupSummary) {
     println!("  read:      {}", human(s.bytes_read));
     println!("  new:       {} after dedup and compression", human(s.bytes_new));
     println!("  uploaded:  {} in {} packs and {} index packs", human(s.bytes_uploaded), s.packs, s.index_packs);
-    if s.head > 0 && s.head_error.is_none() {
-        println!("  head:      {} (recoverable from the key)", s.head);
+    if s.head.head > 0 && s.head.head_error.is_none() {
+        println!("  head:      {} (recoverable from the key)", s.head.head);
     }
     println!("  time:      {:.1} s", s.seconds);
 }

@@ -30,9 +30,9 @@ pub fn run(home: &Home, a: Args) -> CliResult {
 
 fn print_identity(s: &StatusReport) {
     println!("peer id:          {}", s.peer_id);
-    match &s.head_error {
-        Some(e) => println!("head:             NOT PUBLISHED: {e} (the last published is {})", s.head),
-        None if s.head > 0 => println!("head:             {} ({} index packs)", s.head, s.index_packs),
+    match &s.head.head_error {
+        Some(e) => println!("head:             NOT PUBLISHED: {e} (the last published is {})", s.head.head),
+        None if s.head.head > 0 => println!("head:             {} ({} index packs)", s.head.head, s.index_packs),
         None => {}
     }
     if s.recovering {

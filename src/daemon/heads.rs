@@ -108,9 +108,12 @@ impl Inner {
 
     /// The last head published (its sequence number, 0 for none) and why the state since
     /// could not be published, if so.
-    pub(super) async fn head_report(&self) -> (u64, Option<String>) {
-        let seq = self.db(|s| s.counter(HEAD_PUBLISHED)).await.unwrap_or(0);
-        (seq, self.head_error.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    pub(super) async fn head_report(&self) -> crate::control::HeadState {
+        let head = self.db(|s| s.counter(HEAD_PUBLISHED)).await.unwrap_or(0);
+        crate::control::HeadState {
+            head,
+            head_error: self.head_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
     }
 
     /// Puts our last head record into the DHT again, a minute after start and then every

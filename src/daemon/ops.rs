@@ -124,7 +124,7 @@ impl Inner {
             Ok((s.offered()?, s.audits()?, s.index_packs()?.len() as u64, durability_of(&s.packs()?), claims))
         });
         let (offered, audits, index_packs, durability, claims_placed) = local.await.map_err(|e| e.to_string())?;
-        let (head, head_error) = self.head_report().await;
+        let head = self.head_report().await;
         let t = now();
         let live = |r: Role| contracts.iter().filter(move |(_, c)| c.role == r && c.is_live(t));
         Ok(StatusReport {
@@ -177,7 +177,6 @@ impl Inner {
             durability,
             index_packs,
             head,
-            head_error,
         })
     }
 
@@ -338,8 +337,9 @@ impl Inner {
         match result {
             Ok(mut sum) => {
                 let _ = tx.try_send(Reply::Progress(Progress { phase: "head".into(), done: 0, total: 0 }));
-                sum.head_error = self.publish_head().await;
-                sum.head = self.head_report().await.0;
+                let failed = self.publish_head().await;
+                sum.head = self.head_report().await;
+                sum.head.head_error = failed;
                 Reply::Backup(sum)
             }
             Err(e) => Reply::Error(e.into()),

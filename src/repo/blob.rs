@@ -35,14 +35,20 @@ pub fn blob_id(id_key: &[u8; 32], plaintext: &[u8]) -> BlobId {
 
 /// AEAD-encrypts `plaintext` with a random 24-byte nonce; returns `nonce || ciphertext`.
 pub fn encrypt(enc_key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new(enc_key.into());
     let mut nonce = [0u8; 24];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut nonce);
+    encrypt_with_nonce(enc_key, &nonce, aad, plaintext)
+}
+
+/// [`encrypt`] with a given nonce, for the test vectors of protocol.md §7.2 (a nonce must
+/// never be used twice under one key: everything else takes a random one).
+pub fn encrypt_with_nonce(enc_key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(enc_key.into());
     let ct = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .encrypt(XNonce::from_slice(nonce), Payload { msg: plaintext, aad })
         .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
     let mut out = Vec::with_capacity(24 + ct.len());
-    out.extend_from_slice(&nonce);
+    out.extend_from_slice(nonce);
     out.extend_from_slice(&ct);
     out
 }
@@ -57,7 +63,8 @@ pub fn decrypt(enc_key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>>
     cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
 }
 
-fn aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
+/// The associated data of a stored blob: `kind_byte || id` (protocol.md §3.2).
+pub(crate) fn aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
     let mut a = [0u8; 33];
     a[0] = kind as u8;
     a[1..].copy_from_slice(id.as_bytes());

@@ -14,6 +14,8 @@ pub mod index;
 pub mod merkle;
 pub mod pack;
 pub mod tree;
+#[cfg(test)]
+mod vectors;
 
 /// Errors reading any client-side format: they name what is corrupt.
 #[derive(Debug, thiserror::Error)]
