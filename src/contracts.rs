@@ -35,13 +35,15 @@ pub enum Refusal {
         /// Free bytes.
         free: u64,
     },
-    /// We already have a live contract with this client.
-    #[error("already a provider for this client")]
+    /// This client still has room at us (a contract in flight, or live contracts with
+    /// room for a largest pack): it needs no second one yet.
+    #[error("this client still has room in its contracts here")]
     AlreadyContracted,
 }
 
 /// What a provider that offers `offered` bytes, of which `granted` are promised already,
-/// grants to a client that asks `asked` and offers `client_offered`. Returns the bytes granted.
+/// grants to a client that asks `asked` and offers `client_offered`; `already`: the client
+/// still has room here ([`has_room_for_client`]). Returns the bytes granted.
 pub fn provider_grant(
     offered: u64,
     granted: u64,
@@ -81,6 +83,15 @@ pub fn client_ask(offered: u64, ratio: f64, held: u64, missing: usize) -> Option
     let fair = left / missing.max(1) as u64;
     let each = (fair / 2).max(MIN_GRANT.min(fair));
     (each >= MIN_GRANT.min(left.max(1))).then_some(each).filter(|&e| e > 0)
+}
+
+/// Whether a client still has room at this provider: an acceptance in flight, or live
+/// contracts granting it at least one largest pack more than the provider holds for it
+/// (`granted` = Σ bytes of its live contracts, `held` = bytes of its packs here). A client
+/// whose contracts are full gets another contract, so its backups can grow (protocol.md
+/// Appendix A.4.4).
+pub fn has_room_for_client(in_flight: bool, granted: u64, held: u64) -> bool {
+    in_flight || granted.saturating_sub(held) >= crate::repo::pack::MAX_PACK_SIZE as u64
 }
 
 /// Bytes of our offer that peers other than `client` hold (protocol.md §4.4): for each
@@ -140,5 +151,15 @@ mod tests {
         let owed = [(a, 12), (b, 20), (c, 50)];
         assert_eq!(committed_to_others(&c, granted, owed), 35);
         assert_eq!(committed_to_others(&c, [], []), 0);
+    }
+
+    #[test]
+    fn a_full_client_may_contract_again() {
+        let pack = crate::repo::pack::MAX_PACK_SIZE as u64;
+        assert!(has_room_for_client(true, 0, 0), "an acceptance in flight");
+        assert!(has_room_for_client(false, 3 * pack, pack));
+        assert!(!has_room_for_client(false, 3 * pack, 2 * pack + 1), "less than one largest pack left");
+        assert!(!has_room_for_client(false, 0, 0), "no contract at all: a first one");
+        assert!(!has_room_for_client(false, pack, 5 * pack), "over its grant (an ended contract's packs)");
     }
 }

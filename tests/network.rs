@@ -1251,3 +1251,38 @@ fn a_backup_whose_head_cannot_be_published_says_so_and_it_is_published_later() {
     assert!(s["head"].as_u64() > first["head"].as_u64(), "{s}");
     assert!(heads.iter().all(|h| h.is_file()));
 }
+
+#[test]
+fn contracts_that_are_full_grow_with_new_ones_at_the_same_providers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+    for (dir, seed) in [(&first, 600), (&second, 700)] {
+        std::fs::create_dir_all(dir).unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.join(format!("f{i}.bin")), noise(seed + i, 16 << 20)).unwrap();
+        }
+    }
+    let configure = |_: usize, c: &mut Config| c.contracts.proposal_wait_secs = 10;
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
+    net.wait_connected(2, Duration::from_secs(60)).unwrap();
+    // 400 MiB offered: each of the two providers grants half of 200 MiB, 100 MiB, and the
+    // first backup's 80 MiB leaves less than a largest pack in each.
+    net.run(0, &["offer-storage", "400MiB"]).unwrap();
+    backup(&net, 0, &first, 2);
+    let full = status(&net, 0);
+    let client_contracts = |s: &Value| -> Vec<Value> {
+        s["contracts"].as_array().unwrap().iter().filter(|c| c["role"] == "client").cloned().collect()
+    };
+    assert_eq!(client_contracts(&full).len(), 2, "{full}");
+    // Before, both providers refused a second contract, and this backup failed.
+    let b = backup(&net, 0, &second, 2);
+    assert!(b["packs"].as_u64() > Some(0), "{b}");
+    let s = status(&net, 0);
+    let contracts = client_contracts(&s);
+    assert_eq!(contracts.len(), 4, "a second contract with each provider: {s}");
+    let peers: std::collections::HashSet<&str> = contracts.iter().map(|c| c["peer"].as_str().unwrap()).collect();
+    assert_eq!(peers.len(), 2, "{s}");
+    let target = tmp.path().join("back");
+    net.run(0, &["restore", "--target", target.to_str().unwrap()]).unwrap();
+    assert!(compare_trees(&second, &target.join("second")).is_empty());
+}

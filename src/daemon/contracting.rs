@@ -70,7 +70,9 @@ impl Inner {
     fn reserve_grant(&self, vp: &protocol::VerifiedProposal, offered: u64) -> Option<u64> {
         let mut reserved = self.reserved.lock().ok()?;
         let live = self.live_contracts(Role::Provider);
-        let already = reserved.contains_key(&vp.client) || live.iter().any(|(_, c)| c.peer_id() == Some(vp.client));
+        let with_client: u64 = live.iter().filter(|(_, c)| c.peer_id() == Some(vp.client)).map(|(_, c)| c.bytes).sum();
+        let already =
+            contracts::has_room_for_client(reserved.contains_key(&vp.client), with_client, self.store.used(&vp.client));
         let granted = live
             .iter()
             .filter_map(|(_, c)| Some((c.peer_id()?, c.bytes)))
@@ -295,7 +297,9 @@ impl Inner {
             let s = match &session {
                 Some(s) => s.clone(),
                 None => {
-                    let s = Session::new(n - ready.len(), live.iter().filter_map(|(_, c)| c.peer_id()).collect());
+                    // Providers whose contracts are full may be asked for another one.
+                    let with_room = live.iter().filter(|(_, c)| has_room(c)).filter_map(|(_, c)| c.peer_id());
+                    let s = Session::new(n - ready.len(), with_room.collect());
                     session = Some(s.clone());
                     s
                 }

@@ -111,6 +111,16 @@ impl Inner {
             return DataResponse::Stored;
         }
         let size = data.len() as u64;
+        // The client's packs here fill all its live contracts with us together (one
+        // client may hold several: a new one when the others are full).
+        let t = now();
+        let granted: u64 = self
+            .state
+            .contracts()
+            .iter()
+            .filter(|(_, k)| k.role == Role::Provider && k.peer_id() == Some(peer) && k.is_live(t))
+            .map(|(_, k)| k.bytes)
+            .sum();
         {
             // Check and reserve under one lock, so concurrent stores cannot overrun the contract.
             let Ok(mut inflight) = self.inflight.lock() else {
@@ -118,10 +128,10 @@ impl Inner {
             };
             let pending = inflight.entry(peer).or_default();
             let used = self.store.used(&peer) + *pending;
-            if used + size > c.bytes {
+            if used + size > granted {
                 return err(
                     DataErrorCode::NoRoom,
-                    format!("contract {} has {used} of {} bytes used", contract.short(), c.bytes),
+                    format!("your live contracts here have {used} of {granted} bytes used"),
                 );
             }
             *pending += size;
