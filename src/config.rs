@@ -76,6 +76,13 @@ pub enum ConfigError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The file is missing or empty in a home that should have one.
+    #[error(
+        "{0} is missing or empty: the daemon will not guess its listen addresses, bootstrap \
+         peers or mDNS setting. Restore it from a copy, or write it again (every key is described \
+         in README 'Configuration'; 'peer init' in a scratch home writes a complete one)"
+    )]
+    Missing(String),
     /// The TOML does not parse or has a wrong key or value.
     #[error("{path} is not a valid configuration: {message}")]
     Invalid {
@@ -324,6 +331,18 @@ impl Config {
             toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: p.clone(), message: e.to_string() })?;
         c.validate().map_err(|message| ConfigError::Invalid { path: p, message })?;
         Ok(c)
+    }
+
+    /// Reads the config of a home that `peer init` made: a missing or empty file is an
+    /// error, never silent defaults (which would listen on every interface with mDNS on,
+    /// whatever the home was made with). Errors: [`ConfigError::Missing`], or as [`Config::load`].
+    pub fn load_existing(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::Missing(p)),
+            Ok(t) if t.trim().is_empty() => Err(ConfigError::Missing(p)),
+            _ => Config::load(path),
+        }
     }
 
     /// Checks ranges that TOML types cannot express.

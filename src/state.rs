@@ -41,6 +41,24 @@ pub enum StateError {
         /// redb's reason.
         message: String,
     },
+    /// Another process holds the database (a daemon running on this home).
+    #[error("{path} is in use by another process (is a daemon already running on this home?)")]
+    Locked {
+        /// The database file.
+        path: String,
+    },
+    /// The database file is damaged: empty, truncated or with pages redb cannot read.
+    #[error(
+        "{path} is damaged ({why}). Your backups are not lost: move this home away, then run \
+         'peer --home NEW_HOME init --recover' with your recovery phrase to bring your snapshots back \
+         from the network (README 'Disaster recovery')"
+    )]
+    Damaged {
+        /// The database file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A read or write failed.
     #[error("local state: {0}")]
     Db(String),
@@ -270,11 +288,41 @@ fn dec<T: for<'de> Deserialize<'de>>(what: &str, b: &[u8]) -> Result<T, StateErr
     ciborium::from_reader(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
 }
 
+/// `Database::create`, with a panic inside redb caught: redb 2 asserts on some damaged
+/// files (a truncated one) instead of returning an error. The panic's report is kept off
+/// the terminal while it runs (opens are serialized, and happen at start only), and the
+/// caller turns it into [`StateError::Damaged`].
+fn create_quietly(path: &Path) -> std::thread::Result<Result<Database, redb::DatabaseError>> {
+    static OPENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = OPENING.lock().unwrap_or_else(|p| p.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(|| Database::create(path));
+    std::panic::set_hook(hook);
+    r
+}
+
 impl State {
-    /// Opens or creates the database and its tables.
+    /// Opens or creates the database and its tables. Errors: [`StateError::Open`] when
+    /// another process holds it (a daemon running on this home), [`StateError::Damaged`]
+    /// when the file is empty or redb cannot read it — never a new, empty state in place of
+    /// a damaged one.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let db = Database::create(path)
-            .map_err(|e| StateError::Open { path: path.display().to_string(), message: e.to_string() })?;
+        let p = path.display().to_string();
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(StateError::Damaged { path: p, why: "the file is empty".into() });
+        }
+        let db = match create_quietly(path) {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(StateError::Locked { path: p }),
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+                if e.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                return Err(StateError::Open { path: p, message: e.to_string() });
+            }
+            Ok(Err(e)) => return Err(StateError::Damaged { path: p, why: e.to_string() }),
+            Err(_) => return Err(StateError::Damaged { path: p, why: "redb cannot read its pages".into() }),
+        };
         let tx = db.begin_write()?;
         tx.open_table(SETTINGS)?;
         tx.open_table(CLAIMS)?;

@@ -1286,3 +1286,44 @@ fn contracts_that_are_full_grow_with_new_ones_at_the_same_providers() {
     net.run(0, &["restore", "--target", target.to_str().unwrap()]).unwrap();
     assert!(compare_trees(&second, &target.join("second")).is_empty());
 }
+
+#[test]
+fn damaged_local_state_and_a_missing_config_are_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("h");
+    let run = |args: &[&str]| std::process::Command::new(EXE).arg("--home").arg(&home).args(args).output().unwrap();
+    assert!(run(&["init", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]).status.success());
+    assert!(run(&["offer-storage", "1GiB"]).status.success());
+    let state = home.join("state.redb");
+    let good = std::fs::read(&state).unwrap();
+    let refused = |what: &str| {
+        for args in [&["daemon"][..], &["offer-storage", "2GiB"][..]] {
+            let out = run(args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{what}, {args:?}: {err}");
+            assert!(err.contains("is damaged") && err.contains("init --recover"), "{what}, {args:?}: {err}");
+            assert!(!err.contains("panicked"), "{what}, {args:?}: {err}");
+        }
+    };
+    std::fs::write(&state, b"").unwrap();
+    refused("an empty state");
+    std::fs::write(&state, &good[..3000]).unwrap();
+    refused("a truncated state");
+    std::fs::write(&state, noise(9, 8192)).unwrap();
+    refused("a state of noise");
+    assert_eq!(std::fs::read(&state).unwrap(), noise(9, 8192), "a damaged state is never replaced");
+
+    // A missing or empty config is not silently replaced by defaults.
+    std::fs::write(&state, &good).unwrap();
+    let config = home.join("config.toml");
+    for damage in [None, Some("")] {
+        match damage {
+            None => std::fs::remove_file(&config).unwrap(),
+            Some(text) => std::fs::write(&config, text).unwrap(),
+        }
+        let out = run(&["daemon"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("config.toml is missing or empty"), "{err}");
+    }
+}

@@ -153,7 +153,11 @@ fn call(
     req: crate::control::Request,
     on_progress: impl FnMut(&crate::control::Progress),
 ) -> Result<crate::control::Reply, CliError> {
-    let reply = block_on(crate::control::call(&home.dir, &home.control_socket(), &req, on_progress))??;
+    answer(block_on(crate::control::call(&home.dir, &home.control_socket(), &req, on_progress))??)
+}
+
+/// A reply as the command's result: a failure's kind decides the exit code.
+fn answer(reply: crate::control::Reply) -> Result<crate::control::Reply, CliError> {
     match reply {
         crate::control::Reply::Error(f) => {
             let code = if f.kind == crate::control::ErrorKind::Usage { EXIT_USAGE } else { 1 };

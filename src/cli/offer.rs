@@ -1,6 +1,6 @@
 //! `peer offer-storage SIZE`: set the bytes offered to others.
 
-use super::{CliResult, call, human};
+use super::{CliResult, human};
 use crate::config::Home;
 use crate::control::{ControlError, Request};
 
@@ -25,13 +25,18 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     if !home.key_file().exists() {
         return Err(crate::identity::IdentityError::Missing(home.key_file().display().to_string()).into());
     }
-    match call(home, Request::Offer(bytes), |_| {}) {
-        Ok(_) => {}
-        Err(e) if e.message == ControlError::NoDaemon(home.dir.display().to_string()).to_string() => {
+    let sent =
+        super::block_on(crate::control::call(&home.dir, &home.control_socket(), &Request::Offer(bytes), |_| {}))?;
+    match sent {
+        Ok(reply) => {
+            super::answer(reply)?;
+        }
+        // No daemon runs: the offer goes straight into the state.
+        Err(ControlError::NoDaemon(_)) => {
             crate::daemon::check_offer(home, bytes, 0)?;
             crate::state::State::open(&home.state_file())?.set_offered(bytes)?;
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     if bytes == 0 {
         println!("this peer offers no storage now (and so cannot back up to others)");

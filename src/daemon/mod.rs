@@ -99,7 +99,7 @@ fn say(line: &str) {
 /// multiaddr (with `/p2p/<PeerId>`) as it becomes known, one per line.
 pub async fn run(home: Home) -> Result<(), DaemonError> {
     let id = Identity::load(&home.key_file()).map_err(setup)?;
-    let config = Config::load(&home.config_file()).map_err(setup)?;
+    let config = Config::load_existing(&home.config_file()).map_err(setup)?;
     let state = open_state(&home).await?;
     let sticky_ports: Vec<(&str, u64)> =
         ["listen_tcp_port", "listen_quic_port"].into_iter().map(|k| (k, state.counter(k).unwrap_or(0))).collect();
@@ -159,16 +159,11 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
 /// Seconds that inbound requests in flight get to finish at shutdown.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Opens `state.redb` off the runtime; a lock held by another daemon is named as such.
+/// Opens `state.redb` off the runtime (errors: another daemon holds it, or it is damaged).
 async fn open_state(home: &Home) -> Result<State, DaemonError> {
     let state_file = home.state_file();
     let opened = tokio::task::spawn_blocking(move || State::open(&state_file)).await.map_err(setup)?;
-    opened.map_err(|e| match e {
-        crate::state::StateError::Open { .. } => {
-            DaemonError::Setup(format!("{e} (is a daemon already running for {}?)", home.dir.display()))
-        }
-        e => setup(e),
-    })
+    opened.map_err(setup)
 }
 
 /// Starts the network on the configured addresses, with the ports of the last run where
