@@ -2,7 +2,9 @@
 //! documentation, "Removing snapshots according to a policy"): snapshots are taken newest
 //! first; `--keep-last n` keeps the n newest; `--keep-daily n` keeps the newest snapshot of
 //! each of the n most recent days that have one, and likewise per ISO week and per month.
-//! A snapshot any rule keeps is kept. Days, weeks and months are in local time.
+//! A snapshot any rule keeps is kept. Days, weeks and months are in local time. `forget`
+//! applies the rules to each group of snapshots of one host and one set of paths
+//! ([`keep_grouped`]), as restic does by default.
 
 use chrono::{Datelike, Local, TimeZone};
 use serde::{Deserialize, Serialize};
@@ -64,6 +66,25 @@ pub fn keep(times: &[u64], policy: &Policy) -> Vec<bool> {
     out
 }
 
+/// [`keep`] applied within each group of snapshots with the same host and paths, as
+/// restic groups by default (`--group-by host,paths`): a rule never removes the only
+/// snapshot of another folder. `snaps`: (time, host, paths) in any order; returns whether
+/// each is kept, in the same order.
+pub fn keep_grouped(snaps: &[(u64, &str, &[String])], policy: &Policy) -> Vec<bool> {
+    let mut groups: std::collections::HashMap<(&str, &[String]), Vec<usize>> = Default::default();
+    for (i, (_, host, paths)) in snaps.iter().enumerate() {
+        groups.entry((host, paths)).or_default().push(i);
+    }
+    let mut out = vec![false; snaps.len()];
+    for members in groups.values() {
+        let times: Vec<u64> = members.iter().map(|&i| snaps[i].0).collect();
+        for (&i, k) in members.iter().zip(keep(&times, policy)) {
+            out[i] = k;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +126,15 @@ mod tests {
         assert_eq!(both, monthly);
         assert!(Policy::default().is_empty());
         assert_eq!(keep(&t, &Policy::default()).iter().filter(|k| **k).count(), 0);
+    }
+
+    #[test]
+    fn keep_last_applies_per_host_and_paths() {
+        let (a, b) = (vec!["/home/me/photos".to_string()], vec!["/home/me/mail".to_string()]);
+        let snaps: Vec<(u64, &str, &[String])> =
+            vec![(100, "laptop", &a), (200, "laptop", &a), (150, "laptop", &b), (300, "desktop", &a)];
+        let p = Policy { last: 1, ..Default::default() };
+        // The only snapshot of mail and the only one from the desktop stay.
+        assert_eq!(keep_grouped(&snaps, &p), vec![false, true, true, true]);
     }
 }

@@ -46,8 +46,9 @@ impl Inner {
             Ok(s) => s,
             Err(e) => return Reply::Error(e.into()),
         };
-        let times: Vec<u64> = snaps.iter().map(|(_, s)| s.time).collect();
-        let flags = retention::keep(&times, policy);
+        let grouped: Vec<(u64, &str, &[String])> =
+            snaps.iter().map(|(_, s)| (s.time, s.hostname.as_str(), s.paths.as_slice())).collect();
+        let flags = retention::keep_grouped(&grouped, policy);
         let (mut keep, mut remove) = (Vec::new(), Vec::new());
         for ((id, s), k) in snaps.iter().zip(flags).rev() {
             if k {
