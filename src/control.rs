@@ -448,6 +448,7 @@ impl From<crate::restore::RestoreError> for Failure {
             R::NoSnapshot(_) => ErrorKind::NotFound,
             R::Metadata(_) => ErrorKind::Unavailable,
             R::Target(_) => ErrorKind::Usage,
+            R::NotInSnapshot(_) => ErrorKind::NotFound,
             R::State(_) => ErrorKind::Local,
         };
         Failure::new(kind, e.to_string())

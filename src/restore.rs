@@ -48,6 +48,9 @@ pub enum RestoreError {
     /// The target is unusable.
     #[error("{0}")]
     Target(String),
+    /// An `--include` names nothing in the snapshot.
+    #[error("{0}")]
+    NotInSnapshot(String),
     /// Local state failed.
     #[error(transparent)]
     State(#[from] StateError),
@@ -303,10 +306,12 @@ async fn plan(id: &Identity, store: &Store, source: &dyn PackSource, what: &Rest
         let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&n.name));
         stack.push((dest, PathBuf::from(path), rel, n));
     }
+    let mut matched: HashSet<&PathBuf> = HashSet::new();
     while let Some((dest, orig, rel, n)) = stack.pop() {
         if !what.wants(&orig, &rel, n.kind == NodeKind::Dir) {
             continue;
         }
+        matched.extend(what.include.iter().filter(|i| orig.starts_with(i) || rel.starts_with(i)));
         match n.kind {
             NodeKind::Dir => {
                 let sub = n
@@ -330,6 +335,13 @@ async fn plan(id: &Identity, store: &Store, source: &dyn PackSource, what: &Rest
         }
     }
     drop(docs);
+    if let Some(i) = what.include.iter().find(|i| !matched.contains(*i)) {
+        return Err(RestoreError::NotInSnapshot(format!(
+            "{} is not in snapshot {}; see 'peer snapshots' for its paths",
+            i.display(),
+            plan.sid.short()
+        )));
+    }
     locate(store, plan).await
 }
 
@@ -394,6 +406,7 @@ fn prepare(mut plan: Plan) -> Result<Plan, RestoreError> {
         if let Err(e) = std::fs::create_dir_all(d) {
             return Err(RestoreError::Target(format!("cannot create {}: {e}", d.display())));
         }
+        remove_stale_temporaries(d);
     }
     for f in plan.files.iter_mut().filter(|f| f.failed.is_none()) {
         if let Err(e) = std::fs::File::create(&f.tmp).and_then(|h| h.set_len(f.node.size)) {
@@ -401,6 +414,22 @@ fn prepare(mut plan: Plan) -> Result<Plan, RestoreError> {
         }
     }
     Ok(plan)
+}
+
+/// Removes the temporary files a restore killed midway left in `dir`
+/// (`.peer-restore-*.tmp`): they are never a user's files. Blocking; errors are logged.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".peer-restore-")
+            && name.ends_with(".tmp")
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!("cannot remove {}: {err}", e.path().display());
+        }
+    }
 }
 
 /// Fetches each pack once, [`FETCH_CONCURRENCY`] at a time, and writes its blobs where

@@ -235,8 +235,9 @@ fn three_peers_reciprocity_corrupt_holder_and_in_place_restore() {
     std::fs::remove_file(&gone).unwrap();
     let edited = src.join("d4/sub 4/file 4.txt");
     std::fs::write(&edited, b"edited since the backup").unwrap();
-    let out = net.run(0, &["restore", "--json"]).unwrap();
-    let r = json_last(&out);
+    let out = net.cmd(0, &["restore", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "a kept file is not a silent success");
+    let r = json_last(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(std::fs::read(&gone).unwrap(), before);
     assert_eq!(r["skipped"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(std::fs::read(&edited).unwrap(), b"edited since the backup");
@@ -810,6 +811,21 @@ fn excludes_peerignore_and_partial_restore() {
     .unwrap();
     assert_eq!(file_list(&part.join("docs")), ["a/keep.tmp", "b/c.txt"]);
     assert_eq!(std::fs::read_to_string(part.join("docs/a/keep.tmp")).unwrap(), "keep");
+
+    // An --include that is in no snapshot is an error, not an empty success.
+    let missing = src.join("nowhere");
+    let args = ["restore", "--target", part.to_str().unwrap(), "--include", missing.to_str().unwrap()];
+    let out = net.cmd(0, &args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not in snapshot"), "{err}");
+
+    // What a restore killed midway left behind is cleared by the next one.
+    let stale = all.join("docs/b/.peer-restore-3-deadbeef.tmp");
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+    net.run(0, &["restore", "--target", all.to_str().unwrap()]).unwrap();
+    assert!(!stale.exists());
+    assert_eq!(file_list(&all.join("docs")), [".peerignore", "a/.peerignore", "a/keep.tmp", "a/x.txt", "b/c.txt"]);
 }
 
 fn dir_bytes(files: &[PathBuf]) -> u64 {

@@ -28,7 +28,8 @@ pub struct Args {
     limits: crate::control::RateLimits,
 }
 
-/// Asks the daemon to restore; exit code 3 when some files could not be restored.
+/// Asks the daemon to restore; exit code 3 when some files could not be restored, or
+/// existing files that differ were kept (without `--overwrite`).
 pub fn run(home: &Home, a: Args) -> CliResult {
     let target = a.target.map(|t| std::path::absolute(&t).map_err(|e| format!("{}: {e}", t.display()))).transpose()?;
     let req = Request::Restore {
@@ -63,6 +64,15 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     if s.failed_count > 0 {
         return Err(CliError {
             message: format!("{} files could not be restored", s.failed_count),
+            code: EXIT_PARTIAL,
+        });
+    }
+    if s.skipped_count > 0 {
+        return Err(CliError {
+            message: format!(
+                "{} existing files differ from the snapshot and were kept; restore with --overwrite to replace them",
+                s.skipped_count
+            ),
             code: EXIT_PARTIAL,
         });
     }
