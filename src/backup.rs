@@ -20,12 +20,13 @@ use crate::repo::blob::{BlobKind, blob_id};
 use crate::repo::chunker;
 use crate::repo::index;
 use crate::repo::pack::{PackEntry, PackWriter, SealedPack};
-use crate::repo::tree::{self, Node, NodeKind, Snapshot, Tree};
+use crate::repo::tree::{self, Node, NodeKind, Snapshot, Tree, Xattr};
 use crate::state::{IndexEntry, PackRecord, State, StateError};
 use crate::store::Store;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -556,8 +557,18 @@ impl Walker {
             content: vec![],
             subtree: None,
             target: vec![],
+            owner: Some((m.uid(), m.gid())),
+            device: 0,
+            links: 0,
+            xattrs: vec![],
         };
         let ft = m.file_type();
+        if ft.is_file() && m.nlink() > 1 {
+            (node.device, node.links) = (m.dev(), m.nlink());
+        }
+        if ft.is_file() || ft.is_dir() {
+            node.xattrs = self.xattrs(path);
+        }
         let kept = if ft.is_symlink() {
             node.kind = NodeKind::Symlink;
             match std::fs::read_link(path) {
@@ -576,11 +587,42 @@ impl Walker {
         } else if ft.is_file() {
             node.size = m.len();
             self.file(path, &mut node, prev)?
+        } else if ft.is_fifo() {
+            node.kind = NodeKind::Fifo;
+            true
+        } else if ft.is_socket() {
+            // A socket is a live endpoint of a running program: nothing to keep (restic
+            // and tar skip them too). Not an error.
+            tracing::debug!("{}: a socket; not backed up", path.display());
+            false
         } else {
-            self.error(format!("{}: not a regular file, directory or symlink; skipped", path.display()));
+            self.error(format!("{}: a device file; skipped", path.display()));
             false
         };
         Ok(kept.then_some(node))
+    }
+
+    /// The extended attributes of `path` (not following a symlink), sorted by name. One
+    /// that cannot be read is an error of this file, recorded; the others are kept.
+    fn xattrs(&mut self, path: &Path) -> Vec<Xattr> {
+        let names = match xattr::list(path) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOTSUP) => return vec![],
+            Err(e) => {
+                self.error(format!("{}: extended attributes: {e}", path.display()));
+                return vec![];
+            }
+        };
+        let mut out = Vec::new();
+        for name in names {
+            match xattr::get(path, &name) {
+                Ok(Some(value)) => out.push(Xattr { name: name.as_bytes().to_vec(), value }),
+                Ok(None) => {}
+                Err(e) => self.error(format!("{}: extended attribute {}: {e}", path.display(), name.to_string_lossy())),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Walks directory `path` into its tree, stored as a blob; false when it cannot be

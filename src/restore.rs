@@ -164,7 +164,7 @@ fn expand(tree: tree::Tree, out: &mut HashSet<BlobId>, stack: &mut Vec<BlobId>) 
         match n.kind {
             NodeKind::Dir => stack.extend(n.subtree),
             NodeKind::File => out.extend(n.content),
-            NodeKind::Symlink => {}
+            NodeKind::Symlink | NodeKind::Fifo => {}
         }
     }
 }
@@ -232,6 +232,10 @@ struct Plan {
     dirs: Vec<(PathBuf, Node)>,
     files: Vec<FilePlan>,
     links: Vec<(PathBuf, Node)>,
+    /// Named pipes, made empty.
+    fifos: Vec<(PathBuf, Node)>,
+    /// Further names of a file with several hard links: (name, the first name restored).
+    hard_links: Vec<(PathBuf, PathBuf)>,
     /// Per pack, the blobs it supplies and where each goes.
     by_pack: HashMap<PackId, PackPlan>,
     /// Per file, how many blob writes complete it.
@@ -292,6 +296,8 @@ async fn plan(id: &Identity, store: &Store, source: &dyn PackSource, what: &Rest
         dirs: vec![],
         files: vec![],
         links: vec![],
+        fifos: vec![],
+        hard_links: vec![],
         by_pack: HashMap::new(),
         remaining: vec![],
     };
@@ -307,6 +313,8 @@ async fn plan(id: &Identity, store: &Store, source: &dyn PackSource, what: &Rest
         stack.push((dest, PathBuf::from(path), rel, n));
     }
     let mut matched: HashSet<&PathBuf> = HashSet::new();
+    // (device, inode) of files with several links → the first name restored.
+    let mut first_names: HashMap<(u64, u64), PathBuf> = HashMap::new();
     while let Some((dest, orig, rel, n)) = stack.pop() {
         if !what.wants(&orig, &rel, n.kind == NodeKind::Dir) {
             continue;
@@ -326,12 +334,19 @@ async fn plan(id: &Identity, store: &Store, source: &dyn PackSource, what: &Rest
                 }
                 plan.dirs.push((dest, n));
             }
+            NodeKind::File if n.links > 1 && first_names.contains_key(&(n.device, n.inode)) => {
+                plan.hard_links.push((dest, first_names[&(n.device, n.inode)].clone()));
+            }
             NodeKind::File => {
+                if n.links > 1 {
+                    first_names.insert((n.device, n.inode), dest.clone());
+                }
                 let i = plan.files.len();
                 let tmp = dest.with_file_name(format!(".peer-restore-{i}-{:x}.tmp", rand::random::<u32>()));
                 plan.files.push(FilePlan { dest, tmp, node: n, failed: None });
             }
             NodeKind::Symlink => plan.links.push((dest, n)),
+            NodeKind::Fifo => plan.fifos.push((dest, n)),
         }
     }
     drop(docs);
@@ -492,6 +507,7 @@ fn finish(mut plan: Plan, fetched: Fetched) -> RestoreSummary {
         seconds: 0.0,
     };
     let overwrite = plan.overwrite;
+    let mut restored: HashSet<PathBuf> = HashSet::new();
     for (i, f) in plan.files.iter_mut().enumerate() {
         let incomplete = fetched.written[i].load(Ordering::Relaxed) != plan.remaining[i] as u64;
         let why = f
@@ -508,12 +524,25 @@ fn finish(mut plan: Plan, fetched: Fetched) -> RestoreSummary {
             Ok(true) => {
                 summary.files += 1;
                 summary.bytes += f.node.size;
+                restored.insert(f.dest.clone());
             }
             Ok(false) => push_capped(&mut summary.skipped, &mut summary.skipped_count, f.dest.display().to_string()),
             Err(e) => {
                 let _ = std::fs::remove_file(&f.tmp); // may be gone already
                 push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {e}", f.dest.display()));
             }
+        }
+    }
+    for (dest, first) in &plan.hard_links {
+        if !restored.contains(first) {
+            let why = format!("{}: its other name {} was not restored", dest.display(), first.display());
+            push_capped(&mut summary.failed, &mut summary.failed_count, why);
+            continue;
+        }
+        match restore_hard_link(dest, first, overwrite) {
+            Ok(true) => summary.files += 1,
+            Ok(false) => push_capped(&mut summary.skipped, &mut summary.skipped_count, dest.display().to_string()),
+            Err(e) => push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {e}", dest.display())),
         }
     }
     for (dest, n) in &plan.links {
@@ -523,8 +552,17 @@ fn finish(mut plan: Plan, fetched: Fetched) -> RestoreSummary {
             Err(e) => push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {e}", dest.display())),
         }
     }
+    for (dest, n) in &plan.fifos {
+        match restore_fifo(dest, n, overwrite) {
+            Ok(true) => summary.files += 1,
+            Ok(false) => push_capped(&mut summary.skipped, &mut summary.skipped_count, dest.display().to_string()),
+            Err(e) => push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {e}", dest.display())),
+        }
+    }
     for (d, n) in plan.dirs.iter().rev() {
-        let r = std::fs::set_permissions(d, std::fs::Permissions::from_mode(n.mode))
+        let r = set_owner(d, n)
+            .and_then(|_| std::fs::set_permissions(d, std::fs::Permissions::from_mode(n.mode)))
+            .and_then(|_| set_xattrs(d, n))
             .and_then(|_| filetime::set_file_mtime(d, ft(n.mtime_ns)));
         match r {
             Ok(()) => summary.dirs += 1,
@@ -566,7 +604,7 @@ fn write_pack(
                 if off + plain.len() as u64 > *size {
                     return Err(std::io::Error::other("content longer than the recorded size"));
                 }
-                f.write_all_at(&plain, *off)
+                write_sparse(&f, &plain, *off)
             });
             match w {
                 Ok(()) => {
@@ -577,6 +615,18 @@ fn write_pack(
             }
         }
     }
+}
+
+/// Writes `data` at `off`, leaving every all-zero 64 KiB piece unwritten: the file was
+/// created at its full length, so those stay holes and a sparse file comes back sparse.
+fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
+    const PIECE: usize = 64 << 10;
+    for (n, piece) in data.chunks(PIECE).enumerate() {
+        if piece.iter().any(|b| *b != 0) {
+            f.write_all_at(piece, off + (n * PIECE) as u64)?;
+        }
+    }
+    Ok(())
 }
 
 fn ft(ns: i64) -> filetime::FileTime {
@@ -616,9 +666,69 @@ fn finish_file(f: &FilePlan, overwrite: bool) -> std::io::Result<bool> {
             return Err(std::io::Error::other("a directory is in the way"));
         }
     }
+    // The owner first: changing it clears set-user-id and set-group-id bits.
+    set_owner(&f.tmp, &f.node)?;
     std::fs::set_permissions(&f.tmp, std::fs::Permissions::from_mode(f.node.mode))?;
+    set_xattrs(&f.tmp, &f.node)?;
     filetime::set_file_mtime(&f.tmp, ft(f.node.mtime_ns))?;
     std::fs::rename(&f.tmp, &f.dest)?;
+    Ok(true)
+}
+
+/// Gives `path` (not following a symlink) its recorded owner, when this process may: as
+/// root. Others restore as their own user, as restic does.
+fn set_owner(path: &Path, n: &Node) -> std::io::Result<()> {
+    match n.owner {
+        Some((uid, gid)) if nix::unistd::geteuid().is_root() => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
+        _ => Ok(()),
+    }
+}
+
+/// Sets the recorded extended attributes of a file or directory.
+fn set_xattrs(path: &Path, n: &Node) -> std::io::Result<()> {
+    for x in &n.xattrs {
+        xattr::set(path, std::ffi::OsStr::from_bytes(&x.name), &x.value)?;
+    }
+    Ok(())
+}
+
+/// Another name of a file already restored as `first` (a hard link, as in the snapshot).
+/// `Ok(false)`: something else is at `dest` and was kept.
+fn restore_hard_link(dest: &Path, first: &Path, overwrite: bool) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(first)?;
+    if let Ok(m) = std::fs::symlink_metadata(dest) {
+        if m.dev() == target.dev() && m.ino() == target.ino() {
+            return Ok(true);
+        }
+        if !overwrite || m.is_dir() {
+            return Ok(false);
+        }
+        std::fs::remove_file(dest)?;
+    }
+    std::fs::hard_link(first, dest)?;
+    Ok(true)
+}
+
+/// A named pipe with its owner, mode and time. `Ok(false)`: something else is at `dest`
+/// and was kept.
+fn restore_fifo(dest: &Path, n: &Node, overwrite: bool) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(dest) {
+        if !m.file_type().is_fifo() {
+            if !overwrite || m.is_dir() {
+                return Ok(false);
+            }
+            std::fs::remove_file(dest)?;
+        }
+    }
+    if !dest.exists() {
+        nix::unistd::mkfifo(dest, nix::sys::stat::Mode::from_bits_truncate(n.mode)).map_err(std::io::Error::from)?;
+    }
+    set_owner(dest, n)?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(n.mode))?;
+    // By path, never opening it: opening a pipe waits for a writer.
+    filetime::set_symlink_file_times(dest, ft(n.mtime_ns), ft(n.mtime_ns))?;
     Ok(true)
 }
 
@@ -635,6 +745,7 @@ fn restore_link(dest: &Path, n: &Node, overwrite: bool) -> std::io::Result<bool>
         std::fs::remove_file(dest)?;
     }
     std::os::unix::fs::symlink(target, dest)?;
+    set_owner(dest, n)?;
     filetime::set_symlink_file_times(dest, ft(n.mtime_ns), ft(n.mtime_ns))?;
     Ok(true)
 }

@@ -1343,3 +1343,50 @@ fn damaged_local_state_and_a_missing_config_are_refused_clearly() {
         assert!(err.contains("config.toml is missing or empty"), "{err}");
     }
 }
+
+#[test]
+fn a_restore_brings_back_hard_links_xattrs_owners_sparse_files_and_fifos() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(nix::unistd::geteuid().is_root(), "this test restores owners: run it as root (CI does)");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("home");
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    std::fs::write(src.join("dir/a"), noise(41, 100_000)).unwrap();
+    std::fs::hard_link(src.join("dir/a"), src.join("b")).unwrap();
+    std::fs::hard_link(src.join("dir/a"), src.join("dir/c")).unwrap();
+    xattr::set(src.join("dir/a"), "user.comment", b"tagged\0bytes").unwrap();
+    xattr::set(src.join("dir"), "user.dir", b"on a directory").unwrap();
+    std::fs::write(src.join("owned"), b"theirs").unwrap();
+    std::os::unix::fs::lchown(src.join("owned"), Some(1234), Some(1234)).unwrap();
+    std::os::unix::fs::lchown(src.join("dir"), Some(1234), Some(4321)).unwrap();
+    // 64 MiB apparent, 512 KiB of data in the middle: sparse.
+    let sparse = std::fs::File::create(src.join("sparse.img")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, &noise(42, 512 << 10), 32 << 20).unwrap();
+    drop(sparse);
+    nix::unistd::mkfifo(&src.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(src.join("socket")).unwrap();
+
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, |_, _| {}).unwrap();
+    net.wait_connected(2, Duration::from_secs(60)).unwrap();
+    // A socket is no error: the backup is whole (exit 0).
+    let b = backup(&net, 0, &src, 2);
+    assert_eq!(b["error_count"], 0, "{b}");
+    let target = tmp.path().join("back");
+    net.run(0, &["restore", "--target", target.to_str().unwrap()]).unwrap();
+    let back = target.join("home");
+    assert!(compare_trees(&src.join("dir"), &back.join("dir")).is_empty());
+
+    let meta = |p: &str| std::fs::symlink_metadata(back.join(p)).unwrap();
+    assert_eq!((meta("dir/a").ino(), meta("dir/a").nlink()), (meta("b").ino(), 3), "three names, one file");
+    assert_eq!(meta("dir/c").ino(), meta("dir/a").ino());
+    assert_eq!(xattr::get(back.join("dir/a"), "user.comment").unwrap().unwrap(), b"tagged\0bytes");
+    assert_eq!(xattr::get(back.join("dir"), "user.dir").unwrap().unwrap(), b"on a directory");
+    assert_eq!((meta("owned").uid(), meta("owned").gid()), (1234, 1234));
+    assert_eq!((meta("dir").uid(), meta("dir").gid()), (1234, 4321));
+    assert_eq!(std::fs::read(back.join("sparse.img")).unwrap(), std::fs::read(src.join("sparse.img")).unwrap());
+    let allocated = meta("sparse.img").blocks() * 512;
+    assert!(allocated < 8 << 20, "64 MiB with 512 KiB of data came back with {allocated} bytes allocated");
+    assert!(meta("pipe").file_type().is_fifo() && meta("pipe").mode() & 0o777 == 0o640);
+    assert!(!back.join("socket").exists());
+}

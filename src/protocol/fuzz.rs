@@ -173,6 +173,10 @@ mod tests {
                 content: vec![crate::id::BlobId([1; 32])],
                 subtree: None,
                 target: vec![],
+                owner: Some((1000, 1000)),
+                device: 0,
+                links: 0,
+                xattrs: vec![],
             }],
         };
         std::fs::write(root.join("disk/tree"), tree::encode(&t)).unwrap();

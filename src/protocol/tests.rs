@@ -286,7 +286,9 @@ mod props {
                      inode: u64, ids in proptest::collection::vec(id32(), 0..5), offset: u32, length: u32,
                      time: u64, hostname in ".{0,20}") {
             let node = Node { name: name.clone(), kind: NodeKind::File, mode, mtime_ns, size, inode,
-                              content: ids.iter().map(|i| crate::id::BlobId(*i)).collect(), subtree: None, target: name };
+                              content: ids.iter().map(|i| crate::id::BlobId(*i)).collect(), subtree: None, target: name.clone(),
+                              owner: Some((mode, offset)), device: size, links: inode,
+                              xattrs: vec![crate::repo::tree::Xattr { name: name.clone(), value: name }] };
             round_trip(&Tree { nodes: vec![node] });
             round_trip(&Snapshot { time, hostname, paths: vec!["/a".into()], tree: crate::id::BlobId([1; 32]),
                                    parent: ids.first().map(|i| crate::id::SnapshotId(*i)), files: size, bytes: size });

@@ -20,6 +20,23 @@ pub enum NodeKind {
     Dir,
     /// A symbolic link.
     Symlink,
+    /// A named pipe (FIFO): restored empty, with its mode.
+    Fifo,
+}
+
+/// One extended attribute: name and value, raw bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Its name, e.g. `user.comment`.
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    /// Its value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// One directory entry.
@@ -45,6 +62,19 @@ pub struct Node {
     /// Link target, raw bytes (symlinks only).
     #[serde(with = "serde_bytes")]
     pub target: Vec<u8>,
+    /// Owner user and group ids; absent in trees from before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<(u32, u32)>,
+    /// Device id of the file system holding it (files with more than one link only, to
+    /// find the other names of the same file; 0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub device: u64,
+    /// Hard links to it (files only, when more than one; 0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub links: u64,
+    /// Extended attributes (files and directories), sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
 }
 
 /// A directory listing.
@@ -105,9 +135,19 @@ mod tests {
                 content: vec![BlobId([1; 32])],
                 subtree: None,
                 target: vec![],
+                owner: Some((1234, 100)),
+                device: 64769,
+                links: 3,
+                xattrs: vec![Xattr { name: b"user.comment".to_vec(), value: b"\x00bytes".to_vec() }],
             }],
         };
         assert_eq!(decode_tree(&encode(&t)).unwrap(), t);
+        // A node without the optional fields (a tree written before they existed) decodes
+        // with none of them, and encodes back to the same bytes.
+        let old = Node { owner: None, device: 0, links: 0, xattrs: vec![], ..t.nodes[0].clone() };
+        let bytes = encode(&Tree { nodes: vec![old.clone()] });
+        assert!(!bytes.windows(5).any(|w| w == b"owner"), "absent fields are not written");
+        assert_eq!(decode_tree(&bytes).unwrap().nodes[0], old);
         assert!(decode_tree(&[0xff, 0x00]).is_err());
         assert!(decode_snapshot(&encode(&t)).is_err());
     }
