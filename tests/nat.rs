@@ -185,7 +185,8 @@ impl Lab {
         let mut cfg = peer::config::Config::load(&file).unwrap();
         // The documentation ranges are not global addresses (protocol.md §1.10).
         (cfg.network.global_addresses_only, cfg.network.upnp) = (false, false);
-        cfg.contracts.proposal_wait_secs = 60;
+        // Long enough for a failed first hole punch to be tried again (30 s later, §1.10).
+        cfg.contracts.proposal_wait_secs = 120;
         cfg.save(&file).unwrap();
         run_peer(&self.exe, &home, &["offer-storage", offer]).unwrap();
         self.daemons.push(Daemon {
