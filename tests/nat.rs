@@ -450,8 +450,9 @@ fn a_renumbered_router_is_found_again() {
         !connections(s, &p2).iter().any(|c| c["addr"].as_str().unwrap_or_default().contains("203.0.113.21"))
     });
     // Audits reach it again: at first perhaps only through the relay (a hole punch can fail
-    // while the sockets of the connection to its old address linger), then directly.
-    let deadline = Instant::now() + Duration::from_secs(240);
+    // while the sockets of the connection to its old address linger; punches are tried
+    // again every 30 s while data waits), then directly.
+    let deadline = Instant::now() + Duration::from_secs(420);
     loop {
         match lab.run(1, &["check"]) {
             Ok(out) => {
