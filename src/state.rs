@@ -635,11 +635,6 @@ impl State {
         self.all_decoded(AUDITS, "audit", |k| Some(k.to_vec()))
     }
 
-    /// The whole index.
-    pub fn blobs(&self) -> Result<Vec<(BlobId, IndexEntry)>, StateError> {
-        self.all_decoded(BLOBS, "index entry", BlobId::from_slice)
-    }
-
     /// A counter kept in the settings table (0 when never set).
     pub fn counter(&self, name: &str) -> Result<u64, StateError> {
         let tx = self.db.begin_read()?;
