@@ -111,6 +111,28 @@ pub struct Config {
     pub provider: ProviderConfig,
     /// Circuit relay served to private peers.
     pub relay: RelayConfig,
+    /// Commands run after events (`[hooks]`).
+    pub hooks: HooksConfig,
+    /// Scheduled backups (`[[schedule]]`), see [`crate::schedule`].
+    #[serde(rename = "schedule", skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::schedule::Schedule>,
+}
+
+/// `[hooks]`: commands the daemon runs through `sh -c`, with the outcome in environment
+/// variables (README "Hooks"). A hook's failure is logged and changes nothing else.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Run after every backup, scheduled or not, successful or not. Empty = none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub after_backup: String,
+    /// Seconds a hook may run before it is killed. Default 0 = 600.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timeout_secs: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// `[provider]`.
@@ -315,6 +337,16 @@ const HEADER: &str = "\
 # [relay]             circuit relay v2 for peers behind NAT, served while you are publicly reachable
 #   serve             true/false
 #   max_reservations, reservation_secs, max_circuits, max_circuit_bytes, max_circuit_secs   its bounds
+# [hooks]
+#   after_backup      shell command run after each backup; sees PEER_RESULT, PEER_SNAPSHOT,
+#                     PEER_FILES, PEER_BYTES_READ, PEER_BYTES_NEW, PEER_ERROR, PEER_SCHEDULE ...
+#   timeout_secs      seconds a hook may run (default 600)
+# [[schedule]]        a backup the daemon runs by itself ('peer schedule add' writes these)
+#   name, paths       its name and the absolute paths to back up
+#   every | cron      \"1h\" / \"30m\" / \"1d\", or a cron expression such as \"0 3 * * *\" (local time)
+#   copies | erasure  3 / \"4+2\"
+#   exclude           gitignore patterns
+#   keep              retention after each run, then prune: { last = 7, daily = 14, weekly = 8, monthly = 12 }
 
 ";
 
@@ -368,6 +400,7 @@ impl Config {
         if self.backup.upload_concurrency == 0 {
             return Err("backup.upload_concurrency must be at least 1".into());
         }
+        crate::schedule::validate_all(&self.schedules)?;
         for a in self.network.listen.iter().chain(&self.network.bootstrap) {
             a.parse::<libp2p::Multiaddr>().map_err(|e| format!("'{a}' is not a multiaddr: {e}"))?;
         }

@@ -69,6 +69,14 @@ pub enum Request {
         /// Also download every pack and verify every blob.
         read_data: bool,
     },
+    /// The schedules with their last and next runs (`peer schedule`).
+    Schedules,
+    /// Add a schedule (or replace the one of the same name), written to config.toml.
+    ScheduleAdd(crate::schedule::Schedule),
+    /// Remove a schedule by name.
+    ScheduleRemove(String),
+    /// Run a schedule now, waiting for its outcome.
+    ScheduleRun(String),
     /// End a contract now, telling the other side.
     Cancel {
         /// Contract id or a unique prefix.
@@ -278,6 +286,9 @@ pub struct StatusReport {
     /// each audit round and after every change).
     #[serde(flatten)]
     pub head: HeadState,
+    /// Scheduled backups with their last and next runs.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleInfo>,
 }
 
 /// Where publication for recovery stands (protocol.md §5.8): in JSON, the fields `head`
@@ -478,6 +489,22 @@ pub enum Reply {
     Prune(PruneSummary),
     /// Check done.
     Check(CheckSummary),
+    /// The schedules.
+    Schedules(Vec<ScheduleInfo>),
+}
+
+/// One schedule with its last and next run (`peer schedule`, `status --json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScheduleInfo {
+    /// The entry as in config.toml.
+    #[serde(flatten)]
+    pub spec: crate::schedule::Schedule,
+    /// The last run, if it ever ran.
+    pub last: Option<crate::schedule::LastRun>,
+    /// When it runs next, Unix seconds (while a run goes on: when it was due).
+    pub next: u64,
+    /// A run is going on now.
+    pub running: bool,
 }
 
 /// Errors talking to the daemon.

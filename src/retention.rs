@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// How many snapshots each rule keeps; 0 disables a rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// The n newest snapshots.
     pub last: u32,

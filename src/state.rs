@@ -27,6 +27,8 @@ const AUDITS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("audits");
 /// Index packs (protocol.md §3.8) in the order they were written: sequence number →
 /// CBOR [`IndexPackRecord`].
 const INDEX_PACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("index_packs");
+/// Scheduled backups: schedule name (UTF-8) → CBOR [`crate::schedule::LastRun`].
+const SCHEDULE_RUNS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("schedule_runs");
 /// Provider side of claims (protocol.md §4.6): client PeerId bytes → blocks `0..n` it acknowledged.
 const CLAIMS: TableDefinition<&[u8], u64> = TableDefinition::new("claims");
 
@@ -327,7 +329,7 @@ impl State {
         tx.open_table(SETTINGS)?;
         tx.open_table(CLAIMS)?;
         tx.open_table(INDEX_PACKS)?;
-        for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS, AUDITS] {
+        for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS, AUDITS, SCHEDULE_RUNS] {
             tx.open_table(t)?;
         }
         tx.commit()?;
@@ -633,6 +635,25 @@ impl State {
     /// Every audit record, keyed by PeerId bytes.
     pub fn audits(&self) -> Result<Vec<(Vec<u8>, AuditRecord)>, StateError> {
         self.all_decoded(AUDITS, "audit", |k| Some(k.to_vec()))
+    }
+
+    /// The last run of every schedule that ran, by name.
+    pub fn schedule_runs(&self) -> Result<BTreeMap<String, crate::schedule::LastRun>, StateError> {
+        let all = self.all_decoded(SCHEDULE_RUNS, "schedule run", |k| String::from_utf8(k.to_vec()).ok())?;
+        Ok(all.into_iter().collect())
+    }
+
+    /// Records the last run of schedule `name`.
+    pub fn set_schedule_run(&self, name: &str, run: &crate::schedule::LastRun) -> Result<(), StateError> {
+        self.put(SCHEDULE_RUNS, name.as_bytes(), &enc(run))
+    }
+
+    /// Forgets the runs of schedule `name` (it was removed).
+    pub fn remove_schedule_run(&self, name: &str) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SCHEDULE_RUNS)?.remove(name.as_bytes())?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// A counter kept in the settings table (0 when never set).

@@ -45,10 +45,16 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     let Reply::Backup(s) = reply else {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };
-    if a.json {
-        print_json("summary", &s)?;
+    report(&s, a.json)
+}
+
+/// Prints a backup's summary (text or JSON) and maps it to the exit code: 4 when the head
+/// is not published, 3 when files could not be read.
+pub(super) fn report(s: &crate::control::BackupSummary, json: bool) -> CliResult {
+    if json {
+        print_json("summary", s)?;
     } else {
-        print_summary(&s);
+        print_summary(s);
     }
     if let Some(e) = &s.head.head_error {
         return Err(CliError {

@@ -8,6 +8,19 @@ use crate::retention::Policy;
 /// Arguments of `peer forget`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    #[command(flatten)]
+    keep: KeepArgs,
+    /// Show what would be removed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// restic's `--keep-*` rules, shared by `peer forget` and `peer schedule add`.
+#[derive(clap::Args, Debug, Default)]
+pub struct KeepArgs {
     /// Keep the N newest snapshots.
     #[arg(long, default_value_t = 0, value_name = "N")]
     keep_last: u32,
@@ -20,17 +33,18 @@ pub struct Args {
     /// Keep the newest snapshot of each of the last N months that have one.
     #[arg(long, default_value_t = 0, value_name = "N")]
     keep_monthly: u32,
-    /// Show what would be removed; change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+}
+
+impl KeepArgs {
+    /// The rules as a [`Policy`].
+    pub fn policy(&self) -> Policy {
+        Policy { last: self.keep_last, daily: self.keep_daily, weekly: self.keep_weekly, monthly: self.keep_monthly }
+    }
 }
 
 /// Shows the plan (kept and removed snapshots) and applies it unless `--dry-run`.
 pub fn run(home: &Home, a: Args) -> CliResult {
-    let policy = Policy { last: a.keep_last, daily: a.keep_daily, weekly: a.keep_weekly, monthly: a.keep_monthly };
+    let policy = a.keep.policy();
     let Reply::Forget(s) = call(home, Request::Forget { policy, dry_run: a.dry_run }, |_| {})? else {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });
     };

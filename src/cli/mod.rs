@@ -14,6 +14,7 @@ mod key;
 mod offer;
 mod prune;
 mod restore;
+mod schedule;
 mod snapshots;
 mod status;
 
@@ -70,8 +71,21 @@ pub enum Command {
     Prune(prune::Args),
     /// Check that every pack of every snapshot is held; --read-data downloads and verifies.
     Check(check::Args),
+    /// Backups the daemon runs by itself: list, add, run now, remove.
+    Schedule(schedule::Args),
     /// Start a local network of peers, back up a folder, restore it and verify it.
     Demo(demo::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: peer(1) to stdout, or one page per command into DIR with --dir.
+    Man {
+        /// Write peer.1, peer-backup.1, … into this directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// An error for the user, with the exit code to use.
@@ -111,10 +125,21 @@ pub fn main() -> ExitCode {
         default_hook(info)
     }));
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man { dir } => return man(dir.as_deref()),
+        _ => {}
+    }
     let default_log = if matches!(cli.command, Command::Daemon) { "warn,peer=info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PEER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Under systemd, journald stamps each line itself (it sets JOURNAL_STREAM for services).
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().with_ansi(false).init();
+    } else {
+        fmt.init();
+    }
     let result = Home::resolve(cli.home.clone()).map_err(CliError::from).and_then(|home| match cli.command {
         Command::Init(a) => init::run(&home, a),
         Command::Daemon => daemon::run(home),
@@ -128,7 +153,9 @@ pub fn main() -> ExitCode {
         Command::Forget(a) => forget::run(&home, a),
         Command::Prune(a) => prune::run(&home, a),
         Command::Check(a) => check::run(&home, a),
+        Command::Schedule(a) => schedule::run(&home, a),
         Command::Demo(a) => demo::run(a),
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,6 +164,32 @@ pub fn main() -> ExitCode {
                 eprintln!("peer: {}", e.message);
             }
             ExitCode::from(e.code)
+        }
+    }
+}
+
+/// `peer completions SHELL`: the completion script, from the same definitions as the parser.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "peer", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+/// `peer man [--dir DIR]`: man pages from the same definitions as the parser (clap_mangen).
+fn man(dir: Option<&std::path::Path>) -> ExitCode {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let result = match dir {
+        Some(d) => std::fs::create_dir_all(d)
+            .and_then(|_| clap_mangen::generate_to(cmd, d))
+            .map_err(|e| format!("{}: {e}", d.display())),
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peer: {e}");
+            ExitCode::FAILURE
         }
     }
 }

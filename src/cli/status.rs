@@ -25,6 +25,12 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     print_network(&s);
     print_storage(&s);
     print_health(&s);
+    if !s.schedules.is_empty() {
+        println!("schedules:");
+        for sc in &s.schedules {
+            super::schedule::print_one(sc);
+        }
+    }
     Ok(())
 }
 

@@ -32,6 +32,12 @@ impl Inner {
     /// `peer forget`: removes the snapshots `policy` does not keep (none with `dry_run`).
     pub(super) async fn forget(&self, policy: &Policy, dry_run: bool) -> Reply {
         let Ok(_guard) = self.busy.try_lock() else { return fail(ErrorKind::Busy, BUSY) };
+        self.forget_locked(policy, dry_run, None).await
+    }
+
+    /// [`Inner::forget`] for a caller that holds the busy lock; with `only`, only the
+    /// snapshots of exactly these paths (one schedule's) are considered.
+    pub(super) async fn forget_locked(&self, policy: &Policy, dry_run: bool, only: Option<Vec<String>>) -> Reply {
         if self.home.recover_marker().exists() {
             return fail(ErrorKind::Busy, super::ops::RECOVERING);
         }
@@ -46,6 +52,7 @@ impl Inner {
             Ok(s) => s,
             Err(e) => return Reply::Error(e.into()),
         };
+        let snaps: Vec<_> = snaps.into_iter().filter(|(_, s)| only.as_ref().is_none_or(|p| *p == s.paths)).collect();
         let grouped: Vec<(u64, &str, &[String])> =
             snaps.iter().map(|(_, s)| (s.time, s.hostname.as_str(), s.paths.as_slice())).collect();
         let flags = retention::keep_grouped(&grouped, policy);
@@ -70,7 +77,13 @@ impl Inner {
     /// `peer prune`: deletes, at their holders, every pack no remaining snapshot needs.
     /// Packs whose holders cannot be reached stay marked and are deleted by a later prune.
     pub(super) async fn prune(self: Arc<Self>, dry_run: bool) -> Reply {
-        let Ok(_guard) = self.busy.try_lock() else { return fail(ErrorKind::Busy, BUSY) };
+        let me = self.clone();
+        let Ok(_guard) = me.busy.try_lock() else { return fail(ErrorKind::Busy, BUSY) };
+        self.prune_locked(dry_run).await
+    }
+
+    /// [`Inner::prune`] for a caller that holds the busy lock.
+    pub(super) async fn prune_locked(self: Arc<Self>, dry_run: bool) -> Reply {
         if self.home.recover_marker().exists() {
             return fail(ErrorKind::Busy, super::ops::RECOVERING);
         }

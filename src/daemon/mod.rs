@@ -19,6 +19,7 @@ mod heads;
 mod maintenance;
 mod ops;
 mod repair;
+mod scheduling;
 mod transfer;
 
 pub use heads::REPUBLISH_SECS;
@@ -83,6 +84,8 @@ struct Inner {
     publishing: tokio::sync::Mutex<()>,
     /// Why the last head publication failed; `None` once one succeeds (protocol.md §5.8).
     head_error: Mutex<Option<String>>,
+    /// Scheduled backups and hooks ([`scheduling`]).
+    scheduling: scheduling::Scheduling,
 }
 
 fn setup<E: std::fmt::Display>(e: E) -> DaemonError {
@@ -126,13 +129,17 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         busy: tokio::sync::Mutex::new(()),
         publishing: tokio::sync::Mutex::new(()),
         head_error: Mutex::new(None),
+        scheduling: scheduling::Scheduling::default(),
     });
+    let lasts = inner.db(|s| s.schedule_runs()).await.map_err(setup)?;
+    inner.scheduling.load(&inner.config, &lasts);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve_control_socket(inner.clone(), listener));
     tasks.spawn(inner.clone().audit_loop());
     tasks.spawn(inner.clone().repair_loop());
     tasks.spawn(inner.clone().recover_loop());
     tasks.spawn(inner.clone().republish_loop());
+    tasks.spawn(inner.clone().schedule_loop());
     dispatch(&inner, events).await?;
 
     // Shutdown: stop taking work, let inbound requests in flight finish (within a bound),

@@ -88,6 +88,18 @@ fn durability_of(packs: &[(crate::id::PackId, crate::state::PackRecord)]) -> Vec
         .collect()
 }
 
+/// A backup to run, as `peer backup` or a schedule gives it.
+pub(super) struct BackupJob {
+    /// Absolute paths.
+    pub paths: Vec<PathBuf>,
+    /// Distinct holders per pack (ignored with `erasure`).
+    pub copies: u32,
+    /// Exclude patterns (gitignore syntax).
+    pub exclude: Vec<String>,
+    /// Erasure scheme instead of copies.
+    pub erasure: Option<crate::repo::erasure::Scheme>,
+}
+
 /// A failed reply.
 pub(super) fn fail(kind: ErrorKind, message: impl Into<String>) -> Reply {
     Reply::Error(Failure::new(kind, message))
@@ -175,6 +187,7 @@ impl Inner {
             snapshots,
             recovering,
             durability,
+            schedules: self.schedule_list(),
             index_packs,
             head,
         })
@@ -267,8 +280,12 @@ impl Inner {
             },
             Request::Backup { paths, copies, exclude, erasure, limits } => {
                 let _limits = self.net.limit_while(limits.upload_kib, limits.download_kib);
-                self.clone().backup(&tx, paths, copies, exclude, erasure).await
+                self.clone().backup(&tx, BackupJob { paths, copies, exclude, erasure }).await
             }
+            Request::Schedules => Reply::Schedules(self.schedule_list()),
+            Request::ScheduleAdd(spec) => self.schedule_add(spec).await,
+            Request::ScheduleRemove(name) => self.schedule_remove(name).await,
+            Request::ScheduleRun(name) => self.clone().schedule_run_now(&tx, &name).await,
             Request::Restore { snapshot, target, overwrite, include, limits } => {
                 let _limits = self.net.limit_while(limits.upload_kib, limits.download_kib);
                 self.clone().restore(&tx, restore::RestoreWhat { snapshot, target, overwrite, include }).await
@@ -279,17 +296,20 @@ impl Inner {
         let _ = writer.await;
     }
 
-    async fn backup(
-        self: Arc<Self>,
-        tx: &mpsc::Sender<Reply>,
-        paths: Vec<PathBuf>,
-        copies: u32,
-        exclude: Vec<String>,
-        erasure: Option<crate::repo::erasure::Scheme>,
-    ) -> Reply {
-        let Ok(_guard) = self.busy.try_lock() else {
-            return fail(ErrorKind::Busy, "another backup or restore is running on this daemon");
+    /// `peer backup`: refused while another backup, restore, forget or prune runs; the
+    /// `after_backup` hook runs on its outcome.
+    async fn backup(self: Arc<Self>, tx: &mpsc::Sender<Reply>, job: BackupJob) -> Reply {
+        let reply = match self.busy.try_lock() {
+            Ok(_guard) => self.clone().backup_locked(tx, job).await,
+            Err(_) => fail(ErrorKind::Busy, "another backup or restore is running on this daemon"),
         };
+        self.after_backup(None, &reply);
+        reply
+    }
+
+    /// Runs a backup for a caller that holds the busy lock, and publishes the head.
+    pub(super) async fn backup_locked(self: Arc<Self>, tx: &mpsc::Sender<Reply>, job: BackupJob) -> Reply {
+        let BackupJob { paths, copies, exclude, erasure } = job;
         if copies == 0 {
             return fail(ErrorKind::Usage, "--copies must be at least 1");
         }
