@@ -114,8 +114,9 @@ impl Schedule {
         }
         match (&self.every, &self.cron) {
             (Some(e), None) => {
-                let d = humantime::parse_duration(e)
-                    .map_err(|err| format!("schedule '{n}': every = '{e}' is not a duration such as 1h or 30m: {err}"))?;
+                let d = humantime::parse_duration(e).map_err(|err| {
+                    format!("schedule '{n}': every = '{e}' is not a duration such as 1h or 30m: {err}")
+                })?;
                 if d.as_secs() == 0 {
                     return Err(format!("schedule '{n}': every must be at least 1s"));
                 }

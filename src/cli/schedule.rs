@@ -134,11 +134,7 @@ fn spec_of(a: AddArgs) -> Result<Schedule, CliError> {
 }
 
 /// Sends `req` to the daemon; with no daemon running, applies `offline` to config.toml.
-fn edit(
-    home: &Home,
-    req: Request,
-    offline: impl FnOnce(&mut Vec<Schedule>) -> Result<(), CliError>,
-) -> CliResult {
+fn edit(home: &Home, req: Request, offline: impl FnOnce(&mut Vec<Schedule>) -> Result<(), CliError>) -> CliResult {
     match block_on(crate::control::call(&home.dir, &home.control_socket(), &req, |_| {}))? {
         Ok(reply) => super::answer(reply).map(|_| ()),
         Err(ControlError::NoDaemon(_)) => {
@@ -184,7 +180,9 @@ pub(super) fn print_one(s: &ScheduleInfo) {
         Some(l) if l.ok() && l.error.is_empty() => {
             println!("  last run:  {}  ok, snapshot {}", utc(l.started), short(&l.snapshot))
         }
-        Some(l) if l.ok() => println!("  last run:  {}  snapshot {}, but {}", utc(l.started), short(&l.snapshot), l.error),
+        Some(l) if l.ok() => {
+            println!("  last run:  {}  snapshot {}, but {}", utc(l.started), short(&l.snapshot), l.error)
+        }
         Some(l) => println!("  last run:  {}  FAILED ({} in a row): {}", utc(l.started), l.failures, l.error),
     }
     if s.running {

@@ -228,7 +228,8 @@ impl Inner {
         let _one = self.scheduling.editing.lock().await;
         let path = self.home.config_file();
         let edited = tokio::task::spawn_blocking(move || {
-            let mut config = Config::load_existing(&path).map_err(|e| crate::control::Failure::new(ErrorKind::Local, e.to_string()))?;
+            let mut config = Config::load_existing(&path)
+                .map_err(|e| crate::control::Failure::new(ErrorKind::Local, e.to_string()))?;
             f(&mut config.schedules)?;
             config.save(&path).map_err(|e| crate::control::Failure::new(ErrorKind::Usage, e.to_string()))?;
             Ok::<_, crate::control::Failure>(config)

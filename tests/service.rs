@@ -1,0 +1,183 @@
+//! Running `peer` as a service: scheduled backups and hooks on real daemons (127.0.0.1),
+//! completions and man pages from the binary.
+
+use peer::config::Config;
+use peer::localnet::{LocalNet, compare_trees};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const EXE: &str = env!("CARGO_BIN_EXE_peer");
+const GIB: u64 = 1 << 30;
+
+fn schedules(net: &LocalNet, i: usize) -> Vec<Value> {
+    let out = net.run(i, &["schedule", "--json"]).unwrap();
+    serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn schedule<'a>(list: &'a [Value], name: &str) -> Option<&'a Value> {
+    list.iter().find(|s| s["name"] == name)
+}
+
+/// Polls `peer schedule --json` of daemon `i` until `ok` holds, up to `secs` seconds.
+fn wait_schedules(net: &LocalNet, i: usize, secs: u64, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = schedules(net, i);
+        if ok(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "condition not met within {secs} s: {s:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The hook's reports: one `NAME=value` file per run, by file name order (time).
+fn hook_reports(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "env")).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect()
+        })
+        .collect()
+}
+
+/// Calls `f` until it succeeds, up to `secs` seconds; panics with its last error.
+fn until<T>(secs: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => panic!("not done within {secs} s: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn schedules_run_by_themselves_keep_their_rules_back_off_and_report_to_the_hook() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, gone, hooks) = (tmp.path().join("notes"), tmp.path().join("gone"), tmp.path().join("hooks"));
+    for d in [&src, &gone, &hooks] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    for i in 0..20 {
+        std::fs::write(src.join(format!("note {i}.txt")), format!("note {i}\n").repeat(100 + i)).unwrap();
+    }
+    let hook = format!(
+        "f='{}'/$(date +%s%N)-$PEER_RESULT; env | grep '^PEER_' > \"$f.tmp\" && mv \"$f.tmp\" \"$f.env\"",
+        hooks.display()
+    );
+    let configure = move |i: usize, c: &mut Config| {
+        if i == 0 {
+            c.hooks.after_backup = hook.clone();
+        }
+    };
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
+    net.wait_connected(2, Duration::from_secs(60)).unwrap();
+    let (s, g) = (src.to_str().unwrap(), gone.to_str().unwrap());
+
+    // A schedule every 2 s with keep-last 1 runs by itself, again and again, and keeps one
+    // snapshot of its paths.
+    let out =
+        net.run(0, &["schedule", "add", "notes", s, "--every", "2s", "--copies", "2", "--keep-last", "1"]).unwrap();
+    assert!(out.contains("schedule 'notes' saved"), "{out}");
+    let config = std::fs::read_to_string(net.peers[0].home.join("config.toml")).unwrap();
+    assert!(config.contains("[[schedule]]") && config.contains("name = \"notes\""), "{config}");
+    let first =
+        wait_schedules(&net, 0, 60, |l| schedule(l, "notes").is_some_and(|n| n["last"]["snapshot"].is_string()));
+    assert!(schedule(&first, "notes").unwrap()["last"]["started"].as_u64().is_some());
+    std::fs::write(src.join("added later.txt"), b"written between two scheduled runs").unwrap();
+    let written = peer::protocol::now();
+    let later = wait_schedules(&net, 0, 60, |l| {
+        schedule(l, "notes").is_some_and(|n| n["last"]["started"].as_u64() > Some(written))
+    });
+    let last = &schedule(&later, "notes").unwrap()["last"];
+    assert_eq!(last["error"], "", "{last}");
+    net.run(0, &["schedule", "remove", "notes"]).unwrap();
+    // A run that had started before the removal ends with its own forget.
+    let target = tmp.path().join("back");
+    let restored = until(60, || net.run(0, &["restore", "latest", "--target", target.to_str().unwrap()]));
+    assert!(compare_trees(&src, &target.join("notes")).is_empty(), "{restored}");
+    let snaps: Vec<Value> = until(60, || {
+        let v: Vec<Value> = serde_json::from_str(&net.run(0, &["snapshots", "--json"])?).map_err(|e| e.to_string())?;
+        if v.len() == 1 { Ok(v) } else { Err(format!("{} snapshots, keep-last 1 keeps one", v.len())) }
+    });
+
+    // A schedule whose path went away fails; each failure backs off twice as long.
+    net.run(0, &["schedule", "add", "broken", g, "--every", "1h", "--copies", "2"]).unwrap();
+    std::fs::remove_dir(&gone).unwrap();
+    for failures in 1..=2u64 {
+        let out = net.cmd(0, &["schedule", "run", "broken"]).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(g), "the error names the path: {err}");
+        let list = wait_schedules(&net, 0, 30, |l| {
+            schedule(l, "broken").is_some_and(|b| b["last"]["failures"].as_u64() == Some(failures))
+        });
+        let b = schedule(&list, "broken").unwrap();
+        let finished = b["last"]["finished"].as_u64().unwrap();
+        assert_eq!(b["next"].as_u64(), Some(finished + 60 * failures), "retry after 1, then 2 minutes: {b}");
+    }
+    let st: Value = serde_json::from_str(&net.run(0, &["status", "--json"]).unwrap()).unwrap();
+    let failing = st["schedules"].as_array().unwrap().iter().find(|s| s["name"] == "broken").cloned();
+    assert!(failing.is_some_and(|f| f["last"]["error"].as_str().is_some_and(|e| e.contains(g))), "{st}");
+
+    // The hook saw the scheduled successes and the failures, with their outcome.
+    let reports = until(60, || {
+        let r = hook_reports(&hooks);
+        let failed = r.iter().filter(|r| r["PEER_RESULT"] == "failure").count();
+        let last_ok = r.iter().any(|r| r["PEER_SNAPSHOT"] == snaps[0]["id"].as_str().unwrap_or("?"));
+        if failed == 2 && last_ok { Ok(r) } else { Err(format!("{failed} failures, last run seen: {last_ok}: {r:?}")) }
+    });
+    let ok = reports.iter().find(|r| r["PEER_SNAPSHOT"] == snaps[0]["id"].as_str().unwrap()).unwrap();
+    assert_eq!((ok["PEER_RESULT"].as_str(), ok["PEER_SCHEDULE"].as_str()), ("success", "notes"), "{ok:?}");
+    assert_eq!(ok["PEER_FILES"], "21", "{ok:?}");
+    let failed: Vec<_> = reports.iter().filter(|r| r["PEER_RESULT"] == "failure").collect();
+    assert!(failed.iter().all(|r| r["PEER_SCHEDULE"] == "broken" && r["PEER_ERROR"].contains(g)), "{failed:?}");
+
+    // The runs survive a restart; a schedule added while no daemon runs is loaded at start.
+    net.stop(0);
+    let out = net.cmd(0, &["schedule", "add", "later", s, "--cron", "0 3 * * *"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon is running"));
+    net.restart(0).unwrap();
+    let list = schedules(&net, 0);
+    assert_eq!(schedule(&list, "broken").unwrap()["last"]["failures"], 2, "{list:?}");
+    let later = schedule(&list, "later").unwrap();
+    assert_eq!(later["cron"], "0 3 * * *");
+    assert!(later["last"].is_null() && later["next"].as_u64() > Some(peer::protocol::now()), "{later}");
+    // A bad entry is refused with the reason, as a usage error.
+    let out = net.cmd(0, &["schedule", "add", "bad", s, "--every", "soon"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'soon'"));
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(EXE).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        for word in ["schedule", "offer-storage", "keep-daily", "erasure"] {
+            assert!(text.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(EXE).args(["man", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["peer.1", "peer-backup.1", "peer-schedule-add.1", "peer-restore.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page} is not a man page");
+    }
+    let add = std::fs::read_to_string(dir.path().join("peer-schedule-add.1")).unwrap();
+    assert!(add.contains("keep\\-daily") || add.contains("keep-daily"), "{add}");
+}
