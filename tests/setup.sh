@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# What the test suite needs beyond the Rust toolchain: iptables and conntrack for the NAT
-# tests (tests/nat.rs builds home routers from network namespaces).
+# What the test suite needs beyond the Rust toolchain, installed from Debian when missing:
+# - iptables, conntrack, iproute2: the NAT tests (tests/nat.rs builds home routers from
+#   network namespaces);
+# - systemd (systemd-analyze) and man-db: tests/packaging.rs verifies contrib/systemd/;
+# - nix-bin (nix-instantiate): tests/packaging.rs parse-checks flake.nix and nix/.
 set -euo pipefail
-if ! command -v iptables >/dev/null || ! command -v conntrack >/dev/null || ! command -v ip >/dev/null; then
+need=()
+command -v iptables >/dev/null || need+=(iptables)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v ip >/dev/null || need+=(iproute2)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v man >/dev/null || need+=(man-db)
+command -v nix-instantiate >/dev/null || need+=(nix-bin)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "tests/setup.sh: iptables, conntrack or ip is missing and only root can install it; the NAT tests will fail" >&2
+    echo "tests/setup.sh: ${need[*]} missing and only root can install them; tests that need them will fail" >&2
     exit 0
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables conntrack iproute2 >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

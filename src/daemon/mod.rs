@@ -140,7 +140,14 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     tasks.spawn(inner.clone().recover_loop());
     tasks.spawn(inner.clone().republish_loop());
     tasks.spawn(inner.clone().schedule_loop());
+    // systemd's Type=notify (sd_notify(3)): ready once the control socket takes commands.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot tell the service manager we are ready: {e}");
+    }
     dispatch(&inner, events).await?;
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        tracing::debug!("cannot tell the service manager we stop: {e}");
+    }
 
     // Shutdown: stop taking work, let inbound requests in flight finish (within a bound),
     // then the network, then every queued write.
