@@ -29,6 +29,11 @@ impl Home {
     pub fn key_file(&self) -> PathBuf {
         self.dir.join("identity.key")
     }
+    /// `dashboard.token`: the dashboard's access token, 64 hex digits, mode 0600, made at
+    /// the daemon's first start.
+    pub fn dashboard_token(&self) -> PathBuf {
+        self.dir.join("dashboard.token")
+    }
     /// `config.toml`.
     pub fn config_file(&self) -> PathBuf {
         self.dir.join("config.toml")
@@ -113,9 +118,28 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Commands run after events (`[hooks]`).
     pub hooks: HooksConfig,
+    /// The local web dashboard (`[dashboard]`).
+    pub dashboard: DashboardConfig,
     /// Scheduled backups (`[[schedule]]`), see [`crate::schedule`].
     #[serde(rename = "schedule", skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<crate::schedule::Schedule>,
+}
+
+/// `[dashboard]`: the local web page, JSON API and `/metrics`, served on 127.0.0.1 only
+/// and protected by the token in `home/dashboard.token` (README "Dashboard").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// Serve it. Default true.
+    pub enabled: bool,
+    /// TCP port on 127.0.0.1; 0 = any free port (printed at start). Default 7740.
+    pub port: u16,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig { enabled: true, port: 7740 }
+    }
 }
 
 /// `[hooks]`: commands the daemon runs through `sh -c`, with the outcome in environment
@@ -337,6 +361,9 @@ const HEADER: &str = "\
 # [relay]             circuit relay v2 for peers behind NAT, served while you are publicly reachable
 #   serve             true/false
 #   max_reservations, reservation_secs, max_circuits, max_circuit_bytes, max_circuit_secs   its bounds
+# [dashboard]         the local web page (and /metrics, /health) on 127.0.0.1; 'peer dashboard' prints its URL
+#   enabled           true/false
+#   port              TCP port on 127.0.0.1 (0 = any free port)
 # [hooks]
 #   after_backup      shell command run after each backup; sees PEER_RESULT, PEER_SNAPSHOT,
 #                     PEER_FILES, PEER_BYTES_READ, PEER_BYTES_NEW, PEER_ERROR, PEER_SCHEDULE ...

@@ -69,6 +69,15 @@ pub enum Request {
         /// Also download every pack and verify every blob.
         read_data: bool,
     },
+    /// One directory of a snapshot (`peer ls`, the dashboard's browser).
+    Ls {
+        /// Snapshot id or unique prefix; `None` = latest.
+        snapshot: Option<String>,
+        /// An original absolute path inside the snapshot; empty = the backed-up paths.
+        path: String,
+    },
+    /// The dashboard's URL with its token (`peer dashboard`).
+    Dashboard,
     /// The schedules with their last and next runs (`peer schedule`).
     Schedules,
     /// Add a schedule (or replace the one of the same name), written to config.toml.
@@ -289,6 +298,9 @@ pub struct StatusReport {
     /// Scheduled backups with their last and next runs.
     #[serde(default)]
     pub schedules: Vec<ScheduleInfo>,
+    /// The backup or restore running now, with its progress.
+    #[serde(default)]
+    pub activity: Option<Progress>,
 }
 
 /// Where publication for recovery stands (protocol.md §5.8): in JSON, the fields `head`
@@ -491,6 +503,32 @@ pub enum Reply {
     Check(CheckSummary),
     /// The schedules.
     Schedules(Vec<ScheduleInfo>),
+    /// A directory of a snapshot: the snapshot's id and the entries.
+    Ls {
+        /// The snapshot listed (hex id).
+        snapshot: String,
+        /// Its entries, sorted by name.
+        entries: Vec<LsEntry>,
+    },
+    /// The dashboard's URL, `http://127.0.0.1:PORT/#token=TOKEN`.
+    Dashboard(String),
+}
+
+/// One entry of a snapshot directory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LsEntry {
+    /// Its name (lossy UTF-8).
+    pub name: String,
+    /// Its original absolute path.
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `fifo`.
+    pub kind: String,
+    /// Bytes (files).
+    pub size: u64,
+    /// Modification time, Unix seconds.
+    pub mtime: u64,
+    /// Unix permission bits.
+    pub mode: u32,
 }
 
 /// One schedule with its last and next run (`peer schedule`, `status --json`).

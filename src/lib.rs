@@ -22,6 +22,7 @@ pub mod hooks;
 pub mod id;
 pub mod identity;
 pub mod localnet;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod provider;

@@ -79,6 +79,8 @@ impl LocalNet {
             // 127.0.0.1 is not a global address: this is a test network (protocol.md §1.10).
             cfg.network.global_addresses_only = false;
             cfg.network.upnp = false;
+            // Many daemons on one machine: each dashboard on a free port.
+            cfg.dashboard.port = 0;
             configure(i, &mut cfg);
             cfg.save(&file).map_err(|e| e.to_string())?;
             run_peer(exe, &home, &["offer-storage", &offer.to_string()])?;

@@ -120,6 +120,63 @@ impl Docs<'_> {
     }
 }
 
+/// The entries of one directory of a snapshot (restic's `ls`, one level): `path` empty
+/// lists the backed-up paths themselves, else it is an original absolute path inside the
+/// snapshot. Trees come from the local cache, else from their pack via `source`. Errors:
+/// no such snapshot, a path not in the snapshot or not a directory, unreadable trees.
+pub async fn ls(
+    id: &Identity,
+    store: &Store,
+    source: &dyn PackSource,
+    snapshot: Option<String>,
+    path: &str,
+) -> Result<(SnapshotId, Vec<crate::control::LsEntry>), RestoreError> {
+    let (sid, snap) = store.call(move |s| Ok(resolve(s, snapshot.as_deref()))).await??;
+    let mut docs = Docs { id, store, source, last: None };
+    let root = docs.tree(&snap.tree).await?;
+    let entry = |n: &Node, path: String| crate::control::LsEntry {
+        name: String::from_utf8_lossy(&n.name).into_owned(),
+        path,
+        kind: match n.kind {
+            NodeKind::File => "file",
+            NodeKind::Dir => "dir",
+            NodeKind::Symlink => "symlink",
+            NodeKind::Fifo => "fifo",
+        }
+        .to_string(),
+        size: n.size,
+        mtime: u64::try_from(n.mtime_ns / 1_000_000_000).unwrap_or(0),
+        mode: n.mode,
+    };
+    let want = Path::new(path);
+    if path.is_empty() || path == "/" {
+        let list = root.nodes.iter().zip(&snap.paths).map(|(n, p)| entry(n, p.clone())).collect();
+        return Ok((sid, list));
+    }
+    let not_in = || RestoreError::NotInSnapshot(format!("{path} is not a directory in snapshot {}", sid.short()));
+    // The backed-up path that holds `want`, then one tree per component below it.
+    let (mut node, mut at) = root
+        .nodes
+        .iter()
+        .zip(&snap.paths)
+        .find(|(_, p)| want.starts_with(p.as_str()))
+        .map(|(n, p)| (n.clone(), PathBuf::from(p)))
+        .ok_or_else(not_in)?;
+    let rest: Vec<_> = want.strip_prefix(&at).map_err(|_| not_in())?.components().collect();
+    for c in rest {
+        let sub = node.subtree.filter(|_| node.kind == NodeKind::Dir).ok_or_else(not_in)?;
+        let t = docs.tree(&sub).await?;
+        let name = c.as_os_str().as_bytes();
+        node = t.nodes.into_iter().find(|n| n.name == name).ok_or_else(not_in)?;
+        at.push(c);
+    }
+    let sub = node.subtree.filter(|_| node.kind == NodeKind::Dir).ok_or_else(not_in)?;
+    let t = docs.tree(&sub).await?;
+    let list =
+        t.nodes.iter().map(|n| entry(n, at.join(std::ffi::OsStr::from_bytes(&n.name)).display().to_string())).collect();
+    Ok((sid, list))
+}
+
 /// Every blob snapshot `sid` needs: its own document, its trees and its files' contents.
 /// Tree documents come from the local cache, else from their pack via `source`.
 pub async fn snapshot_blobs(

@@ -7,10 +7,12 @@ mod backup;
 mod check;
 mod contracts;
 mod daemon;
+mod dashboard;
 mod demo;
 mod forget;
 mod init;
 mod key;
+mod ls;
 mod offer;
 mod prune;
 mod restore;
@@ -71,8 +73,12 @@ pub enum Command {
     Prune(prune::Args),
     /// Check that every pack of every snapshot is held; --read-data downloads and verifies.
     Check(check::Args),
+    /// List one directory of a snapshot.
+    Ls(ls::Args),
     /// Backups the daemon runs by itself: list, add, run now, remove.
     Schedule(schedule::Args),
+    /// Print the local web dashboard's URL (with its access token).
+    Dashboard,
     /// Start a local network of peers, back up a folder, restore it and verify it.
     Demo(demo::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
@@ -154,6 +160,8 @@ pub fn main() -> ExitCode {
         Command::Prune(a) => prune::run(&home, a),
         Command::Check(a) => check::run(&home, a),
         Command::Schedule(a) => schedule::run(&home, a),
+        Command::Ls(a) => ls::run(&home, a),
+        Command::Dashboard => dashboard::run(&home),
         Command::Demo(a) => demo::run(a),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     });

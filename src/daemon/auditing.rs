@@ -132,6 +132,12 @@ impl Inner {
                 Ok((rec, lost_standing))
             })
             .await;
+        let result = match &outcome {
+            Outcome::Pass => "pass",
+            Outcome::Wrong(_) => "wrong",
+            Outcome::Unreachable(_) => "unreachable",
+        };
+        crate::metrics::Metrics::count(&self.metrics.audits, result);
         let (rec, lost_standing) = applied?;
         match &outcome {
             Outcome::Pass => tracing::debug!("{peer} passed an audit of {what}"),

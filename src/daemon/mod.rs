@@ -21,6 +21,7 @@ mod ops;
 mod repair;
 mod scheduling;
 mod transfer;
+mod web;
 
 pub use heads::REPUBLISH_SECS;
 pub use ops::check_offer;
@@ -86,6 +87,12 @@ struct Inner {
     head_error: Mutex<Option<String>>,
     /// Scheduled backups and hooks ([`scheduling`]).
     scheduling: scheduling::Scheduling,
+    /// The backup or restore running now, with its latest progress.
+    activity: Mutex<Option<crate::control::Progress>>,
+    /// Metrics served at the dashboard's `/metrics` ([`crate::metrics`]).
+    metrics: crate::metrics::Metrics,
+    /// The dashboard's URL with its token, once it listens ([`web`]).
+    dashboard_url: std::sync::OnceLock<String>,
 }
 
 fn setup<E: std::fmt::Display>(e: E) -> DaemonError {
@@ -109,7 +116,8 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     let (state, state_thread) = Store::start(state).map_err(setup)?;
     let store = PackStore::open(&home.store_dir(), config.provider.min_free_bytes).map_err(setup)?;
     let claims = ClaimStore::open(&home.claims_dir()).map_err(setup)?;
-    let (net, events) = start_network(&id, &config, &state, &sticky_ports)?;
+    let (metrics, net_metrics) = crate::metrics::Metrics::new();
+    let (net, events) = start_network(&id, &config, &state, &sticky_ports, Arc::new(net_metrics))?;
     say(&id.peer_id().to_string());
     let listener = bind_control(&home)?;
     let inner = Arc::new(Inner {
@@ -130,6 +138,9 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         publishing: tokio::sync::Mutex::new(()),
         head_error: Mutex::new(None),
         scheduling: scheduling::Scheduling::default(),
+        activity: Mutex::new(None),
+        metrics,
+        dashboard_url: std::sync::OnceLock::new(),
     });
     let lasts = inner.db(|s| s.schedule_runs()).await.map_err(setup)?;
     inner.scheduling.load(&inner.config, &lasts);
@@ -140,6 +151,9 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     tasks.spawn(inner.clone().recover_loop());
     tasks.spawn(inner.clone().republish_loop());
     tasks.spawn(inner.clone().schedule_loop());
+    if inner.config.dashboard.enabled {
+        start_dashboard(&inner, &mut tasks).await;
+    }
     // systemd's Type=notify (sd_notify(3)): ready once the control socket takes commands.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!("cannot tell the service manager we are ready: {e}");
@@ -170,6 +184,34 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Starts the dashboard on 127.0.0.1 and prints its URL; a port in use or a token that
+/// cannot be written leaves the daemon running without it (logged).
+async fn start_dashboard(inner: &Arc<Inner>, tasks: &mut tokio::task::JoinSet<()>) {
+    let path = inner.home.dashboard_token();
+    let token = match tokio::task::spawn_blocking(move || web::load_or_make_token(&path)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return tracing::warn!("dashboard off: {e}"),
+        Err(e) => return tracing::warn!("dashboard off: {e}"),
+    };
+    match web::bind(inner.config.dashboard.port).await {
+        Ok((listener, port)) => {
+            let url = format!("http://127.0.0.1:{port}/#token={token}");
+            // Under systemd stdout goes to the journal: the token stays out of it.
+            if std::env::var_os("JOURNAL_STREAM").is_some() {
+                say(&format!("dashboard: http://127.0.0.1:{port}/ ('peer dashboard' prints the URL with its token)"));
+            } else {
+                say(&format!("dashboard: {url}"));
+            }
+            let _ = inner.dashboard_url.set(url);
+            tasks.spawn(web::serve(inner.clone(), listener, port, token));
+        }
+        Err(e) => tracing::warn!(
+            "dashboard off: cannot listen on 127.0.0.1:{}: {e} (set [dashboard] port in config.toml)",
+            inner.config.dashboard.port
+        ),
+    }
+}
+
 /// Seconds that inbound requests in flight get to finish at shutdown.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -188,6 +230,7 @@ fn start_network(
     config: &Config,
     state: &Store,
     sticky_ports: &[(&str, u64)],
+    metrics: Arc<libp2p::metrics::Metrics>,
 ) -> Result<(NetHandle, tokio::sync::mpsc::Receiver<NetEvent>), DaemonError> {
     let parse = |v: &[String]| {
         v.iter()
@@ -212,6 +255,7 @@ fn start_network(
         upnp: config.network.upnp,
         relay: config.relay.serve.then(|| config.relay.clone()),
         limits: net::throttle::Limits::new(config.network.limit_upload, config.network.limit_download),
+        metrics: Some(metrics.clone()),
     };
     let sticky: Vec<Multiaddr> = listen.iter().map(|a| with_saved_port(sticky_ports, a)).collect();
     match net::start(id.keypair(), cfg(sticky.clone())) {

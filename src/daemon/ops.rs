@@ -116,7 +116,7 @@ impl Inner {
         self.db(move |s| health_of(s, &lv)).await.map_err(|e| e.to_string())
     }
 
-    async fn status(&self) -> Result<StatusReport, String> {
+    pub(super) async fn status(&self) -> Result<StatusReport, String> {
         let recovering = self.home.recover_marker().exists();
         let snapshots = self.snapshot_health().await?;
         let contracts = self.state.contracts();
@@ -188,6 +188,7 @@ impl Inner {
             recovering,
             durability,
             schedules: self.schedule_list(),
+            activity: self.activity.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             index_packs,
             head,
         })
@@ -252,7 +253,16 @@ impl Inner {
                 }
             }
         });
-        let reply = match req {
+        let reply = self.handle(req, &tx).await;
+        let _ = tx.send(reply).await;
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    /// Answers one control request (from the control socket or the dashboard); progress
+    /// frames go to `tx`.
+    pub(super) async fn handle(self: Arc<Self>, req: Request, tx: &mpsc::Sender<Reply>) -> Reply {
+        match req {
             Request::Status => match self.full_status().await {
                 Ok(st) => Reply::Status(Box::new(st)),
                 Err(e) => fail(ErrorKind::Local, e),
@@ -280,20 +290,32 @@ impl Inner {
             },
             Request::Backup { paths, copies, exclude, erasure, limits } => {
                 let _limits = self.net.limit_while(limits.upload_kib, limits.download_kib);
-                self.clone().backup(&tx, BackupJob { paths, copies, exclude, erasure }).await
+                self.clone().backup(tx, BackupJob { paths, copies, exclude, erasure }).await
             }
             Request::Schedules => Reply::Schedules(self.schedule_list()),
+            Request::Ls { snapshot, path } => {
+                let source = NetSource { inner: self.clone() };
+                match restore::ls(&self.id, &self.state, &source, snapshot, &path).await {
+                    Ok((sid, entries)) => Reply::Ls { snapshot: sid.to_string(), entries },
+                    Err(e) => Reply::Error(e.into()),
+                }
+            }
+            Request::Dashboard => match self.dashboard_url.get() {
+                Some(url) => Reply::Dashboard(url.clone()),
+                None => fail(
+                    ErrorKind::Unavailable,
+                    "the dashboard is off ([dashboard] enabled = false in config.toml) or could not \
+                     bind its port; see the daemon's log",
+                ),
+            },
             Request::ScheduleAdd(spec) => self.schedule_add(spec).await,
             Request::ScheduleRemove(name) => self.schedule_remove(name).await,
-            Request::ScheduleRun(name) => self.clone().schedule_run_now(&tx, &name).await,
+            Request::ScheduleRun(name) => self.clone().schedule_run_now(tx, &name).await,
             Request::Restore { snapshot, target, overwrite, include, limits } => {
                 let _limits = self.net.limit_while(limits.upload_kib, limits.download_kib);
-                self.clone().restore(&tx, restore::RestoreWhat { snapshot, target, overwrite, include }).await
+                self.clone().restore(tx, restore::RestoreWhat { snapshot, target, overwrite, include }).await
             }
-        };
-        let _ = tx.send(reply).await;
-        drop(tx);
-        let _ = writer.await;
+        }
     }
 
     /// `peer backup`: refused while another backup, restore, forget or prune runs; the
@@ -348,7 +370,7 @@ impl Inner {
         let sink: Arc<dyn PackSink> = Arc::new(NetSink { erasure, ..NetSink::new(self.clone(), copies as usize) });
         let (c2, inner) = (counters.clone(), self.clone());
         let op = async move { backup::run(&inner.id, &inner.state, opts, sink, c2).await };
-        let result = with_progress(tx, op, || Progress {
+        let result = with_progress(tx, &self.activity, op, || Progress {
             phase: "backup".into(),
             done: counters.done.load(Ordering::Relaxed),
             total: counters.total.load(Ordering::Relaxed),
@@ -375,12 +397,18 @@ impl Inner {
         let source: Arc<dyn PackSource> = Arc::new(NetSource { inner: self.clone() });
         let (t2, d2, inner) = (total.clone(), done.clone(), self.clone());
         let op = async move { restore::run(&inner.id, &inner.state, source, &what, &t2, d2).await };
-        let result = with_progress(tx, op, || Progress {
+        let result = with_progress(tx, &self.activity, op, || Progress {
             phase: "restore".into(),
             done: done.load(Ordering::Relaxed),
             total: total.load(Ordering::Relaxed),
         })
         .await;
+        let outcome = match &result {
+            Ok(sum) if sum.failed.is_empty() => "success",
+            Ok(_) => "partial",
+            Err(_) => "failure",
+        };
+        crate::metrics::Metrics::count(&self.metrics.restores, outcome);
         match result {
             Ok(sum) => Reply::Restore(sum),
             Err(e) => Reply::Error(e.into()),
@@ -389,18 +417,27 @@ impl Inner {
 }
 
 /// Runs `op`, offering a progress frame every 200 ms; a frame is dropped when the queue is
-/// full, so a slow or absent reader never delays the operation.
+/// full, so a slow or absent reader never delays the operation. The latest progress is
+/// also kept in `activity` (for `status` and the dashboard) until `op` ends.
 async fn with_progress<T>(
     tx: &mpsc::Sender<Reply>,
+    activity: &std::sync::Mutex<Option<Progress>>,
     op: impl std::future::Future<Output = T>,
     progress: impl Fn() -> Progress,
 ) -> T {
     tokio::pin!(op);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
+    let set = |p: Option<Progress>| *activity.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    let out = loop {
         tokio::select! {
-            r = &mut op => return r,
-            _ = tick.tick() => { let _ = tx.try_send(Reply::Progress(progress())); }
+            r = &mut op => break r,
+            _ = tick.tick() => {
+                let p = progress();
+                set(Some(p.clone()));
+                let _ = tx.try_send(Reply::Progress(p));
+            }
         }
-    }
+    };
+    set(None);
+    out
 }

@@ -169,6 +169,7 @@ impl Inner {
                     match me.repair_pack(id, &rec, need, &dead, &sink, source, pacer).await {
                         Ok(n) => {
                             placed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                            me.metrics.repairs.inc_by(n as u64);
                             tracing::info!("repair: pack {} placed on {n} more holders", id.short())
                         }
                         Err(e) => tracing::warn!("repair: pack {}: {e}", id.short()),

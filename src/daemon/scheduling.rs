@@ -7,7 +7,7 @@
 use super::Inner;
 use super::ops::{BackupJob, fail};
 use crate::config::{Config, HooksConfig};
-use crate::control::{ErrorKind, Reply, ScheduleInfo};
+use crate::control::{ErrorKind, Failure, Reply, ScheduleInfo};
 use crate::protocol::now;
 use crate::schedule::{LastRun, Schedule, Scheduler};
 use rand::Rng;
@@ -85,24 +85,30 @@ impl Inner {
         }
     }
 
+    /// Marks schedule `name` running and returns it, or the reply that says why not
+    /// (unknown, or running already).
+    pub(super) fn start_schedule(&self, name: &str) -> Result<Schedule, Failure> {
+        let mut table = self.scheduling.table();
+        if table.get(name).is_none() {
+            return Err(Failure::new(
+                ErrorKind::NotFound,
+                format!("no schedule is named '{name}'; see 'peer schedule'"),
+            ));
+        }
+        table.start(name).ok_or_else(|| Failure::new(ErrorKind::Busy, format!("schedule '{name}' is running now")))
+    }
+
     /// `peer schedule run NAME`: runs it now and answers with its backup's outcome.
     pub(super) async fn schedule_run_now(self: Arc<Self>, tx: &mpsc::Sender<Reply>, name: &str) -> Reply {
-        let spec = {
-            let mut table = self.scheduling.table();
-            if table.get(name).is_none() {
-                return fail(ErrorKind::NotFound, format!("no schedule is named '{name}'; see 'peer schedule'"));
-            }
-            table.start(name)
-        };
-        match spec {
-            Some(spec) => self.run_schedule(tx, spec).await,
-            None => fail(ErrorKind::Busy, format!("schedule '{name}' is running now")),
+        match self.start_schedule(name) {
+            Ok(spec) => self.run_schedule(tx, spec).await,
+            Err(f) => Reply::Error(f),
         }
     }
 
     /// One run of a schedule that [`Scheduler::start`] marked running: waits for the busy
     /// lock, backs up, applies the keep rules, records the outcome, runs the hook.
-    async fn run_schedule(self: Arc<Self>, tx: &mpsc::Sender<Reply>, spec: Schedule) -> Reply {
+    pub(super) async fn run_schedule(self: Arc<Self>, tx: &mpsc::Sender<Reply>, spec: Schedule) -> Reply {
         let started = now();
         tracing::info!("schedule '{}': backup of {} paths starts", spec.name, spec.paths.len());
         let (reply, retention_error) = {
@@ -170,11 +176,13 @@ impl Inner {
 
     /// Runs the `after_backup` hook, if any, on a backup's outcome, in the background.
     pub(super) fn after_backup(&self, schedule: Option<&str>, reply: &Reply) {
+        let env = crate::hooks::backup_env(schedule, reply);
+        let result = env.iter().find(|(k, _)| *k == "PEER_RESULT").map(|(_, v)| v.as_str()).unwrap_or("failure");
+        crate::metrics::Metrics::count(&self.metrics.backups, result);
         let hooks = self.scheduling.hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if hooks.after_backup.trim().is_empty() {
             return;
         }
-        let env = crate::hooks::backup_env(schedule, reply);
         let secs = if hooks.timeout_secs == 0 { crate::hooks::DEFAULT_TIMEOUT_SECS } else { hooks.timeout_secs };
         tokio::spawn(async move {
             match crate::hooks::run(&hooks.after_backup, &env, Duration::from_secs(secs)).await {
@@ -205,7 +213,7 @@ impl Inner {
                 let before = list.len();
                 list.retain(|s| s.name != n);
                 if list.len() == before {
-                    return Err(crate::control::Failure::new(
+                    return Err(Failure::new(
                         ErrorKind::NotFound,
                         format!("no schedule is named '{n}'; see 'peer schedule'"),
                     ));
@@ -223,16 +231,15 @@ impl Inner {
     /// atomically and loads the result.
     async fn edit_schedules(
         &self,
-        f: impl FnOnce(&mut Vec<Schedule>) -> Result<(), crate::control::Failure> + Send + 'static,
+        f: impl FnOnce(&mut Vec<Schedule>) -> Result<(), Failure> + Send + 'static,
     ) -> Reply {
         let _one = self.scheduling.editing.lock().await;
         let path = self.home.config_file();
         let edited = tokio::task::spawn_blocking(move || {
-            let mut config = Config::load_existing(&path)
-                .map_err(|e| crate::control::Failure::new(ErrorKind::Local, e.to_string()))?;
+            let mut config = Config::load_existing(&path).map_err(|e| Failure::new(ErrorKind::Local, e.to_string()))?;
             f(&mut config.schedules)?;
-            config.save(&path).map_err(|e| crate::control::Failure::new(ErrorKind::Usage, e.to_string()))?;
-            Ok::<_, crate::control::Failure>(config)
+            config.save(&path).map_err(|e| Failure::new(ErrorKind::Usage, e.to_string()))?;
+            Ok::<_, Failure>(config)
         })
         .await;
         let config = match edited {

@@ -363,6 +363,8 @@ pub struct NetConfig {
     pub relay: Option<crate::config::RelayConfig>,
     /// Bandwidth limits for everything sent and received.
     pub limits: throttle::Limits,
+    /// libp2p's metrics (served at the dashboard's `/metrics`), fed every Swarm event.
+    pub metrics: Option<Arc<libp2p::metrics::Metrics>>,
 }
 
 /// Builds the Swarm, starts listening, and spawns the event loop.
@@ -374,6 +376,7 @@ pub fn start(
     let other = |e: &dyn std::fmt::Display| NetError::Other(e.to_string());
     let peer_id = keypair.public().to_peer_id();
     let limits = cfg.limits.clone();
+    let metrics = cfg.metrics.clone();
     let (transport, relay_client) = build_transport(&keypair, &limits).map_err(|e| other(&e))?;
     let behaviour = build_behaviour(&keypair, &cfg, relay_client).map_err(|e| other(&e))?;
     let mut swarm = Swarm::new(
@@ -430,6 +433,7 @@ pub fn start(
         initial_dials,
         closing: Vec::new(),
         loopback_only,
+        metrics,
     };
     tokio::spawn(lp.run());
     Ok((NetHandle { tx, peer_id, advertised, limits }, ev_rx))
@@ -628,6 +632,8 @@ struct EventLoop {
     initial_dials: Vec<libp2p::swarm::dial_opts::DialOpts>,
     /// Every configured listen address is a loopback one (a local test network).
     loopback_only: bool,
+    /// libp2p's metrics, if served.
+    metrics: Option<Arc<libp2p::metrics::Metrics>>,
 }
 
 impl EventLoop {
@@ -968,7 +974,24 @@ impl EventLoop {
         }
     }
 
+    /// Feeds an event to libp2p's metrics (connections, and each protocol's own events).
+    fn record(&self, ev: &SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        let Some(m) = &self.metrics else { return };
+        m.record(ev);
+        match ev {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => m.record(e),
+            _ => {}
+        }
+    }
+
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        self.record(&ev);
         match ev {
             SwarmEvent::NewListenAddr { listener_id, address } => self.on_new_listen_addr(listener_id, address),
             // A relay listener closes with Ok when its connection to the relay closed, with
