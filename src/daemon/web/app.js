@@ -216,4 +216,13 @@ $("restore-form").onsubmit = async (ev) => {
   }
 };
 
+// A URL with a token pasted into a tab already open on the page changes only the fragment.
+window.addEventListener("hashchange", () => {
+  const t = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (t) {
+    sessionStorage.setItem("peer-token", t);
+    location.reload();
+  }
+});
+
 if (!token) refuse(); else { refresh(); setInterval(refresh, 2000); }
