@@ -120,9 +120,31 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// The local web dashboard (`[dashboard]`).
     pub dashboard: DashboardConfig,
+    /// Test restores the daemon runs by itself (`[test_restore]`, [`crate::drill`]).
+    pub test_restore: TestRestoreConfig,
     /// Scheduled backups (`[[schedule]]`), see [`crate::schedule`].
     #[serde(rename = "schedule", skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<crate::schedule::Schedule>,
+}
+
+/// `[test_restore]`: how often and how much the daemon restores, as a test, from the
+/// latest snapshot ([`crate::drill`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestRestoreConfig {
+    /// Mean seconds between two test restores (the wait is uniform in [0.5, 1.5] × this);
+    /// 0 = never. Default 86400.
+    pub interval_secs: u64,
+    /// Files restored each time, at most. Default 20.
+    pub files: usize,
+    /// Bytes restored each time, at most (each file at most this / `files`). Default 32 MiB.
+    pub max_bytes: u64,
+}
+
+impl Default for TestRestoreConfig {
+    fn default() -> Self {
+        TestRestoreConfig { interval_secs: 86400, files: 20, max_bytes: 32 << 20 }
+    }
 }
 
 /// `[dashboard]`: the local web page, JSON API and `/metrics`, served on 127.0.0.1 only
@@ -364,8 +386,11 @@ const HEADER: &str = "\
 # [dashboard]         the local web page (and /metrics, /health) on 127.0.0.1; 'peer dashboard' prints its URL
 #   enabled           true/false
 #   port              TCP port on 127.0.0.1 (0 = any free port)
+# [test_restore]      restores of a random sample of the latest snapshot, checked, then removed
+#   interval_secs     mean time between two (0 = never)
+#   files, max_bytes  how much each restores at most
 # [hooks]
-#   after_backup      shell command run after each backup; sees PEER_RESULT, PEER_SNAPSHOT,
+#   after_backup      shell command run after each backup and failed test restore; sees PEER_RESULT, PEER_SNAPSHOT,
 #                     PEER_FILES, PEER_BYTES_READ, PEER_BYTES_NEW, PEER_ERROR, PEER_SCHEDULE ...
 #   timeout_secs      seconds a hook may run (default 600)
 # [[schedule]]        a backup the daemon runs by itself ('peer schedule add' writes these)

@@ -72,6 +72,34 @@ pub fn provider_grant(
     Ok(grant)
 }
 
+/// What a user lowering the offer to `offered` should know, given `granted` (bytes our
+/// live provider contracts promise to others), `client_granted` (bytes our live client
+/// contracts grant us at others) and `ratio`: existing contracts keep their space until
+/// they end, but no new one comes while either side is over. Empty when nothing is over.
+pub fn offer_notes(offered: u64, granted: u64, client_granted: u64, ratio: f64) -> Vec<String> {
+    let b = |v: u64| bytesize::ByteSize(v).to_string();
+    let mut notes = Vec::new();
+    if granted > offered {
+        notes.push(format!(
+            "live contracts already grant {} of your disk to other peers, more than this offer: \
+             they keep that space until they end, and no new contract is granted until grants \
+             fall below the offer",
+            b(granted)
+        ));
+    }
+    let allowance = (ratio * offered as f64) as u64;
+    if client_granted > allowance {
+        notes.push(format!(
+            "your contracts at other peers grant you {}, more than this offer allows ({} = {ratio} × \
+             offer, give to get): they stay until they end, but backups get no new contracts \
+             until you offer more",
+            b(client_granted),
+            b(allowance)
+        ));
+    }
+    notes
+}
+
 /// Bytes a client asks of each of `missing` new providers, given its offer and the bytes
 /// already granted to it: half its remaining allowance `ratio × offered − held`, split
 /// evenly, but at least [`MIN_GRANT`] when the allowance covers that. The other half stays
@@ -161,5 +189,17 @@ mod tests {
         assert!(!has_room_for_client(false, 3 * pack, 2 * pack + 1), "less than one largest pack left");
         assert!(!has_room_for_client(false, 0, 0), "no contract at all: a first one");
         assert!(!has_room_for_client(false, pack, 5 * pack), "over its grant (an ended contract's packs)");
+    }
+
+    #[test]
+    fn lowering_the_offer_below_what_is_granted_or_held_is_explained() {
+        assert!(offer_notes(100, 100, 100, 1.0).is_empty());
+        let n = offer_notes(50, 80, 10, 1.0);
+        assert_eq!(n.len(), 1);
+        assert!(n[0].contains("already grant 80 B"), "{n:?}");
+        let n = offer_notes(50, 0, 90, 1.0);
+        assert_eq!(n.len(), 1);
+        assert!(n[0].contains("grant you 90 B") && n[0].contains("50 B"), "{n:?}");
+        assert_eq!(offer_notes(0, 1, 1, 1.0).len(), 2);
     }
 }

@@ -78,6 +78,8 @@ pub enum Request {
     },
     /// The dashboard's URL with its token (`peer dashboard`).
     Dashboard,
+    /// Run a test restore now (`peer test-restore`).
+    TestRestore,
     /// The schedules with their last and next runs (`peer schedule`).
     Schedules,
     /// Add a schedule (or replace the one of the same name), written to config.toml.
@@ -273,6 +275,11 @@ pub struct StatusReport {
     pub used_by_others: u64,
     /// Bytes of our packs held at others, all copies counted.
     pub held_at_others: u64,
+    /// Of those, the bytes of packs no snapshot needs (left by a failed or interrupted
+    /// backup: the next backup reuses what it can, `peer prune` frees the rest); `None`
+    /// while some snapshot's trees are not cached here.
+    #[serde(default)]
+    pub unreferenced_at_others: Option<u64>,
     /// Bytes of claims we hold for our providers: the reciprocal space we owe them
     /// (protocol.md §4.6).
     pub claims_held: u64,
@@ -301,6 +308,9 @@ pub struct StatusReport {
     /// The backup or restore running now, with its progress.
     #[serde(default)]
     pub activity: Option<Progress>,
+    /// The last test restore, if one ran.
+    #[serde(default)]
+    pub test_restore: Option<crate::drill::DrillReport>,
 }
 
 /// Where publication for recovery stands (protocol.md §5.8): in JSON, the fields `head`
@@ -512,6 +522,11 @@ pub enum Reply {
     },
     /// The dashboard's URL, `http://127.0.0.1:PORT/#token=TOKEN`.
     Dashboard(String),
+    /// A test restore's outcome.
+    TestRestore(crate::drill::DrillReport),
+    /// The offer is set; what the user should know about it
+    /// ([`crate::contracts::offer_notes`]).
+    Offered(Vec<String>),
 }
 
 /// One entry of a snapshot directory.

@@ -7,7 +7,7 @@
 //!
 //! | variable | value |
 //! |---|---|
-//! | `PEER_EVENT` | `backup` |
+//! | `PEER_EVENT` | `backup`, or `test_restore` for a failed test restore ([`drill_env`]) |
 //! | `PEER_RESULT` | `success`, `partial` (some files unreadable), `unpublished` (snapshot saved, head not published) or `failure` |
 //! | `PEER_SCHEDULE` | the schedule's name; empty for `peer backup` |
 //! | `PEER_SNAPSHOT` | the new snapshot's id (hex); empty on failure |
@@ -65,6 +65,26 @@ pub fn backup_env(schedule: Option<&str>, reply: &Reply) -> Vec<(&'static str, S
         }
     }
     env
+}
+
+/// The environment of the hook for a failed test restore ([`crate::drill`]):
+/// `PEER_EVENT=test_restore`, `PEER_RESULT=failure`, the snapshot, the files and bytes
+/// sampled, and the error.
+pub fn drill_env(r: &crate::drill::DrillReport) -> Vec<(&'static str, String)> {
+    vec![
+        ("PEER_EVENT", "test_restore".into()),
+        ("PEER_SCHEDULE", String::new()),
+        ("PEER_RESULT", if r.ok() { "success" } else { "failure" }.into()),
+        ("PEER_SNAPSHOT", r.snapshot.clone()),
+        ("PEER_FILES", r.sample.len().to_string()),
+        ("PEER_FILES_READ", r.sample.len().to_string()),
+        ("PEER_BYTES_READ", r.bytes.to_string()),
+        ("PEER_BYTES_NEW", "0".into()),
+        ("PEER_BYTES_UPLOADED", "0".into()),
+        ("PEER_UNREADABLE", "0".into()),
+        ("PEER_SECONDS", format!("{:.1}", r.seconds)),
+        ("PEER_ERROR", r.error.clone()),
+    ]
 }
 
 /// Runs `command` through `sh -c` with `env` added, for at most `timeout`. Errors: it could

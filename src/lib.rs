@@ -16,6 +16,7 @@ pub mod config;
 pub mod contracts;
 pub mod control;
 pub mod daemon;
+pub mod drill;
 pub mod durability;
 pub mod head;
 pub mod hooks;

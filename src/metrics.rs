@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `peer_backups_total{result}` | counter | backups ended: `success`, `partial`, `unpublished`, `failure` |
 //! | `peer_restores_total{result}` | counter | restores ended: `success`, `partial`, `failure` |
+//! | `peer_test_restores_total{result}` | counter | test restores ([`crate::drill`]): `success`, `failure` |
 //! | `peer_audits_total{result}` | counter | challenges this peer sent: `pass`, `wrong`, `unreachable` |
 //! | `peer_repairs_total` | counter | copies or shards placed again by repair |
 //! | `peer_offered_bytes` | gauge | disk offered to others |
@@ -47,6 +48,8 @@ pub struct Metrics {
     pub backups: Family<ResultLabel, Counter>,
     /// Restores ended, by result.
     pub restores: Family<ResultLabel, Counter>,
+    /// Test restores ended, by result.
+    pub test_restores: Family<ResultLabel, Counter>,
     /// Audit challenges sent, by result.
     pub audits: Family<ResultLabel, Counter>,
     /// Copies or shards placed by repair.
@@ -74,6 +77,7 @@ impl Metrics {
             registry: Arc::new(Registry::default()),
             backups: Family::default(),
             restores: Family::default(),
+            test_restores: Family::default(),
             audits: Family::default(),
             repairs: Counter::default(),
             offered: Gauge::default(),
@@ -86,6 +90,7 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("peer");
         r.register("backups", "Backups ended, by result", m.backups.clone());
         r.register("restores", "Restores ended, by result", m.restores.clone());
+        r.register("test_restores", "Test restores ended, by result", m.test_restores.clone());
         r.register("audits", "Audit challenges sent to holders and clients, by result", m.audits.clone());
         r.register("repairs", "Copies or shards placed again by repair", m.repairs.clone());
         r.register_with_unit(

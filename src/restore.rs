@@ -18,6 +18,7 @@ use crate::repo::tree::{self, Node, NodeKind, Snapshot};
 use crate::state::{State, StateError};
 use crate::store::Store;
 use futures::StreamExt;
+use rand::SeedableRng;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -175,6 +176,48 @@ pub async fn ls(
     let list =
         t.nodes.iter().map(|n| entry(n, at.join(std::ffi::OsStr::from_bytes(&n.name)).display().to_string())).collect();
     Ok((sid, list))
+}
+
+/// Draws up to `n` regular files of at most `max_each` bytes, uniformly, from snapshot
+/// `snapshot` (latest when `None`) for a test restore ([`crate::drill`]). Trees come
+/// from the local cache, else from their pack via `source`; memory holds the sample only.
+pub async fn sample_files(
+    id: &Identity,
+    store: &Store,
+    source: &dyn PackSource,
+    snapshot: Option<String>,
+    n: usize,
+    max_each: u64,
+) -> Result<(SnapshotId, Vec<crate::drill::Pick>), RestoreError> {
+    let (sid, snap) = store.call(move |s| Ok(resolve(s, snapshot.as_deref()))).await??;
+    let mut docs = Docs { id, store, source, last: None };
+    let mut sampler = crate::drill::Sampler::new(n, max_each, rand::rngs::StdRng::from_entropy());
+    let root = docs.tree(&snap.tree).await?;
+    let mut stack: Vec<(Node, PathBuf, PathBuf)> = root
+        .nodes
+        .into_iter()
+        .zip(&snap.paths)
+        .map(|(node, orig)| {
+            let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&node.name));
+            (node, PathBuf::from(orig), rel)
+        })
+        .collect();
+    while let Some((node, orig, rel)) = stack.pop() {
+        match node.kind {
+            NodeKind::File => {
+                sampler.offer(crate::drill::Pick { orig: orig.display().to_string(), rel, node });
+            }
+            NodeKind::Dir => {
+                let Some(sub) = node.subtree else { continue };
+                for child in docs.tree(&sub).await?.nodes {
+                    let name = std::ffi::OsStr::from_bytes(&child.name).to_owned();
+                    stack.push((child, orig.join(&name), rel.join(&name)));
+                }
+            }
+            NodeKind::Symlink | NodeKind::Fifo => {}
+        }
+    }
+    Ok((sid, sampler.into_picks()))
 }
 
 /// Every blob snapshot `sid` needs: its own document, its trees and its files' contents.

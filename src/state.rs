@@ -29,6 +29,9 @@ const AUDITS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("audits");
 const INDEX_PACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("index_packs");
 /// Scheduled backups: schedule name (UTF-8) → CBOR [`crate::schedule::LastRun`].
 const SCHEDULE_RUNS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("schedule_runs");
+/// Named records of this client (`test_restore`: the last [`crate::drill::DrillReport`]),
+/// CBOR.
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// Provider side of claims (protocol.md §4.6): client PeerId bytes → blocks `0..n` it acknowledged.
 const CLAIMS: TableDefinition<&[u8], u64> = TableDefinition::new("claims");
 
@@ -329,6 +332,7 @@ impl State {
         tx.open_table(SETTINGS)?;
         tx.open_table(CLAIMS)?;
         tx.open_table(INDEX_PACKS)?;
+        tx.open_table(RECORDS)?;
         for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS, AUDITS, SCHEDULE_RUNS] {
             tx.open_table(t)?;
         }
@@ -635,6 +639,21 @@ impl State {
     /// Every audit record, keyed by PeerId bytes.
     pub fn audits(&self) -> Result<Vec<(Vec<u8>, AuditRecord)>, StateError> {
         self.all_decoded(AUDITS, "audit", |k| Some(k.to_vec()))
+    }
+
+    /// A named record, if set.
+    pub fn record<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, StateError> {
+        let tx = self.db.begin_read()?;
+        let v = tx.open_table(RECORDS)?.get(name)?.map(|v| v.value().to_vec());
+        v.map(|b| dec(name, &b)).transpose()
+    }
+
+    /// Sets a named record.
+    pub fn set_record<T: Serialize>(&self, name: &str, v: &T) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(RECORDS)?.insert(name, enc(v).as_slice())?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// The last run of every schedule that ran, by name.

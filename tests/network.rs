@@ -873,12 +873,17 @@ fn forget_prune_and_check() {
     let plan = json_last(&net.run(0, &["prune", "--dry-run", "--json"]).unwrap());
     assert!(plan["packs_unused"].as_u64() >= Some(3), "{plan}");
     assert_eq!(dir_bytes(&holder_files()), before);
-    let used_before: u64 = status(&net, 0)["held_at_others"].as_u64().unwrap();
+    let st = status(&net, 0);
+    let used_before: u64 = st["held_at_others"].as_u64().unwrap();
+    // Status shows what no snapshot needs any more (both copies), until prune frees it.
+    assert_eq!(st["unreferenced_at_others"].as_u64(), Some(2 * plan["bytes_unused"].as_u64().unwrap()), "{st}");
     let p = json_last(&net.run(0, &["prune", "--json"]).unwrap());
     let freed = p["bytes_freed"].as_u64().unwrap();
     assert_eq!(freed, 2 * plan["bytes_unused"].as_u64().unwrap(), "{p}");
     assert_eq!(dir_bytes(&holder_files()), before - freed, "the holders' stores shrink by what prune freed");
-    assert_eq!(status(&net, 0)["held_at_others"].as_u64().unwrap(), used_before - freed);
+    let st = status(&net, 0);
+    assert_eq!(st["held_at_others"].as_u64().unwrap(), used_before - freed);
+    assert_eq!(st["unreferenced_at_others"], 0, "{st}");
     assert_eq!(json_last(&net.run(0, &["prune", "--dry-run", "--json"]).unwrap())["packs_unused"], 0);
 
     // What is left restores, and checks clean.

@@ -181,3 +181,84 @@ fn completions_and_man_pages_come_from_the_command_definitions() {
     let add = std::fs::read_to_string(dir.path().join("peer-schedule-add.1")).unwrap();
     assert!(add.contains("keep\\-daily") || add.contains("keep-daily"), "{add}");
 }
+
+#[test]
+fn test_restores_run_by_themselves_and_catch_a_backup_that_no_longer_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, hooks) = (tmp.path().join("papers"), tmp.path().join("hooks"));
+    std::fs::create_dir_all(src.join("inner")).unwrap();
+    std::fs::create_dir_all(&hooks).unwrap();
+    for i in 0..12 {
+        let dir = if i % 2 == 0 { src.clone() } else { src.join("inner") };
+        std::fs::write(dir.join(format!("paper {i}.txt")), format!("paper {i}\n").repeat(2000 + i)).unwrap();
+    }
+    let hook = format!(
+        "f='{}'/$(date +%s%N)-$PEER_EVENT; env | grep '^PEER_' > \"$f.tmp\" && mv \"$f.tmp\" \"$f.env\"",
+        hooks.display()
+    );
+    let configure = move |i: usize, c: &mut Config| {
+        if i == 0 {
+            c.hooks.after_backup = hook.clone();
+            (c.test_restore.interval_secs, c.test_restore.files) = (2, 5);
+        }
+    };
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 3, GIB, configure).unwrap();
+    net.wait_connected(2, Duration::from_secs(60)).unwrap();
+    net.run(0, &["backup", src.to_str().unwrap(), "--copies", "2"]).unwrap();
+
+    // The daemon restores a sample by itself, checks it and removes it.
+    let status =
+        |net: &LocalNet| -> Value { serde_json::from_str(&net.run(0, &["status", "--json"]).unwrap()).unwrap() };
+    let done = until(60, || {
+        let s = status(&net);
+        if s["test_restore"].is_object() { Ok(s["test_restore"].clone()) } else { Err(format!("none yet: {s}")) }
+    });
+    assert_eq!(done["error"], "", "{done}");
+    let sample: Vec<&str> = done["sample"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(sample.len(), 5, "{done}");
+    assert!(sample.iter().all(|p| p.starts_with(src.to_str().unwrap())), "{sample:?}");
+    let left: Vec<_> = std::fs::read_dir(&net.peers[0].home)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".test-restore-"))
+        .collect();
+    assert!(left.is_empty(), "the test restore's directory is removed");
+
+    // Both holders' copies go bad: the next test restore fails, says so, and runs the hook.
+    for p in &net.peers[1..] {
+        for client in std::fs::read_dir(p.home.join("store")).unwrap().flatten() {
+            for f in std::fs::read_dir(client.path()).unwrap().flatten() {
+                let mut bytes = std::fs::read(f.path()).unwrap();
+                if f.file_name() == "HEAD" || bytes.len() < 64 {
+                    continue;
+                }
+                let n = bytes.len();
+                bytes[n / 3..n - 16].iter_mut().for_each(|b| *b ^= 0x5a);
+                std::fs::write(f.path(), bytes).unwrap();
+            }
+        }
+    }
+    let out = net.cmd(0, &["test-restore"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("test restore failed"), "{err}");
+    let s = status(&net);
+    assert!(s["test_restore"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{s}");
+    let report = until(30, || {
+        let r = hook_reports(&hooks);
+        r.into_iter()
+            .find(|r| r.get("PEER_EVENT").is_some_and(|e| e == "test_restore"))
+            .ok_or("no hook run".to_string())
+    });
+    assert_eq!(report["PEER_RESULT"], "failure");
+    assert!(!report["PEER_ERROR"].is_empty(), "{report:?}");
+
+    // Lowering an offer below what contracts already grant is accepted, and explained.
+    let out = net.cmd(1, &["offer-storage", "1MiB"]).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("note:") && err.contains("already grant"), "{err}");
+    let out = net.cmd(0, &["offer-storage", "1MiB"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("grant you"), "{err}");
+}

@@ -19,6 +19,7 @@ mod restore;
 mod schedule;
 mod snapshots;
 mod status;
+mod test_restore;
 
 use crate::config::Home;
 use clap::{Parser, Subcommand};
@@ -79,6 +80,8 @@ pub enum Command {
     Schedule(schedule::Args),
     /// Print the local web dashboard's URL (with its access token).
     Dashboard,
+    /// Restore a random sample of the latest snapshot now, check it, and remove it.
+    TestRestore(test_restore::Args),
     /// Start a local network of peers, back up a folder, restore it and verify it.
     Demo(demo::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
@@ -162,6 +165,7 @@ pub fn main() -> ExitCode {
         Command::Schedule(a) => schedule::run(&home, a),
         Command::Ls(a) => ls::run(&home, a),
         Command::Dashboard => dashboard::run(&home),
+        Command::TestRestore(a) => test_restore::run(&home, a),
         Command::Demo(a) => demo::run(a),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     });

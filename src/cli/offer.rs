@@ -2,7 +2,7 @@
 
 use super::{CliResult, human};
 use crate::config::Home;
-use crate::control::{ControlError, Request};
+use crate::control::{ControlError, Reply, Request};
 
 /// Arguments of `peer offer-storage`.
 #[derive(clap::Args, Debug)]
@@ -27,21 +27,28 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     }
     let sent =
         super::block_on(crate::control::call(&home.dir, &home.control_socket(), &Request::Offer(bytes), |_| {}))?;
-    match sent {
-        Ok(reply) => {
-            super::answer(reply)?;
-        }
+    let notes = match sent {
+        Ok(reply) => match super::answer(reply)? {
+            Reply::Offered(notes) => notes,
+            _ => vec![],
+        },
         // No daemon runs: the offer goes straight into the state.
         Err(ControlError::NoDaemon(_)) => {
             crate::daemon::check_offer(home, bytes, 0)?;
-            crate::state::State::open(&home.state_file())?.set_offered(bytes)?;
+            let ratio = crate::config::Config::load_existing(&home.config_file())?.contracts.ratio;
+            let state = crate::state::State::open(&home.state_file())?;
+            state.set_offered(bytes)?;
+            crate::daemon::offer_notes(&state.contracts()?, bytes, ratio)
         }
         Err(e) => return Err(e.into()),
-    }
+    };
     if bytes == 0 {
         println!("this peer offers no storage now (and so cannot back up to others)");
     } else {
         println!("offering {} to other peers", human(bytes));
+    }
+    for n in notes {
+        eprintln!("peer: note: {n}");
     }
     Ok(())
 }

@@ -25,6 +25,17 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     print_network(&s);
     print_storage(&s);
     print_health(&s);
+    match &s.test_restore {
+        Some(t) if t.ok() => println!(
+            "test restore:     {}  ok: {} files, {} from snapshot {}",
+            super::utc(t.time),
+            t.sample.len(),
+            human(t.bytes),
+            super::short(&t.snapshot)
+        ),
+        Some(t) => println!("test restore:     {}  FAILED: {}", super::utc(t.time), t.error),
+        None => println!("test restore:     none yet ('peer test-restore' runs one now)"),
+    }
     if !s.schedules.is_empty() {
         println!("schedules:");
         for sc in &s.schedules {
@@ -86,6 +97,13 @@ fn print_storage(s: &StatusReport) {
         human(s.used_by_others)
     );
     println!("held at others:   {}", human(s.held_at_others));
+    if let Some(u) = s.unreferenced_at_others.filter(|u| *u > 0) {
+        println!(
+            "  of which {} in packs no snapshot needs (from an interrupted backup: the next backup \
+             reuses them, 'peer prune' frees the rest)",
+            human(u)
+        );
+    }
     println!(
         "claims:           {} held here for your providers, {} held for you by your clients",
         human(s.claims_held),

@@ -15,6 +15,7 @@
 mod auditing;
 mod claiming;
 mod contracting;
+mod drilling;
 mod heads;
 mod maintenance;
 mod ops;
@@ -24,7 +25,7 @@ mod transfer;
 mod web;
 
 pub use heads::REPUBLISH_SECS;
-pub use ops::check_offer;
+pub use ops::{check_offer, offer_notes};
 
 use crate::claims::ClaimStore;
 use crate::config::{Config, Home};
@@ -93,6 +94,8 @@ struct Inner {
     metrics: crate::metrics::Metrics,
     /// The dashboard's URL with its token, once it listens ([`web`]).
     dashboard_url: std::sync::OnceLock<String>,
+    /// The last test restore ([`drilling`]).
+    drill: Mutex<Option<crate::drill::DrillReport>>,
 }
 
 fn setup<E: std::fmt::Display>(e: E) -> DaemonError {
@@ -141,9 +144,12 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         activity: Mutex::new(None),
         metrics,
         dashboard_url: std::sync::OnceLock::new(),
+        drill: Mutex::new(None),
     });
     let lasts = inner.db(|s| s.schedule_runs()).await.map_err(setup)?;
     inner.scheduling.load(&inner.config, &lasts);
+    let last_drill = inner.db(|s| s.record(drilling::RECORD)).await.map_err(setup)?;
+    *inner.drill.lock().unwrap_or_else(|p| p.into_inner()) = last_drill;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve_control_socket(inner.clone(), listener));
     tasks.spawn(inner.clone().audit_loop());
@@ -151,6 +157,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     tasks.spawn(inner.clone().recover_loop());
     tasks.spawn(inner.clone().republish_loop());
     tasks.spawn(inner.clone().schedule_loop());
+    tasks.spawn(inner.clone().drill_loop());
     if inner.config.dashboard.enabled {
         start_dashboard(&inner, &mut tasks).await;
     }

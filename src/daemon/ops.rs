@@ -11,9 +11,11 @@ use crate::control::{
     self, AuditInfo, ContractInfo, DurabilityInfo, ErrorKind, Failure, Progress, Reply, Request, SnapshotHealth,
     SnapshotInfo, StatusReport,
 };
+use crate::id::PackId;
 use crate::protocol::now;
 use crate::restore::{self, PackSource};
 use crate::state::{Role, State, StateError};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,10 +37,26 @@ pub fn check_offer(home: &Home, bytes: u64, stored: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// [`crate::contracts::offer_notes`] for a new offer, from the live contracts.
+pub fn offer_notes(
+    contracts: &[(crate::id::ContractId, crate::state::ContractRecord)],
+    offered: u64,
+    ratio: f64,
+) -> Vec<String> {
+    let t = now();
+    let sum = |r: Role| contracts.iter().filter(|(_, c)| c.role == r && c.is_live(t)).map(|(_, c)| c.bytes).sum();
+    crate::contracts::offer_notes(offered, sum(Role::Provider), sum(Role::Client), ratio)
+}
+
 /// Copy health of every snapshot (protocol.md §5.5), read in one pass on the store
-/// thread: the trees from the local cache, each pack's record from the index.
-fn health_of(state: &State, lv: &Liveness) -> Result<Vec<SnapshotHealth>, StateError> {
+/// thread: the trees from the local cache, each pack's record from the index. Also the
+/// bytes held at others (all copies) of packs no snapshot and no index pack needs: left
+/// by a failed or interrupted backup, reused by the next one or freed by `prune`; `None`
+/// when some snapshot's trees are not cached here (the figure would be too high).
+fn health_of(state: &State, lv: &Liveness) -> Result<(Vec<SnapshotHealth>, Option<u64>), StateError> {
     let mut out = Vec::new();
+    let mut referenced: HashSet<PackId> = HashSet::new();
+    let mut complete = true;
     for (sid, snap) in state.snapshots()? {
         let mut h = SnapshotHealth { id: sid.to_string(), packs: 0, full: 0, reduced: 0, zero: 0, note: String::new() };
         match restore::cached_snapshot_blobs(state, &sid, &snap) {
@@ -50,6 +68,7 @@ fn health_of(state: &State, lv: &Liveness) -> Result<Vec<SnapshotHealth>, StateE
                 }
                 for p in packs {
                     h.packs += 1;
+                    referenced.insert(p);
                     let Some(rec) = state.pack(&p)? else {
                         h.zero += 1;
                         continue;
@@ -62,11 +81,32 @@ fn health_of(state: &State, lv: &Liveness) -> Result<Vec<SnapshotHealth>, StateE
                     }
                 }
             }
-            Err(e) => h.note = e,
+            Err(e) => {
+                h.note = e;
+                complete = false;
+            }
         }
         out.push(h);
     }
-    Ok(out)
+    // An index pack is needed while it lists a needed pack, as prune keeps it (§3.8).
+    for ip in state.index_packs()? {
+        if ip.covers.iter().any(|p| referenced.contains(p)) {
+            referenced.insert(ip.pack);
+        }
+    }
+    let unreferenced = complete.then(|| {
+        state
+            .packs()
+            .map(|all| {
+                all.iter()
+                    .filter(|(id, r)| !r.garbage && !referenced.contains(id))
+                    .flat_map(|(id, r)| r.objects(id))
+                    .map(|(_, size, _)| size)
+                    .sum()
+            })
+            .unwrap_or(0)
+    });
+    Ok((out, unreferenced))
 }
 
 /// Each redundancy scheme in use among the packs not marked garbage, with its packs, its
@@ -111,14 +151,14 @@ pub(super) const RECOVERING: &str =
 
 impl Inner {
     /// Copy health of every snapshot, from the locally cached trees only.
-    async fn snapshot_health(&self) -> Result<Vec<SnapshotHealth>, String> {
+    async fn snapshot_health(&self) -> Result<(Vec<SnapshotHealth>, Option<u64>), String> {
         let lv = self.liveness().await;
         self.db(move |s| health_of(s, &lv)).await.map_err(|e| e.to_string())
     }
 
     pub(super) async fn status(&self) -> Result<StatusReport, String> {
         let recovering = self.home.recover_marker().exists();
-        let snapshots = self.snapshot_health().await?;
+        let (snapshots, unreferenced) = self.snapshot_health().await?;
         let contracts = self.state.contracts();
         let serving: Vec<Vec<u8>> = {
             let t = now();
@@ -188,6 +228,8 @@ impl Inner {
             recovering,
             durability,
             schedules: self.schedule_list(),
+            unreferenced_at_others: unreferenced,
+            test_restore: self.last_drill(),
             activity: self.activity.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             index_packs,
             head,
@@ -269,7 +311,7 @@ impl Inner {
             },
             Request::Offer(b) => match check_offer(&self.home, b, self.store.used_total()) {
                 Ok(()) => match self.db(move |s| s.set_offered(b)).await {
-                    Ok(()) => Reply::Ok,
+                    Ok(()) => Reply::Offered(offer_notes(&self.state.contracts(), b, self.config.contracts.ratio)),
                     Err(e) => Reply::Error(e.into()),
                 },
                 Err(e) => fail(ErrorKind::Refused, e),
@@ -299,6 +341,12 @@ impl Inner {
                     Ok((sid, entries)) => Reply::Ls { snapshot: sid.to_string(), entries },
                     Err(e) => Reply::Error(e.into()),
                 }
+            }
+            Request::TestRestore => {
+                if self.home.recover_marker().exists() {
+                    return fail(ErrorKind::Busy, RECOVERING);
+                }
+                Reply::TestRestore(self.clone().drill().await)
             }
             Request::Dashboard => match self.dashboard_url.get() {
                 Some(url) => Reply::Dashboard(url.clone()),

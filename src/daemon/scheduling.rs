@@ -179,6 +179,11 @@ impl Inner {
         let env = crate::hooks::backup_env(schedule, reply);
         let result = env.iter().find(|(k, _)| *k == "PEER_RESULT").map(|(_, v)| v.as_str()).unwrap_or("failure");
         crate::metrics::Metrics::count(&self.metrics.backups, result);
+        self.run_hook(env);
+    }
+
+    /// Runs the `after_backup` hook command, if one is set, with `env`, in the background.
+    pub(super) fn run_hook(&self, env: Vec<(&'static str, String)>) {
         let hooks = self.scheduling.hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if hooks.after_backup.trim().is_empty() {
             return;

@@ -77,13 +77,19 @@ function render(s) {
   $("head").textContent = s.head_error ? "NOT PUBLISHED: " + s.head_error : (s.head ? "#" + s.head + " published" : "none yet");
   $("head").className = s.head_error ? "bad" : "";
 
+  const tr = s.test_restore;
+  $("test-restore").textContent = !tr ? "none yet"
+    : tr.error ? when(tr.time) + ": FAILED: " + tr.error
+    : when(tr.time) + ": ok, " + tr.sample.length + " files (" + bytes(tr.bytes) + ") came back as the snapshot says";
+  $("test-restore").className = tr && tr.error ? "bad" : "";
+
   // At a glance: is my data safe?
   const zero = s.snapshots.some((h) => h.zero > 0);
   const reduced = s.snapshots.some((h) => h.reduced > 0);
   const failing = s.schedules.some((x) => x.last && x.last.failures > 0);
   const v = $("verdict");
   if (!s.snapshots.length) { v.textContent = "no backups yet"; v.className = "verdict warn"; }
-  else if (zero || s.head_error) { v.textContent = "data at risk"; v.className = "verdict bad"; }
+  else if (zero || s.head_error || (tr && tr.error)) { v.textContent = "data at risk"; v.className = "verdict bad"; }
   else if (reduced || failing) { v.textContent = "degraded"; v.className = "verdict warn"; }
   else { v.textContent = "all copies held"; v.className = "verdict good"; }
 
