@@ -122,6 +122,9 @@ pub struct Config {
     pub dashboard: DashboardConfig,
     /// Test restores the daemon runs by itself (`[test_restore]`, [`crate::drill`]).
     pub test_restore: TestRestoreConfig,
+    /// Friends (`[[friend]]`), see [`crate::friends`].
+    #[serde(rename = "friend", skip_serializing_if = "Vec::is_empty")]
+    pub friends: Vec<crate::friends::Friend>,
     /// Scheduled backups (`[[schedule]]`), see [`crate::schedule`].
     #[serde(rename = "schedule", skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<crate::schedule::Schedule>,
@@ -305,6 +308,8 @@ pub struct ContractsConfig {
     pub duration_secs: u64,
     /// How long a client waits for acceptances of its proposal, seconds. Default 30.
     pub proposal_wait_secs: u64,
+    /// Make contracts, in both roles, with friends only (`[[friend]]`). Default false.
+    pub only_friends: bool,
 }
 
 /// `[backup]`.
@@ -339,7 +344,7 @@ impl Default for NetworkConfig {
 
 impl Default for ContractsConfig {
     fn default() -> Self {
-        ContractsConfig { ratio: 1.0, duration_secs: 30 * 24 * 3600, proposal_wait_secs: 30 }
+        ContractsConfig { ratio: 1.0, duration_secs: 30 * 24 * 3600, proposal_wait_secs: 30, only_friends: false }
     }
 }
 
@@ -365,6 +370,7 @@ const HEADER: &str = "\
 #   ratio             bytes you may keep at others = ratio x bytes you offer (each copy counted)
 #   duration_secs     length of a new contract
 #   proposal_wait_secs  how long a backup waits for providers to accept
+#   only_friends      make contracts (both roles) with [[friend]] peers only
 # [backup]
 #   pack_size         target pack size (at most 24 MiB)
 #   upload_concurrency  packs uploaded at once
@@ -393,6 +399,8 @@ const HEADER: &str = "\
 #   after_backup      shell command run after each backup and failed test restore; sees PEER_RESULT, PEER_SNAPSHOT,
 #                     PEER_FILES, PEER_BYTES_READ, PEER_BYTES_NEW, PEER_ERROR, PEER_SCHEDULE ...
 #   timeout_secs      seconds a hook may run (default 600)
+# [[friend]]          a peer chosen by hand ('peer friends add CODE' writes these)
+#   peer, name, addrs its PeerId, a name, and the addresses from its invite code
 # [[schedule]]        a backup the daemon runs by itself ('peer schedule add' writes these)
 #   name, paths       its name and the absolute paths to back up
 #   every | cron      \"1h\" / \"30m\" / \"1d\", or a cron expression such as \"0 3 * * *\" (local time)
@@ -453,6 +461,7 @@ impl Config {
             return Err("backup.upload_concurrency must be at least 1".into());
         }
         crate::schedule::validate_all(&self.schedules)?;
+        crate::friends::validate_all(&self.friends)?;
         for a in self.network.listen.iter().chain(&self.network.bootstrap) {
             a.parse::<libp2p::Multiaddr>().map_err(|e| format!("'{a}' is not a multiaddr: {e}"))?;
         }

@@ -80,6 +80,19 @@ pub enum Request {
     Dashboard,
     /// Run a test restore now (`peer test-restore`).
     TestRestore,
+    /// This peer's invite code (`peer friends invite`).
+    Invite,
+    /// Add a friend from its invite code (`peer friends add`).
+    FriendAdd {
+        /// The code.
+        code: String,
+        /// A name for it; may be empty.
+        name: String,
+    },
+    /// Remove a friend by PeerId or name (`peer friends remove`).
+    FriendRemove(String),
+    /// The friends (`peer friends`).
+    Friends,
     /// The schedules with their last and next runs (`peer schedule`).
     Schedules,
     /// Add a schedule (or replace the one of the same name), written to config.toml.
@@ -524,9 +537,30 @@ pub enum Reply {
     Dashboard(String),
     /// A test restore's outcome.
     TestRestore(crate::drill::DrillReport),
+    /// This peer's invite code.
+    Invite(String),
+    /// The friends, and whether contracts are made with friends only.
+    Friends {
+        /// `contracts.only_friends`.
+        only_friends: bool,
+        /// Each friend.
+        friends: Vec<FriendInfo>,
+    },
     /// The offer is set; what the user should know about it
     /// ([`crate::contracts::offer_notes`]).
     Offered(Vec<String>),
+}
+
+/// One friend (`peer friends`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FriendInfo {
+    /// The entry of config.toml.
+    #[serde(flatten)]
+    pub friend: crate::friends::Friend,
+    /// An open connection to it now.
+    pub connected: bool,
+    /// Live contracts with it, both roles.
+    pub contracts: u64,
 }
 
 /// One entry of a snapshot directory.

@@ -18,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod drill;
 pub mod durability;
+pub mod friends;
 pub mod head;
 pub mod hooks;
 pub mod id;

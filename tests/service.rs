@@ -262,3 +262,64 @@ fn test_restores_run_by_themselves_and_catch_a_backup_that_no_longer_restores() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("grant you"), "{err}");
 }
+
+#[test]
+fn with_only_friends_contracts_are_made_with_friends_alone_in_both_roles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("album");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..5 {
+        std::fs::write(src.join(format!("photo {i}.jpg")), format!("pixels {i}\n").repeat(3000)).unwrap();
+    }
+    let configure = |i: usize, c: &mut Config| {
+        c.contracts.proposal_wait_secs = 10;
+        c.contracts.only_friends = i == 0;
+    };
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, configure).unwrap();
+    net.wait_connected(3, Duration::from_secs(60)).unwrap();
+    let s = src.to_str().unwrap();
+
+    // Two friends by invite code; a typo is caught as a usage error.
+    let codes: Vec<String> = (1..3).map(|i| net.run(i, &["friends", "invite"]).unwrap().trim().to_string()).collect();
+    net.run(0, &["friends", "add", &codes[0], "--name", "ann"]).unwrap();
+    net.run(0, &["friends", "add", &codes[1], "--name", "bob"]).unwrap();
+    let mut typo = codes[0].clone().into_bytes();
+    typo[7] = if typo[7] == b'A' { b'B' } else { b'A' };
+    let out = net.cmd(0, &["friends", "add", &String::from_utf8(typo).unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Value = serde_json::from_str(&net.run(0, &["friends", "--json"]).unwrap()).unwrap();
+    assert_eq!(list["only_friends"], true);
+    let names: Vec<&str> = list["friends"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ann", "bob"]);
+    let config = std::fs::read_to_string(net.peers[0].home.join("config.toml")).unwrap();
+    assert!(config.contains("[[friend]]") && config.contains(&net.peers[1].peer_id), "{config}");
+
+    // As a client: contracts only with the two friends, and a third copy is refused, saying why.
+    net.run(0, &["backup", s, "--copies", "2"]).unwrap();
+    let contract_peers = |i: usize, role: &str| -> std::collections::BTreeSet<String> {
+        let st: Value = serde_json::from_str(&net.run(i, &["status", "--json"]).unwrap()).unwrap();
+        st["contracts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["role"] == role)
+            .map(|c| c["peer"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let friends: std::collections::BTreeSet<String> = [1, 2].iter().map(|&i| net.peers[i].peer_id.clone()).collect();
+    assert_eq!(contract_peers(0, "client"), friends);
+    let out = net.cmd(0, &["backup", s, "--copies", "3"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("only_friends") && err.contains("2 friends"), "{err}");
+
+    // As a provider: a stranger gets no contract here, and goes to the others.
+    let out = net.cmd(3, &["backup", s, "--copies", "3"]).output().unwrap();
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    net.run(3, &["backup", s, "--copies", "2"]).unwrap();
+    assert!(!contract_peers(3, "client").contains(&net.peers[0].peer_id));
+    assert!(!contract_peers(0, "provider").contains(&net.peers[3].peer_id));
+
+    net.run(0, &["friends", "remove", "bob"]).unwrap();
+    let list: Value = serde_json::from_str(&net.run(0, &["friends", "--json"]).unwrap()).unwrap();
+    assert_eq!(list["friends"].as_array().unwrap().len(), 1, "{list}");
+}

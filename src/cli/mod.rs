@@ -10,6 +10,7 @@ mod daemon;
 mod dashboard;
 mod demo;
 mod forget;
+mod friends;
 mod init;
 mod key;
 mod ls;
@@ -82,6 +83,8 @@ pub enum Command {
     Dashboard,
     /// Restore a random sample of the latest snapshot now, check it, and remove it.
     TestRestore(test_restore::Args),
+    /// Friends: invite codes, and contracts with friends only (contracts.only_friends).
+    Friends(friends::Args),
     /// Start a local network of peers, back up a folder, restore it and verify it.
     Demo(demo::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
@@ -166,6 +169,7 @@ pub fn main() -> ExitCode {
         Command::Ls(a) => ls::run(&home, a),
         Command::Dashboard => dashboard::run(&home),
         Command::TestRestore(a) => test_restore::run(&home, a),
+        Command::Friends(a) => friends::run(&home, a),
         Command::Demo(a) => demo::run(a),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     });

@@ -39,6 +39,9 @@ impl Inner {
         if vp.client == self.me() || !self.in_good_standing(&vp.client).await {
             return; // ourselves, or a peer that failed our audits: tit for tat
         }
+        if !self.may_contract_with(&vp.client) {
+            return; // contracts.only_friends, and the client is no friend
+        }
         let Some(offered) = self.persist("nothing (reading the offer)", |s| s.offered()).await else { return };
         let Some(grant) = self.reserve_grant(&vp, offered) else { return };
         let duration = vp.proposal.duration_secs.min(self.config.contracts.duration_secs);
@@ -148,6 +151,9 @@ impl Inner {
         if !self.in_good_standing(&provider).await {
             return decline("this provider failed our audits");
         }
+        if !self.may_contract_with(&provider) {
+            return decline("this client makes contracts with its friends only");
+        }
         {
             // Lock order: `accepted`, then `writing`.
             let (Ok(accepted), Ok(mut writing)) = (session.accepted.lock(), session.writing.lock()) else {
@@ -219,7 +225,7 @@ impl Inner {
             .iter()
             .filter(|(_, c)| has_room(c))
             .filter_map(|(_, c)| c.peer_id())
-            .filter(|p| seen.direct.contains(p))
+            .filter(|p| seen.direct.contains(p) && self.may_contract_with(p))
             .collect();
         (ready, seen)
     }
@@ -231,7 +237,7 @@ impl Inner {
             .iter()
             .filter(|(_, c)| has_room(c))
             .filter_map(|(_, c)| c.peer_id().map(|p| (p, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
-            .filter(|(p, _)| !seen.connected.contains(p))
+            .filter(|(p, _)| !seen.connected.contains(p) && self.may_contract_with(p))
             .collect();
         for (p, addrs) in &away {
             self.net.dial(*p, addrs.clone()).await;
@@ -287,7 +293,15 @@ impl Inner {
             }
             let (punching, relayed_only) = seen.indirect(&live, avoid);
             if tokio::time::Instant::now() >= deadline {
-                break Err(shortfall(n, ready.len(), relayed_only + punching, wait, seen.connected.len()));
+                let mut why = shortfall(n, ready.len(), relayed_only + punching, wait, seen.connected.len());
+                if self.config.contracts.only_friends {
+                    why = format!(
+                        "{why}. contracts.only_friends is on: only your {} friends count; add more with \
+                         'peer friends add CODE' (their 'peer friends invite')",
+                        self.friend_count()
+                    );
+                }
+                break Err(why);
             }
             if ready.len() + punching >= n {
                 // Hole punches under way may make enough providers direct: give them time.

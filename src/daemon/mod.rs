@@ -13,6 +13,7 @@
 //! Inbound data work is bounded by a semaphore; excess requests are answered `Busy`.
 
 mod auditing;
+mod befriending;
 mod claiming;
 mod contracting;
 mod drilling;
@@ -96,6 +97,8 @@ struct Inner {
     dashboard_url: std::sync::OnceLock<String>,
     /// The last test restore ([`drilling`]).
     drill: Mutex<Option<crate::drill::DrillReport>>,
+    /// Friends by PeerId ([`befriending`]), from config.toml and `peer friends add`.
+    friends: Mutex<HashMap<PeerId, crate::friends::Friend>>,
 }
 
 fn setup<E: std::fmt::Display>(e: E) -> DaemonError {
@@ -145,9 +148,12 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         metrics,
         dashboard_url: std::sync::OnceLock::new(),
         drill: Mutex::new(None),
+        friends: Mutex::new(HashMap::new()),
     });
     let lasts = inner.db(|s| s.schedule_runs()).await.map_err(setup)?;
     inner.scheduling.load(&inner.config, &lasts);
+    let friends = inner.config.friends.clone();
+    inner.load_friends(&friends).await;
     let last_drill = inner.db(|s| s.record(drilling::RECORD)).await.map_err(setup)?;
     *inner.drill.lock().unwrap_or_else(|p| p.into_inner()) = last_drill;
     let mut tasks = tokio::task::JoinSet::new();

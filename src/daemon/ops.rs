@@ -348,6 +348,10 @@ impl Inner {
                 }
                 Reply::TestRestore(self.clone().drill().await)
             }
+            Request::Invite => self.invite().await,
+            Request::FriendAdd { code, name } => self.friend_add(code, name).await,
+            Request::FriendRemove(which) => self.friend_remove(which).await,
+            Request::Friends => self.friend_list().await,
             Request::Dashboard => match self.dashboard_url.get() {
                 Some(url) => Reply::Dashboard(url.clone()),
                 None => fail(

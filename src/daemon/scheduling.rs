@@ -232,30 +232,41 @@ impl Inner {
         reply
     }
 
-    /// Changes the schedules of config.toml (read again, so hand edits are kept), saves it
-    /// atomically and loads the result.
+    /// Changes the schedules of config.toml and loads the result.
     async fn edit_schedules(
         &self,
         f: impl FnOnce(&mut Vec<Schedule>) -> Result<(), Failure> + Send + 'static,
     ) -> Reply {
-        let _one = self.scheduling.editing.lock().await;
-        let path = self.home.config_file();
-        let edited = tokio::task::spawn_blocking(move || {
-            let mut config = Config::load_existing(&path).map_err(|e| Failure::new(ErrorKind::Local, e.to_string()))?;
-            f(&mut config.schedules)?;
-            config.save(&path).map_err(|e| Failure::new(ErrorKind::Usage, e.to_string()))?;
-            Ok::<_, Failure>(config)
-        })
-        .await;
-        let config = match edited {
-            Ok(Ok(c)) => c,
-            Ok(Err(f)) => return Reply::Error(f),
-            Err(e) => return fail(ErrorKind::Local, e.to_string()),
+        let config = match self.edit_config(move |c| f(&mut c.schedules)).await {
+            Ok(c) => c,
+            Err(f) => return Reply::Error(f),
         };
         match self.db(|s| s.schedule_runs()).await {
             Ok(lasts) => self.scheduling.load(&config, &lasts),
             Err(e) => return Reply::Error(e.into()),
         }
         Reply::Ok
+    }
+
+    /// Changes config.toml (read again, so hand edits are kept) and saves it atomically,
+    /// one edit at a time; returns the new configuration. The daemon's own `config` is
+    /// what it started with: callers load the parts that take effect at once.
+    pub(super) async fn edit_config(
+        &self,
+        f: impl FnOnce(&mut Config) -> Result<(), Failure> + Send + 'static,
+    ) -> Result<Config, Failure> {
+        let _one = self.scheduling.editing.lock().await;
+        let path = self.home.config_file();
+        let edited = tokio::task::spawn_blocking(move || {
+            let mut config = Config::load_existing(&path).map_err(|e| Failure::new(ErrorKind::Local, e.to_string()))?;
+            f(&mut config)?;
+            config.save(&path).map_err(|e| Failure::new(ErrorKind::Usage, e.to_string()))?;
+            Ok::<_, Failure>(config)
+        })
+        .await;
+        match edited {
+            Ok(r) => r,
+            Err(e) => Err(Failure::new(ErrorKind::Local, e.to_string())),
+        }
     }
 }

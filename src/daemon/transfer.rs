@@ -351,7 +351,9 @@ impl NetSink {
             .filter_map(|(id, c)| {
                 let free = c.bytes.saturating_sub(c.used + pending.get(&id).copied().unwrap_or(0));
                 let peer = c.peer_id()?;
-                (free >= size && !tried.contains(&peer) && !refused.contains(&peer)).then_some((free, peer, id))
+                let allowed = self.inner.may_contract_with(&peer);
+                (free >= size && allowed && !tried.contains(&peer) && !refused.contains(&peer))
+                    .then_some((free, peer, id))
             })
             .collect();
         cands.sort_by_key(|c| std::cmp::Reverse(c.0));
