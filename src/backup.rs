@@ -76,6 +76,8 @@ pub struct BackupOptions {
     pub exclude: Vec<String>,
     /// Erasure-code each pack instead of copying it (`copies` is then unused).
     pub erasure: Option<crate::repo::erasure::Scheme>,
+    /// Retention lock of the snapshot, seconds from its start (0: none, protocol.md §5.9).
+    pub lock_secs: u64,
 }
 
 /// Name of the per-directory exclude file: gitignore syntax, applying to its directory
@@ -171,6 +173,8 @@ pub async fn run(
     let (sid, snap) = (snap_id, snapshot.clone());
     store.call(move |s| s.put_trees(&trees).and_then(|_| s.put_snapshot(&sid, &snap))).await?;
     Ok(BackupSummary {
+        locked_until: 0,
+        lock_error: None,
         snapshot: snap_id.to_string(),
         files: snapshot.files,
         files_read: stats.files_read,
@@ -430,6 +434,7 @@ impl Walker {
             parent: parent.map(|(id, _)| id),
             files: self.stats.files,
             bytes: self.stats.bytes,
+            lock_until: if self.opts.lock_secs > 0 { time.saturating_add(self.opts.lock_secs) } else { 0 },
         };
         let doc = tree::encode(&snapshot);
         let sid = blob_id(&self.id_key, &doc);

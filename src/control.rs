@@ -34,6 +34,9 @@ pub enum Request {
         /// Bandwidth limits while this runs.
         #[serde(default)]
         limits: RateLimits,
+        /// Retention lock, seconds (0: none, protocol.md §5.9).
+        #[serde(default)]
+        lock_secs: u64,
     },
     /// Restore a snapshot.
     Restore {
@@ -49,6 +52,10 @@ pub enum Request {
         /// Bandwidth limits while this runs.
         #[serde(default)]
         limits: RateLimits,
+        /// Restore from the state head `head` describes (protocol.md §5.9) rather than the
+        /// current one.
+        #[serde(default)]
+        head: Option<u64>,
     },
     /// List snapshots.
     Snapshots,
@@ -80,6 +87,8 @@ pub enum Request {
     Dashboard,
     /// Run a test restore now (`peer test-restore`).
     TestRestore,
+    /// The heads this peer's providers keep (`peer heads`, protocol.md §5.9).
+    Heads,
     /// This peer's invite code (`peer friends invite`).
     Invite,
     /// Add a friend from its invite code (`peer friends add`).
@@ -139,6 +148,12 @@ pub struct BackupSummary {
     /// Index packs uploaded (protocol.md §3.8): the index of the new packs.
     #[serde(default)]
     pub index_packs: u64,
+    /// The snapshot's retention lock end, Unix seconds (0: none, protocol.md §5.9).
+    #[serde(default)]
+    pub locked_until: u64,
+    /// Why the lock is not confirmed at every holder of every pack, if so.
+    #[serde(default)]
+    pub lock_error: Option<String>,
     /// The head that publishes this snapshot for recovery, or why it could not be
     /// published: the snapshot is stored, but a recovery from the key would not find it
     /// until a later publication succeeds.
@@ -399,6 +414,10 @@ pub struct ForgetSummary {
 /// `peer prune`: the packs no snapshot needs, and what deleting them freed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PruneSummary {
+    /// Packs no snapshot needs that a retention lock keeps until it ends (§5.9); counted
+    /// in `packs_kept`.
+    #[serde(default)]
+    pub packs_locked: u64,
     /// Packs some snapshot needs (kept).
     pub packs_kept: u64,
     /// Packs no snapshot needs.
@@ -539,6 +558,8 @@ pub enum Reply {
     TestRestore(crate::drill::DrillReport),
     /// This peer's invite code.
     Invite(String),
+    /// The heads the providers keep, newest first.
+    Heads(Vec<HeadInfo>),
     /// The friends, and whether contracts are made with friends only.
     Friends {
         /// `contracts.only_friends`.
@@ -549,6 +570,21 @@ pub enum Reply {
     /// The offer is set; what the user should know about it
     /// ([`crate::contracts::offer_notes`]).
     Offered(Vec<String>),
+}
+
+/// One head kept by this peer's providers (`peer heads`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeadInfo {
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it was made, Unix seconds.
+    pub time: u64,
+    /// Snapshots it lists.
+    pub snapshots: u64,
+    /// Its retention lock end, Unix seconds (0: none).
+    pub lock_until: u64,
+    /// Providers that hold it.
+    pub holders: u64,
 }
 
 /// One friend (`peer friends`).

@@ -109,7 +109,16 @@ pub fn seal(id: &Identity, doc: &HeadDoc) -> Result<Signed, HeadError> {
     if sealed.len() > MAX_HEAD {
         return Err(HeadError::TooLarge(sealed.len()));
     }
-    Ok(id.sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: doc.seq, sealed })))
+    // Held while any snapshot it lists is locked (§5.9).
+    let lock_until = doc.snapshots.iter().map(|(_, s)| s.lock_until).max().unwrap_or(0);
+    Ok(id.sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: doc.seq, sealed, lock_until })))
+}
+
+/// A signed envelope's sequence number and lock end, checking the signature only.
+pub fn envelope_info(signed: &Signed, client: &libp2p::PeerId) -> Result<(u64, u64), HeadError> {
+    envelope_seq(signed, client)?;
+    let env: HeadEnvelope = from_cbor("head envelope", &signed.body).map_err(|e| HeadError::Foreign(e.to_string()))?;
+    Ok((env.seq, env.lock_until))
 }
 
 /// The sequence number of a signed envelope from `client`, checking the signature only.
@@ -200,7 +209,15 @@ mod tests {
         let me = Identity::from_secret([3; 32]);
         let d = tempfile::tempdir().unwrap();
         let state = State::open(&d.path().join("s.redb")).unwrap();
-        let rec = PackRecord { size: 1, holders: vec![], copies: 1, garbage: false, erasure: None, shards: vec![] };
+        let rec = PackRecord {
+            size: 1,
+            holders: vec![],
+            copies: 1,
+            garbage: false,
+            erasure: None,
+            shards: vec![],
+            lock_until: 0,
+        };
         state.commit_pack(&PackId([1; 32]), &rec, &[]).unwrap();
         state.commit_index_packs(&[(PackId([2; 32]), rec.clone(), vec![PackId([1; 32])])]).unwrap();
         let small = seal(&me, &collect(&state, 1, 5).unwrap()).unwrap().body.len();
@@ -225,7 +242,7 @@ mod tests {
         };
         let packed = zstd::bulk::compress(&to_cbor(&doc), 3).unwrap();
         let sealed = blob::encrypt(&me.enc_key, HEAD_AAD_V1, &packed);
-        let s = me.sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: 4, sealed }));
+        let s = me.sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: 4, sealed, lock_until: 0 }));
         let o = open(&me, &s).unwrap();
         assert_eq!((o.doc.seq, o.doc.offered, o.doc.index.len()), (4, 10, 0));
         assert_eq!(o.inline_index, vec![(blob_n(1), entry(1, 0))]);

@@ -126,6 +126,8 @@ mod tests {
             bytes_new: 50,
             packs: 1,
             index_packs: 1,
+            locked_until: 0,
+            lock_error: None,
             head: HeadState::default(),
             bytes_uploaded: 150,
             seconds: 1.25,

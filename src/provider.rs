@@ -6,6 +6,11 @@
 //! the whole pack or nothing, and a temporary file is never served (its name cannot parse
 //! as a pack id) and is removed at the next start. Quotas (a contract's bytes) are the
 //! caller's business; this module only counts bytes per client.
+//!
+//! Retention locks (protocol.md §5.9) live in `home/store/<client>/LOCKS` (CBOR
+//! [`Locks`], replaced atomically): a locked pack is never deleted before its lock ends,
+//! and a locked head is kept as `HEAD.<seq>` when a newer one replaces it, whatever a
+//! request says and whatever happens to the contract.
 
 use crate::id::PackId;
 use crate::repo::merkle;
@@ -41,6 +46,46 @@ pub enum StoreError {
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.display().to_string(), source }
+}
+
+/// The retention locks held for one client (`LOCKS`, protocol.md §5.9).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Locks {
+    /// Locked packs: (pack or shard id, lock end in Unix seconds).
+    pub packs: Vec<(PackId, u64)>,
+    /// Heads held: (sequence number, lock end or 0); the latest is `HEAD`, earlier
+    /// locked ones `HEAD.<seq>`.
+    pub heads: Vec<(u64, u64)>,
+}
+
+impl Locks {
+    /// The lock end of `pack` (0: none).
+    pub fn pack(&self, pack: &PackId) -> u64 {
+        self.packs.iter().find(|(p, _)| p == pack).map(|(_, t)| *t).unwrap_or(0)
+    }
+    /// The lock end of head `seq` (0: none).
+    pub fn head(&self, seq: u64) -> u64 {
+        self.heads.iter().find(|(s, _)| *s == seq).map(|(_, t)| *t).unwrap_or(0)
+    }
+}
+
+/// Why a head was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadRefusal {
+    /// Older than the one held.
+    #[error("head {new} is older than the head {held} held")]
+    Older {
+        /// The head offered.
+        new: u64,
+        /// The head held.
+        held: u64,
+    },
+    /// Keeping the head it replaces would exceed [`crate::protocol::MAX_KEPT_HEADS`].
+    #[error("{0} locked heads are kept already")]
+    TooMany(usize),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The pack store. Cheap to clone.
@@ -173,31 +218,119 @@ impl PackStore {
         Ok(())
     }
 
-    /// Deletes every pack held for `client`; returns the bytes freed. Blocking.
-    pub fn drop_client(&self, client: &PeerId) -> Result<u64, StoreError> {
-        let cdir = self.dir.join(client.to_string());
-        let _guard = self.commit.lock().map_err(|_| StoreError::Io {
-            path: cdir.display().to_string(),
-            source: std::io::Error::other("store lock poisoned"),
-        })?;
-        match std::fs::remove_dir_all(&cdir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::Io { path: cdir.display().to_string(), source: e }),
-        }
-        Ok(self.used.lock().ok().and_then(|mut m| m.remove(client)).unwrap_or(0))
+    fn locks_path(&self, client: &PeerId) -> PathBuf {
+        self.dir.join(client.to_string()).join("LOCKS")
     }
 
-    /// Deletes one pack held for `client`; returns the bytes freed (0 when not held). Blocking.
-    pub fn delete(&self, client: &PeerId, pack: &PackId) -> Result<u64, StoreError> {
-        let p = self.path(client, pack);
-        let _guard = self.commit.lock().map_err(|_| StoreError::Io {
-            path: p.display().to_string(),
+    /// The retention locks held for `client`. Blocking.
+    pub fn locks(&self, client: &PeerId) -> Result<Locks, StoreError> {
+        let p = self.locks_path(client);
+        match std::fs::read(&p) {
+            Ok(b) => crate::protocol::from_cbor("locks", &b).map_err(|e| StoreError::Io {
+                path: p.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Locks::default()),
+            Err(e) => Err(StoreError::Io { path: p.display().to_string(), source: e }),
+        }
+    }
+
+    fn write_locks(&self, client: &PeerId, locks: &Locks) -> Result<(), StoreError> {
+        let p = self.locks_path(client);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        let tmp = write_tmp(&p, &crate::protocol::to_cbor(locks)).map_err(io(&p))?;
+        commit_tmp(&tmp, &p).map_err(io(&p))
+    }
+
+    fn guard(&self, what: &Path) -> Result<std::sync::MutexGuard<'_, ()>, StoreError> {
+        self.commit.lock().map_err(|_| StoreError::Io {
+            path: what.display().to_string(),
             source: std::io::Error::other("store lock poisoned"),
-        })?;
+        })
+    }
+
+    /// Locks each of `packs` held for `client` until at least `until` (a lock never
+    /// shrinks); locks that ended at `now` are forgotten. Returns how many are held and
+    /// locked. Blocking.
+    pub fn lock(&self, client: &PeerId, packs: &[PackId], until: u64, now: u64) -> Result<u32, StoreError> {
+        let _g = self.guard(&self.locks_path(client))?;
+        let mut locks = self.locks(client)?;
+        locks.packs.retain(|(_, t)| *t > now);
+        let mut n = 0;
+        for p in packs {
+            if !self.has(client, p) {
+                continue;
+            }
+            n += 1;
+            match locks.packs.iter_mut().find(|(q, _)| q == p) {
+                Some((_, t)) => *t = (*t).max(until),
+                None => locks.packs.push((*p, until)),
+            }
+        }
+        self.write_locks(client, &locks)?;
+        Ok(n)
+    }
+
+    /// Deletes every pack and head held for `client` that no retention lock holds at
+    /// `now`; returns the bytes freed. With nothing locked the client's directory goes.
+    /// Blocking.
+    pub fn drop_client(&self, client: &PeerId, now: u64) -> Result<u64, StoreError> {
+        let cdir = self.dir.join(client.to_string());
+        let _guard = self.guard(&cdir)?;
+        let mut locks = self.locks(client)?;
+        let current = locks.heads.iter().map(|(s, _)| *s).max().is_some_and(|s| locks.head(s) > now);
+        locks.packs.retain(|(_, t)| *t > now);
+        locks.heads.retain(|(_, t)| *t > now);
+        if locks.packs.is_empty() && locks.heads.is_empty() {
+            match std::fs::remove_dir_all(&cdir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io { path: cdir.display().to_string(), source: e }),
+            }
+            return Ok(self.used.lock().ok().and_then(|mut m| m.remove(client)).unwrap_or(0));
+        }
+        let mut freed = 0;
+        for f in std::fs::read_dir(&cdir).map_err(io(&cdir))? {
+            let f = f.map_err(io(&cdir))?;
+            let name = f.file_name().to_string_lossy().into_owned();
+            let keep = match name.parse::<PackId>() {
+                Ok(p) => locks.pack(&p) > now,
+                Err(_) if name == "HEAD" => current,
+                Err(_) => match name.strip_prefix("HEAD.").and_then(|n| n.parse::<u64>().ok()) {
+                    Some(seq) => locks.head(seq) > now,
+                    None => true, // LOCKS, and anything else that is not ours to judge
+                },
+            };
+            if keep {
+                continue;
+            }
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(f.path()).map_err(io(&f.path()))?;
+            if name.parse::<PackId>().is_ok() {
+                freed += len;
+            }
+        }
+        self.write_locks(client, &locks)?;
+        if let Ok(mut m) = self.used.lock() {
+            let u = m.entry(*client).or_default();
+            *u = u.saturating_sub(freed);
+        }
+        Ok(freed)
+    }
+
+    /// Deletes one pack held for `client`: `Some(bytes freed)` (0 when not held), or
+    /// `None` when a retention lock holds it at `now` (kept). Blocking.
+    pub fn delete(&self, client: &PeerId, pack: &PackId, now: u64) -> Result<Option<u64>, StoreError> {
+        let p = self.path(client, pack);
+        let _guard = self.guard(&p)?;
+        if self.locks(client)?.pack(pack) > now {
+            return Ok(None);
+        }
         let len = match std::fs::metadata(&p) {
             Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(0)),
             Err(e) => return Err(StoreError::Io { path: p.display().to_string(), source: e }),
         };
         std::fs::remove_file(&p).map_err(io(&p))?;
@@ -205,17 +338,50 @@ impl PackStore {
             let u = m.entry(*client).or_default();
             *u = u.saturating_sub(len);
         }
-        Ok(len)
+        Ok(Some(len))
     }
 
-    /// Replaces the head held for `client` (`home/store/<client>/HEAD`), atomically. The
-    /// caller checks it first. Blocking.
-    pub fn put_head(&self, client: &PeerId, head: &[u8]) -> Result<(), StoreError> {
+    /// Keeps head `seq` (locked until `lock_until`, 0 for none) as the latest for
+    /// `client`, atomically; the head it replaces stays as `HEAD.<seq>` while locked, and
+    /// earlier heads whose lock ended at `now` go. The caller checks the head's signature.
+    /// Errors: an older head than the one held, too many locked heads. Blocking.
+    pub fn put_head(
+        &self,
+        client: &PeerId,
+        head: &[u8],
+        seq: u64,
+        lock_until: u64,
+        now: u64,
+    ) -> Result<(), HeadRefusal> {
         let cdir = self.dir.join(client.to_string());
         std::fs::create_dir_all(&cdir).map_err(io(&cdir))?;
+        let _g = self.guard(&cdir)?;
+        let mut locks = self.locks(client)?;
         let dest = cdir.join("HEAD");
+        let held = locks.heads.iter().map(|(s, _)| *s).max();
+        if let Some(h) = held
+            && h > seq
+        {
+            return Err(HeadRefusal::Older { new: seq, held: h });
+        }
+        if let Some(h) = held.filter(|h| *h != seq && locks.head(*h) > now) {
+            let kept = locks.heads.iter().filter(|(s, t)| *s != h && *t > now).count();
+            if kept >= crate::protocol::MAX_KEPT_HEADS {
+                return Err(HeadRefusal::TooMany(kept));
+            }
+            let old = cdir.join(format!("HEAD.{h}"));
+            std::fs::rename(&dest, &old).map_err(io(&old))?;
+        }
         let tmp = write_tmp(&dest, head).map_err(io(&dest))?;
-        commit_tmp(&tmp, &dest).map_err(io(&dest))
+        commit_tmp(&tmp, &dest).map_err(io(&dest))?;
+        // Earlier heads whose lock ended go; the new one is recorded.
+        let gone: Vec<u64> = locks.heads.iter().filter(|(s, t)| *s != seq && *t <= now).map(|(s, _)| *s).collect();
+        for s in &gone {
+            let _ = std::fs::remove_file(cdir.join(format!("HEAD.{s}")));
+        }
+        locks.heads.retain(|(s, t)| *s != seq && *t > now);
+        locks.heads.push((seq, lock_until));
+        self.write_locks(client, &locks).map_err(HeadRefusal::from)
     }
 
     /// The head held for `client`, if any. Blocking.
@@ -226,6 +392,23 @@ impl PackStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io { path: p.display().to_string(), source: e }),
         }
+    }
+
+    /// Every head held for `client`: the latest, then the locked earlier ones, newest
+    /// first. Blocking.
+    pub fn get_heads(&self, client: &PeerId) -> Result<Vec<Vec<u8>>, StoreError> {
+        let cdir = self.dir.join(client.to_string());
+        let mut out: Vec<Vec<u8>> = self.get_head(client)?.into_iter().collect();
+        let mut seqs: Vec<u64> = self.locks(client)?.heads.iter().map(|(s, _)| *s).collect();
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        for s in seqs {
+            match std::fs::read(cdir.join(format!("HEAD.{s}"))) {
+                Ok(b) => out.push(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io { path: cdir.display().to_string(), source: e }),
+            }
+        }
+        Ok(out)
     }
 
     /// Reads a pack held for `client`; `Ok(None)` when not held. Blocking.
@@ -266,5 +449,35 @@ mod tests {
         ));
         assert_eq!(s2.used(&client), 200_000);
         assert!(!d.path().join(client.to_string()).join(".tmp-x").exists());
+    }
+
+    #[test]
+    fn locked_packs_and_heads_outlive_deletes_and_the_contract() {
+        let d = tempfile::tempdir().unwrap();
+        let s = PackStore::open(d.path(), 0).unwrap();
+        let client = PeerId::random();
+        let (a, b) = (vec![1u8; 1000], vec![2u8; 2000]);
+        let (ia, ib) = (merkle::root(&a), merkle::root(&b));
+        s.put(&client, &ia, &a).unwrap();
+        s.put(&client, &ib, &b).unwrap();
+        assert_eq!(s.lock(&client, &[ia, PackId([9; 32])], 500, 100).unwrap(), 1, "only held packs lock");
+        assert_eq!(s.lock(&client, &[ia], 300, 100).unwrap(), 1);
+        assert_eq!(s.locks(&client).unwrap().pack(&ia), 500, "a lock never shrinks");
+        assert_eq!(s.delete(&client, &ia, 200).unwrap(), None, "locked: kept");
+        assert_eq!(s.delete(&client, &ib, 200).unwrap(), Some(2000));
+        // Heads: a locked head is kept when replaced; an unlocked one is not.
+        s.put_head(&client, b"head1", 1, 400, 100).unwrap();
+        s.put_head(&client, b"head2", 2, 0, 100).unwrap();
+        s.put_head(&client, b"head3", 3, 0, 100).unwrap();
+        assert_eq!(s.get_heads(&client).unwrap(), vec![b"head3".to_vec(), b"head1".to_vec()]);
+        assert!(matches!(s.put_head(&client, b"old", 2, 0, 100), Err(HeadRefusal::Older { .. })));
+        // The contract ends: what is locked stays, the rest goes.
+        assert_eq!(s.drop_client(&client, 200).unwrap(), 0);
+        assert!(s.has(&client, &ia));
+        assert_eq!(s.get_heads(&client).unwrap(), vec![b"head1".to_vec()]);
+        // After the locks end, everything goes.
+        assert_eq!(s.drop_client(&client, 600).unwrap(), 1000);
+        assert!(!s.has(&client, &ia) && s.get_heads(&client).unwrap().is_empty());
+        assert!(!d.path().join(client.to_string()).exists());
     }
 }

@@ -55,6 +55,10 @@ pub struct Schedule {
     /// Exclude patterns (gitignore syntax).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// Retention lock of each run's snapshot, humantime (`30d`): holders refuse to delete
+    /// it before then (protocol.md §5.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<String>,
     /// Keep rules applied after each successful run to this schedule's snapshots (those
     /// of the same host and paths), followed by a prune; none set = keep everything.
     #[serde(default, skip_serializing_if = "Policy::is_empty")]
@@ -112,6 +116,13 @@ impl Schedule {
         if self.copies == 0 {
             return Err(format!("schedule '{n}': copies must be at least 1"));
         }
+        if let Some(l) = &self.lock {
+            let d = humantime::parse_duration(l)
+                .map_err(|e| format!("schedule '{n}': lock = '{l}' is not a duration such as 30d: {e}"))?;
+            if d.as_secs() > crate::protocol::MAX_LOCK_SECS {
+                return Err(format!("schedule '{n}': lock is longer than providers accept (400 days)"));
+            }
+        }
         match (&self.every, &self.cron) {
             (Some(e), None) => {
                 let d = humantime::parse_duration(e).map_err(|err| {
@@ -128,6 +139,11 @@ impl Schedule {
                 .map_err(|err| format!("schedule '{n}': cron = '{c}' is not a cron expression: {err}")),
             _ => Err(format!("schedule '{n}': set exactly one of every (e.g. \"1h\") and cron (e.g. \"0 3 * * *\")")),
         }
+    }
+
+    /// The retention lock in seconds (0: none; a bad value was refused by `validate`).
+    pub fn lock_secs(&self) -> u64 {
+        self.lock.as_deref().and_then(|l| humantime::parse_duration(l).ok()).map(|d| d.as_secs()).unwrap_or(0)
     }
 
     /// `every 1h` or `cron 0 3 * * *`, for listings.
@@ -318,6 +334,7 @@ mod tests {
             copies: 2,
             erasure: None,
             exclude: vec![],
+            lock: None,
             keep: Policy::default(),
         }
     }

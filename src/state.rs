@@ -174,6 +174,14 @@ pub struct PackRecord {
     /// The K+M shards of an erasure-coded pack, by index.
     #[serde(default)]
     pub shards: Vec<Shard>,
+    /// Retention lock its holders confirmed (protocol.md §5.9): prune leaves it alone
+    /// until then. 0 (absent) = none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lock_until: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// One shard of an erasure-coded pack.
@@ -451,6 +459,24 @@ impl State {
     /// Where a pack is held, if known.
     pub fn pack(&self, id: &PackId) -> Result<Option<PackRecord>, StateError> {
         self.get(PACKS, id.as_bytes())?.map(|b| dec("pack", &b)).transpose()
+    }
+
+    /// Raises the retention lock recorded for each of `packs` to at least `until`, in one
+    /// transaction (packs with no record are skipped).
+    pub fn lock_packs(&self, packs: &[PackId], until: u64) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(PACKS)?;
+            for id in packs {
+                let rec = t.get(id.as_bytes().as_slice())?.map(|v| v.value().to_vec());
+                let Some(b) = rec else { continue };
+                let mut rec: PackRecord = dec("pack", &b)?;
+                rec.lock_until = rec.lock_until.max(until);
+                t.insert(id.as_bytes().as_slice(), enc(&rec).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Every pack this client placed, with its holders.
@@ -894,6 +920,7 @@ mod tests {
                 garbage: false,
                 erasure: None,
                 shards: vec![],
+                lock_until: 0,
             };
             s.commit_pack(&PackId([2; 32]), &rec, &[(BlobId([1; 32]), e)]).unwrap();
         }
@@ -912,6 +939,7 @@ mod tests {
             parent: None,
             files: 0,
             bytes: 0,
+            lock_until: 0,
         };
         for n in [9u8, 3, 5] {
             s.put_snapshot(&SnapshotId([n; 32]), &snap(n)).unwrap();
@@ -924,7 +952,15 @@ mod tests {
     fn index_packs_cover_data_packs() {
         let d = tempfile::tempdir().unwrap();
         let s = State::open(&d.path().join("s.redb")).unwrap();
-        let rec = PackRecord { size: 10, holders: vec![], copies: 1, garbage: false, erasure: None, shards: vec![] };
+        let rec = PackRecord {
+            size: 10,
+            holders: vec![],
+            copies: 1,
+            garbage: false,
+            erasure: None,
+            shards: vec![],
+            lock_until: 0,
+        };
         let e = |pack: u8, offset| IndexEntry {
             pack: PackId([pack; 32]),
             kind: BlobKind::Data,

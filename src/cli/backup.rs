@@ -22,6 +22,11 @@ pub struct Args {
     /// file in any backed-up directory excludes the same way for its directory and below.
     #[arg(long, value_name = "PATTERN")]
     exclude: Vec<String>,
+    /// Retention lock (e.g. 30d): the providers refuse to delete this snapshot's data, and
+    /// keep the heads that list it, until then, whoever asks and whatever the key signs
+    /// (at most 400 days).
+    #[arg(long, value_name = "DURATION", value_parser = parse_lock)]
+    lock: Option<u64>,
     /// Print JSON lines (status lines, then a summary) instead of text.
     #[arg(long)]
     json: bool,
@@ -39,7 +44,14 @@ pub fn run(home: &Home, a: Args) -> CliResult {
     }
     let reply = super::call_with_progress(
         home,
-        Request::Backup { paths, copies: a.copies, exclude: a.exclude, erasure: a.erasure, limits: a.limits },
+        Request::Backup {
+            paths,
+            copies: a.copies,
+            exclude: a.exclude,
+            erasure: a.erasure,
+            limits: a.limits,
+            lock_secs: a.lock.unwrap_or(0),
+        },
         a.json,
     )?;
     let Reply::Backup(s) = reply else {
@@ -55,6 +67,12 @@ pub(super) fn report(s: &crate::control::BackupSummary, json: bool) -> CliResult
         print_json("summary", s)?;
     } else {
         print_summary(s);
+    }
+    if let Some(e) = &s.lock_error {
+        return Err(CliError {
+            message: format!("snapshot saved, but its retention lock is not confirmed everywhere: {e}"),
+            code: 1,
+        });
     }
     if let Some(e) = &s.head.head_error {
         return Err(CliError {
@@ -75,6 +93,15 @@ pub(super) fn report(s: &crate::control::BackupSummary, json: bool) -> CliResult
     Ok(())
 }
 
+/// A `--lock` duration in seconds (humantime: `30d`, `12h`), at most 400 days.
+pub(super) fn parse_lock(s: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration such as 30d: {e}"))?;
+    if d.as_secs() == 0 || d.as_secs() > crate::protocol::MAX_LOCK_SECS {
+        return Err("a lock lasts from 1 s to 400 days".into());
+    }
+    Ok(d.as_secs())
+}
+
 fn print_summary(s: &crate::control::BackupSummary) {
     for e in &s.errors {
         eprintln!("peer: skipped {e}");
@@ -86,6 +113,9 @@ fn print_summary(s: &crate::control::BackupSummary) {
     println!("  uploaded:  {} in {} packs and {} index packs", human(s.bytes_uploaded), s.packs, s.index_packs);
     if s.head.head > 0 && s.head.head_error.is_none() {
         println!("  head:      {} (recoverable from the key)", s.head.head);
+    }
+    if s.locked_until > 0 && s.lock_error.is_none() {
+        println!("  locked:    until {} UTC at every holder", super::utc(s.locked_until));
     }
     println!("  time:      {:.1} s", s.seconds);
 }

@@ -11,6 +11,7 @@ mod dashboard;
 mod demo;
 mod forget;
 mod friends;
+mod heads;
 mod init;
 mod key;
 mod ls;
@@ -83,6 +84,8 @@ pub enum Command {
     Dashboard,
     /// Restore a random sample of the latest snapshot now, check it, and remove it.
     TestRestore(test_restore::Args),
+    /// List the heads your providers keep (the latest and locked earlier ones).
+    Heads(heads::Args),
     /// Friends: invite codes, and contracts with friends only (contracts.only_friends).
     Friends(friends::Args),
     /// Start a local network of peers, back up a folder, restore it and verify it.
@@ -170,6 +173,7 @@ pub fn main() -> ExitCode {
         Command::Dashboard => dashboard::run(&home),
         Command::TestRestore(a) => test_restore::run(&home, a),
         Command::Friends(a) => friends::run(&home, a),
+        Command::Heads(a) => heads::run(&home, a),
         Command::Demo(a) => demo::run(a),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     });

@@ -21,6 +21,11 @@ pub struct Args {
     /// a path starting with a backed-up directory's name, as in `photos/2024`.
     #[arg(long, value_name = "PATH")]
     include: Vec<PathBuf>,
+    /// Restore from the state that head SEQ describes ('peer heads' lists the heads your
+    /// providers keep): its snapshots come back into this repository, and `latest` is
+    /// its newest snapshot. For getting back what you had before an attack.
+    #[arg(long, value_name = "SEQ")]
+    head: Option<u64>,
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -38,6 +43,7 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         overwrite: a.overwrite,
         include: a.include,
         limits: a.limits,
+        head: a.head,
     };
     let Reply::Restore(s) = super::call_with_progress(home, req, a.json)? else {
         return Err(CliError { message: "unexpected reply from the daemon".into(), code: 1 });

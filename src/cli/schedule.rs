@@ -69,6 +69,9 @@ pub struct AddArgs {
     /// Leave out paths matching PATTERN (gitignore syntax; repeatable).
     #[arg(long, value_name = "PATTERN")]
     exclude: Vec<String>,
+    /// Retention lock of each run's snapshot (e.g. 30d; see 'peer backup --lock').
+    #[arg(long, value_name = "DURATION")]
+    lock: Option<String>,
     #[command(flatten)]
     keep: super::forget::KeepArgs,
 }
@@ -127,6 +130,7 @@ fn spec_of(a: AddArgs) -> Result<Schedule, CliError> {
         copies: a.copies,
         erasure: a.erasure,
         exclude: a.exclude,
+        lock: a.lock,
         keep: a.keep.policy(),
     };
     spec.validate().map_err(|message| CliError { message, code: super::EXIT_USAGE })?;

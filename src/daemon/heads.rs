@@ -208,7 +208,7 @@ impl Inner {
 
     /// Fetches the index packs `doc` names (§3.8) and writes their entries for the packs
     /// the head lists, one index pack per transaction. Returns the index pack records.
-    async fn recover_index(self: &Arc<Self>, doc: &head::HeadDoc) -> Result<Vec<IndexPackRecord>, String> {
+    pub(super) async fn recover_index(self: &Arc<Self>, doc: &head::HeadDoc) -> Result<Vec<IndexPackRecord>, String> {
         let records: HashMap<PackId, PackRecord> = doc.packs.iter().cloned().collect();
         let source = NetSource { inner: self.clone() };
         let mut out = Vec::new();

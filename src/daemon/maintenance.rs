@@ -57,8 +57,10 @@ impl Inner {
             snaps.iter().map(|(_, s)| (s.time, s.hostname.as_str(), s.paths.as_slice())).collect();
         let flags = retention::keep_grouped(&grouped, policy);
         let (mut keep, mut remove) = (Vec::new(), Vec::new());
+        let t = crate::protocol::now();
         for ((id, s), k) in snaps.iter().zip(flags).rev() {
-            if k {
+            // A snapshot under a retention lock stays until its lock ends (§5.9).
+            if k || s.lock_until > t {
                 keep.push(SnapshotInfo::new(id, s));
             } else {
                 let sid = *id;
@@ -96,8 +98,11 @@ impl Inner {
             Err(e) => return Reply::Error(e.into()),
         };
         let total = packs.len() as u64;
-        let unused: Vec<_> = packs.into_iter().filter(|(id, _)| !needed.contains(id)).collect();
+        let t = now();
+        let (locked, unused): (Vec<_>, Vec<_>) =
+            packs.into_iter().filter(|(id, _)| !needed.contains(id)).partition(|(_, r)| r.lock_until > t);
         let mut s = PruneSummary {
+            packs_locked: locked.len() as u64,
             packs_kept: total - unused.len() as u64,
             packs_unused: unused.len() as u64,
             bytes_unused: unused.iter().map(|(_, r)| r.size).sum(),
@@ -126,7 +131,7 @@ impl Inner {
                 let d = Deletion { packs: chunk.iter().map(|(_, o, _, _)| *o).collect(), time: now() };
                 let signed = self.id.sign(DOMAIN_DELETE, protocol::to_cbor(&d));
                 match self.net.data_request(peer, self.addrs_of(&peer), DataRequest::Delete(signed)).await {
-                    Ok(DataResponse::Deleted { bytes }) => {
+                    Ok(DataResponse::Deleted { bytes, .. }) => {
                         s.bytes_freed += bytes;
                         let (done, holder) = (chunk.to_vec(), peer_bytes.clone());
                         let freed = move |s: &crate::state::State| {

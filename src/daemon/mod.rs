@@ -18,6 +18,7 @@ mod claiming;
 mod contracting;
 mod drilling;
 mod heads;
+mod locking;
 mod maintenance;
 mod ops;
 mod repair;
@@ -424,7 +425,7 @@ impl Inner {
     /// bytes freed.
     async fn reclaim(&self, client: PeerId) -> Result<u64, String> {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.drop_client(&client)).await {
+        match tokio::task::spawn_blocking(move || store.drop_client(&client, now())).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         }

@@ -138,6 +138,8 @@ pub(super) struct BackupJob {
     pub exclude: Vec<String>,
     /// Erasure scheme instead of copies.
     pub erasure: Option<crate::repo::erasure::Scheme>,
+    /// Retention lock, seconds (0: none, protocol.md §5.9).
+    pub lock_secs: u64,
 }
 
 /// A failed reply.
@@ -330,9 +332,9 @@ impl Inner {
                 },
                 Err(e) => fail(ErrorKind::NotFound, e),
             },
-            Request::Backup { paths, copies, exclude, erasure, limits } => {
+            Request::Backup { paths, copies, exclude, erasure, limits, lock_secs } => {
                 let _limits = self.net.limit_while(limits.upload_kib, limits.download_kib);
-                self.clone().backup(tx, BackupJob { paths, copies, exclude, erasure }).await
+                self.clone().backup(tx, BackupJob { paths, copies, exclude, erasure, lock_secs }).await
             }
             Request::Schedules => Reply::Schedules(self.schedule_list()),
             Request::Ls { snapshot, path } => {
@@ -363,10 +365,20 @@ impl Inner {
             Request::ScheduleAdd(spec) => self.schedule_add(spec).await,
             Request::ScheduleRemove(name) => self.schedule_remove(name).await,
             Request::ScheduleRun(name) => self.clone().schedule_run_now(tx, &name).await,
-            Request::Restore { snapshot, target, overwrite, include, limits } => {
+            Request::Restore { snapshot, target, overwrite, include, limits, head } => {
                 let _limits = self.net.limit_while(limits.upload_kib, limits.download_kib);
+                let snapshot = match head {
+                    Some(seq) => match self.adopt_head(seq).await {
+                        // `latest` means the newest snapshot of that head.
+                        Ok(newest) if snapshot.as_deref().is_none_or(|s| s == "latest") => Some(newest),
+                        Ok(_) => snapshot,
+                        Err(e) => return fail(ErrorKind::NotFound, e),
+                    },
+                    None => snapshot,
+                };
                 self.clone().restore(tx, restore::RestoreWhat { snapshot, target, overwrite, include }).await
             }
+            Request::Heads => Reply::Heads(self.heads_list().await),
         }
     }
 
@@ -383,7 +395,7 @@ impl Inner {
 
     /// Runs a backup for a caller that holds the busy lock, and publishes the head.
     pub(super) async fn backup_locked(self: Arc<Self>, tx: &mpsc::Sender<Reply>, job: BackupJob) -> Reply {
-        let BackupJob { paths, copies, exclude, erasure } = job;
+        let BackupJob { paths, copies, exclude, erasure, lock_secs } = job;
         if copies == 0 {
             return fail(ErrorKind::Usage, "--copies must be at least 1");
         }
@@ -418,6 +430,7 @@ impl Inner {
             upload_concurrency: self.config.backup.upload_concurrency,
             exclude,
             erasure,
+            lock_secs,
         };
         let sink: Arc<dyn PackSink> = Arc::new(NetSink { erasure, ..NetSink::new(self.clone(), copies as usize) });
         let (c2, inner) = (counters.clone(), self.clone());
@@ -430,6 +443,20 @@ impl Inner {
         .await;
         match result {
             Ok(mut sum) => {
+                if lock_secs > 0 {
+                    let _ = tx.try_send(Reply::Progress(Progress { phase: "locking".into(), done: 0, total: 0 }));
+                    let until = self.db({
+                        let id = sum.snapshot.clone();
+                        move |s| {
+                            Ok(s.snapshots()?.into_iter().find(|(k, _)| k.to_string() == id).map(|(_, v)| v.lock_until))
+                        }
+                    });
+                    let until = until.await.ok().flatten().unwrap_or(0);
+                    sum.locked_until = until;
+                    if let Err(e) = self.lock_snapshot(&sum.snapshot, until).await {
+                        sum.lock_error = Some(e);
+                    }
+                }
                 let _ = tx.try_send(Reply::Progress(Progress { phase: "head".into(), done: 0, total: 0 }));
                 let failed = self.publish_head().await;
                 sum.head = self.head_report().await;

@@ -118,6 +118,7 @@ impl Inner {
                 copies: spec.copies,
                 exclude: spec.exclude.clone(),
                 erasure: spec.erasure,
+                lock_secs: spec.lock_secs(),
             };
             let reply = self.clone().backup_locked(tx, job).await;
             let retention = match &reply {

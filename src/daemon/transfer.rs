@@ -40,6 +40,8 @@ impl Inner {
             }
             DataRequest::PutHead(signed) => self.on_put_head(peer, signed).await,
             DataRequest::GetHead => self.on_get_head(peer).await,
+            DataRequest::GetHeads => self.on_get_heads(peer).await,
+            DataRequest::Lock { packs, until } => self.on_lock(peer, packs, until).await,
             DataRequest::ClaimsLost => self.on_claims_lost(peer).await,
             DataRequest::Delete(signed) => self.on_delete(peer, signed).await,
             DataRequest::Store { contract, pack, data } => self.on_store(peer, contract, pack, data).await,
@@ -78,19 +80,63 @@ impl Inner {
             return err(DataErrorCode::BadPack, format!("more than {MAX_DELETE_PACKS} packs in one deletion"));
         }
         let store = self.store.clone();
+        let t = now();
         let r = tokio::task::spawn_blocking(move || {
-            d.packs.iter().try_fold(0u64, |n, p| store.delete(&peer, p).map(|b| n + b))
+            let mut out = (0u64, 0u32);
+            for p in &d.packs {
+                match store.delete(&peer, p, t)? {
+                    Some(b) => out.0 += b,
+                    None => out.1 += 1,
+                }
+            }
+            Ok::<_, StoreError>(out)
         })
         .await;
         match r {
-            Ok(Ok(bytes)) => {
-                tracing::info!("deleted {bytes} bytes of packs at the request of {peer}");
-                DataResponse::Deleted { bytes }
+            Ok(Ok((bytes, locked))) => {
+                tracing::info!("deleted {bytes} bytes of packs at the request of {peer}; {locked} locked packs kept");
+                DataResponse::Deleted { bytes, locked }
             }
             Ok(Err(e)) => {
                 tracing::error!("delete failed: {e}");
                 err(DataErrorCode::Internal, "provider could not delete the packs".into())
             }
+            Err(e) => err(DataErrorCode::Internal, e.to_string()),
+        }
+    }
+
+    /// `Lock` (protocol.md §5.9): retention locks on packs held for `peer`, under a live
+    /// contract, at most [`crate::protocol::MAX_LOCK_SECS`] ahead.
+    async fn on_lock(&self, peer: PeerId, packs: Vec<PackId>, until: u64) -> DataResponse {
+        let err = |code, message: String| DataResponse::Error { code, message };
+        if !self.live_contracts(Role::Provider).iter().any(|(_, c)| c.peer_id() == Some(peer)) {
+            return err(DataErrorCode::NoContract, format!("no live contract with {peer}"));
+        }
+        let t = now();
+        if until > t + crate::protocol::MAX_LOCK_SECS {
+            let days = crate::protocol::MAX_LOCK_SECS / 86400;
+            return err(DataErrorCode::Refused, format!("a lock may last {days} days at most"));
+        }
+        if packs.len() > MAX_DELETE_PACKS {
+            return err(DataErrorCode::BadPack, format!("more than {MAX_DELETE_PACKS} packs in one lock"));
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.lock(&peer, &packs, until, t)).await {
+            Ok(Ok(n)) => DataResponse::Locked { packs: n },
+            Ok(Err(e)) => err(DataErrorCode::Internal, e.to_string()),
+            Err(e) => err(DataErrorCode::Internal, e.to_string()),
+        }
+    }
+
+    /// `GetHeads` (protocol.md §5.9): every head held for `peer`, newest first.
+    async fn on_get_heads(&self, peer: PeerId) -> DataResponse {
+        let err = |code, message: String| DataResponse::Error { code, message };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.get_heads(&peer)).await {
+            Ok(Ok(list)) => DataResponse::Heads(
+                list.iter().filter_map(|b| from_cbor::<crate::identity::Signed>("head", b).ok()).collect(),
+            ),
+            Ok(Err(e)) => err(DataErrorCode::Internal, e.to_string()),
             Err(e) => err(DataErrorCode::Internal, e.to_string()),
         }
     }
@@ -198,30 +244,24 @@ impl Inner {
         if !self.live_contracts(Role::Provider).iter().any(|(_, c)| c.peer_id() == Some(peer)) {
             return err(DataErrorCode::NoContract, format!("no live contract with {peer}"));
         }
-        let seq = match crate::head::envelope_seq(&signed, &peer) {
-            Ok(s) => s,
+        let (seq, lock_until) = match crate::head::envelope_info(&signed, &peer) {
+            Ok(v) => v,
             Err(e) => return err(DataErrorCode::BadPack, e.to_string()),
         };
+        let t = now();
+        if lock_until > t + crate::protocol::MAX_LOCK_SECS {
+            return err(DataErrorCode::Refused, "the head's lock is too long".into());
+        }
         let bytes = crate::protocol::to_cbor(&signed);
         if bytes.len() > crate::protocol::MAX_HEAD + 4096 {
             return err(DataErrorCode::BadPack, "head too large".into());
         }
         let store = self.store.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let held = store.get_head(&peer)?;
-            if let Some(old) = held
-                .and_then(|b| from_cbor::<crate::identity::Signed>("head", &b).ok())
-                .and_then(|s| crate::head::envelope_seq(&s, &peer).ok())
-                && old > seq
-            {
-                return Ok(Some(old));
-            }
-            store.put_head(&peer, &bytes).map(|_| None)
-        })
-        .await;
+        let r = tokio::task::spawn_blocking(move || store.put_head(&peer, &bytes, seq, lock_until, t)).await;
         match r {
-            Ok(Ok(None)) => DataResponse::Stored,
-            Ok(Ok(Some(old))) => err(DataErrorCode::Refused, format!("head {seq} is older than the head {old} held")),
+            Ok(Ok(())) => DataResponse::Stored,
+            Ok(Err(e @ crate::provider::HeadRefusal::Older { .. })) => err(DataErrorCode::Refused, e.to_string()),
+            Ok(Err(e @ crate::provider::HeadRefusal::TooMany(_))) => err(DataErrorCode::NoRoom, e.to_string()),
             Ok(Err(e)) => err(DataErrorCode::Internal, e.to_string()),
             Err(e) => err(DataErrorCode::Internal, e.to_string()),
         }
@@ -474,6 +514,7 @@ impl NetSink {
             garbage: false,
             erasure: Some(s),
             shards: out,
+            lock_until: 0,
         })
     }
 }
@@ -502,7 +543,15 @@ impl PackSink for NetSink {
                 }
             ));
         }
-        Ok(PackRecord { size, holders, copies: self.copies as u32, garbage: false, erasure: None, shards: vec![] })
+        Ok(PackRecord {
+            size,
+            holders,
+            copies: self.copies as u32,
+            garbage: false,
+            erasure: None,
+            shards: vec![],
+            lock_until: 0,
+        })
     }
 }
 

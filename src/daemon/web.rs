@@ -253,6 +253,7 @@ async fn restore(State(web): Shared, axum::Json(b): axum::Json<RestoreBody>) -> 
         overwrite: b.overwrite,
         include,
         limits: Default::default(),
+        head: None,
     };
     answer(call(&web, req).await)
 }

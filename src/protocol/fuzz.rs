@@ -188,6 +188,7 @@ mod tests {
             parent: None,
             files: 1,
             bytes: 5,
+            lock_until: 0,
         };
         std::fs::write(root.join("disk/snapshot"), tree::encode(&s)).unwrap();
         let toml = toml::to_string(&crate::config::Config::default()).unwrap();

@@ -360,6 +360,18 @@ pub enum DataRequest {
     /// the requester under [`DOMAIN_DELETE`] (protocol.md §5.6). The provider keeps it as
     /// proof that the client asked.
     Delete(Signed),
+    /// Lock packs held for the requester until `until` (protocol.md §5.9): none of them is
+    /// deleted before, whatever a later request says. Needs a live contract; `until` at
+    /// most [`MAX_LOCK_SECS`] from now; locks only grow. Answered [`DataResponse::Locked`].
+    Lock {
+        /// Packs (or erasure shards) held for the requester, at most [`MAX_DELETE_PACKS`].
+        packs: Vec<PackId>,
+        /// Lock end, Unix seconds.
+        until: u64,
+    },
+    /// Send back every head held for the requester: the latest and the locked earlier
+    /// ones (protocol.md §5.9). Answered [`DataResponse::Heads`].
+    GetHeads,
 }
 
 /// Shortest time between two claim resets of one client, seconds (7 days).
@@ -375,7 +387,24 @@ pub struct HeadEnvelope {
     /// Nonce ‖ ciphertext ‖ tag, at most [`MAX_HEAD`] bytes.
     #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
+    /// Retention lock (protocol.md §5.9): until this Unix second a holder keeps this head
+    /// even after a newer one replaces it. 0 (absent) = no lock.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lock_until: u64,
 }
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Longest retention lock a provider accepts, seconds from now (protocol.md §5.9).
+pub const MAX_LOCK_SECS: u64 = 400 * 86400;
+/// Locked earlier heads a provider keeps per client at most (protocol.md §5.9).
+pub const MAX_KEPT_HEADS: usize = 64;
 
 /// Where a client's latest head is (protocol.md §5.8): the value of its Kademlia record
 /// under [`HEAD_RECORD_PREFIX`] ‖ PeerId, signed by the client under [`DOMAIN_HEAD_RECORD`].
@@ -455,7 +484,18 @@ pub enum DataResponse {
     Deleted {
         /// Bytes freed.
         bytes: u64,
+        /// Named packs kept because a retention lock holds them (protocol.md §5.9).
+        #[serde(default, skip_serializing_if = "is_zero_u32")]
+        locked: u32,
     },
+    /// Answer to [`DataRequest::Lock`]: how many of the named packs are held and now
+    /// locked until at least the asked time.
+    Locked {
+        /// Packs locked.
+        packs: u32,
+    },
+    /// Answer to [`DataRequest::GetHeads`]: the signed [`HeadEnvelope`]s held, newest first.
+    Heads(Vec<Signed>),
     /// The requested pack.
     Pack(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to an audit: the leaf's bytes and the sibling hashes from the leaf up to the

@@ -45,8 +45,12 @@ fn cancellation() -> Signed {
     client().sign(DOMAIN_CANCEL, to_cbor(&c))
 }
 
+fn locked_head_envelope() -> Signed {
+    client().sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: 4, sealed: vec![7; 8], lock_until: 1_800_000_000 }))
+}
+
 fn head_envelope() -> Signed {
-    client().sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: 3, sealed: vec![7; 8] }))
+    client().sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: 3, sealed: vec![7; 8], lock_until: 0 }))
 }
 
 fn head_record() -> Signed {
@@ -123,7 +127,12 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
         ("data_request_claims_lost", rt(&DataRequest::ClaimsLost)),
         ("data_response_head", rt(&DataResponse::Head(head_envelope()))),
         ("head_record", rt(&head_record())),
-        ("data_response_deleted", rt(&DataResponse::Deleted { bytes: 1 << 20 })),
+        ("data_response_deleted", rt(&DataResponse::Deleted { bytes: 1 << 20, locked: 0 })),
+        ("data_request_lock", rt(&DataRequest::Lock { packs: vec![PackId([4; 32])], until: 1_800_000_000 })),
+        ("data_response_locked", rt(&DataResponse::Locked { packs: 1 })),
+        ("data_request_get_heads", rt(&DataRequest::GetHeads)),
+        ("data_response_heads", rt(&DataResponse::Heads(vec![locked_head_envelope()]))),
+        ("data_response_deleted_locked", rt(&DataResponse::Deleted { bytes: 0, locked: 2 })),
     ]
 }
 
@@ -245,7 +254,7 @@ mod props {
             round_trip(&DataRequest::ReleaseClaim { keep: leaf });
             round_trip(&DataResponse::Sample(data));
             round_trip(&DataResponse::Released);
-            round_trip(&DataResponse::Deleted { bytes: u64::from(leaf) });
+            round_trip(&DataResponse::Deleted { bytes: u64::from(leaf), locked: leaf });
             let d = Deletion { packs: vec![PackId(p); (leaf % 5) as usize], time: u64::from(leaf) };
             round_trip(&d);
             round_trip(&DataRequest::Delete(client().sign(DOMAIN_DELETE, to_cbor(&d))));
@@ -291,7 +300,8 @@ mod props {
                               xattrs: vec![crate::repo::tree::Xattr { name: name.clone(), value: name }] };
             round_trip(&Tree { nodes: vec![node] });
             round_trip(&Snapshot { time, hostname, paths: vec!["/a".into()], tree: crate::id::BlobId([1; 32]),
-                                   parent: ids.first().map(|i| crate::id::SnapshotId(*i)), files: size, bytes: size });
+                                   parent: ids.first().map(|i| crate::id::SnapshotId(*i)), files: size, bytes: size,
+                                   lock_until: u64::from(offset) });
             let blobs = ids.iter().map(|i| PackEntry { id: crate::id::BlobId(*i), kind: crate::repo::blob::BlobKind::Data,
                                                        offset, length, raw_length: length }).collect();
             round_trip(&PackHeader { version: 1, blobs });

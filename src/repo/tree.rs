@@ -101,6 +101,10 @@ pub struct Snapshot {
     pub files: u64,
     /// Bytes of file content in the snapshot.
     pub bytes: u64,
+    /// Retention lock (protocol.md §5.9): until this Unix second the snapshot is not
+    /// forgotten and its packs are locked at their holders. 0 (absent) = none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lock_until: u64,
 }
 
 /// Encodes any document as CBOR.

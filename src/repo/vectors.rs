@@ -121,7 +121,7 @@ fn computed() -> Vec<(&'static str, String)> {
         b"peer/head/v2",
         &zstd::bulk::compress(&head_plain, 3).unwrap(),
     );
-    let envelope = c.sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: 3, sealed: head_sealed.clone() }));
+    let envelope = c.sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: 3, sealed: head_sealed.clone(), lock_until: 0 }));
     let shard_input: Vec<u8> = (0..100u8).collect();
     let shards = Scheme { k: 2, m: 1 }.split(&shard_input).unwrap().concat();
     let mut cuts = Vec::new();
