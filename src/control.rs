@@ -339,6 +339,9 @@ pub struct StatusReport {
     /// The last test restore, if one ran.
     #[serde(default)]
     pub test_restore: Option<crate::drill::DrillReport>,
+    /// Providers with verified evidence of default (protocol.md §5.10): refused.
+    #[serde(default)]
+    pub defaulters: Vec<DefaulterInfo>,
 }
 
 /// Where publication for recovery stands (protocol.md §5.8): in JSON, the fields `head`
@@ -570,6 +573,17 @@ pub enum Reply {
     /// The offer is set; what the user should know about it
     /// ([`crate::contracts::offer_notes`]).
     Offered(Vec<String>),
+}
+
+/// A provider with verified evidence of default (`status --json`, protocol.md §5.10).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DefaulterInfo {
+    /// Its PeerId.
+    pub peer: String,
+    /// When this peer learned it, Unix seconds.
+    pub since: u64,
+    /// The evidence: hex of CBOR `Evidence`, checkable by anyone.
+    pub evidence: String,
 }
 
 /// One head kept by this peer's providers (`peer heads`).

@@ -32,6 +32,8 @@ const SCHEDULE_RUNS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched
 /// Named records of this client (`test_restore`: the last [`crate::drill::DrillReport`]),
 /// CBOR.
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// Defaulters (protocol.md §5.10): provider PeerId bytes → CBOR [`DefaulterRecord`].
+const DEFAULTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("defaulters");
 /// Provider side of claims (protocol.md §4.6): client PeerId bytes → blocks `0..n` it acknowledged.
 const CLAIMS: TableDefinition<&[u8], u64> = TableDefinition::new("claims");
 
@@ -150,6 +152,18 @@ pub struct Holder {
     pub peer: Vec<u8>,
     /// The contract the pack is stored under.
     pub contract: ContractId,
+}
+
+/// A provider with verified evidence of default against it (protocol.md §5.10).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DefaulterRecord {
+    /// When we learned it, Unix seconds.
+    pub since: u64,
+    /// The evidence: CBOR [`crate::protocol::Evidence`].
+    #[serde(with = "serde_bytes")]
+    pub evidence: Vec<u8>,
+    /// We caught it ourselves (and republish the evidence).
+    pub ours: bool,
 }
 
 /// Where a pack lives.
@@ -341,7 +355,7 @@ impl State {
         tx.open_table(CLAIMS)?;
         tx.open_table(INDEX_PACKS)?;
         tx.open_table(RECORDS)?;
-        for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS, AUDITS, SCHEDULE_RUNS] {
+        for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS, AUDITS, SCHEDULE_RUNS, DEFAULTERS] {
             tx.open_table(t)?;
         }
         tx.commit()?;
@@ -665,6 +679,16 @@ impl State {
     /// Every audit record, keyed by PeerId bytes.
     pub fn audits(&self) -> Result<Vec<(Vec<u8>, AuditRecord)>, StateError> {
         self.all_decoded(AUDITS, "audit", |k| Some(k.to_vec()))
+    }
+
+    /// Records a defaulter (protocol.md §5.10).
+    pub fn put_defaulter(&self, peer: &[u8], r: &DefaulterRecord) -> Result<(), StateError> {
+        self.put(DEFAULTERS, peer, &enc(r))
+    }
+
+    /// Every defaulter, keyed by PeerId bytes.
+    pub fn defaulters(&self) -> Result<Vec<(Vec<u8>, DefaulterRecord)>, StateError> {
+        self.all_decoded(DEFAULTERS, "defaulter", |k| Some(k.to_vec()))
     }
 
     /// A named record, if set.

@@ -311,6 +311,7 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
     }
     let configure = |_: usize, c: &mut Config| {
         (c.audit.interval_secs, c.audit.timeout_secs, c.audit.min_score) = (1, 10, 0.99);
+        c.contracts.proposal_wait_secs = 10;
     };
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 5, GIB, configure).unwrap();
     net.wait_connected(4, Duration::from_secs(60)).unwrap();
@@ -362,6 +363,40 @@ fn audits_catch_a_bit_flipper_and_a_dropper() {
         });
     }
     assert_eq!(audit_of(&s, honest).unwrap()["standing"], "good", "{s}");
+
+    // The flipper signed its wrong answers: the evidence reaches peer Y, which never dealt
+    // with it, and checks on its own; the dropper's missing answers prove nothing.
+    let y = (1..5).find(|&i| !holders.contains(&net.peers[i].peer_id)).unwrap();
+    let sy = wait_status(&net, y, 60, |s| s["defaulters"].as_array().is_some_and(|d| !d.is_empty()));
+    let d = &sy["defaulters"].as_array().unwrap();
+    assert_eq!(d.len(), 1, "{sy}");
+    assert_eq!(d[0]["peer"], *flipper, "{sy}");
+    let ev: peer::protocol::Evidence =
+        peer::protocol::from_cbor("evidence", &hex::decode(d[0]["evidence"].as_str().unwrap()).unwrap()).unwrap();
+    let (p, c) = peer::protocol::verify_evidence(&ev).unwrap();
+    assert_eq!((p.to_string(), c.to_string()), (flipper.clone(), net.peers[0].peer_id.clone()));
+    // Y refuses it even as its only choice: with the flipper as its one friend and
+    // contracts with friends only, Y gets no provider (the flipper's acceptance is declined).
+    net.stop(y);
+    let cfg_file = net.peers[y].home.join("config.toml");
+    let mut cfg = Config::load(&cfg_file).unwrap();
+    cfg.contracts.only_friends = true;
+    let faddr = net.peers.iter().find(|p| &p.peer_id == flipper).unwrap().addr.clone();
+    cfg.friends = vec![peer::friends::Friend { peer: flipper.clone(), name: "flipper".into(), addrs: vec![faddr] }];
+    cfg.save(&cfg_file).unwrap();
+    net.restart(y).unwrap();
+    wait_status(&net, y, 60, |s| s["connected"].as_array().is_some_and(|c| c.iter().any(|p| p == flipper.as_str())));
+    assert_eq!(status(&net, y)["defaulters"][0]["peer"], *flipper, "the evidence is kept across a restart");
+    let ydir = tmp.path().join("ydocs");
+    std::fs::create_dir_all(&ydir).unwrap();
+    std::fs::write(ydir.join("y.bin"), noise(123, 1 << 20)).unwrap();
+    let out = net.cmd(y, &["backup", ydir.to_str().unwrap(), "--copies", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("only 0 of the 1"), "{err}");
+    let ys = status(&net, y);
+    let with_flipper =
+        ys["contracts"].as_array().unwrap().iter().any(|c| c["peer"] == *flipper && c["role"] == "client");
+    assert!(!with_flipper, "{ys}");
 
     // Every pack still has an honest copy: restore is whole.
     let target = tmp.path().join("back");

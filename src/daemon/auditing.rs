@@ -52,6 +52,7 @@ impl Inner {
             self.drop_unowed_claims().await;
             self.drop_data_of_ended().await;
             self.republish_if_failed().await;
+            self.republish_evidence().await;
         }
     }
 
@@ -103,15 +104,17 @@ impl Inner {
     }
 
     /// One challenge; `None` when the holder was too busy to answer (no verdict).
+    /// The answer is signed (`AuditSigned`, protocol.md §5.10): a wrong one becomes
+    /// evidence.
     pub(super) async fn challenge(&self, peer: PeerId, pack: PackId, size: u64, leaf: u32) -> Option<Outcome> {
         let timeout = Duration::from_secs(self.config.audit.timeout_secs);
         let addrs = self.addrs_of(&peer);
-        let r =
-            tokio::time::timeout(timeout, self.net.data_request(peer, addrs, DataRequest::Audit { pack, leaf })).await;
-        verdict(r, timeout, |resp| match resp {
-            DataResponse::Proof { leaf: bytes, path } => Ok(audit::check(&pack, size, leaf, &bytes, &path)),
-            other => Err(other),
-        })
+        let req = DataRequest::AuditSigned { pack, leaf };
+        let r = tokio::time::timeout(timeout, self.net.data_request(peer, addrs, req)).await;
+        if let Ok(Ok(DataResponse::SignedProof { answer, leaf: bytes })) = r {
+            return Some(self.judge_signed(peer, (pack, size, leaf), answer, bytes).await);
+        }
+        verdict(r, timeout, Err)
     }
 
     /// Records an outcome; a wrong answer loses that copy. Returns why, when the peer just

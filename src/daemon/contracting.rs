@@ -42,6 +42,9 @@ impl Inner {
         if !self.may_contract_with(&vp.client) {
             return; // contracts.only_friends, and the client is no friend
         }
+        if self.is_defaulter(&vp.client) {
+            return; // verified evidence says it signed a wrong audit answer (§5.10)
+        }
         let Some(offered) = self.persist("nothing (reading the offer)", |s| s.offered()).await else { return };
         let Some(grant) = self.reserve_grant(&vp, offered) else { return };
         let duration = vp.proposal.duration_secs.min(self.config.contracts.duration_secs);
@@ -153,6 +156,9 @@ impl Inner {
         }
         if !self.may_contract_with(&provider) {
             return decline("this client makes contracts with its friends only");
+        }
+        if self.is_defaulter(&provider) {
+            return decline("verified evidence says this provider signed a wrong audit answer");
         }
         {
             // Lock order: `accepted`, then `writing`.

@@ -16,6 +16,7 @@ mod auditing;
 mod befriending;
 mod claiming;
 mod contracting;
+mod defaulters;
 mod drilling;
 mod heads;
 mod locking;
@@ -100,6 +101,8 @@ struct Inner {
     drill: Mutex<Option<crate::drill::DrillReport>>,
     /// Friends by PeerId ([`befriending`]), from config.toml and `peer friends add`.
     friends: Mutex<HashMap<PeerId, crate::friends::Friend>>,
+    /// Providers with verified evidence of default ([`defaulters`]).
+    defaulters: Mutex<std::collections::HashSet<PeerId>>,
 }
 
 fn setup<E: std::fmt::Display>(e: E) -> DaemonError {
@@ -150,7 +153,11 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         dashboard_url: std::sync::OnceLock::new(),
         drill: Mutex::new(None),
         friends: Mutex::new(HashMap::new()),
+        defaulters: Mutex::new(Default::default()),
     });
+    let known = inner.db(|s| s.defaulters()).await.map_err(setup)?;
+    *inner.defaulters.lock().unwrap_or_else(|p| p.into_inner()) =
+        known.iter().filter_map(|(k, _)| PeerId::from_bytes(k).ok()).collect();
     let lasts = inner.db(|s| s.schedule_runs()).await.map_err(setup)?;
     inner.scheduling.load(&inner.config, &lasts);
     let friends = inner.config.friends.clone();
@@ -361,9 +368,26 @@ struct GossipGuard {
     seen: HashMap<(PeerId, ProposalId), u64>,
     /// Author → (minute, proposals in that minute).
     rate: HashMap<PeerId, (u64, u32)>,
+    /// Forwarder → (minute, evidence messages in that minute).
+    evidence_rate: HashMap<PeerId, (u64, u32)>,
 }
 
 impl GossipGuard {
+    /// Admits one evidence message from forwarder `source` at time `now`: at most
+    /// [`defaulters::EVIDENCE_PER_MINUTE`] per forwarder and minute.
+    fn admit_evidence(&mut self, source: PeerId, now: u64) -> bool {
+        let minute = now / 60;
+        if self.evidence_rate.len() >= SEEN_PROPOSALS_MAX {
+            self.evidence_rate.retain(|_, (m, _)| *m == minute);
+        }
+        let (m, n) = self.evidence_rate.entry(source).or_insert((minute, 0));
+        if *m != minute {
+            (*m, *n) = (minute, 0);
+        }
+        *n += 1;
+        *n <= defaulters::EVIDENCE_PER_MINUTE
+    }
+
     /// Admits a verified proposal at time `now`, or says why not.
     fn admit(&mut self, vp: &protocol::VerifiedProposal, now: u64) -> Result<(), &'static str> {
         if self.seen.len() >= SEEN_PROPOSALS_MAX {
@@ -487,6 +511,9 @@ impl Inner {
                         self.net.validate(id, source, false).await;
                     }
                 }
+            }
+            NetEvent::Evidence { id, source, data } => {
+                tokio::spawn(async move { self.on_evidence(id, source, data).await });
             }
             NetEvent::Contract { peer, request: ContractRequest::Accept(signed), channel } => {
                 let resp = self.on_acceptance(peer, signed).await;

@@ -232,6 +232,7 @@ impl Inner {
             schedules: self.schedule_list(),
             unreferenced_at_others: unreferenced,
             test_restore: self.last_drill(),
+            defaulters: self.defaulter_list().await,
             activity: self.activity.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             index_packs,
             head,

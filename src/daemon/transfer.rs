@@ -41,6 +41,7 @@ impl Inner {
             DataRequest::PutHead(signed) => self.on_put_head(peer, signed).await,
             DataRequest::GetHead => self.on_get_head(peer).await,
             DataRequest::GetHeads => self.on_get_heads(peer).await,
+            DataRequest::AuditSigned { pack, leaf } => self.on_audit_signed(peer, pack, leaf).await,
             DataRequest::Lock { packs, until } => self.on_lock(peer, packs, until).await,
             DataRequest::ClaimsLost => self.on_claims_lost(peer).await,
             DataRequest::Delete(signed) => self.on_delete(peer, signed).await,

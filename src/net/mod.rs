@@ -145,6 +145,15 @@ pub enum NetEvent {
         /// The message data.
         data: Vec<u8>,
     },
+    /// A gossip message on the evidence topic (protocol.md §5.10), awaiting validation.
+    Evidence {
+        /// gossipsub message id.
+        id: gossipsub::MessageId,
+        /// The peer that forwarded it.
+        source: PeerId,
+        /// The message data.
+        data: Vec<u8>,
+    },
     /// An inbound contract request.
     Contract {
         /// The requester.
@@ -200,7 +209,7 @@ pub struct Connection {
 }
 
 enum Command {
-    Publish(Vec<u8>, oneshot::Sender<Result<(), NetError>>),
+    Publish(bool, Vec<u8>, oneshot::Sender<Result<(), NetError>>),
     Validate(gossipsub::MessageId, PeerId, gossipsub::MessageAcceptance),
     Contract(PeerId, Vec<Multiaddr>, ContractRequest, oneshot::Sender<Result<ContractResponse, NetError>>),
     Data(PeerId, Vec<Multiaddr>, DataRequest, oneshot::Sender<Result<DataResponse, NetError>>),
@@ -232,13 +241,24 @@ impl NetHandle {
 
     /// Publishes `data` on the proposal topic.
     pub async fn publish(&self, data: Vec<u8>) -> Result<(), NetError> {
-        self.call(|tx| Command::Publish(data, tx)).await?
+        self.call(|tx| Command::Publish(false, data, tx)).await?
+    }
+
+    /// Publishes `data` on the evidence topic (protocol.md §5.10).
+    pub async fn publish_evidence(&self, data: Vec<u8>) -> Result<(), NetError> {
+        self.call(|tx| Command::Publish(true, data, tx)).await?
     }
 
     /// Reports our verdict on a gossip message; only accepted ones are forwarded.
     pub async fn validate(&self, id: gossipsub::MessageId, source: PeerId, accept: bool) {
         let a = if accept { gossipsub::MessageAcceptance::Accept } else { gossipsub::MessageAcceptance::Reject };
         let _ = self.tx.send(Command::Validate(id, source, a)).await;
+    }
+
+    /// Neither accepts nor rejects a gossip message: it is not forwarded, and its
+    /// forwarder gets no strike (used when over a rate, not for bad messages).
+    pub async fn ignore(&self, id: gossipsub::MessageId, source: PeerId) {
+        let _ = self.tx.send(Command::Validate(id, source, gossipsub::MessageAcceptance::Ignore)).await;
     }
 
     /// Sends a contract request, dialing `addrs` if not connected.
@@ -388,6 +408,8 @@ pub fn start(
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
     let topic = gossipsub::IdentTopic::new(PROPOSAL_TOPIC);
     swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| other(&e))?;
+    let evidence_topic = gossipsub::IdentTopic::new(crate::protocol::EVIDENCE_TOPIC);
+    swarm.behaviour_mut().gossipsub.subscribe(&evidence_topic).map_err(|e| other(&e))?;
     let loopback_only = cfg.listen.iter().all(is_loopback);
     for a in cfg.listen {
         swarm.listen_on(a.clone()).map_err(|e| NetError::Other(format!("cannot listen on {a}: {e}")))?;
@@ -418,6 +440,7 @@ pub fn start(
         commands: rx,
         events: ev_tx,
         topic,
+        evidence_topic,
         pending_contract: HashMap::new(),
         pending_data: HashMap::new(),
         pending_get: HashMap::new(),
@@ -604,6 +627,8 @@ struct EventLoop {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     topic: gossipsub::IdentTopic,
+    /// The evidence topic (protocol.md §5.10).
+    evidence_topic: gossipsub::IdentTopic,
     pending_contract: HashMap<OutboundRequestId, oneshot::Sender<Result<ContractResponse, NetError>>>,
     pending_data: HashMap<OutboundRequestId, DataReply>,
     /// Record lookups under way: values found so far and where the answer goes.
@@ -750,10 +775,11 @@ impl EventLoop {
     fn on_command(&mut self, c: Command) {
         let b = self.swarm.behaviour_mut();
         match c {
-            Command::Publish(data, reply) => {
+            Command::Publish(evidence, data, reply) => {
+                let topic = if evidence { self.evidence_topic.clone() } else { self.topic.clone() };
                 let r = b
                     .gossipsub
-                    .publish(self.topic.clone(), data)
+                    .publish(topic, data)
                     .map(|_| ())
                     .map_err(|e| NetError::Other(format!("cannot publish: {e}")));
                 let _ = reply.send(r);
@@ -1053,7 +1079,11 @@ impl EventLoop {
                 message_id,
                 message,
             })) => {
-                self.emit(NetEvent::Proposal { id: message_id, source: propagation_source, data: message.data });
+                if message.topic == self.evidence_topic.hash() {
+                    self.emit(NetEvent::Evidence { id: message_id, source: propagation_source, data: message.data });
+                } else {
+                    self.emit(NetEvent::Proposal { id: message_id, source: propagation_source, data: message.data });
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Contract(e)) => self.on_contract(e),
             SwarmEvent::Behaviour(BehaviourEvent::Data(e)) => self.on_data(e),

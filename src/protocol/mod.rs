@@ -48,6 +48,10 @@ pub const DOMAIN_DELETE: &str = "peer/delete/v1";
 pub const MAX_DELETE_PACKS: usize = 1024;
 /// Signature domain of a renewal (signed by both parties over the same body).
 pub const DOMAIN_RENEWAL: &str = "peer/renewal/v1";
+/// Signing domain of a provider's [`AuditAnswer`] (protocol.md §5.10).
+pub const DOMAIN_AUDIT_ANSWER: &str = "peer/audit-answer/v1";
+/// Gossipsub topic of [`Evidence`] of default (protocol.md §5.10).
+pub const EVIDENCE_TOPIC: &str = "peer/evidence/1";
 
 /// Largest gossip message, bytes (gossipsub `max_transmit_size`, protocol.md §6).
 pub const MAX_GOSSIP: usize = 64 * 1024;
@@ -244,6 +248,72 @@ impl Contract {
     }
 }
 
+/// A provider's answer to an audit challenge, signed by the provider under
+/// [`DOMAIN_AUDIT_ANSWER`] (protocol.md §5.10): a statement anyone can check against the
+/// pack id alone. A wrong one is portable evidence of default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnswer {
+    /// The client the pack is held for (PeerId bytes).
+    #[serde(with = "serde_bytes")]
+    pub client: Vec<u8>,
+    /// The pack challenged.
+    pub pack: PackId,
+    /// The pack's length as held, bytes.
+    pub size: u64,
+    /// The leaf challenged.
+    pub leaf: u32,
+    /// `SHA-256(0x00 ‖ leaf bytes)` of the leaf served (§3.3).
+    #[serde(with = "serde_bytes")]
+    pub leaf_hash: Vec<u8>,
+    /// Sibling hashes from the leaf up, 32 bytes each, at most 32.
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    /// When it was answered, Unix seconds.
+    pub time: u64,
+}
+
+impl AuditAnswer {
+    /// Whether the answer proves leaf `leaf` of `pack` for a pack of `size` bytes.
+    pub fn holds(&self) -> bool {
+        let Ok(leaf) = <[u8; 32]>::try_from(self.leaf_hash.as_slice()) else { return false };
+        if self.path.len() % 32 != 0 || self.path.len() > 32 * 32 {
+            return false;
+        }
+        let path: Vec<[u8; 32]> = self.path.chunks(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).collect();
+        crate::repo::merkle::verify_hash(&self.pack, self.size, self.leaf as usize, &leaf, &path)
+    }
+}
+
+/// Portable evidence that a provider defaulted (protocol.md §5.10): the contract signed by
+/// both parties, and an [`AuditAnswer`] the provider signed for the client that does not
+/// hold. Shared on [`EVIDENCE_TOPIC`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The contract between the client and the provider.
+    pub contract: Contract,
+    /// The provider's signed wrong answer.
+    pub answer: Signed,
+}
+
+/// Checks evidence: a valid contract, an answer signed by its provider for its client,
+/// and a Merkle check that fails. Returns (provider, client). Errors say why it is not
+/// evidence (a correct answer is not).
+pub fn verify_evidence(e: &Evidence) -> Result<(PeerId, PeerId), MessageError> {
+    let terms = e.contract.verify()?;
+    let signer = e.answer.verify(DOMAIN_AUDIT_ANSWER).map_err(|err| MessageError::Signature("audit answer", err))?;
+    if signer != terms.provider {
+        return Err(MessageError::Invalid("the answer is not signed by the contract's provider".into()));
+    }
+    let a: AuditAnswer = from_cbor("audit answer", &e.answer.body)?;
+    if PeerId::from_bytes(&a.client).ok() != Some(terms.client) {
+        return Err(MessageError::Invalid("the answer is not for the contract's client".into()));
+    }
+    if a.holds() {
+        return Err(MessageError::Invalid("the answer is correct: no evidence".into()));
+    }
+    Ok((terms.provider, terms.client))
+}
+
 /// Requests on [`CONTRACT_PROTOCOL`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContractRequest {
@@ -372,6 +442,14 @@ pub enum DataRequest {
     /// Send back every head held for the requester: the latest and the locked earlier
     /// ones (protocol.md §5.9). Answered [`DataResponse::Heads`].
     GetHeads,
+    /// [`DataRequest::Audit`] answered with a signed statement (protocol.md §5.10):
+    /// [`DataResponse::SignedProof`].
+    AuditSigned {
+        /// The pack id.
+        pack: PackId,
+        /// Leaf index, from 0.
+        leaf: u32,
+    },
 }
 
 /// Shortest time between two claim resets of one client, seconds (7 days).
@@ -496,6 +574,15 @@ pub enum DataResponse {
     },
     /// Answer to [`DataRequest::GetHeads`]: the signed [`HeadEnvelope`]s held, newest first.
     Heads(Vec<Signed>),
+    /// Answer to [`DataRequest::AuditSigned`]: the signed [`AuditAnswer`] and the leaf's
+    /// bytes (whose hash it states).
+    SignedProof {
+        /// [`AuditAnswer`] signed under [`DOMAIN_AUDIT_ANSWER`].
+        answer: Signed,
+        /// The leaf, at most 64 KiB.
+        #[serde(with = "serde_bytes")]
+        leaf: Vec<u8>,
+    },
     /// The requested pack.
     Pack(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to an audit: the leaf's bytes and the sibling hashes from the leaf up to the

@@ -45,6 +45,21 @@ fn cancellation() -> Signed {
     client().sign(DOMAIN_CANCEL, to_cbor(&c))
 }
 
+/// A provider's signed answer claiming a leaf of pack `0x04 × 32` (one leaf of 100
+/// bytes) that is not the pack's: evidence against it.
+fn wrong_answer() -> Signed {
+    let a = AuditAnswer {
+        client: client().peer_id().to_bytes(),
+        pack: PackId([4; 32]),
+        size: 100,
+        leaf: 0,
+        leaf_hash: crate::repo::merkle::leaf_hash(&[5; 100]).to_vec(),
+        path: vec![],
+        time: 1_800_000_000,
+    };
+    provider().sign(DOMAIN_AUDIT_ANSWER, to_cbor(&a))
+}
+
 fn locked_head_envelope() -> Signed {
     client().sign(DOMAIN_HEAD, to_cbor(&HeadEnvelope { seq: 4, sealed: vec![7; 8], lock_until: 1_800_000_000 }))
 }
@@ -133,7 +148,27 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
         ("data_request_get_heads", rt(&DataRequest::GetHeads)),
         ("data_response_heads", rt(&DataResponse::Heads(vec![locked_head_envelope()]))),
         ("data_response_deleted_locked", rt(&DataResponse::Deleted { bytes: 0, locked: 2 })),
+        ("data_request_audit_signed", rt(&DataRequest::AuditSigned { pack: PackId([4; 32]), leaf: 7 })),
+        ("data_response_signed_proof", rt(&DataResponse::SignedProof { answer: wrong_answer(), leaf: vec![5; 100] })),
+        ("evidence", rt(&Evidence { contract: contract(), answer: wrong_answer() })),
     ]
+}
+
+#[test]
+fn evidence_verifies_and_a_correct_or_foreign_answer_is_not_evidence() {
+    let e = Evidence { contract: contract(), answer: wrong_answer() };
+    assert_eq!(verify_evidence(&e).unwrap(), (provider().peer_id(), client().peer_id()));
+    // A correct answer: the pack whose only leaf is those 100 bytes.
+    let data = vec![5u8; 100];
+    let mut a: AuditAnswer = from_cbor("audit answer", &wrong_answer().body).unwrap();
+    a.pack = crate::repo::merkle::root(&data);
+    let correct = Evidence { contract: contract(), answer: provider().sign(DOMAIN_AUDIT_ANSWER, to_cbor(&a)) };
+    assert!(verify_evidence(&correct).unwrap_err().to_string().contains("correct"));
+    // Signed by someone else than the contract's provider, or under another domain.
+    let forged = Evidence { contract: contract(), answer: client().sign(DOMAIN_AUDIT_ANSWER, wrong_answer().body) };
+    assert!(verify_evidence(&forged).is_err());
+    let other_domain = Evidence { contract: contract(), answer: provider().sign(DOMAIN_DELETE, wrong_answer().body) };
+    assert!(verify_evidence(&other_domain).is_err());
 }
 
 #[test]

@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 /// Leaf size, bytes.
 pub const LEAF_SIZE: usize = 64 * 1024;
 
-fn leaf_hash(bytes: &[u8]) -> [u8; 32] {
+/// The hash of one leaf, `SHA-256(0x00 || bytes)`.
+pub fn leaf_hash(bytes: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update([0u8]);
     h.update(bytes);
@@ -68,11 +69,16 @@ pub fn proof(data: &[u8], index: usize) -> Option<Vec<[u8; 32]>> {
 
 /// Checks that `leaf` is leaf `index` of a pack of `pack_len` bytes with id `root`.
 pub fn verify(root: &PackId, pack_len: u64, index: usize, leaf: &[u8], path: &[[u8; 32]]) -> bool {
-    let n = (pack_len as usize).div_ceil(LEAF_SIZE).max(1);
+    verify_hash(root, pack_len, index, &leaf_hash(leaf), path)
+}
+
+/// [`verify`] from the leaf's hash ([`leaf_hash`]) instead of its bytes.
+pub fn verify_hash(root: &PackId, pack_len: u64, index: usize, leaf: &[u8; 32], path: &[[u8; 32]]) -> bool {
+    let n = usize::try_from(pack_len).unwrap_or(usize::MAX).div_ceil(LEAF_SIZE).max(1);
     if index >= n {
         return false;
     }
-    let (mut i, mut width, mut h, mut p) = (index, n, leaf_hash(leaf), path.iter());
+    let (mut i, mut width, mut h, mut p) = (index, n, *leaf, path.iter());
     while width > 1 {
         let sib = i ^ 1;
         if sib < width {
