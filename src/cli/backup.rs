@@ -11,27 +11,34 @@ pub struct Args {
     /// Files and directories to back up.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Distinct peers that hold each pack.
-    #[arg(long, default_value_t = 3, conflicts_with = "erasure")]
-    copies: u32,
-    /// Instead of copies: cut each pack into K+M Reed-Solomon shards on K+M distinct peers,
-    /// any K of which restore it (e.g. 4+2: 1.5× the size, survives losing any 2 peers).
-    #[arg(long, value_name = "K+M")]
-    erasure: Option<crate::repo::erasure::Scheme>,
-    /// Leave out paths matching PATTERN (gitignore syntax; repeatable). A `.peerignore`
-    /// file in any backed-up directory excludes the same way for its directory and below.
-    #[arg(long, value_name = "PATTERN")]
-    exclude: Vec<String>,
-    /// Retention lock (e.g. 30d): the providers refuse to delete this snapshot's data, and
-    /// keep the heads that list it, until then, whoever asks and whatever the key signs
-    /// (at most 400 days).
-    #[arg(long, value_name = "DURATION", value_parser = parse_lock)]
-    lock: Option<u64>,
+    #[command(flatten)]
+    placement: Placement,
     /// Print JSON lines (status lines, then a summary) instead of text.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     limits: crate::control::RateLimits,
+}
+
+/// Where and how a backup's packs go, shared by `peer backup` and `peer schedule add`.
+#[derive(clap::Args, Debug)]
+pub struct Placement {
+    /// Distinct peers that hold each pack.
+    #[arg(long, default_value_t = 3, conflicts_with = "erasure")]
+    pub copies: u32,
+    /// Instead of copies: cut each pack into K+M Reed-Solomon shards on K+M distinct peers,
+    /// any K of which restore it (e.g. 4+2: 1.5× the size, survives losing any 2 peers).
+    #[arg(long, value_name = "K+M")]
+    pub erasure: Option<crate::repo::erasure::Scheme>,
+    /// Leave out paths matching PATTERN (gitignore syntax; repeatable). A `.peerignore`
+    /// file in any backed-up directory excludes the same way for its directory and below.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Retention lock (e.g. 30d): the providers refuse to delete this snapshot's data, and
+    /// keep the heads that list it, until then, whoever asks and whatever the key signs
+    /// (at most 400 days).
+    #[arg(long, value_name = "DURATION", value_parser = parse_lock)]
+    pub lock: Option<u64>,
 }
 
 /// Asks the daemon to back up the paths (made absolute here) and prints the summary.
@@ -46,11 +53,11 @@ pub fn run(home: &Home, a: Args) -> CliResult {
         home,
         Request::Backup {
             paths,
-            copies: a.copies,
-            exclude: a.exclude,
-            erasure: a.erasure,
+            copies: a.placement.copies,
+            exclude: a.placement.exclude,
+            erasure: a.placement.erasure,
             limits: a.limits,
-            lock_secs: a.lock.unwrap_or(0),
+            lock_secs: a.placement.lock.unwrap_or(0),
         },
         a.json,
     )?;

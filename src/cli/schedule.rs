@@ -60,18 +60,8 @@ pub struct AddArgs {
     /// Run at the times of this cron expression, local time (e.g. "0 3 * * *": 03:00 daily).
     #[arg(long, value_name = "EXPR")]
     cron: Option<String>,
-    /// Distinct peers that hold each pack.
-    #[arg(long, default_value_t = 3, conflicts_with = "erasure")]
-    copies: u32,
-    /// Instead of copies: K+M Reed-Solomon shards on K+M distinct peers (e.g. 4+2).
-    #[arg(long, value_name = "K+M")]
-    erasure: Option<crate::repo::erasure::Scheme>,
-    /// Leave out paths matching PATTERN (gitignore syntax; repeatable).
-    #[arg(long, value_name = "PATTERN")]
-    exclude: Vec<String>,
-    /// Retention lock of each run's snapshot (e.g. 30d; see 'peer backup --lock').
-    #[arg(long, value_name = "DURATION")]
-    lock: Option<String>,
+    #[command(flatten)]
+    placement: super::backup::Placement,
     #[command(flatten)]
     keep: super::forget::KeepArgs,
 }
@@ -127,10 +117,10 @@ fn spec_of(a: AddArgs) -> Result<Schedule, CliError> {
         paths,
         every: a.every,
         cron: a.cron,
-        copies: a.copies,
-        erasure: a.erasure,
-        exclude: a.exclude,
-        lock: a.lock,
+        copies: a.placement.copies,
+        erasure: a.placement.erasure,
+        exclude: a.placement.exclude,
+        lock: a.placement.lock.map(|s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string()),
         keep: a.keep.policy(),
     };
     spec.validate().map_err(|message| CliError { message, code: super::EXIT_USAGE })?;

@@ -68,38 +68,30 @@ impl Inner {
             return fail(ErrorKind::Usage, "that is this peer's own invite code");
         }
         let entry = Friend { peer: peer.to_string(), name, addrs: addrs.iter().map(|a| a.to_string()).collect() };
-        let edited = self
-            .edit_config(move |c| {
-                c.friends.retain(|f| f.peer != entry.peer);
-                c.friends.push(entry);
-                Ok(())
-            })
-            .await;
-        match edited {
-            Ok(c) => {
-                self.load_friends(&c.friends).await;
-                Reply::Ok
-            }
-            Err(f) => Reply::Error(f),
-        }
+        self.edit_friends(move |list| {
+            list.retain(|f| f.peer != entry.peer);
+            list.push(entry);
+            Ok(())
+        })
+        .await
     }
 
     /// `peer friends remove PEER|NAME`.
     pub(super) async fn friend_remove(&self, which: String) -> Reply {
-        let edited = self
-            .edit_config(move |c| {
-                let before = c.friends.len();
-                c.friends.retain(|f| f.peer != which && (f.name.is_empty() || f.name != which));
-                if c.friends.len() == before {
-                    return Err(Failure::new(
-                        ErrorKind::NotFound,
-                        format!("no friend is '{which}'; see 'peer friends'"),
-                    ));
-                }
-                Ok(())
-            })
-            .await;
-        match edited {
+        self.edit_friends(move |list| {
+            let before = list.len();
+            list.retain(|f| f.peer != which && (f.name.is_empty() || f.name != which));
+            if list.len() == before {
+                return Err(Failure::new(ErrorKind::NotFound, format!("no friend is '{which}'; see 'peer friends'")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes the friends of config.toml and loads the result.
+    async fn edit_friends(&self, f: impl FnOnce(&mut Vec<Friend>) -> Result<(), Failure> + Send + 'static) -> Reply {
+        match self.edit_config(move |c| f(&mut c.friends)).await {
             Ok(c) => {
                 self.load_friends(&c.friends).await;
                 Reply::Ok
