@@ -52,6 +52,11 @@ impl Inner {
             };
             addrs = ns.listen.into_iter().filter(|a| !unspecified(a)).collect();
         }
+        // The PeerId is in the code already: the addresses go without `/p2p/…`.
+        let addrs: Vec<Multiaddr> = addrs
+            .into_iter()
+            .map(|a| a.into_iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect())
+            .collect();
         match friends::encode(&self.me(), &addrs) {
             Ok(code) => Reply::Invite(code),
             Err(e) => fail(ErrorKind::Local, e),
