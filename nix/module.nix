@@ -52,6 +52,12 @@ let
         default = [ ];
         description = "Patterns to leave out (gitignore syntax).";
       };
+      lock = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "30d";
+        description = "Retention lock of each run's snapshot: providers refuse to delete it before then.";
+      };
       keep = mkOption {
         type = types.submodule {
           options = lib.genAttrs [ "last" "daily" "weekly" "monthly" ] (
@@ -81,6 +87,7 @@ let
         copies
         erasure
         exclude
+        lock
         keep
         ;
     }
