@@ -121,6 +121,11 @@ function render(s) {
     el("li", d.scheme + ": " + d.packs + " packs, " + d.overhead.toFixed(2) + "× stored, P(pack lost) " +
       d.monthly_loss.toExponential(1) + " per month without repair")));
 
+  const defaulters = s.defaulters || [];
+  $("defaulters-box").hidden = defaulters.length === 0;
+  fill("defaulters", defaulters.map((d) =>
+    row([d.peer, when(d.since), d.evidence.slice(0, 32) + "… (" + d.evidence.length / 2 + " bytes)"])));
+
   const standing = Object.fromEntries(s.audits.map((x) => [x.peer, x]));
   fill("contracts", s.contracts.map((c) => {
     const au = standing[c.peer];
