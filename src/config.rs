@@ -310,6 +310,10 @@ pub struct ContractsConfig {
     pub proposal_wait_secs: u64,
     /// Make contracts, in both roles, with friends only (`[[friend]]`). Default false.
     pub only_friends: bool,
+    /// Providers a backup spreads its packs over, as a multiple of the holders each pack
+    /// needs (copies, or K+M), at most [`crate::contracts::MAX_SPREAD`]; 1 = only as many as
+    /// a pack needs. Default 3 (protocol.md Appendix A.5.3, "Spread").
+    pub spread: usize,
 }
 
 /// `[backup]`.
@@ -344,7 +348,13 @@ impl Default for NetworkConfig {
 
 impl Default for ContractsConfig {
     fn default() -> Self {
-        ContractsConfig { ratio: 1.0, duration_secs: 30 * 24 * 3600, proposal_wait_secs: 30, only_friends: false }
+        ContractsConfig {
+            ratio: 1.0,
+            duration_secs: 30 * 24 * 3600,
+            proposal_wait_secs: 30,
+            only_friends: false,
+            spread: 3,
+        }
     }
 }
 
@@ -371,6 +381,7 @@ const HEADER: &str = "\
 #   duration_secs     length of a new contract
 #   proposal_wait_secs  how long a backup waits for providers to accept
 #   only_friends      make contracts (both roles) with [[friend]] peers only
+#   spread            spread packs over this many times the providers a pack needs (1 = no more)
 # [backup]
 #   pack_size         target pack size (at most 24 MiB)
 #   upload_concurrency  packs uploaded at once
@@ -459,6 +470,9 @@ impl Config {
         }
         if self.backup.upload_concurrency == 0 {
             return Err("backup.upload_concurrency must be at least 1".into());
+        }
+        if self.contracts.spread == 0 {
+            return Err("contracts.spread must be at least 1 (1 = only the providers a pack needs)".into());
         }
         crate::schedule::validate_all(&self.schedules)?;
         crate::friends::validate_all(&self.friends)?;

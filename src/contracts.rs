@@ -10,6 +10,21 @@
 /// Smallest grant worth a contract, bytes: two maximum-size packs.
 pub const MIN_GRANT: u64 = 2 * crate::repo::pack::MAX_PACK_SIZE as u64;
 
+/// Most providers a backup spreads its packs over ([`spread`]).
+pub const MAX_SPREAD: usize = 16;
+
+/// How many providers a client seeks contracts with when each pack needs `required`
+/// distinct holders (`--copies N`, or K+M shards): `factor` times as many
+/// (`contracts.spread`, default 3), at most [`MAX_SPREAD`], never fewer than `required`.
+/// Placement puts each pack on the holders with the fewest of our bytes, so packs spread over all of
+/// them: a restore draws on every holder's uplink at once (as a BitTorrent swarm does), and
+/// a lost provider takes a smaller share of the packs with it, so repair has less to copy.
+/// Only `required` providers must accept for a backup to start; the others are sought
+/// while it runs (protocol.md Appendix A.5.3, "Spread").
+pub fn spread(required: usize, factor: usize) -> usize {
+    required.saturating_mul(factor).min(MAX_SPREAD).max(required)
+}
+
 /// Why a provider turns a proposal down.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
@@ -145,6 +160,16 @@ pub fn committed_to_others(
 mod tests {
     use super::*;
     const G: u64 = 1 << 30;
+
+    #[test]
+    fn packs_spread_over_a_multiple_of_the_holders_they_need_up_to_a_cap() {
+        assert_eq!(spread(1, 3), 3);
+        assert_eq!(spread(3, 3), 9);
+        assert_eq!(spread(3, 1), 3, "1: only the holders a pack needs");
+        assert_eq!(spread(6, 3), MAX_SPREAD);
+        assert_eq!(spread(20, 3), 20, "never fewer than the holders a pack needs");
+        assert_eq!(spread(usize::MAX, usize::MAX), usize::MAX);
+    }
 
     #[test]
     fn providers_refuse_free_riders_and_greed() {

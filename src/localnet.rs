@@ -81,6 +81,9 @@ impl LocalNet {
             cfg.network.upnp = false;
             // Many daemons on one machine: each dashboard on a free port.
             cfg.dashboard.port = 0;
+            // Each backup contracts with as many providers as its packs need, so a test
+            // knows which peers hold them; a test of spreading sets its own.
+            cfg.contracts.spread = 1;
             configure(i, &mut cfg);
             cfg.save(&file).map_err(|e| e.to_string())?;
             run_peer(exe, &home, &["offer-storage", &offer.to_string()])?;

@@ -2,7 +2,8 @@
 //!
 //! The snapshot's trees are walked into a plan (directories, files with their content
 //! blobs, symlinks). Every file is written to a temporary file beside its destination;
-//! the needed blobs are grouped by pack so each pack is fetched once (a few at a time),
+//! the needed blobs are grouped by pack so each pack is fetched once, from whichever of its
+//! holders has a free slot ([`HolderSlots`]: every holder serves at once),
 //! verified against its id by the [`PackSource`], and its blobs written at their offsets.
 //! A file is renamed into place only when all its content arrived, so a failure never
 //! leaves a half-written file under the real name. Existing files that differ are left
@@ -26,15 +27,72 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Packs fetched at once.
+/// Packs fetched at once when the source gives no better figure ([`PackSource::concurrency`]).
 pub const FETCH_CONCURRENCY: usize = 4;
+/// Fetches one holder serves at once for one source: two, so a holder's link stays busy
+/// while the client verifies the pack it just received.
+pub const FETCHES_PER_HOLDER: usize = 2;
+/// Most packs a restore fetches at once, whatever the number of holders: each is held in
+/// memory until its blobs are written (`backup.pack_size`, 16 MiB by default).
+pub const MAX_FETCHES: usize = 12;
 
-/// Supplies verified packs (implemented by the daemon: tries each holder in turn, checks the
-/// Merkle root, fails over).
+/// Supplies verified packs (implemented by the daemon: picks a holder, checks the Merkle
+/// root, fails over to the next holder).
 #[async_trait::async_trait]
 pub trait PackSource: Send + Sync {
     /// The bytes of `pack`, already checked against its id.
     async fn fetch(&self, pack: PackId) -> Result<Vec<u8>, String>;
+
+    /// How many packs to fetch at once; at most [`MAX_FETCHES`] is used.
+    fn concurrency(&self) -> usize {
+        FETCH_CONCURRENCY
+    }
+}
+
+/// Fetch slots per holder, so that a restore draws on every holder's uplink at once, as a
+/// BitTorrent client draws pieces from every peer that has them.
+///
+/// Each holder (`K`, a PeerId in the daemon) has `per` slots. A fetch of an object that
+/// several holders keep takes a free slot of the least busy of them; when all of them are
+/// busy it waits for the first slot any of them frees. A slow holder therefore serves fewer
+/// packs and a fast one more, and the restore runs at the sum of the holders' uplinks
+/// rather than at the first holder's.
+pub struct HolderSlots<K> {
+    per: usize,
+    slots: Mutex<HashMap<K, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> HolderSlots<K> {
+    /// `per` slots for every holder (at least 1).
+    pub fn new(per: usize) -> Self {
+        HolderSlots { per: per.max(1), slots: Mutex::new(HashMap::new()) }
+    }
+
+    fn of(&self, holder: &K) -> Arc<tokio::sync::Semaphore> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(holder.clone()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per))).clone()
+    }
+
+    /// A slot of one of `holders`: the least busy one with a slot free (the earlier on a
+    /// tie), else the first to free one. `None` when `holders` is empty. The slot is given
+    /// back when the permit is dropped.
+    pub async fn acquire(&self, holders: &[K]) -> Option<(K, tokio::sync::OwnedSemaphorePermit)> {
+        let sems: Vec<_> = holders.iter().map(|h| self.of(h)).collect();
+        let mut order: Vec<usize> = (0..sems.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sems[i].available_permits()));
+        for i in order {
+            if let Ok(p) = sems[i].clone().try_acquire_owned() {
+                return Some((holders[i].clone(), p));
+            }
+        }
+        if sems.is_empty() {
+            return None;
+        }
+        let waits = sems.iter().map(|s| Box::pin(s.clone().acquire_owned()));
+        let (got, i, _) = futures::future::select_all(waits).await;
+        // The semaphores are never closed.
+        got.ok().map(|p| (holders[i].clone(), p))
+    }
 }
 
 /// Errors that stop a restore before it starts writing.
@@ -547,7 +605,8 @@ fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
-/// Fetches each pack once, [`FETCH_CONCURRENCY`] at a time, and writes its blobs where
+/// Fetches each pack once, [`PackSource::concurrency`] at a time (at most
+/// [`MAX_FETCHES`]), and writes its blobs where
 /// they belong (on blocking threads).
 async fn fetch_all(
     keys: ([u8; 32], [u8; 32]),
@@ -559,6 +618,7 @@ async fn fetch_all(
         Arc::new(plan.files.iter().map(|f| (f.tmp.clone(), f.node.size, f.failed.is_none())).collect());
     let failures: Arc<Mutex<HashMap<usize, String>>> = Arc::new(Mutex::new(HashMap::new()));
     let written: Arc<Vec<AtomicU64>> = Arc::new((0..plan.files.len()).map(|_| AtomicU64::new(0)).collect());
+    let parallel = source.concurrency().clamp(1, MAX_FETCHES);
     futures::stream::iter(std::mem::take(&mut plan.by_pack))
         .map(|(pack_id, blobs)| {
             let (source, tmps, failures, done, written) =
@@ -584,7 +644,7 @@ async fn fetch_all(
                 }
             }
         })
-        .buffer_unordered(FETCH_CONCURRENCY)
+        .buffer_unordered(parallel)
         .collect::<Vec<()>>()
         .await;
     let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
@@ -848,4 +908,45 @@ fn restore_link(dest: &Path, n: &Node, overwrite: bool) -> std::io::Result<bool>
     set_owner(dest, n)?;
     filetime::set_symlink_file_times(dest, ft(n.mtime_ns), ft(n.mtime_ns))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HolderSlots;
+
+    #[tokio::test]
+    async fn fetches_spread_over_the_holders_and_wait_for_a_free_slot() {
+        let slots = HolderSlots::new(2);
+        let all = ["a", "b", "c"];
+        // Six fetches of objects every holder keeps: two at each holder, least busy first.
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            held.push(slots.acquire(&all).await.expect("a slot is free"));
+        }
+        let mut per: Vec<&str> = held.iter().map(|(h, _)| *h).collect();
+        per.sort();
+        assert_eq!(per, ["a", "a", "b", "b", "c", "c"]);
+        // Everyone is busy: the seventh waits until a slot of one of its holders frees.
+        let seventh = slots.acquire(&["b", "c"]);
+        tokio::pin!(seventh);
+        assert!(futures::poll!(seventh.as_mut()).is_pending());
+        let i = held.iter().position(|(h, _)| *h == "a").expect("a holds a slot");
+        held.remove(i); // a frees a slot, but the seventh object is not at a
+        assert!(futures::poll!(seventh.as_mut()).is_pending());
+        let i = held.iter().position(|(h, _)| *h == "c").expect("c holds a slot");
+        held.remove(i);
+        let (h, _p) = seventh.await.expect("c freed a slot");
+        assert_eq!(h, "c");
+        // The slot a freed goes to the next object a keeps.
+        assert_eq!(slots.acquire(&["c", "a"]).await.map(|(h, _)| h), Some("a"));
+        assert!(slots.acquire(&[]).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_least_busy_holder_is_chosen() {
+        let slots = HolderSlots::new(2);
+        let _held = slots.acquire(&["a"]).await.expect("free");
+        let (h, _p) = slots.acquire(&["a", "b"]).await.expect("free");
+        assert_eq!(h, "b", "b has two free slots, a one");
+    }
 }

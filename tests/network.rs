@@ -1269,6 +1269,48 @@ fn limit_upload_holds_the_backup_under_its_rate() {
 }
 
 #[test]
+fn a_backup_spreads_its_packs_over_more_providers_than_its_copies_need() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3 {
+        std::fs::write(src.join(format!("f{i}.bin")), noise(90 + i, 4 << 20)).unwrap();
+    }
+    // Peer 0 spreads over three times the one holder each pack needs, in 1 MiB packs.
+    let configure = |i: usize, c: &mut Config| {
+        if i == 0 {
+            c.contracts.spread = 3;
+            c.backup.pack_size = 1 << 20;
+        }
+    };
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, configure).unwrap();
+    net.wait_connected(3, Duration::from_secs(60)).unwrap();
+    // A backup that lasts a few seconds (12 MiB at 4 MiB/s), while the other two providers
+    // are sought.
+    let out =
+        net.run(0, &["backup", src.to_str().unwrap(), "--copies", "1", "--json", "--limit-upload", "4096"]).unwrap();
+    assert!(json_last(&out)["packs"].as_u64() >= Some(6), "{out}");
+    let s = status(&net, 0);
+    let providers: std::collections::HashSet<&str> = s["contracts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] == "client")
+        .map(|c| c["peer"].as_str().unwrap())
+        .collect();
+    assert_eq!(providers.len(), 3, "contracts with all three providers: {s}");
+    // Packs went to every provider, not only the first.
+    for p in 1..4 {
+        let held = store_files(&net.peers[p].home).len();
+        assert!(held >= 1, "provider {p} holds no pack: {s}");
+    }
+    let target = tmp.path().join("back");
+    let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+    assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
+    assert!(compare_trees(&src, &target.join("data")).is_empty());
+}
+
+#[test]
 fn a_backup_whose_head_cannot_be_published_says_so_and_it_is_published_later() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("notes");

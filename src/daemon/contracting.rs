@@ -289,8 +289,9 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + wait;
         let offered = self.db(|s| s.offered()).await.map_err(|e| e.to_string())?;
         let mut session: Option<Arc<Session>> = None;
-        let mut ids: Vec<ProposalId> = Vec::new();
-        let result = loop {
+        // Sessions are forgotten when this ends, also when the caller drops it early.
+        let mut ids = Proposals { inner: self, ids: Vec::new() };
+        loop {
             let (mut ready, seen) = self.ready_providers().await;
             ready.retain(|p| !avoid.contains(p));
             let live = self.live_contracts(Role::Client);
@@ -353,20 +354,47 @@ impl Inner {
                     self.config.contracts.ratio
                 ));
             };
-            ids.push(self.propose(&s, ask, offered).await);
+            ids.ids.push(self.propose(&s, ask, offered).await);
             let step = tokio::time::Instant::now() + Duration::from_secs(REPROPOSE_SECS);
             while !s.accepted.lock().map(|a| a.len() >= s.wanted).unwrap_or(true) {
                 if tokio::time::timeout_at(step.min(deadline), s.notify.notified()).await.is_err() {
                     break;
                 }
             }
-        };
-        if let Ok(mut m) = self.sessions.lock() {
-            for i in ids {
-                m.remove(&i);
+        }
+    }
+
+    /// Seeks contracts with up to `target` providers ([`contracts::spread`]) while a backup
+    /// runs, so that its packs spread over more holders than the copies need and a restore
+    /// can draw on all their uplinks at once. Best effort: it proposes only when fewer
+    /// than `target` providers are ready, and the caller drops it when the backup ends.
+    /// Packs go to the new contracts as soon as they are written (placement prefers the
+    /// providers holding the fewest of our bytes).
+    pub(super) async fn widen_providers(&self, target: usize) {
+        let (ready, _) = self.ready_providers().await;
+        if ready.len() >= target {
+            return;
+        }
+        if let Err(e) = self.ensure_providers(target).await {
+            tracing::debug!("spreading over {target} providers: {e}");
+        }
+    }
+}
+
+/// The proposal ids of one [`Inner::ensure_providers_avoiding`] call, removed from the
+/// session table when it ends or is dropped.
+struct Proposals<'a> {
+    inner: &'a Inner,
+    ids: Vec<ProposalId>,
+}
+
+impl Drop for Proposals<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.inner.sessions.lock() {
+            for i in &self.ids {
+                m.remove(i);
             }
         }
-        result
     }
 }
 

@@ -71,7 +71,7 @@ impl Inner {
     /// Samples, restores and checks; fills `report` as it goes.
     async fn drill_locked(self: Arc<Self>, report: &mut DrillReport) -> Result<(), String> {
         let cfg = &self.config.test_restore;
-        let source: Arc<dyn PackSource> = Arc::new(NetSource { inner: self.clone() });
+        let source: Arc<dyn PackSource> = Arc::new(NetSource::new(self.clone()));
         let max_each = cfg.max_bytes / cfg.files.max(1) as u64;
         let (sid, picks) = restore::sample_files(&self.id, &self.state, source.as_ref(), None, cfg.files, max_each)
             .await

@@ -210,7 +210,7 @@ impl Inner {
     /// the head lists, one index pack per transaction. Returns the index pack records.
     pub(super) async fn recover_index(self: &Arc<Self>, doc: &head::HeadDoc) -> Result<Vec<IndexPackRecord>, String> {
         let records: HashMap<PackId, PackRecord> = doc.packs.iter().cloned().collect();
-        let source = NetSource { inner: self.clone() };
+        let source = NetSource::new(self.clone());
         let mut out = Vec::new();
         for p in &doc.index {
             let rec = records.get(p).cloned().ok_or_else(|| format!("the head names index pack {p} but no holder"))?;

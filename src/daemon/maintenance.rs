@@ -165,7 +165,7 @@ impl Inner {
     /// snapshots there are. Tree documents
     /// not cached locally are fetched from their holders.
     async fn needed_packs(self: &Arc<Self>) -> Result<(HashSet<PackId>, u64), String> {
-        let source = NetSource { inner: self.clone() };
+        let source = NetSource::new(self.clone());
         let snaps = self.db(|s| s.snapshots()).await.map_err(|e| e.to_string())?;
         let mut blobs = HashSet::new();
         for (sid, snap) in &snaps {
@@ -253,7 +253,7 @@ impl Inner {
         }
         let mut read = false;
         if read_data {
-            let source = NetSource { inner: self.clone() };
+            let source = NetSource::new(self.clone());
             match source.fetch(id).await {
                 Ok(bytes) => match self.open_every_blob(bytes).await {
                     Ok(()) => read = true,

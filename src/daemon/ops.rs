@@ -339,7 +339,7 @@ impl Inner {
             }
             Request::Schedules => Reply::Schedules(self.schedule_list()),
             Request::Ls { snapshot, path } => {
-                let source = NetSource { inner: self.clone() };
+                let source = NetSource::new(self.clone());
                 match restore::ls(&self.id, &self.state, &source, snapshot, &path).await {
                     Ok((sid, entries)) => Reply::Ls { snapshot: sid.to_string(), entries },
                     Err(e) => Reply::Error(e.into()),
@@ -435,7 +435,17 @@ impl Inner {
         };
         let sink: Arc<dyn PackSink> = Arc::new(NetSink { erasure, ..NetSink::new(self.clone(), copies as usize) });
         let (c2, inner) = (counters.clone(), self.clone());
-        let op = async move { backup::run(&inner.id, &inner.state, opts, sink, c2).await };
+        let spread = crate::contracts::spread(providers, self.config.contracts.spread);
+        let op = async move {
+            // More providers are sought while the packs go up; the search ends with the backup.
+            let widen = inner.widen_providers(spread);
+            let run = backup::run(&inner.id, &inner.state, opts, sink, c2);
+            tokio::pin!(widen, run);
+            match futures::future::select(run, widen).await {
+                futures::future::Either::Left((done, _)) => done,
+                futures::future::Either::Right(((), run)) => run.await,
+            }
+        };
         let result = with_progress(tx, &self.activity, op, || Progress {
             phase: "backup".into(),
             done: counters.done.load(Ordering::Relaxed),
@@ -474,7 +484,7 @@ impl Inner {
         };
         let total = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicU64::new(0));
-        let source: Arc<dyn PackSource> = Arc::new(NetSource { inner: self.clone() });
+        let source: Arc<dyn PackSource> = Arc::new(NetSource::new(self.clone()));
         let (t2, d2, inner) = (total.clone(), done.clone(), self.clone());
         let op = async move { restore::run(&inner.id, &inner.state, source, &what, &t2, d2).await };
         let result = with_progress(tx, &self.activity, op, || Progress {

@@ -145,7 +145,7 @@ impl Inner {
         }
         tracing::info!("repair: {} packs below their target copies", todo.len());
         let sink = Arc::new(NetSink::new(self.clone(), 0));
-        let source = NetSource { inner: self.clone() };
+        let source = NetSource::new(self.clone());
         let pacer = Pacer {
             next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
             bytes_per_sec: self.config.repair.bytes_per_sec,

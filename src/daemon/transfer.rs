@@ -13,7 +13,7 @@ use crate::provider::StoreError;
 use crate::repo::erasure::Scheme;
 use crate::repo::merkle;
 use crate::repo::pack::{MAX_PACK_SIZE, SealedPack};
-use crate::restore::PackSource;
+use crate::restore::{FETCHES_PER_HOLDER, HolderSlots, PackSource};
 use crate::state::{Holder, PackRecord, Role, Shard};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
@@ -381,30 +381,41 @@ impl NetSink {
     }
 
     /// Picks up to `need` contracts with room for `size` bytes, one per provider not in
-    /// `tried`, most free first, and reserves the bytes, all under one lock.
+    /// `tried`, and reserves the bytes, all under one lock. The providers holding the
+    /// fewest of our bytes come first (so packs spread evenly over every holder, however
+    /// large each grant), then the contracts with the most room.
     fn pick(&self, size: u64, need: usize, tried: &HashSet<PeerId>) -> Vec<(PeerId, ContractId)> {
         let refused = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
         let Ok(mut pending) = self.pending.lock() else { return vec![] };
-        let mut cands: Vec<(u64, PeerId, ContractId)> = self
-            .inner
-            .live_contracts(Role::Client)
+        let live = self.inner.live_contracts(Role::Client);
+        let mut held: HashMap<PeerId, u64> = HashMap::new();
+        for (id, c) in &live {
+            if let Some(p) = c.peer_id() {
+                *held.entry(p).or_default() += c.used + pending.get(id).copied().unwrap_or(0);
+            }
+        }
+        let mut cands: Vec<(u64, std::cmp::Reverse<u64>, PeerId, ContractId)> = live
             .into_iter()
             .filter_map(|(id, c)| {
                 let free = c.bytes.saturating_sub(c.used + pending.get(&id).copied().unwrap_or(0));
                 let peer = c.peer_id()?;
                 let allowed = self.inner.may_contract_with(&peer);
-                (free >= size && allowed && !tried.contains(&peer) && !refused.contains(&peer))
-                    .then_some((free, peer, id))
+                (free >= size && allowed && !tried.contains(&peer) && !refused.contains(&peer)).then_some((
+                    held.get(&peer).copied().unwrap_or(0),
+                    std::cmp::Reverse(free),
+                    peer,
+                    id,
+                ))
             })
             .collect();
-        cands.sort_by_key(|c| std::cmp::Reverse(c.0));
+        cands.sort_by_key(|c| (c.0, c.1));
         let mut seen = HashSet::new();
-        cands.retain(|(_, p, _)| seen.insert(*p));
+        cands.retain(|(_, _, p, _)| seen.insert(*p));
         cands.truncate(need);
-        for (_, _, c) in &cands {
+        for (_, _, _, c) in &cands {
             *pending.entry(*c).or_default() += size;
         }
-        cands.into_iter().map(|(_, p, c)| (p, c)).collect()
+        cands.into_iter().map(|(_, _, p, c)| (p, c)).collect()
     }
 
     fn unreserve(&self, contract: ContractId, size: u64) {
@@ -417,7 +428,7 @@ impl NetSink {
 
 impl NetSink {
     /// Stores `pack` on up to `need` new holders, none of them in `exclude`, trying the
-    /// contracts with the most room first and the next ones on failure. Returns the holders
+    /// providers holding the fewest of our bytes first and the next ones on failure. Returns the holders
     /// that acknowledged it and the errors of those that did not.
     pub(super) async fn place_on(
         &self,
@@ -558,10 +569,18 @@ impl PackSink for NetSink {
 
 /// Fetches packs from their holders, verifying each against its id, failing over.
 pub(super) struct NetSource {
-    pub(super) inner: Arc<Inner>,
+    inner: Arc<Inner>,
+    /// Fetches in flight per holder, shared by every fetch through this source.
+    slots: HolderSlots<PeerId>,
 }
 
 impl NetSource {
+    /// A source that fetches through `inner`'s network, [`FETCHES_PER_HOLDER`] at a time
+    /// from each holder.
+    pub(super) fn new(inner: Arc<Inner>) -> NetSource {
+        NetSource { inner, slots: HolderSlots::new(FETCHES_PER_HOLDER) }
+    }
+
     /// Object `id` (a pack or a shard) from `peer`, checked against its id.
     async fn fetch_from(&self, peer: PeerId, id: PackId) -> Result<Vec<u8>, String> {
         let addrs = self.inner.addrs_of(&peer);
@@ -605,6 +624,13 @@ impl PackSource for NetSource {
             .ok_or_else(|| format!("pack {pack} has no known holder"))?;
         self.fetch_placed(pack, rec).await
     }
+
+    /// Two fetches per provider we hold contracts with, so every holder serves at once.
+    fn concurrency(&self) -> usize {
+        let providers: HashSet<Vec<u8>> =
+            self.inner.live_contracts(Role::Client).into_iter().map(|(_, c)| c.peer).collect();
+        (providers.len() * FETCHES_PER_HOLDER).max(crate::restore::FETCH_CONCURRENCY)
+    }
 }
 
 impl NetSource {
@@ -613,12 +639,17 @@ impl NetSource {
     pub(super) async fn fetch_placed(&self, pack: PackId, rec: PackRecord) -> Result<Vec<u8>, String> {
         let mut errors = Vec::new();
         let Some(s) = rec.erasure else {
-            for h in rec.holders {
-                let Ok(peer) = PeerId::from_bytes(&h.peer) else { continue };
+            // From the least busy holder; on failure from the next, until none is left.
+            let mut left: Vec<PeerId> = rec.holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
+            while let Some((peer, _slot)) = self.slots.acquire(&left).await {
                 match self.fetch_from(peer, pack).await {
                     Ok(b) => return Ok(b),
                     Err(e) => errors.push(e),
                 }
+                left.retain(|p| *p != peer);
+            }
+            if errors.is_empty() {
+                return Err(format!("pack {} has no known holder", pack.short()));
             }
             return Err(errors.join("; "));
         };
@@ -630,6 +661,7 @@ impl NetSource {
                 break;
             }
             let Some(peer) = sh.holder.as_ref().and_then(|h| PeerId::from_bytes(&h.peer).ok()) else { continue };
+            let Some((peer, _slot)) = self.slots.acquire(&[peer]).await else { continue };
             match self.fetch_from(peer, sh.id).await {
                 Ok(b) => {
                     got[i] = Some(b);

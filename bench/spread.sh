@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# bench/spread.sh [WORKDIR]
+#
+# Restore at the sum of the uplinks: PROVIDERS provider daemons (default 8) on 127.0.0.1,
+# each with `network.limit_upload` = LIMIT KiB/s (default 2048), hold a `--copies 3` backup
+# of the archives of the reference dataset (../shared/bench/make-dataset.sh: already
+# compressed, so packs are as large as the data), written with 4 MiB packs. The client,
+# unlimited, restores it; the rate is compared with the sum of the providers' limits.
+# Then the same data is backed up to a network of one limited provider (`--copies 1`) and
+# restored: the single-holder figure. Both restores are compared with `diff -r`.
+#
+# Fetched bytes are the pack bytes of one copy (`bytes_uploaded / copies` of the backup),
+# which is what a restore of the whole snapshot fetches (the small index pack included).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-/tmp/peer-bench}
+providers=${PROVIDERS:-8}
+limit=${LIMIT:-2048}
+copies=3
+
+(cd "$here" && cargo build --release --quiet)
+peer="$here/target/release/peer"
+mkdir -p "$work"
+if [ ! -d "$work/dataset" ]; then
+  bash "$here/../shared/bench/make-dataset.sh" "$work/dataset" || [ $? -eq 3 ]
+fi
+data="$work/dataset/archives"
+bytes=$(find "$data" -type f -printf '%s\n' | awk '{t+=$1} END {print t}')
+echo "data: $(find "$data" -type f | wc -l) files, $bytes bytes ($data)"
+
+now() { date +%s.%N; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pids=(); }
+trap cleanup EXIT
+json() { python3 -c "import json,sys; print(json.load(open('$1'))['$2'])"; }
+
+# network NAME N_PROVIDERS: starts an unlimited client and N providers limited to $limit KiB/s
+network() {
+  local net="$work/$1" n=$2 boot="" h
+  rm -rf "$net"; mkdir -p "$net"
+  for i in $(seq 0 "$n"); do
+    h="$net/p$i"
+    if [ -z "$boot" ]; then "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 >/dev/null
+    else "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$boot" >/dev/null; fi
+    if [ "$i" -eq 0 ]; then
+      sed -i 's/^pack_size = .*/pack_size = 4194304/' "$h/config.toml"
+    else
+      sed -i "s/^limit_upload = .*/limit_upload = $limit/" "$h/config.toml"
+    fi
+    "$peer" --home "$h" offer-storage 5GB >/dev/null
+    "$peer" --home "$h" daemon >"$h.out" 2>"$h.log" &
+    pids+=($!)
+    until grep -q '^/ip4/127.0.0.1/tcp/' "$h.out"; do sleep 0.1; done
+    [ -n "$boot" ] || boot=$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$h.out")
+  done
+  until [ "$("$peer" --home "$net/p0" status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["connected"]))')" -ge "$n" ]; do sleep 0.2; done
+}
+
+# run NAME N_PROVIDERS COPIES: backup, restore, prints "seconds fetched_bytes verified"
+run() {
+  local net="$work/$1" t0 t1 up verified
+  network "$1" "$2"
+  "$peer" --home "$net/p0" backup "$data" --copies "$3" --json | tail -1 >"$net/backup.json"
+  up=$(json "$net/backup.json" bytes_uploaded)
+  rm -rf "$net/restore"
+  t0=$(now)
+  "$peer" --home "$net/p0" restore latest --target "$net/restore" --json | tail -1 >"$net/restore.json"
+  t1=$(now)
+  diff -r -q "$data" "$net/restore/archives" >/dev/null && verified=yes || verified=NO
+  cleanup
+  echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') $((up / $3)) $verified"
+}
+
+read -r s_many f_many v_many < <(run spread "$providers" $copies)
+read -r s_one f_one v_one < <(run single 1 1)
+
+mibs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.2f", b / s / 1048576 }'; }
+sum=$(awk -v n="$providers" -v l="$limit" 'BEGIN { printf "%.2f", n * l / 1024 }')
+echo
+echo "peer $("$peer" --version | cut -d' ' -f2): restore with every provider's upload limited to $limit KiB/s"
+printf '%-36s %10s %12s %10s %8s\n' case seconds "fetched MiB" "MiB/s" "of sum"
+printf '%-36s %10s %12s %10s %8s\n' "$providers providers, --copies $copies (sum $sum MiB/s)" "$s_many" \
+  "$(awk -v b="$f_many" 'BEGIN { printf "%.1f", b / 1048576 }')" "$(mibs "$f_many" "$s_many")" \
+  "$(awk -v r="$(mibs "$f_many" "$s_many")" -v s="$sum" 'BEGIN { printf "%.0f%%", 100 * r / s }')"
+printf '%-36s %10s %12s %10s %8s\n' "1 provider, --copies 1 (sum $(awk -v l="$limit" 'BEGIN { printf "%.2f", l / 1024 }') MiB/s)" "$s_one" \
+  "$(awk -v b="$f_one" 'BEGIN { printf "%.1f", b / 1048576 }')" "$(mibs "$f_one" "$s_one")" \
+  "$(awk -v r="$(mibs "$f_one" "$s_one")" -v s="$(awk -v l="$limit" 'BEGIN { print l / 1024 }')" 'BEGIN { printf "%.0f%%", 100 * r / s }')"
+echo "restores verified by diff -r: $v_many, $v_one"
