@@ -931,10 +931,10 @@ mod tests {
         tokio::pin!(seventh);
         assert!(futures::poll!(seventh.as_mut()).is_pending());
         let i = held.iter().position(|(h, _)| *h == "a").expect("a holds a slot");
-        held.remove(i); // a frees a slot, but the seventh object is not at a
+        drop(held.remove(i)); // a frees a slot, but the seventh object is not at a
         assert!(futures::poll!(seventh.as_mut()).is_pending());
         let i = held.iter().position(|(h, _)| *h == "c").expect("c holds a slot");
-        held.remove(i);
+        drop(held.remove(i));
         let (h, _p) = seventh.await.expect("c freed a slot");
         assert_eq!(h, "c");
         // The slot a freed goes to the next object a keeps.
