@@ -204,7 +204,7 @@ impl Inner {
             let mut placed = 0;
             for &i in dead {
                 let (Some(b), Some(want)) = (shards.get(i), rec.shards.get(i)) else { continue };
-                let shard = SealedPack { id: crate::repo::merkle::root(b), bytes: b.clone(), entries: vec![] };
+                let shard = SealedPack { id: crate::repo::merkle::root(b), bytes: b.clone().into(), entries: vec![] };
                 if shard.id != want.id {
                     return Err(format!("rebuilt shard {i} does not match its id"));
                 }
@@ -220,7 +220,7 @@ impl Inner {
             return Ok(placed);
         }
         pacer.wait(bytes.len() as u64 * need as u64).await;
-        let pack = SealedPack { id, bytes, entries: vec![] };
+        let pack = SealedPack { id, bytes: bytes.into(), entries: vec![] };
         let (added, errors) = sink.place_on(&pack, need, exclude).await;
         if !added.is_empty() {
             let new = added.clone();

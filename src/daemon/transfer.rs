@@ -143,7 +143,7 @@ impl Inner {
     }
 
     /// `Store` (protocol.md §5.1): a pack under a live contract with room.
-    async fn on_store(&self, peer: PeerId, contract: ContractId, pack: PackId, data: Vec<u8>) -> DataResponse {
+    async fn on_store(&self, peer: PeerId, contract: ContractId, pack: PackId, data: bytes::Bytes) -> DataResponse {
         let err = |code, message: String| DataResponse::Error { code, message };
         if data.len() > MAX_PACK_SIZE {
             return err(DataErrorCode::BadPack, format!("pack over {MAX_PACK_SIZE} bytes"));
@@ -499,7 +499,7 @@ impl NetSink {
         let shards = tokio::task::spawn_blocking(move || {
             s.split(&bytes).map(|v| {
                 v.into_iter()
-                    .map(|b| SealedPack { id: merkle::root(&b), bytes: b, entries: vec![] })
+                    .map(|b| SealedPack { id: merkle::root(&b), bytes: b.into(), entries: vec![] })
                     .collect::<Vec<_>>()
             })
         })

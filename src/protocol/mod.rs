@@ -376,9 +376,9 @@ pub enum DataRequest {
         contract: ContractId,
         /// The pack id (Merkle root); the provider checks the bytes against it.
         pack: PackId,
-        /// The whole pack, at most [`crate::repo::pack::MAX_PACK_SIZE`] bytes.
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        /// The whole pack, at most [`crate::repo::pack::MAX_PACK_SIZE`] bytes (a CBOR byte
+        /// string; shared, not copied, by the requests that send one pack to its holders).
+        data: bytes::Bytes,
     },
     /// Send back a pack the requester stored.
     Fetch {

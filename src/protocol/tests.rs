@@ -121,7 +121,11 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
         ("contract_response_cancelled", rt(&ContractResponse::Cancelled)),
         (
             "data_request_store",
-            rt(&DataRequest::Store { contract: ContractId([3; 32]), pack: PackId([4; 32]), data: vec![1, 2, 3] }),
+            rt(&DataRequest::Store {
+                contract: ContractId([3; 32]),
+                pack: PackId([4; 32]),
+                data: vec![1, 2, 3].into(),
+            }),
         ),
         ("data_request_fetch", rt(&DataRequest::Fetch { pack: PackId([4; 32]) })),
         ("data_request_audit", rt(&DataRequest::Audit { pack: PackId([4; 32]), leaf: 7 })),
@@ -279,7 +283,7 @@ mod props {
         #[test]
         fn data_messages(c in id32(), p in id32(), leaf: u32, data in proptest::collection::vec(any::<u8>(), 0..300),
                          message in ".{0,40}") {
-            round_trip(&DataRequest::Store { contract: ContractId(c), pack: PackId(p), data: data.clone() });
+            round_trip(&DataRequest::Store { contract: ContractId(c), pack: PackId(p), data: data.clone().into() });
             round_trip(&DataRequest::Fetch { pack: PackId(p) });
             round_trip(&DataRequest::Audit { pack: PackId(p), leaf });
             round_trip(&DataResponse::Pack(data.clone()));

@@ -60,8 +60,8 @@ pub struct PackWriter {
 pub struct SealedPack {
     /// Its id (Merkle root).
     pub id: PackId,
-    /// The whole pack.
-    pub bytes: Vec<u8>,
+    /// The whole pack; one buffer shared by every request that sends it to a holder.
+    pub bytes: bytes::Bytes,
     /// Its blobs.
     pub entries: Vec<PackEntry>,
 }
@@ -121,7 +121,7 @@ impl PackWriter {
         let mut bytes = std::mem::replace(&mut self.data, Vec::with_capacity(self.capacity));
         bytes.extend_from_slice(&sealed);
         bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        SealedPack { id: merkle::root(&bytes), bytes, entries: header.blobs }
+        SealedPack { id: merkle::root(&bytes), bytes: bytes.into(), entries: header.blobs }
     }
 }
 
@@ -183,13 +183,13 @@ mod tests {
         }
         // file names and sizes are not visible: the header is encrypted
         assert!(read_header(&[6; 32], &p.bytes).is_err());
-        let mut t = p.bytes.clone();
+        let mut t = p.bytes.to_vec();
         let n = t.len();
         t[n - 10] ^= 1;
         assert!(read_header(&ek, &t).is_err());
         assert!(read_header(&ek, &[1, 2]).is_err());
         assert!(read_header(&ek, &[0xff, 0xff, 0xff, 0xff]).is_err());
-        let mut t = p.bytes.clone();
+        let mut t = p.bytes.to_vec();
         t[3] ^= 1;
         assert!(read_blob((&ik, &ek), &t, &entries[0]).is_err());
     }
