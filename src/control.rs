@@ -1,13 +1,15 @@
 //! The control socket between the CLI and the daemon (`home/control.sock`, mode 0600).
 //!
 //! One request per connection. Frames are a 4-byte big-endian length then CBOR, at most
-//! [`MAX_FRAME`] bytes. The daemon answers with zero or more [`Reply::Progress`] frames
-//! and then exactly one final frame.
+//! [`MAX_FRAME`] bytes (tokio-util's length-delimited codec, [`codec`]). The daemon answers
+//! with zero or more [`Reply::Progress`] frames and then exactly one final frame.
 
+use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// Largest control frame, bytes.
 pub const MAX_FRAME: u32 = 16 << 20;
@@ -655,33 +657,41 @@ pub enum ControlError {
     Io(#[from] std::io::Error),
 }
 
-/// Writes one frame.
-pub async fn write_frame<T: Serialize>(s: &mut (impl AsyncWriteExt + Unpin), msg: &T) -> std::io::Result<()> {
+/// The control socket's framing: a 4-byte big-endian length, then that many bytes, at
+/// most [`MAX_FRAME`]; a longer frame is an `InvalidData` error on reading and
+/// `InvalidInput` on writing, before anything is sent.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().length_field_length(4).big_endian().max_frame_length(MAX_FRAME as usize).new_codec()
+}
+
+/// The reading half of a control connection, framed by [`codec`].
+pub type FrameReader<R> = FramedRead<R, LengthDelimitedCodec>;
+/// The writing half of a control connection, framed by [`codec`].
+pub type FrameWriter<W> = FramedWrite<W, LengthDelimitedCodec>;
+
+/// Both halves of a control connection, framed.
+pub fn framed(
+    s: UnixStream,
+) -> (FrameReader<tokio::net::unix::OwnedReadHalf>, FrameWriter<tokio::net::unix::OwnedWriteHalf>) {
+    let (rd, wr) = s.into_split();
+    (FramedRead::new(rd, codec()), FramedWrite::new(wr, codec()))
+}
+
+/// Writes one frame: `msg` as CBOR.
+pub async fn write_frame<T: Serialize>(w: &mut FrameWriter<impl AsyncWrite + Unpin>, msg: &T) -> std::io::Result<()> {
     let body = crate::protocol::to_cbor(msg);
     if body.len() > MAX_FRAME as usize {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "control frame too large"));
     }
-    s.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    s.write_all(&body).await?;
-    s.flush().await
+    w.send(bytes::Bytes::from(body)).await
 }
 
-/// Reads one frame; `Ok(None)` at a clean end of stream.
+/// Reads one frame; `Ok(None)` at a clean end of stream, an error at an end inside a frame,
+/// a frame over [`MAX_FRAME`] or one that is not the CBOR of a `T`.
 pub async fn read_frame<T: for<'de> Deserialize<'de>>(
-    s: &mut (impl AsyncReadExt + Unpin),
+    r: &mut FrameReader<impl AsyncRead + Unpin>,
 ) -> std::io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match s.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let n = u32::from_be_bytes(len);
-    if n > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "control frame too large"));
-    }
-    let mut body = vec![0u8; n as usize];
-    s.read_exact(&mut body).await?;
+    let Some(body) = r.next().await.transpose()? else { return Ok(None) };
     ciborium::from_reader(&body[..])
         .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
@@ -695,10 +705,11 @@ pub async fn call(
     req: &Request,
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<Reply, ControlError> {
-    let mut s = UnixStream::connect(socket).await.map_err(|_| ControlError::NoDaemon(home.display().to_string()))?;
-    write_frame(&mut s, req).await?;
+    let s = UnixStream::connect(socket).await.map_err(|_| ControlError::NoDaemon(home.display().to_string()))?;
+    let (mut rd, mut wr) = framed(s);
+    write_frame(&mut wr, req).await?;
     loop {
-        match read_frame::<Reply>(&mut s).await? {
+        match read_frame::<Reply>(&mut rd).await? {
             Some(Reply::Progress(p)) => on_progress(&p),
             Some(r) => return Ok(r),
             None => {
@@ -707,6 +718,44 @@ pub async fn call(
                     "the daemon closed the connection without an answer",
                 )));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bad_ones_are_errors() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (mut w, mut r) = (FramedWrite::new(a, codec()), FramedRead::new(b, codec()));
+        write_frame(&mut w, &Request::Offer(7)).await.unwrap();
+        write_frame(&mut w, &Request::Status).await.unwrap();
+        drop(w);
+        assert!(matches!(read_frame::<Request>(&mut r).await.unwrap(), Some(Request::Offer(7))));
+        assert!(matches!(read_frame::<Request>(&mut r).await.unwrap(), Some(Request::Status)));
+        assert!(read_frame::<Request>(&mut r).await.unwrap().is_none(), "a clean end");
+
+        // The length prefix is 4 bytes, big-endian: the old hand-written format.
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let body = crate::protocol::to_cbor(&Request::Offer(9));
+        a.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+        a.write_all(&body).await.unwrap();
+        // Then a frame over the limit, which is refused without reading it.
+        a.write_all(&(MAX_FRAME + 1).to_be_bytes()).await.unwrap();
+        let mut r = FramedRead::new(b, codec());
+        assert!(matches!(read_frame::<Request>(&mut r).await.unwrap(), Some(Request::Offer(9))));
+        let e = read_frame::<Request>(&mut r).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+
+        // An end inside a frame, and a frame that is not CBOR of a request.
+        for bytes in [&[0u8, 0, 0, 9, 1, 2][..], &[0, 0, 0, 1, 0xff][..]] {
+            let (mut a, b) = tokio::io::duplex(64);
+            a.write_all(bytes).await.unwrap();
+            drop(a);
+            assert!(read_frame::<Request>(&mut FramedRead::new(b, codec())).await.is_err(), "{bytes:?}");
         }
     }
 }

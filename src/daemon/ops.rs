@@ -277,7 +277,7 @@ impl Inner {
     }
 
     pub(super) async fn serve_control(self: Arc<Self>, s: UnixStream) {
-        let (mut rd, mut wr) = s.into_split();
+        let (mut rd, mut wr) = control::framed(s);
         let req = match tokio::time::timeout(Duration::from_secs(10), control::read_frame::<Request>(&mut rd)).await {
             Ok(Ok(Some(r))) => r,
             Ok(Ok(None)) => return,
