@@ -5,7 +5,7 @@
 # network of 5 `peer` daemons on 127.0.0.1, and restic (Debian package) on the same data in
 # the same run. Phases, for both: first backup, unchanged re-backup, restore. Prints MB/s
 # for each (dataset bytes / wall seconds, MB = 10^6 bytes) and the peak RSS (VmHWM) of the
-# client daemon. Needs: cargo, restic (apt-get install restic), /usr/bin/time not required.
+# client daemon, for the first backup and for the restore. Needs: cargo, restic (apt-get install restic), /usr/bin/time not required.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/peer-bench}
@@ -48,11 +48,19 @@ done
 client_pid=${pids[0]}
 until [ "$("$peer" --home "$net/p0" status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["connected"]))')" -ge $((peers - 1)) ]; do sleep 0.2; done
 
+# Peak RSS per phase: VmHWM, reset between phases (writing 5 to clear_refs, Linux ≥ 4.0).
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$client_pid/status"; }
+reset_hwm() { echo 5 > "/proc/$client_pid/clear_refs"; }
+idle_kib=$(awk '/VmRSS/ {print $2}' "/proc/$client_pid/status")
+reset_hwm
 t0=$(now); "$peer" --home "$net/p0" backup "$data" --copies $copies --json | tail -1 > "$work/peer-backup1.json"; t1=$(now)
+backup_kib=$(hwm); reset_hwm
 "$peer" --home "$net/p0" backup "$data" --copies $copies --json | tail -1 > "$work/peer-backup2.json"; t2=$(now)
 rm -rf "$work/peer-restore"
+reset_hwm
 "$peer" --home "$net/p0" restore latest --target "$work/peer-restore" --json | tail -1 > "$work/peer-restore.json"; t3=$(now)
-peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$client_pid/status")
+restore_kib=$(hwm)
+peak_kib=$((backup_kib > restore_kib ? backup_kib : restore_kib))
 diff -r -q "$data" "$work/peer-restore/dataset" >/dev/null && verified=yes || verified=NO
 uploaded=$(python3 -c 'import json; print(json.load(open("'"$work/peer-backup1.json"'"))["bytes_uploaded"])')
 cleanup
@@ -73,5 +81,6 @@ printf '%-22s %12s %12s\n' "backup (first)" "$(rate "$(secs "$t0" "$t1")")" "$(r
 printf '%-22s %12s %12s\n' "backup (unchanged)" "$(rate "$(secs "$t1" "$t2")")" "$(rate "$(secs "$r1" "$r2")")"
 printf '%-22s %12s %12s\n' "restore" "$(rate "$(secs "$t2" "$t3")")" "$(rate "$(secs "$r2" "$r3")")"
 echo "seconds: peer $(secs "$t0" "$t1") / $(secs "$t1" "$t2") / $(secs "$t2" "$t3"); restic $(secs "$r0" "$r1") / $(secs "$r1" "$r2") / $(secs "$r2" "$r3")"
-echo "peer client daemon peak RSS: $((peak_kib / 1024)) MiB; bytes uploaded (all copies): $uploaded; restore verified: $verified"
+echo "peer client daemon peak RSS: $((peak_kib / 1024)) MiB (first backup $((backup_kib / 1024)) MiB, restore $((restore_kib / 1024)) MiB; idle before: $((idle_kib / 1024)) MiB)"
+echo "bytes uploaded (all copies): $uploaded; restore verified: $verified"
 echo "restic repository size: $repo_bytes bytes"
