@@ -366,15 +366,11 @@ impl Inner {
 
     /// Seeks contracts with up to `target` providers ([`contracts::spread`]) while a backup
     /// runs, so that its packs spread over more holders than the copies need and a restore
-    /// can draw on all their uplinks at once. Best effort: it proposes only when fewer
-    /// than `target` providers are ready, and the caller drops it when the backup ends.
-    /// Packs go to the new contracts as soon as they are written (placement prefers the
-    /// providers holding the fewest of our bytes).
+    /// can draw on all their uplinks at once. Best effort: [`Inner::ensure_providers`]
+    /// proposes only when fewer than `target` providers are ready, and the caller drops
+    /// this when the backup ends. Packs go to the new contracts as soon as they are written
+    /// (placement prefers the providers holding the fewest of our bytes).
     pub(super) async fn widen_providers(&self, target: usize) {
-        let (ready, _) = self.ready_providers().await;
-        if ready.len() >= target {
-            return;
-        }
         if let Err(e) = self.ensure_providers(target).await {
             tracing::debug!("spreading over {target} providers: {e}");
         }

@@ -428,8 +428,8 @@ impl NetSink {
 
 impl NetSink {
     /// Stores `pack` on up to `need` new holders, none of them in `exclude`, trying the
-    /// providers holding the fewest of our bytes first and the next ones on failure. Returns the holders
-    /// that acknowledged it and the errors of those that did not.
+    /// providers holding the fewest of our bytes first and the next ones on failure.
+    /// Returns the holders that acknowledged it and the errors of those that did not.
     pub(super) async fn place_on(
         &self,
         pack: &SealedPack,
