@@ -7,7 +7,8 @@
 //!      ─► commit pack + index ─► … ─► trees ─► snapshot (last pack)
 //!      ─► index packs of the new packs (§3.8) ─► snapshot recorded
 //! ```
-//! The walk, chunking, hashing, compression and encryption run on one blocking thread;
+//! The walk, chunking and hashing run on one blocking thread; compression and encryption
+//! on one thread per core ([`crate::repo::packer`], which keeps the blobs in walk order);
 //! uploads run concurrently on the runtime, at most `upload_concurrency` packs at a time,
 //! with at most two sealed packs queued between them, so memory stays bounded whatever
 //! the size of the backup. A snapshot is recorded only after every pack it needs is
@@ -19,7 +20,8 @@ use crate::identity::Identity;
 use crate::repo::blob::{BlobKind, blob_id};
 use crate::repo::chunker;
 use crate::repo::index;
-use crate::repo::pack::{PackEntry, PackWriter, SealedPack};
+use crate::repo::pack::{PackEntry, SealedPack};
+use crate::repo::packer::{Packer, PackerError};
 use crate::repo::tree::{self, Node, NodeKind, Snapshot, Tree, Xattr};
 use crate::state::{IndexEntry, PackRecord, State, StateError};
 use crate::store::Store;
@@ -213,9 +215,8 @@ async fn start_walk(
         id_key: id.id_key,
         state: store.blocking().clone(),
         opts: opts.clone(),
-        tx,
         counters: counters.clone(),
-        writer: PackWriter::new(id.enc_key, opts.zstd_level, opts.pack_size + chunker::MAX_CHUNK as usize + 4096),
+        packer: start_packer(id.enc_key, opts, tx)?,
         in_run: HashSet::new(),
         live,
         packs_ok: HashMap::new(),
@@ -380,9 +381,9 @@ struct Walker {
     id_key: [u8; 32],
     state: State,
     opts: BackupOptions,
-    tx: mpsc::Sender<SealedPack>,
     counters: Arc<Counters>,
-    writer: PackWriter,
+    /// Compresses, encrypts and packs new blobs on other threads, in order.
+    packer: Packer,
     in_run: HashSet<BlobId>,
     /// Live client contracts at the start of the backup.
     live: HashSet<crate::id::ContractId>,
@@ -394,6 +395,20 @@ struct Walker {
     exclude: Gitignore,
     /// `.peerignore` matchers of the directories being walked, outermost first.
     ignores: Vec<Gitignore>,
+}
+
+/// Starts the sealing threads (one per core) that turn new blobs into packs for `tx`.
+fn start_packer(enc_key: [u8; 32], opts: &BackupOptions, tx: mpsc::Sender<SealedPack>) -> Result<Packer, BackupError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Packer::start(enc_key, opts.zstd_level, opts.pack_size, threads, move |pack| tx.blocking_send(pack).is_ok())
+        .map_err(packer_error)
+}
+
+fn packer_error(e: PackerError) -> BackupError {
+    match e {
+        PackerError::Stopped => BackupError::Internal("uploads stopped".into()),
+        PackerError::Thread(m) => BackupError::Internal(m),
+    }
 }
 
 type Walked = (SnapshotId, Snapshot, Stats, Vec<(BlobId, Vec<u8>)>);
@@ -440,8 +455,9 @@ impl Walker {
         let sid = blob_id(&self.id_key, &doc);
         self.add_blob(BlobKind::Tree, sid, &doc)?;
         self.trees.push((sid, doc));
-        self.flush()?;
-        Ok((SnapshotId(sid.0), snapshot, self.stats, self.trees))
+        let Walker { packer, mut stats, trees, .. } = self;
+        stats.bytes_new = packer.finish().map_err(packer_error)?;
+        Ok((SnapshotId(sid.0), snapshot, stats, trees))
     }
 
     /// Starts applying `dir/.peerignore`, if there is one; true when a matcher was pushed.
@@ -517,22 +533,9 @@ impl Walker {
         if self.known(&id)? {
             return Ok(());
         }
-        let before = self.writer.len();
-        self.writer.add(kind, id, plain);
-        self.stats.bytes_new += (self.writer.len() - before) as u64;
+        self.packer.add(kind, id, plain.to_vec()).map_err(packer_error)?;
         self.in_run.insert(id);
-        if self.writer.sealed_len_estimate() >= self.opts.pack_size {
-            self.flush()?;
-        }
         Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), BackupError> {
-        if self.writer.is_empty() {
-            return Ok(());
-        }
-        let pack = self.writer.finish();
-        self.tx.blocking_send(pack).map_err(|_| BackupError::Internal("uploads stopped".into()))
     }
 
     fn put_tree(&mut self, t: Tree) -> Result<BlobId, BackupError> {

@@ -13,6 +13,7 @@ pub mod erasure;
 pub mod index;
 pub mod merkle;
 pub mod pack;
+pub mod packer;
 pub mod tree;
 #[cfg(test)]
 mod vectors;
