@@ -15,6 +15,7 @@ peers=5
 command -v restic >/dev/null || { echo "restic missing: apt-get install -y restic" >&2; exit 1; }
 (cd "$here" && cargo build --release --quiet)
 peer="$here/target/release/peer"
+source "$here/bench/lib.sh"
 
 mkdir -p "$work"
 data="$work/dataset"
@@ -30,23 +31,12 @@ rate() { awk -v b="$bytes" -v s="$1" 'BEGIN { printf "%.1f", b / s / 1e6 }'; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 # --- peer: a local network -------------------------------------------------------------
-net="$work/net"; rm -rf "$net"; mkdir -p "$net"
+net="$work/net"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-boot=""
-for i in $(seq 0 $((peers - 1))); do
-  h="$net/p$i"
-  if [ -z "$boot" ]; then "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 >/dev/null
-  else "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$boot" >/dev/null; fi
-  "$peer" --home "$h" offer-storage 20GB >/dev/null
-  "$peer" --home "$h" daemon >"$h.out" 2>"$h.log" &
-  pids+=($!)
-  until grep -q '^/ip4/127.0.0.1/tcp/' "$h.out"; do sleep 0.1; done
-  [ -n "$boot" ] || boot=$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$h.out")
-done
+start_network "$net" $peers 20GB
 client_pid=${pids[0]}
-until [ "$("$peer" --home "$net/p0" status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["connected"]))')" -ge $((peers - 1)) ]; do sleep 0.2; done
 
 # Peak RSS per phase: VmHWM, reset between phases (writing 5 to clear_refs, Linux ≥ 4.0).
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$client_pid/status"; }

@@ -20,6 +20,7 @@ copies=3
 
 (cd "$here" && cargo build --release --quiet)
 peer="$here/target/release/peer"
+source "$here/bench/lib.sh"
 mkdir -p "$work"
 if [ ! -d "$work/dataset" ]; then
   bash "$here/../shared/bench/make-dataset.sh" "$work/dataset" || [ $? -eq 3 ]
@@ -34,32 +35,16 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pids=
 trap cleanup EXIT
 json() { python3 -c "import json,sys; print(json.load(open('$1'))['$2'])"; }
 
-# network NAME N_PROVIDERS: starts an unlimited client and N providers limited to $limit KiB/s
-network() {
-  local net="$work/$1" n=$2 boot="" h
-  rm -rf "$net"; mkdir -p "$net"
-  for i in $(seq 0 "$n"); do
-    h="$net/p$i"
-    if [ -z "$boot" ]; then "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 >/dev/null
-    else "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$boot" >/dev/null; fi
-    if [ "$i" -eq 0 ]; then
-      sed -i 's/^pack_size = .*/pack_size = 4194304/' "$h/config.toml"
-    else
-      sed -i "s/^limit_upload = .*/limit_upload = $limit/" "$h/config.toml"
-    fi
-    "$peer" --home "$h" offer-storage 5GB >/dev/null
-    "$peer" --home "$h" daemon >"$h.out" 2>"$h.log" &
-    pids+=($!)
-    until grep -q '^/ip4/127.0.0.1/tcp/' "$h.out"; do sleep 0.1; done
-    [ -n "$boot" ] || boot=$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$h.out")
-  done
-  until [ "$("$peer" --home "$net/p0" status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["connected"]))')" -ge "$n" ]; do sleep 0.2; done
+# Before each daemon starts: 4 MiB packs at the client (p0), the upload limit at providers.
+limits() {
+  if [ "$1" -eq 0 ]; then sed -i 's/^pack_size = .*/pack_size = 4194304/' "$2/config.toml"
+  else sed -i "s/^limit_upload = .*/limit_upload = $limit/" "$2/config.toml"; fi
 }
 
 # run NAME N_PROVIDERS COPIES: backup, restore, prints "seconds fetched_bytes verified"
 run() {
   local net="$work/$1" t0 t1 up verified
-  network "$1" "$2"
+  start_network "$net" $(($2 + 1)) 5GB limits
   "$peer" --home "$net/p0" backup "$data" --copies "$3" --json | tail -1 >"$net/backup.json"
   up=$(json "$net/backup.json" bytes_uploaded)
   rm -rf "$net/restore"

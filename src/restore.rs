@@ -41,7 +41,7 @@ pub const MAX_FETCHES: usize = 12;
 #[async_trait::async_trait]
 pub trait PackSource: Send + Sync {
     /// The bytes of `pack`, already checked against its id.
-    async fn fetch(&self, pack: PackId) -> Result<Vec<u8>, String>;
+    async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, String>;
 
     /// How many packs to fetch at once; at most [`MAX_FETCHES`] is used.
     fn concurrency(&self) -> usize {
@@ -147,7 +147,7 @@ struct Docs<'a> {
     id: &'a Identity,
     store: &'a Store,
     source: &'a dyn PackSource,
-    last: Option<(PackId, Vec<u8>)>,
+    last: Option<(PackId, bytes::Bytes)>,
 }
 
 impl Docs<'_> {

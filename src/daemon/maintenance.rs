@@ -266,7 +266,7 @@ impl Inner {
     }
 
     /// Decrypts a pack's header and every blob in it, checking each blob's id.
-    async fn open_every_blob(&self, bytes: Vec<u8>) -> Result<(), String> {
+    async fn open_every_blob(&self, bytes: bytes::Bytes) -> Result<(), String> {
         let (id_key, enc_key) = (self.id.id_key, self.id.enc_key);
         tokio::task::spawn_blocking(move || {
             let entries = pack::read_header(&enc_key, &bytes).map_err(|e| e.to_string())?;

@@ -489,7 +489,7 @@ impl Inner {
             }
             NetEvent::Proposal { id, source, data } => {
                 let t = now();
-                let verified = ciborium::from_reader::<Signed, _>(&data[..])
+                let verified = protocol::from_cbor::<Signed>("proposal", &data)
                     .map_err(|e| e.to_string())
                     .and_then(|s| protocol::verify_proposal(&s, t).map_err(|e| e.to_string()))
                     .and_then(|vp| match self.gossip.lock() {

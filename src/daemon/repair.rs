@@ -220,7 +220,7 @@ impl Inner {
             return Ok(placed);
         }
         pacer.wait(bytes.len() as u64 * need as u64).await;
-        let pack = SealedPack { id, bytes: bytes.into(), entries: vec![] };
+        let pack = SealedPack { id, bytes, entries: vec![] };
         let (added, errors) = sink.place_on(&pack, need, exclude).await;
         if !added.is_empty() {
             let new = added.clone();

@@ -229,7 +229,7 @@ impl Inner {
         let err = |code, message: String| DataResponse::Error { code, message };
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.get(&peer, &pack)).await {
-            Ok(Ok(Some(b))) => DataResponse::Pack(b),
+            Ok(Ok(Some(b))) => DataResponse::Pack(b.into()),
             Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no pack {pack} held for {peer}")),
             Ok(Err(e)) => {
                 tracing::error!("read failed: {e}");
@@ -582,7 +582,7 @@ impl NetSource {
     }
 
     /// Object `id` (a pack or a shard) from `peer`, checked against its id.
-    async fn fetch_from(&self, peer: PeerId, id: PackId) -> Result<Vec<u8>, String> {
+    async fn fetch_from(&self, peer: PeerId, id: PackId) -> Result<bytes::Bytes, String> {
         let addrs = self.inner.addrs_of(&peer);
         let mut pause = Duration::from_millis(250);
         let mut answer = self.inner.net.data_request(peer, addrs.clone(), DataRequest::Fetch { pack: id }).await;
@@ -615,7 +615,7 @@ impl NetSource {
 
 #[async_trait::async_trait]
 impl PackSource for NetSource {
-    async fn fetch(&self, pack: PackId) -> Result<Vec<u8>, String> {
+    async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, String> {
         let rec = self
             .inner
             .db(move |s| s.pack(&pack))
@@ -636,7 +636,7 @@ impl PackSource for NetSource {
 impl NetSource {
     /// Pack `pack` placed as `rec` says: from any holder of a copy, or from any K shards,
     /// checked against its id.
-    pub(super) async fn fetch_placed(&self, pack: PackId, rec: PackRecord) -> Result<Vec<u8>, String> {
+    pub(super) async fn fetch_placed(&self, pack: PackId, rec: PackRecord) -> Result<bytes::Bytes, String> {
         let mut errors = Vec::new();
         let Some(s) = rec.erasure else {
             // From the least busy holder; on failure from the next, until none is left.
@@ -664,7 +664,7 @@ impl NetSource {
             let Some((peer, _slot)) = self.slots.acquire(&[peer]).await else { continue };
             match self.fetch_from(peer, sh.id).await {
                 Ok(b) => {
-                    got[i] = Some(b);
+                    got[i] = Some(b.to_vec()); // decoding copies the shards anyway
                     have += 1;
                 }
                 Err(e) => errors.push(format!("shard {i}: {e}")),
@@ -677,7 +677,7 @@ impl NetSource {
         tokio::task::spawn_blocking(move || {
             let b = s.join(len, &got)?;
             if merkle::root(&b) == pack {
-                Ok(b)
+                Ok(b.into())
             } else {
                 Err("the decoded shards do not match the pack id".to_string())
             }

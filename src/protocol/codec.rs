@@ -110,7 +110,9 @@ async fn read_capped<T: DeserializeOwned, R: AsyncRead + Unpin + Send>(
         taken.take(n as u64)?;
         buf.extend_from_slice(&chunk[..n]);
     }
-    ciborium::from_reader(&buf[..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    buf.shrink_to_fit(); // a pack's fields are slices of it and keep it alive
+    super::shared::from_cbor_shared("message", buf.into())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
 async fn write_all<W: AsyncWrite + Unpin + Send>(io: &mut W, buf: Vec<u8>, max: u64) -> io::Result<()> {

@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod fuzz;
+pub mod shared;
 
 use crate::id::{ContractId, PackId, ProposalId, sha256};
 use crate::identity::{Identity, SignatureError, Signed, peer_id_of};
@@ -91,8 +92,14 @@ pub fn to_cbor<T: Serialize>(m: &T) -> Vec<u8> {
 }
 
 /// Decodes a message from CBOR; `what` names it in the error.
+///
+/// Decoded in place from the received buffer (cbor4ii borrows from the slice), so a byte
+/// string such as a 16 MiB pack is copied once into a buffer of its exact size. ciborium,
+/// which encodes, reads byte strings 4 KiB at a time into a growing buffer, so that a pack
+/// in flight took up to twice its size again. Both read and write RFC 8949 CBOR; the
+/// golden vectors (protocol.md Appendix B) are decoded by this function in the tests.
 pub fn from_cbor<T: for<'de> Deserialize<'de>>(what: &'static str, b: &[u8]) -> Result<T, MessageError> {
-    ciborium::from_reader(b).map_err(|e| MessageError::Malformed(what, e.to_string()))
+    cbor4ii::serde::from_slice(b).map_err(|e| MessageError::Malformed(what, e.to_string()))
 }
 
 /// Seconds since the Unix epoch.
@@ -377,7 +384,9 @@ pub enum DataRequest {
         /// The pack id (Merkle root); the provider checks the bytes against it.
         pack: PackId,
         /// The whole pack, at most [`crate::repo::pack::MAX_PACK_SIZE`] bytes (a CBOR byte
-        /// string; shared, not copied, by the requests that send one pack to its holders).
+        /// string; shared, not copied, by the requests that send one pack to its holders,
+        /// and decoded as a slice of the received message, [`shared`]).
+        #[serde(deserialize_with = "shared::bytes")]
         data: bytes::Bytes,
     },
     /// Send back a pack the requester stored.
@@ -583,8 +592,9 @@ pub enum DataResponse {
         #[serde(with = "serde_bytes")]
         leaf: Vec<u8>,
     },
-    /// The requested pack.
-    Pack(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The requested pack (a CBOR byte string, decoded as a slice of the received message,
+    /// [`shared`]).
+    Pack(#[serde(deserialize_with = "shared::bytes")] bytes::Bytes),
     /// Answer to an audit: the leaf's bytes and the sibling hashes from the leaf up to the
     /// root, concatenated (32 bytes each, at most 32 of them).
     Proof {

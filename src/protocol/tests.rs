@@ -131,7 +131,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
         ("data_request_audit", rt(&DataRequest::Audit { pack: PackId([4; 32]), leaf: 7 })),
         ("data_response_proof", rt(&DataResponse::Proof { leaf: vec![1, 2], path: vec![5; 32] })),
         ("data_response_stored", rt(&DataResponse::Stored)),
-        ("data_response_pack", rt(&DataResponse::Pack(vec![9, 9]))),
+        ("data_response_pack", rt(&DataResponse::Pack(bytes::Bytes::from_static(&[9, 9])))),
         ("data_response_error", rt(&DataResponse::Error { code: DataErrorCode::NoRoom, message: "full".into() })),
         ("contract_request_renew", rt(&ContractRequest::Renew(renewal()))),
         ("contract_response_renewed", rt(&ContractResponse::Renewed(vec![8; 64]))),
@@ -286,7 +286,7 @@ mod props {
             round_trip(&DataRequest::Store { contract: ContractId(c), pack: PackId(p), data: data.clone().into() });
             round_trip(&DataRequest::Fetch { pack: PackId(p) });
             round_trip(&DataRequest::Audit { pack: PackId(p), leaf });
-            round_trip(&DataResponse::Pack(data.clone()));
+            round_trip(&DataResponse::Pack(data.clone().into()));
             round_trip(&DataResponse::Proof { leaf: data.clone(), path: data.clone() });
             round_trip(&DataRequest::StoreClaim { index: leaf, data: data.clone() });
             round_trip(&DataRequest::AuditClaim { index: leaf, offset: u64::from(leaf) << 7 });
