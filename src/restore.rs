@@ -35,6 +35,11 @@ pub const FETCHES_PER_HOLDER: usize = 2;
 /// Most packs a restore fetches at once, whatever the number of holders: each is held in
 /// memory until its blobs are written (`backup.pack_size`, 16 MiB by default).
 pub const MAX_FETCHES: usize = 12;
+/// Most bytes of packs a restore holds at once (96 MiB: six packs of the default 16 MiB;
+/// with smaller packs [`MAX_FETCHES`] binds first). Each pack in flight is held whole in
+/// memory from its arrival until its blobs are written; this keeps a restore's memory
+/// bounded by bytes rather than by a count of packs whose size the client does not choose.
+pub const FETCH_BUDGET: usize = 96 << 20;
 
 /// Supplies verified packs (implemented by the daemon: picks a holder, checks the Merkle
 /// root, fails over to the next holder).
@@ -606,8 +611,8 @@ fn remove_stale_temporaries(dir: &Path) {
 }
 
 /// Fetches each pack once, [`PackSource::concurrency`] at a time (at most
-/// [`MAX_FETCHES`]), and writes its blobs where
-/// they belong (on blocking threads).
+/// [`MAX_FETCHES`], and at most [`FETCH_BUDGET`] bytes of packs), and writes its blobs
+/// where they belong (on blocking threads).
 async fn fetch_all(
     keys: ([u8; 32], [u8; 32]),
     source: Arc<dyn PackSource>,
@@ -619,11 +624,16 @@ async fn fetch_all(
     let failures: Arc<Mutex<HashMap<usize, String>>> = Arc::new(Mutex::new(HashMap::new()));
     let written: Arc<Vec<AtomicU64>> = Arc::new((0..plan.files.len()).map(|_| AtomicU64::new(0)).collect());
     let parallel = source.concurrency().clamp(1, MAX_FETCHES);
+    let budget = Arc::new(tokio::sync::Semaphore::new(FETCH_BUDGET >> 10)); // KiB
     futures::stream::iter(std::mem::take(&mut plan.by_pack))
         .map(|(pack_id, blobs)| {
-            let (source, tmps, failures, done, written) =
-                (source.clone(), tmps.clone(), failures.clone(), done.clone(), written.clone());
+            let (source, tmps, failures, done, written, budget) =
+                (source.clone(), tmps.clone(), failures.clone(), done.clone(), written.clone(), budget.clone());
             async move {
+                // The pack's size is at least the end of the last blob it supplies.
+                let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
+                let kib = (end >> 10).clamp(1, (FETCH_BUDGET >> 10) as u64) as u32;
+                let _room = budget.acquire_many(kib).await; // never closed
                 let users: Vec<usize> = blobs.iter().flat_map(|(_, places)| places.iter().map(|(i, _)| *i)).collect();
                 let fail_all = |why: String| {
                     if let Ok(mut f) = failures.lock() {
@@ -912,7 +922,70 @@ fn restore_link(dest: &Path, n: &Node, overwrite: bool) -> std::io::Result<bool>
 
 #[cfg(test)]
 mod tests {
-    use super::HolderSlots;
+    use super::*;
+    use crate::repo::blob::BlobKind;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts fetches in flight; every fetch fails after yielding a few times.
+    #[derive(Default)]
+    struct Counting {
+        now: AtomicUsize,
+        max: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl PackSource for Counting {
+        async fn fetch(&self, _: PackId) -> Result<bytes::Bytes, String> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max.fetch_max(n, Ordering::SeqCst);
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Err("unavailable".into())
+        }
+        fn concurrency(&self) -> usize {
+            MAX_FETCHES
+        }
+    }
+
+    #[tokio::test]
+    async fn packs_in_flight_stay_within_the_byte_budget() {
+        let packs = |size: u32| -> HashMap<PackId, PackPlan> {
+            (0..10u8)
+                .map(|i| {
+                    let e = PackEntry {
+                        id: BlobId([i; 32]),
+                        kind: BlobKind::Data,
+                        offset: 0,
+                        length: size,
+                        raw_length: size,
+                    };
+                    (PackId([i; 32]), vec![(e, vec![])])
+                })
+                .collect()
+        };
+        let plan = |by_pack| Plan {
+            sid: SnapshotId([0; 32]),
+            target: None,
+            overwrite: false,
+            dirs: vec![],
+            files: vec![],
+            links: vec![],
+            fifos: vec![],
+            hard_links: vec![],
+            by_pack,
+            remaining: vec![],
+        };
+        // 40 MiB packs: two fit in the 96 MiB budget.
+        let big = Arc::new(Counting::default());
+        fetch_all(([1; 32], [2; 32]), big.clone(), &mut plan(packs(40 << 20)), Arc::new(AtomicU64::new(0))).await;
+        assert_eq!(big.max.load(Ordering::SeqCst), 2);
+        // 1 MiB packs: the count cap binds.
+        let small = Arc::new(Counting::default());
+        fetch_all(([1; 32], [2; 32]), small.clone(), &mut plan(packs(1 << 20)), Arc::new(AtomicU64::new(0))).await;
+        assert_eq!(small.max.load(Ordering::SeqCst), 10);
+    }
 
     #[tokio::test]
     async fn fetches_spread_over_the_holders_and_wait_for_a_free_slot() {
