@@ -5,6 +5,7 @@
 //!      ─► FastCDC ─► blob id ─► known? skip ─► zstd + AEAD ─► pack writer
 //!      ─► sealed packs (bounded channel) ─► PackSink::place (N holders, concurrent)
 //!      ─► commit pack + index ─► … ─► trees ─► snapshot (last pack)
+//!      (tree documents cached in the state in batches of 4 MiB as the walk goes)
 //!      ─► index packs of the new packs (§3.8) ─► snapshot recorded
 //! ```
 //! The walk, chunking and hashing run on one blocking thread; compression and encryption
@@ -199,7 +200,7 @@ async fn start_walk(
     store: &Store,
     opts: &BackupOptions,
     counters: Arc<Counters>,
-) -> Result<(mpsc::Receiver<SealedPack>, tokio::sync::oneshot::Receiver<Result<Walked, BackupError>>), BackupError> {
+) -> Result<(mpsc::Receiver<FromWalk>, tokio::sync::oneshot::Receiver<Result<Walked, BackupError>>), BackupError> {
     let paths = check_paths(&opts.paths)?;
     let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let parent = store.call(|s| s.snapshots()).await?.into_iter().rev().find(|(_, s)| s.paths == path_strings);
@@ -210,17 +211,19 @@ async fn start_walk(
         .filter(|(_, c)| c.role == crate::state::Role::Client && c.is_live(time))
         .map(|(id, _)| id)
         .collect();
-    let (tx, rx) = mpsc::channel::<SealedPack>(2);
+    let (tx, rx) = mpsc::channel::<FromWalk>(2);
     let walker = Walker {
         id_key: id.id_key,
         state: store.blocking().clone(),
         opts: opts.clone(),
         counters: counters.clone(),
-        packer: start_packer(id.enc_key, opts, tx)?,
+        packer: start_packer(id.enc_key, opts, tx.clone())?,
+        tx,
         in_run: HashSet::new(),
         live,
         packs_ok: HashMap::new(),
         trees: Vec::new(),
+        trees_bytes: 0,
         stats: Stats::default(),
         exclude: exclude_matcher(&opts.exclude)?,
         ignores: Vec::new(),
@@ -238,18 +241,29 @@ async fn start_walk(
 }
 
 /// Stage 2: places each sealed pack (`upload_concurrency` at once) and records it with its
-/// blobs in one store command once placed (§3.6 rule 2). Stops taking packs at the first
-/// failure; dropping the queue then stops the walker.
+/// blobs in one store command once placed (§3.6 rule 2); caches the batches of tree
+/// documents the walker sends. Stops taking packs at the first failure; dropping the
+/// queue then stops the walker.
 async fn upload(
     store: &Store,
-    mut rx: mpsc::Receiver<SealedPack>,
+    mut rx: mpsc::Receiver<FromWalk>,
     sink: &Arc<dyn PackSink>,
     opts: &BackupOptions,
     counters: &Arc<Counters>,
 ) -> Committed {
     let mut uploads = tokio::task::JoinSet::new();
     let mut done = Committed::default();
-    while let Some(pack) = rx.recv().await {
+    while let Some(item) = rx.recv().await {
+        let pack = match item {
+            FromWalk::Pack(p) => p,
+            FromWalk::Trees(t) => {
+                if let Err(e) = store.call(move |s| s.put_trees(&t)).await {
+                    done.failure.get_or_insert(format!("cannot cache trees: {e}"));
+                    break;
+                }
+                continue;
+            }
+        };
         while uploads.len() >= opts.upload_concurrency {
             if let Some(r) = uploads.join_next().await {
                 done.add(commit(store, r).await);
@@ -389,7 +403,11 @@ struct Walker {
     live: HashSet<crate::id::ContractId>,
     /// Whether a pack already stored has enough live holders.
     packs_ok: HashMap<crate::id::PackId, bool>,
+    /// Tree documents not yet sent to be cached ([`TREE_BATCH`] bytes at most).
     trees: Vec<(BlobId, Vec<u8>)>,
+    trees_bytes: usize,
+    /// To the upload stage: batches of tree documents (the packer sends the packs).
+    tx: mpsc::Sender<FromWalk>,
     stats: Stats,
     /// `--exclude` patterns.
     exclude: Gitignore,
@@ -397,11 +415,26 @@ struct Walker {
     ignores: Vec<Gitignore>,
 }
 
+/// Tree documents the walker keeps before sending them to be cached in the state (4 MiB):
+/// a run's trees are not held until its end, so memory does not grow with the tree.
+const TREE_BATCH: usize = 4 << 20;
+
+/// What the walker's side sends to the upload stage.
+enum FromWalk {
+    /// A sealed pack to place and record.
+    Pack(SealedPack),
+    /// Tree documents of this run, cached in the state for later runs and restores (they
+    /// are in packs too; a cached tree no snapshot names is never read).
+    Trees(Vec<(BlobId, Vec<u8>)>),
+}
+
 /// Starts the sealing threads (one per core) that turn new blobs into packs for `tx`.
-fn start_packer(enc_key: [u8; 32], opts: &BackupOptions, tx: mpsc::Sender<SealedPack>) -> Result<Packer, BackupError> {
+fn start_packer(enc_key: [u8; 32], opts: &BackupOptions, tx: mpsc::Sender<FromWalk>) -> Result<Packer, BackupError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Packer::start(enc_key, opts.zstd_level, opts.pack_size, threads, move |pack| tx.blocking_send(pack).is_ok())
-        .map_err(packer_error)
+    Packer::start(enc_key, opts.zstd_level, opts.pack_size, threads, move |pack| {
+        tx.blocking_send(FromWalk::Pack(pack)).is_ok()
+    })
+    .map_err(packer_error)
 }
 
 fn packer_error(e: PackerError) -> BackupError {
@@ -542,7 +575,15 @@ impl Walker {
         let doc = tree::encode(&t);
         let id = blob_id(&self.id_key, &doc);
         self.add_blob(BlobKind::Tree, id, &doc)?;
+        self.trees_bytes += doc.len();
         self.trees.push((id, doc));
+        if self.trees_bytes >= TREE_BATCH {
+            let batch = std::mem::take(&mut self.trees);
+            self.trees_bytes = 0;
+            self.tx
+                .blocking_send(FromWalk::Trees(batch))
+                .map_err(|_| BackupError::Internal("uploads stopped".into()))?;
+        }
         Ok(id)
     }
 

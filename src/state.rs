@@ -315,6 +315,12 @@ fn dec<T: for<'de> Deserialize<'de>>(what: &str, b: &[u8]) -> Result<T, StateErr
     ciborium::from_reader(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
 }
 
+/// redb's page cache for `state.redb`, bytes (64 MiB). redb's default, 1 GiB, is filled
+/// by a repository of a million blobs: the index and the tree cache are read and written
+/// through it during a backup, and the daemon kept the pages afterwards. Pages not cached
+/// are read from the file, which the operating system caches anyway.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// `Database::create`, with a panic inside redb caught: redb 2 asserts on some damaged
 /// files (a truncated one) instead of returning an error. The panic's report is kept off
 /// the terminal while it runs (opens are serialized, and happen at start only), and the
@@ -324,7 +330,7 @@ fn create_quietly(path: &Path) -> std::thread::Result<Result<Database, redb::Dat
     let _one = OPENING.lock().unwrap_or_else(|p| p.into_inner());
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let r = std::panic::catch_unwind(|| Database::create(path));
+    let r = std::panic::catch_unwind(|| Database::builder().set_cache_size(CACHE_BYTES).create(path));
     std::panic::set_hook(hook);
     r
 }

@@ -6,9 +6,10 @@
 //! An optional [`InboundBudget`] bounds the bytes of all inbound requests being read at
 //! once, across every connection: past it, a read fails and the stream is closed.
 
+use super::shared::{Encode, Encoded};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use std::io;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -115,19 +116,22 @@ async fn read_capped<T: DeserializeOwned, R: AsyncRead + Unpin + Send>(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
-async fn write_all<W: AsyncWrite + Unpin + Send>(io: &mut W, buf: Vec<u8>, max: u64) -> io::Result<()> {
-    if buf.len() as u64 > max {
+async fn write_all<W: AsyncWrite + Unpin + Send>(io: &mut W, msg: Encoded, max: u64) -> io::Result<()> {
+    if msg.len() as u64 > max {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("message over the {max}-byte limit")));
     }
-    io.write_all(&buf).await?;
+    io.write_all(&msg.head).await?;
+    if let Some(tail) = &msg.tail {
+        io.write_all(tail).await?;
+    }
     io.close().await
 }
 
 #[async_trait::async_trait]
 impl<Req, Resp> libp2p::request_response::Codec for CborCodec<Req, Resp>
 where
-    Req: Serialize + DeserializeOwned + Send + 'static,
-    Resp: Serialize + DeserializeOwned + Send + 'static,
+    Req: Encode + DeserializeOwned + Send + 'static,
+    Resp: Encode + DeserializeOwned + Send + 'static,
 {
     type Protocol = StreamProtocol;
     type Request = Inbound<Req>;
@@ -154,7 +158,7 @@ where
         req: Inbound<Req>,
     ) -> io::Result<()> {
         match req {
-            Inbound::Request(r) => write_all(io, super::to_cbor(&r), self.request_max).await,
+            Inbound::Request(r) => write_all(io, r.encode(), self.request_max).await,
             Inbound::Malformed(_) => Err(io::Error::new(io::ErrorKind::InvalidInput, "not a request")),
         }
     }
@@ -164,7 +168,7 @@ where
         io: &mut T,
         resp: Resp,
     ) -> io::Result<()> {
-        write_all(io, super::to_cbor(&resp), self.response_max).await
+        write_all(io, resp.encode(), self.response_max).await
     }
 }
 

@@ -1,4 +1,5 @@
-//! Byte strings decoded as slices of the received message instead of copies.
+//! Byte strings decoded as slices of the received message instead of copies, and sent
+//! from the buffer they are in instead of from a copy inside the encoding ([`Encode`]).
 //!
 //! A `Store` request or a `Pack` response (protocol.md §5.2) is one CBOR byte string of up
 //! to 16 MiB inside a few bytes of framing. [`from_cbor_shared`] decodes a message held in
@@ -11,6 +12,79 @@ use super::{MessageError, from_cbor};
 use bytes::Bytes;
 use serde::de::{self, Deserializer, Visitor};
 use std::cell::RefCell;
+
+/// A message as written to a stream: CBOR bytes `head`, then `tail` if any, whose
+/// concatenation is exactly [`super::to_cbor`] of the message (protocol.md §2.1).
+pub struct Encoded {
+    /// The encoding up to the last field's byte string content.
+    pub head: Vec<u8>,
+    /// The content of the last field's byte string, shared with the message.
+    pub tail: Option<Bytes>,
+}
+
+impl Encoded {
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// True when nothing is to be written (never for a message).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Byte strings shorter than this are encoded in place (64 KiB).
+const SPLIT_MIN: usize = 64 << 10;
+
+/// Encodes a message for a stream. A `Store` request or a `Pack` response carrying a pack
+/// (16 MiB by default) keeps the pack out of the encoding: the bytes before it are encoded,
+/// the pack is written from its own buffer, so a pack sent to three holders at once is
+/// not copied three more times.
+pub trait Encode: serde::Serialize + Sized {
+    /// The message's CBOR bytes, possibly in two parts (see [`Encoded`]).
+    fn encode(&self) -> Encoded {
+        Encoded { head: super::to_cbor(self), tail: None }
+    }
+}
+
+/// `with_empty` is the message with its last field's byte string emptied: its encoding
+/// ends with the empty byte string `0x40`, which is replaced by the header of `data`.
+fn split(with_empty: Vec<u8>, data: &Bytes) -> Encoded {
+    let mut head = with_empty;
+    debug_assert_eq!(head.last(), Some(&0x40), "the byte string is the last field");
+    head.pop();
+    ciborium_ll::Encoder::from(&mut head)
+        .push(ciborium_ll::Header::Bytes(Some(data.len())))
+        .expect("encoding into a Vec cannot fail");
+    Encoded { head, tail: Some(data.clone()) }
+}
+
+impl Encode for super::DataRequest {
+    fn encode(&self) -> Encoded {
+        match self {
+            super::DataRequest::Store { contract, pack, data } if data.len() >= SPLIT_MIN => {
+                let empty = super::DataRequest::Store { contract: *contract, pack: *pack, data: Bytes::new() };
+                split(super::to_cbor(&empty), data)
+            }
+            _ => Encoded { head: super::to_cbor(self), tail: None },
+        }
+    }
+}
+
+impl Encode for super::DataResponse {
+    fn encode(&self) -> Encoded {
+        match self {
+            super::DataResponse::Pack(data) if data.len() >= SPLIT_MIN => {
+                split(super::to_cbor(&super::DataResponse::Pack(Bytes::new())), data)
+            }
+            _ => Encoded { head: super::to_cbor(self), tail: None },
+        }
+    }
+}
+
+impl Encode for super::ContractRequest {}
+impl Encode for super::ContractResponse {}
 
 thread_local! {
     /// The buffer being decoded on this thread by [`from_cbor_shared`], if any.
@@ -100,6 +174,32 @@ mod tests {
         };
         assert_eq!(data, pack);
         assert!(within(&msg, &data));
+    }
+
+    #[test]
+    fn a_split_encoding_is_the_encoding() {
+        for n in [0usize, 23, 24, 255, 256, 65_535, 65_536, 1 << 20, (16 << 20) + 1] {
+            let data = Bytes::from(vec![5u8; n]);
+            let msgs = [
+                (to_cbor(&DataResponse::Pack(data.clone())), DataResponse::Pack(data.clone()).encode()),
+                (
+                    to_cbor(&DataRequest::Store {
+                        contract: ContractId([1; 32]),
+                        pack: PackId([2; 32]),
+                        data: data.clone(),
+                    }),
+                    DataRequest::Store { contract: ContractId([1; 32]), pack: PackId([2; 32]), data: data.clone() }
+                        .encode(),
+                ),
+            ];
+            for (whole, e) in msgs {
+                assert_eq!(e.tail.is_some(), n >= SPLIT_MIN, "split only large byte strings ({n})");
+                assert_eq!(e.len(), whole.len());
+                let mut joined = e.head.clone();
+                joined.extend_from_slice(e.tail.as_deref().unwrap_or_default());
+                assert!(joined == whole, "the parts of a {n}-byte message differ from its encoding");
+            }
+        }
     }
 
     #[test]
