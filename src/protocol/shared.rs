@@ -24,13 +24,8 @@ pub struct Encoded {
 
 impl Encoded {
     /// Bytes on the wire.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.head.len() + self.tail.as_ref().map_or(0, Bytes::len)
-    }
-
-    /// True when nothing is to be written (never for a message).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
