@@ -251,6 +251,10 @@ pub struct NetworkConfig {
     pub mdns: bool,
     /// Connections to keep open at most, in total. Default 256.
     pub max_connections: u32,
+    /// Connected peers to look for; above half as many again, the least needed connections
+    /// are closed until this many remain (contract partners and relays in use are never
+    /// closed; protocol.md §1.9). Default 16.
+    pub target_peers: usize,
     /// Treat only globally routable IP addresses as reachable: an address in a private,
     /// loopback, link-local or documentation range is never advertised, confirmed as
     /// external, or added to the routing table. Default true; `false` is for test networks
@@ -338,6 +342,7 @@ impl Default for NetworkConfig {
             bootstrap: vec![],
             mdns: true,
             max_connections: 256,
+            target_peers: crate::net::TARGET_PEERS,
             global_addresses_only: true,
             upnp: true,
             limit_upload: 0,
@@ -372,6 +377,7 @@ const HEADER: &str = "\
 #   bootstrap         multiaddrs of known peers, each ending in /p2p/<PeerId>
 #   mdns              find peers on the local network (true/false)
 #   max_connections   open connections at most
+#   target_peers      peers to stay connected to; above 1.5x that, the least needed are closed
 #   global_addresses_only  only public IP addresses count as reachable (false: test networks, closed LANs)
 #   upnp              ask the router for a port mapping (UPnP IGD)
 #   limit_upload      KiB/s all sending may use, serving others included (0 = no limit)

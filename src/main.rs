@@ -1,8 +1,36 @@
 //! The `peer` binary: parses the command line and hands over to [`peer::cli`].
 fn main() -> std::process::ExitCode {
     fixed_mmap_threshold();
+    release_freed_memory();
     peer::cli::main()
 }
+
+/// How often freed memory is handed back to the kernel, seconds.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const RELEASE_MEMORY_SECS: u64 = 30;
+
+/// Every [`RELEASE_MEMORY_SECS`], from a thread of its own, returns the memory glibc holds
+/// free to the kernel (`malloc_trim(0)`). glibc keeps freed memory in its arenas for reuse;
+/// a daemon's connections come and go (Kademlia lookups, trimming: protocol.md §1.9), so
+/// without this its RSS stays at the high-water mark of its busiest minute. Measured with
+/// `bench/scale.sh` (BENCHMARKS.md), 50 idle daemons: median RSS 55 MiB without, 35 MiB
+/// with. (A command other than `daemon` ends long before the first round.)
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_freed_memory() {
+    std::thread::spawn(|| {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(RELEASE_MEMORY_SECS));
+            // SAFETY: malloc_trim only gives free pages back to the kernel, under each
+            // arena's lock; it is safe to call from any thread at any time.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    });
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
 
 /// Makes glibc map every allocation of 1 MiB or more on its own and unmap it when freed.
 ///

@@ -16,6 +16,8 @@
 //! | `peer_contracts{role}` | gauge | live contracts as `client` and as `provider` |
 //! | `peer_snapshots` | gauge | snapshots in the repository |
 //! | `peer_connected_peers` | gauge | peers with an open connection |
+//! | `peer_sent_bytes_total`, `peer_received_bytes_total` | counter | payload bytes of every substream, all protocols (Noise and Yamux framing not counted) |
+//! | `peer_gossip_messages_total{topic}`, `peer_gossip_bytes_total{topic}` | counter | gossip messages delivered to this peer (each once, duplicates dropped by gossipsub), and their data bytes |
 //!
 //! Counters count since the daemon started; gauges are read when scraped.
 
@@ -38,6 +40,13 @@ pub struct ResultLabel {
 pub struct RoleLabel {
     /// `client` or `provider`.
     pub role: String,
+}
+
+/// A `topic` label: a gossip topic (protocol.md §1.6).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    /// The topic's name.
+    pub topic: String,
 }
 
 /// The daemon's metrics. Cloning shares them.
@@ -66,11 +75,16 @@ pub struct Metrics {
     pub snapshots: Gauge,
     /// Connected peers.
     pub connected: Gauge,
+    /// Gossip messages delivered, by topic.
+    pub gossip_messages: Family<TopicLabel, Counter>,
+    /// Data bytes of the gossip messages delivered, by topic.
+    pub gossip_bytes: Family<TopicLabel, Counter>,
 }
 
 impl Metrics {
-    /// Registers every `peer_*` metric and libp2p's (returned apart, for the network task).
-    pub fn new() -> (Self, libp2p::metrics::Metrics) {
+    /// Registers every `peer_*` metric and libp2p's (returned apart, for the network task);
+    /// the bytes sent and received are the counts `limits` keeps.
+    pub fn new(limits: &crate::net::throttle::Limits) -> (Self, libp2p::metrics::Metrics) {
         let mut registry = Registry::default();
         let network = libp2p::metrics::Metrics::new(&mut registry);
         let m = Metrics {
@@ -86,6 +100,8 @@ impl Metrics {
             contracts: Family::default(),
             snapshots: Gauge::default(),
             connected: Gauge::default(),
+            gossip_messages: Family::default(),
+            gossip_bytes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("peer");
         r.register("backups", "Backups ended, by result", m.backups.clone());
@@ -114,12 +130,24 @@ impl Metrics {
         r.register("contracts", "Live contracts, by role", m.contracts.clone());
         r.register("snapshots", "Snapshots in the repository", m.snapshots.clone());
         r.register("connected_peers", "Peers with an open connection", m.connected.clone());
+        let bytes = prometheus_client::registry::Unit::Bytes;
+        r.register_with_unit("sent", "Payload bytes sent, all protocols", bytes.clone(), limits.up.moved());
+        r.register_with_unit("received", "Payload bytes received, all protocols", bytes.clone(), limits.down.moved());
+        r.register("gossip_messages", "Gossip messages delivered, by topic", m.gossip_messages.clone());
+        r.register_with_unit("gossip", "Data bytes of gossip messages delivered, by topic", bytes, m.gossip_bytes.clone());
         (Metrics { registry: Arc::new(registry), ..m }, network)
     }
 
     /// Counts one ended operation in `family` under `result`.
     pub fn count(family: &Family<ResultLabel, Counter>, result: &str) {
         family.get_or_create(&ResultLabel { result: result.to_string() }).inc();
+    }
+
+    /// Counts one gossip message of `bytes` data bytes delivered on `topic`.
+    pub fn gossip(&self, topic: &str, bytes: usize) {
+        let label = TopicLabel { topic: topic.to_string() };
+        self.gossip_messages.get_or_create(&label).inc();
+        self.gossip_bytes.get_or_create(&label).inc_by(bytes as u64);
     }
 
     /// Sets a gauge from a byte or item count (saturating at `i64::MAX`).
@@ -143,7 +171,10 @@ mod tests {
 
     #[test]
     fn counters_and_gauges_show_in_the_exposition() {
-        let (m, _network) = Metrics::new();
+        let limits = crate::net::throttle::Limits::new(0, 0);
+        let (m, _network) = Metrics::new(&limits);
+        limits.up.moved().inc_by(77);
+        m.gossip("peer/proposals/1", 300);
         Metrics::count(&m.backups, "success");
         Metrics::count(&m.backups, "success");
         Metrics::count(&m.audits, "wrong");
@@ -155,6 +186,10 @@ mod tests {
             "peer_audits_total{result=\"wrong\"} 1",
             "peer_stored_for_others_bytes 1234",
             "peer_contracts{role=\"provider\"} 2",
+            "peer_sent_bytes_total 77",
+            "peer_received_bytes_total 0",
+            "peer_gossip_messages_total{topic=\"peer/proposals/1\"} 1",
+            "peer_gossip_bytes_total{topic=\"peer/proposals/1\"} 300",
             "# EOF",
         ] {
             assert!(text.contains(line), "{line} missing in:\n{text}");

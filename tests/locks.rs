@@ -37,6 +37,7 @@ fn attack(net: &LocalNet, key_file: &Path, work: &Path) {
             known: vec![],
             mdns: false,
             max_connections: 16,
+            target_peers: peer::net::TARGET_PEERS,
             global_only: false,
             upnp: false,
             relay: None,

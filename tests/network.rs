@@ -1472,3 +1472,35 @@ fn a_restore_brings_back_hard_links_xattrs_owners_sparse_files_and_fifos() {
     assert!(meta("pipe").file_type().is_fifo() && meta("pipe").mode() & 0o777 == 0o640);
     assert!(!back.join("socket").exists());
 }
+
+/// A peer connected to more than 1.5 × `network.target_peers` peers closes connections
+/// until `target_peers` remain (protocol.md §1.9), and still backs up and restores through
+/// the peers it kept (and dials the others it needs again).
+#[test]
+fn a_peer_with_too_many_connections_trims_them_and_still_backs_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f.bin"), noise(7, 1 << 20)).unwrap();
+    // Peer 0 is everyone's bootstrap, so all six others dial it; it wants 2 (trims above 3).
+    let configure = |i: usize, c: &mut Config| {
+        if i == 0 {
+            c.network.target_peers = 2;
+        }
+    };
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 7, GIB, configure).unwrap();
+    wait_status(&net, 0, 60, |s| s["connected"].as_array().is_some_and(|a| a.len() == 6));
+    // Once the new connections are past their 30 s grace, it closes all but 2 (more may come
+    // back as the others' lookups reach it, and go again).
+    let s = wait_status(&net, 0, 120, |s| s["connected"].as_array().is_some_and(|a| a.len() <= 3));
+    assert!(!s["connected"].as_array().unwrap().is_empty(), "it keeps some peers: {s}");
+    let b = backup(&net, 0, &src, 2);
+    assert!(b["packs"].as_u64() >= Some(1) && b["head_error"].is_null(), "{b}");
+    let s = status(&net, 0);
+    let providers = s["contracts"].as_array().unwrap().iter().filter(|c| c["role"] == "client").count();
+    assert!(providers >= 2, "two copies need two providers: {s}");
+    let target = tmp.path().join("back");
+    let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+    assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
+    assert!(compare_trees(&src, &target.join("data")).is_empty());
+}

@@ -672,3 +672,22 @@ impl Inner {
         }
     }
 }
+
+/// How often the network task is told who our contract partners are (they are never
+/// disconnected to bound the number of connections; protocol.md §1.9), seconds.
+pub const KEEP_PARTNERS_SECS: u64 = 30;
+
+impl Inner {
+    /// Tells the network task, every [`KEEP_PARTNERS_SECS`], the peers we hold a live
+    /// contract with (either role): those connections are never trimmed.
+    pub(super) async fn keep_partners_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(KEEP_PARTNERS_SECS));
+        loop {
+            tick.tick().await;
+            let t = now();
+            let partners: HashSet<PeerId> =
+                self.state.contracts().into_iter().filter(|(_, c)| c.is_live(t)).filter_map(|(_, c)| c.peer_id()).collect();
+            self.net.keep(partners.into_iter().collect()).await;
+        }
+    }
+}

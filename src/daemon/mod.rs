@@ -126,8 +126,9 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     let (state, state_thread) = Store::start(state).map_err(setup)?;
     let store = PackStore::open(&home.store_dir(), config.provider.min_free_bytes).map_err(setup)?;
     let claims = ClaimStore::open(&home.claims_dir()).map_err(setup)?;
-    let (metrics, net_metrics) = crate::metrics::Metrics::new();
-    let (net, events) = start_network(&id, &config, &state, &sticky_ports, Arc::new(net_metrics))?;
+    let limits = net::throttle::Limits::new(config.network.limit_upload, config.network.limit_download);
+    let (metrics, net_metrics) = crate::metrics::Metrics::new(&limits);
+    let (net, events) = start_network(&id, &config, &state, &sticky_ports, limits, Arc::new(net_metrics))?;
     say(&id.peer_id().to_string());
     let listener = bind_control(&home)?;
     let inner = Arc::new(Inner {
@@ -172,6 +173,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     tasks.spawn(inner.clone().republish_loop());
     tasks.spawn(inner.clone().schedule_loop());
     tasks.spawn(inner.clone().drill_loop());
+    tasks.spawn(inner.clone().keep_partners_loop());
     if inner.config.dashboard.enabled {
         start_dashboard(&inner, &mut tasks).await;
     }
@@ -251,6 +253,7 @@ fn start_network(
     config: &Config,
     state: &Store,
     sticky_ports: &[(&str, u64)],
+    limits: net::throttle::Limits,
     metrics: Arc<libp2p::metrics::Metrics>,
 ) -> Result<(NetHandle, tokio::sync::mpsc::Receiver<NetEvent>), DaemonError> {
     let parse = |v: &[String]| {
@@ -272,10 +275,11 @@ fn start_network(
         known: known.clone(),
         mdns: config.network.mdns,
         max_connections: config.network.max_connections,
+        target_peers: config.network.target_peers,
         global_only: config.network.global_addresses_only,
         upnp: config.network.upnp,
         relay: config.relay.serve.then(|| config.relay.clone()),
-        limits: net::throttle::Limits::new(config.network.limit_upload, config.network.limit_download),
+        limits: limits.clone(),
         metrics: Some(metrics.clone()),
     };
     let sticky: Vec<Multiaddr> = listen.iter().map(|a| with_saved_port(sticky_ports, a)).collect();
@@ -488,6 +492,7 @@ impl Inner {
                 }
             }
             NetEvent::Proposal { id, source, data } => {
+                self.metrics.gossip(protocol::PROPOSAL_TOPIC, data.len());
                 let t = now();
                 let verified = protocol::from_cbor::<Signed>("proposal", &data)
                     .map_err(|e| e.to_string())
@@ -513,6 +518,7 @@ impl Inner {
                 }
             }
             NetEvent::Evidence { id, source, data } => {
+                self.metrics.gossip(protocol::EVIDENCE_TOPIC, data.len());
                 tokio::spawn(async move { self.on_evidence(id, source, data).await });
             }
             NetEvent::Contract { peer, request: ContractRequest::Accept(signed), channel } => {

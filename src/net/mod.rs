@@ -20,6 +20,7 @@
 
 pub mod reach;
 pub mod throttle;
+pub mod trim;
 
 use crate::protocol::codec::{CborCodec, Inbound, InboundBudget};
 use crate::protocol::{
@@ -35,7 +36,7 @@ use libp2p::{
     kad, mdns, multiaddr::Protocol, noise, ping, quic, relay, tcp, upnp, yamux,
 };
 use reach::{ConnInfo, Reach, Reachability};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -55,8 +56,10 @@ pub const SATURATED_PAUSE: Duration = Duration::from_millis(50);
 pub const INBOUND_READ_BUDGET: u64 = 256 << 20;
 /// Events queued for the daemon at most; past it inbound requests are dropped.
 pub const EVENT_QUEUE: usize = 8;
-/// Peers we keep dialing toward through Kademlia discovery.
-pub const TARGET_PEERS: usize = 32;
+/// Connected peers we dial toward through Kademlia discovery, by default
+/// (`[network] target_peers`); above half as many again, connections are trimmed back to
+/// it ([`trim`]).
+pub const TARGET_PEERS: usize = 16;
 /// Malformed inputs (undecodable requests, gossip that fails validation) a peer may send
 /// before it is blocked.
 pub const STRIKES_TO_BLOCK: u32 = 8;
@@ -217,6 +220,7 @@ enum Command {
     RespondData(ResponseChannel<DataResponse>, DataResponse),
     Status(oneshot::Sender<NetStatus>),
     Dial(PeerId, Vec<Multiaddr>),
+    Keep(Vec<PeerId>),
     PutRecord(Vec<u8>, Vec<u8>),
     GetRecord(Vec<u8>, oneshot::Sender<Vec<Vec<u8>>>),
     Shutdown(oneshot::Sender<()>),
@@ -247,6 +251,12 @@ impl NetHandle {
     /// Publishes `data` on the evidence topic (protocol.md §5.10).
     pub async fn publish_evidence(&self, data: Vec<u8>) -> Result<(), NetError> {
         self.call(|tx| Command::Publish(true, data, tx)).await?
+    }
+
+    /// Sets the peers never disconnected to bound the number of connections (the daemon's
+    /// contract partners; protocol.md §1.9). Replaces the previous set.
+    pub async fn keep(&self, peers: Vec<PeerId>) {
+        let _ = self.tx.send(Command::Keep(peers)).await;
     }
 
     /// Reports our verdict on a gossip message; only accepted ones are forwarded.
@@ -375,6 +385,8 @@ pub struct NetConfig {
     pub mdns: bool,
     /// Total connection cap.
     pub max_connections: u32,
+    /// Connected peers to dial toward, and to trim back to ([`trim`]).
+    pub target_peers: usize,
     /// `network.global_addresses_only`.
     pub global_only: bool,
     /// Try UPnP port mapping.
@@ -457,6 +469,9 @@ pub fn start(
         closing: Vec::new(),
         loopback_only,
         metrics,
+        target_peers: cfg.target_peers.max(1),
+        keep: HashSet::new(),
+        last_used: HashMap::new(),
     };
     tokio::spawn(lp.run());
     Ok((NetHandle { tx, peer_id, advertised, limits }, ev_rx))
@@ -659,6 +674,12 @@ struct EventLoop {
     loopback_only: bool,
     /// libp2p's metrics, if served.
     metrics: Option<Arc<libp2p::metrics::Metrics>>,
+    /// Connected peers to dial toward and trim back to.
+    target_peers: usize,
+    /// Peers never trimmed: the daemon's contract partners ([`NetHandle::keep`]).
+    keep: HashSet<PeerId>,
+    /// When each connected peer last sent or answered a request.
+    last_used: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -675,7 +696,7 @@ impl EventLoop {
                     None => return,
                 },
                 _ = bootstrap.tick() => {
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    self.connect_more();
                     self.unblock_expired();
                 }
                 _ = tick.tick() => self.on_tick(),
@@ -749,6 +770,42 @@ impl EventLoop {
             }
         }
         self.publish_addresses();
+        self.trim();
+    }
+
+    /// Closes the connections to the least needed peers once more than
+    /// [`trim::high`]`(target_peers)` are connected ([`trim`]).
+    fn trim(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        if connected <= trim::high(self.target_peers) {
+            return;
+        }
+        let mesh: HashSet<PeerId> = self.swarm.behaviour().gossipsub.all_mesh_peers().copied().collect();
+        let relays: HashSet<PeerId> = self.reach.relays().into_iter().collect();
+        let mut since: HashMap<PeerId, Instant> = HashMap::new();
+        for c in self.reach.connections() {
+            let t = since.entry(c.peer).or_insert(c.since);
+            *t = (*t).min(c.since);
+        }
+        let now = Instant::now();
+        let candidates: Vec<trim::Candidate> = self
+            .swarm
+            .connected_peers()
+            .map(|p| trim::Candidate {
+                peer: *p,
+                since: since.get(p).copied().unwrap_or(now),
+                last_used: self.last_used.get(p).copied(),
+                mesh: mesh.contains(p),
+                keep: self.keep.contains(p) || relays.contains(p) || self.waiting.contains_key(p),
+            })
+            .collect();
+        let closing = trim::to_close(&candidates, self.target_peers, now);
+        if !closing.is_empty() {
+            tracing::debug!("{connected} peers connected: closing the connections to {} of them", closing.len());
+        }
+        for p in closing {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
     }
 
     /// Updates what [`NetHandle::advertised`] returns; when it changed, tells every
@@ -792,6 +849,7 @@ impl EventLoop {
                 }
             }
             Command::Contract(peer, addrs, req, reply) => {
+                self.last_used.insert(peer, Instant::now());
                 let addrs = self.dialable(addrs);
                 let id = self.swarm.behaviour_mut().contract.send_request_with_addresses(
                     &peer,
@@ -801,6 +859,7 @@ impl EventLoop {
                 self.pending_contract.insert(id, reply);
             }
             Command::Data(peer, addrs, request, reply) => {
+                self.last_used.insert(peer, Instant::now());
                 let addrs = self.dialable(addrs);
                 self.send_data(Parked { peer, addrs, request, reply, until: Instant::now() + DIRECT_WAIT });
             }
@@ -819,6 +878,7 @@ impl EventLoop {
                     self.dial(peer, addrs);
                 }
             }
+            Command::Keep(peers) => self.keep = peers.into_iter().collect(),
             Command::PutRecord(key, value) => {
                 let record = kad::Record::new(key, value);
                 if let Err(e) = b.kad.put_record(record, kad::Quorum::One) {
@@ -981,10 +1041,36 @@ impl EventLoop {
         }
     }
 
+    /// Every 30 s while fewer than `target_peers` are connected: dials peers the routing
+    /// table knows, and runs a Kademlia bootstrap only while it knows fewer than
+    /// [`kad::K_VALUE`] peers. (Every lookup connects to the peers it asks, so lookups run
+    /// for want of connections would only make connections to be trimmed; libp2p's own
+    /// bootstrap every 5 minutes keeps the table fresh.)
+    fn connect_more(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        if connected >= self.target_peers {
+            return;
+        }
+        let mut known: Vec<PeerId> = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            known.extend(bucket.iter().map(|e| *e.node.key.preimage()));
+        }
+        if known.len() < kad::K_VALUE.get() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+        let me = *self.swarm.local_peer_id();
+        known.retain(|p| *p != me && !self.swarm.is_connected(p));
+        use rand::seq::SliceRandom;
+        known.shuffle(&mut rand::thread_rng());
+        for p in known.into_iter().take(self.target_peers - connected) {
+            let _ = self.swarm.dial(p);
+        }
+    }
+
     fn dial_if_wanted(&mut self, peer: PeerId) {
         if peer != *self.swarm.local_peer_id()
             && !self.swarm.is_connected(&peer)
-            && self.swarm.connected_peers().count() < TARGET_PEERS
+            && self.swarm.connected_peers().count() < self.target_peers
         {
             let _ = self.swarm.dial(peer);
         }
@@ -1140,8 +1226,9 @@ impl EventLoop {
     /// that peer now.
     fn look_for_more(&mut self, established: u32) {
         if established == 1
-            && self.swarm.connected_peers().count() < TARGET_PEERS
+            && self.swarm.connected_peers().count() < self.target_peers
             && self.last_lookup.elapsed() >= Duration::from_secs(5)
+            && self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum::<usize>() < kad::K_VALUE.get()
         {
             self.last_lookup = Instant::now();
             let _ = self.swarm.behaviour_mut().kad.bootstrap(); // no known peer yet: the next tick retries
@@ -1152,6 +1239,9 @@ impl EventLoop {
     /// we lost every connection to dials it again.
     fn on_closed(&mut self, peer_id: PeerId, connection_id: libp2p::swarm::ConnectionId) {
         self.reach.disconnected(&connection_id);
+        if !self.swarm.is_connected(&peer_id) {
+            self.last_used.remove(&peer_id);
+        }
         self.flush(peer_id);
         if !self.swarm.is_connected(&peer_id)
             && let Some(addrs) = self.waiting.get(&peer_id).and_then(|w| w.first()).map(|p| p.addrs.clone())
@@ -1196,6 +1286,7 @@ impl EventLoop {
     }
 
     fn on_contract(&mut self, e: request_response::Event<Inbound<ContractRequest>, ContractResponse>) {
+        self.used(&e);
         match route(e, &mut self.pending_contract, "contract") {
             Routed::Request(peer, request, channel) => self.emit(NetEvent::Contract { peer, request, channel }),
             Routed::Malformed(peer) => self.strike(peer, "a malformed contract request"),
@@ -1204,11 +1295,24 @@ impl EventLoop {
     }
 
     fn on_data(&mut self, e: request_response::Event<Inbound<DataRequest>, DataResponse>) {
+        self.used(&e);
         match route(e, &mut self.pending_data, "data") {
             Routed::Request(peer, request, channel) => self.emit(NetEvent::Data { peer, request, channel }),
             Routed::Malformed(peer) => self.strike(peer, "a malformed data request"),
             Routed::Nothing => {}
         }
+    }
+
+    /// Notes that the peer of a request-response event is in use (kept from trimming).
+    fn used<Req, Resp>(&mut self, e: &request_response::Event<Req, Resp>) {
+        use request_response::Event;
+        let peer = match e {
+            Event::Message { peer, .. }
+            | Event::OutboundFailure { peer, .. }
+            | Event::InboundFailure { peer, .. }
+            | Event::ResponseSent { peer, .. } => *peer,
+        };
+        self.last_used.insert(peer, Instant::now());
     }
 
     /// Counts one malformed input against `peer`; at [`STRIKES_TO_BLOCK`] it is blocked

@@ -7,8 +7,9 @@
 //! bytes are counted there once. What is counted is the payload of substreams (requests,
 //! responses, gossip, DHT messages); the Noise and Yamux framing around them is not.
 //!
-//! The wrapper is always in place; with no limit in force a read or write costs one atomic
-//! load more.
+//! The wrapper is always in place; with no limit in force a read or write costs two atomic
+//! operations more: the limit's load, and the count of bytes moved ([`Rate::moved`], served
+//! as `peer_sent_bytes_total` and `peer_received_bytes_total`).
 //!
 //! A [`Rate`] is a virtual clock: each transfer of `n` bytes moves `next` forward by
 //! `n / rate` seconds, and a transfer may start only while `next` is no more than
@@ -16,6 +17,7 @@
 //! `rate × interval + rate × BURST + CHUNK`.
 
 use futures::{AsyncRead, AsyncWrite};
+use prometheus_client::metrics::counter::Counter;
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent, SubstreamBox};
 use std::io;
 use std::pin::Pin;
@@ -41,6 +43,8 @@ pub struct Rate {
     /// Lower limits asked for by commands running now, bytes per second.
     overrides: Mutex<Vec<u64>>,
     next: Mutex<Instant>,
+    /// Bytes moved in this direction since the start, limited or not.
+    moved: Counter,
 }
 
 /// Holds a command's lower limit until dropped.
@@ -69,7 +73,14 @@ impl Rate {
             effective: AtomicU64::new(base),
             overrides: Mutex::new(Vec::new()),
             next: Mutex::new(Instant::now()),
+            moved: Counter::default(),
         })
+    }
+
+    /// The count of substream payload bytes moved in this direction since the start (a
+    /// handle: clones share the count).
+    pub fn moved(&self) -> Counter {
+        self.moved.clone()
     }
 
     /// Bytes per second in force now; 0 = no limit.
@@ -103,6 +114,7 @@ impl Rate {
 
     /// Counts `n` bytes moved at `now`.
     fn charge(&self, n: usize, now: Instant) {
+        self.moved.inc_by(n as u64);
         let bps = self.bytes_per_sec();
         if bps == 0 {
             return;
@@ -204,7 +216,11 @@ impl AsyncRead for ThrottledStream {
         let this = &mut *self;
         let rate = this.limits.down.clone();
         if rate.bytes_per_sec() == 0 {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+            let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if let Poll::Ready(Ok(k)) = r {
+                rate.moved.inc_by(k as u64);
+            }
+            return r;
         }
         if admit(&rate, &mut this.read_wait, cx).is_pending() {
             return Poll::Pending;
@@ -223,7 +239,11 @@ impl AsyncWrite for ThrottledStream {
         let this = &mut *self;
         let rate = this.limits.up.clone();
         if rate.bytes_per_sec() == 0 {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
+            let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(k)) = r {
+                rate.moved.inc_by(k as u64);
+            }
+            return r;
         }
         if admit(&rate, &mut this.write_wait, cx).is_pending() {
             return Poll::Pending;
@@ -272,5 +292,10 @@ mod tests {
         let g = c.limit_while(500);
         assert_eq!(c.bytes_per_sec(), 50 * 1024, "the configured limit stays when a command asks for more");
         drop(g);
+        // Bytes are counted with or without a limit.
+        let m = Rate::new(0);
+        m.charge(100, t);
+        m.charge(23, t);
+        assert_eq!(m.moved().get(), 123);
     }
 }
