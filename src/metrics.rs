@@ -134,7 +134,12 @@ impl Metrics {
         r.register_with_unit("sent", "Payload bytes sent, all protocols", bytes.clone(), limits.up.moved());
         r.register_with_unit("received", "Payload bytes received, all protocols", bytes.clone(), limits.down.moved());
         r.register("gossip_messages", "Gossip messages delivered, by topic", m.gossip_messages.clone());
-        r.register_with_unit("gossip", "Data bytes of gossip messages delivered, by topic", bytes, m.gossip_bytes.clone());
+        r.register_with_unit(
+            "gossip",
+            "Data bytes of gossip messages delivered, by topic",
+            bytes,
+            m.gossip_bytes.clone(),
+        );
         (Metrics { registry: Arc::new(registry), ..m }, network)
     }
 

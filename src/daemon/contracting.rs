@@ -685,8 +685,13 @@ impl Inner {
         loop {
             tick.tick().await;
             let t = now();
-            let partners: HashSet<PeerId> =
-                self.state.contracts().into_iter().filter(|(_, c)| c.is_live(t)).filter_map(|(_, c)| c.peer_id()).collect();
+            let partners: HashSet<PeerId> = self
+                .state
+                .contracts()
+                .into_iter()
+                .filter(|(_, c)| c.is_live(t))
+                .filter_map(|(_, c)| c.peer_id())
+                .collect();
             self.net.keep(partners.into_iter().collect()).await;
         }
     }

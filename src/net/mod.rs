@@ -76,6 +76,10 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(8);
 pub const MAX_CONNECTIONS_PER_PEER: u32 = 8;
 /// How long a relayed connection stays open once a direct one to the same peer exists.
 pub const RELAYED_GRACE: Duration = Duration::from_secs(3);
+/// How often Kademlia refreshes its routing table (libp2p's periodic bootstrap), seconds.
+pub const KAD_REFRESH_SECS: u64 = 3600;
+/// How often a record held for another peer is replicated to the closest peers, seconds.
+pub const KAD_REPLICATION_SECS: u64 = 6 * 3600;
 /// Kademlia lookups of one unreachable peer's addresses at most this often.
 pub const LOOKUP_EVERY: Duration = Duration::from_secs(10);
 
@@ -527,6 +531,14 @@ fn build_behaviour(
     let peer_id = key.public().to_peer_id();
     let mut kcfg = kad::Config::new(KAD_PROTOCOL);
     kcfg.set_query_timeout(Duration::from_secs(30));
+    // The Kademlia paper's bucket refresh interval (libp2p's default is 5 minutes): every
+    // lookup of a refresh connects to each peer it asks, which at 100,000 peers would cost
+    // each peer far more than the DHT is worth here (protocol.md §1.5).
+    kcfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(KAD_REFRESH_SECS)));
+    // A head record held for another peer is sent again to the closest peers every 6 hours
+    // (libp2p's default: every hour). Each replication is a lookup and 20 puts, and each
+    // peer holds about 20 records; the record's publisher puts it again every 6 hours too.
+    kcfg.set_replication_interval(Some(Duration::from_secs(KAD_REPLICATION_SECS)));
     // Inbound records are checked by us before they are stored (only head records,
     // correctly signed, newer than the one held): see `EventLoop::accept_record`.
     kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
@@ -1041,11 +1053,11 @@ impl EventLoop {
         }
     }
 
-    /// Every 30 s while fewer than `target_peers` are connected: dials peers the routing
-    /// table knows, and runs a Kademlia bootstrap only while it knows fewer than
-    /// [`kad::K_VALUE`] peers. (Every lookup connects to the peers it asks, so lookups run
-    /// for want of connections would only make connections to be trimmed; libp2p's own
-    /// bootstrap every 5 minutes keeps the table fresh.)
+    /// Every 30 s while fewer than `target_peers` are connected: runs a Kademlia bootstrap
+    /// while the routing table knows fewer than [`kad::K_VALUE`] peers, and otherwise dials
+    /// peers it knows. (Every lookup connects to the peers it asks, so lookups run for want
+    /// of connections would only make connections to be trimmed; the hourly refresh,
+    /// [`KAD_REFRESH_SECS`], keeps the table fresh.)
     fn connect_more(&mut self) {
         let connected = self.swarm.connected_peers().count();
         if connected >= self.target_peers {
@@ -1057,6 +1069,7 @@ impl EventLoop {
         }
         if known.len() < kad::K_VALUE.get() {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            return;
         }
         let me = *self.swarm.local_peer_id();
         known.retain(|p| *p != me && !self.swarm.is_connected(p));
@@ -1222,8 +1235,8 @@ impl EventLoop {
     }
 
     /// A new peer knows others: look for more now rather than at the next tick, while we
-    /// have fewer than we want (at most one lookup per 5 s). `established`: connections to
-    /// that peer now.
+    /// have fewer than we want and the routing table is still small (at most one lookup
+    /// per 5 s). `established`: connections to that peer now.
     fn look_for_more(&mut self, established: u32) {
         if established == 1
             && self.swarm.connected_peers().count() < self.target_peers

@@ -17,8 +17,8 @@
 //! `rate × interval + rate × BURST + CHUNK`.
 
 use futures::{AsyncRead, AsyncWrite};
-use prometheus_client::metrics::counter::Counter;
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent, SubstreamBox};
+use prometheus_client::metrics::counter::Counter;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
