@@ -16,7 +16,11 @@
 //! turns a relayed connection into a direct one. Bulk data (the data protocol) is sent
 //! only over direct connections: a data request waits up to [`DIRECT_WAIT`] for one, and a
 //! peer that cannot be reached at any known address is looked up by PeerId in Kademlia.
-//! [`reach`] holds that state; [`throttle`] the bandwidth limits.
+//! [`reach`] holds that state; [`throttle`] the bandwidth limits (and the byte counts).
+//!
+//! Connections stay bounded by what this peer needs (protocol.md §1.9): it dials toward
+//! `[network] target_peers` and, above 1.5 × that, [`trim`] picks the least needed
+//! connections to close (never a contract partner's, set by [`NetHandle::keep`]).
 
 pub mod reach;
 pub mod throttle;
