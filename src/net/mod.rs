@@ -1067,13 +1067,13 @@ impl EventLoop {
         if connected >= self.target_peers {
             return;
         }
+        if self.knows_few_peers() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            return;
+        }
         let mut known: Vec<PeerId> = Vec::new();
         for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
             known.extend(bucket.iter().map(|e| *e.node.key.preimage()));
-        }
-        if known.len() < kad::K_VALUE.get() {
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
-            return;
         }
         let me = *self.swarm.local_peer_id();
         known.retain(|p| *p != me && !self.swarm.is_connected(p));
@@ -1082,6 +1082,12 @@ impl EventLoop {
         for p in known.into_iter().take(self.target_peers - connected) {
             let _ = self.swarm.dial(p);
         }
+    }
+
+    /// The routing table holds fewer than [`kad::K_VALUE`] peers: lookups are how to find
+    /// more (protocol.md §1.5).
+    fn knows_few_peers(&mut self) -> bool {
+        self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum::<usize>() < kad::K_VALUE.get()
     }
 
     fn dial_if_wanted(&mut self, peer: PeerId) {
@@ -1245,7 +1251,7 @@ impl EventLoop {
         if established == 1
             && self.swarm.connected_peers().count() < self.target_peers
             && self.last_lookup.elapsed() >= Duration::from_secs(5)
-            && self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum::<usize>() < kad::K_VALUE.get()
+            && self.knows_few_peers()
         {
             self.last_lookup = Instant::now();
             let _ = self.swarm.behaviour_mut().kad.bootstrap(); // no known peer yet: the next tick retries
