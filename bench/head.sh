@@ -8,7 +8,8 @@
 # size: head bytes (sealed, as held by a provider), head publication seconds (from the
 # daemon's log), index packs, bytes uploaded by the unchanged re-backup, recovery seconds
 # (daemon start to `recovering: false`), restore seconds, and the peak RSS of the client
-# daemon that backed up and of the recovered one. Needs: cargo, python3.
+# daemon that backed up, of the recovered one during its recovery, and of the recovered one
+# during the restore (VmHWM reset after the recovery). Needs: cargo, python3.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/peer-bench-head}
@@ -33,7 +34,7 @@ start() { # start HOME: runs the daemon, waits for its first listen address
   until grep -q '^/ip4/127.0.0.1/tcp/' "$1.out"; do sleep 0.1; done
 }
 
-printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s\n' files head_bytes publish_s index unchanged_up recover_s restore_s backup_mib recover_mib
+printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s %11s\n' files head_bytes publish_s index unchanged_up recover_s restore_s backup_mib recover_mib restore_mib
 for n in "${sizes[@]}"; do
   data="$work/tree-$n"
   if [ ! -d "$data" ]; then
@@ -74,12 +75,14 @@ PY
   t0=$(now); start "$net/p0"; client=${pids[-1]}
   until [ "$("$peer" --home "$net/p0" status --json 2>/dev/null | field '["recovering"]' 2>/dev/null)" = "False" ]; do sleep 0.2; done
   t1=$(now)
+  rss_recover=$(awk '/VmHWM/ {print $2}' "/proc/$client/status")
+  echo 5 >"/proc/$client/clear_refs" # the restore's own peak from here
   rm -rf "$net/back"
   "$peer" --home "$net/p0" restore latest --target "$net/back" --json | tail -1 >"$net/restore.json"; t2=$(now)
   diff -r -q "$data" "$net/back/$(basename "$data")" >/dev/null || { echo "restore of $n files differs" >&2; exit 1; }
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$client/status")
-  printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s\n' "$n" "$head_bytes" "$publish" "$index" "$unchanged" \
-    "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$((rss_backup / 1024))" "$((rss / 1024))"
+  printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s %11s\n' "$n" "$head_bytes" "$publish" "$index" "$unchanged" \
+    "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$((rss_backup / 1024))" "$((rss_recover / 1024))" "$((rss / 1024))"
   cleanup
   rm -rf "$net"
 done

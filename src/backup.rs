@@ -166,13 +166,14 @@ pub async fn run(
 ) -> Result<BackupSummary, BackupError> {
     let started = std::time::Instant::now();
     let (packs_rx, walked) = start_walk(id, store, &opts, counters.clone()).await?;
-    let done = upload(store, packs_rx, &sink, &opts, &counters).await;
+    let done = upload(id, store, packs_rx, &sink, &opts, &counters).await;
     let walked = walked.await.map_err(|_| BackupError::Internal("the walker stopped".into()))?;
     if let Some(e) = done.failure {
         return Err(BackupError::Upload(e));
     }
     let (snap_id, snapshot, stats, trees) = walked?;
-    let (index_packs, index_bytes) = write_index(id, store, &opts, &sink, done.run_index).await?;
+    let (last_packs, last_bytes) = write_index(id, store, &opts, &sink, done.run_index).await?;
+    let (index_packs, index_bytes) = (done.index_packs + last_packs, done.index_bytes + last_bytes);
     let (sid, snap) = (snap_id, snapshot.clone());
     store.call(move |s| s.put_trees(&trees).and_then(|_| s.put_snapshot(&sid, &snap))).await?;
     Ok(BackupSummary {
@@ -220,6 +221,7 @@ async fn start_walk(
         packer: start_packer(id.enc_key, opts, tx.clone())?,
         tx,
         in_run: HashSet::new(),
+        prune_at: prune_in_run_at(opts.pack_size),
         live,
         packs_ok: HashMap::new(),
         trees: Vec::new(),
@@ -242,9 +244,11 @@ async fn start_walk(
 
 /// Stage 2: places each sealed pack (`upload_concurrency` at once) and records it with its
 /// blobs in one store command once placed (§3.6 rule 2); caches the batches of tree
-/// documents the walker sends. Stops taking packs at the first failure; dropping the
-/// queue then stops the walker.
+/// documents the walker sends; writes index packs of this run's packs whenever their
+/// entries reach one index pack's worth ([`index_flush_entries`]), so the run's index is never held whole. Stops
+/// taking packs at the first failure; dropping the queue then stops the walker.
 async fn upload(
+    id: &Identity,
     store: &Store,
     mut rx: mpsc::Receiver<FromWalk>,
     sink: &Arc<dyn PackSink>,
@@ -267,6 +271,17 @@ async fn upload(
         while uploads.len() >= opts.upload_concurrency {
             if let Some(r) = uploads.join_next().await {
                 done.add(commit(store, r).await);
+            }
+        }
+        if done.failure.is_none() && done.run_entries >= index_flush_entries(opts.pack_size) {
+            let todo = std::mem::take(&mut done.run_index);
+            done.run_entries = 0;
+            match place_index(id, store, opts, sink, todo).await {
+                Ok((n, bytes)) => {
+                    done.index_packs += n;
+                    done.index_bytes += bytes;
+                }
+                Err(e) => done.failure = Some(e.to_string()),
             }
         }
         if done.failure.is_some() {
@@ -309,7 +324,8 @@ async fn commit(
         .collect();
     let (pid, stored) = (pack.id, rec.stored_bytes());
     store.call(move |s| s.commit_pack(&pid, &rec, &blobs)).await.map_err(|e| e.to_string())?;
-    Ok((pid, pack.entries.clone(), stored))
+    let entries = Arc::try_unwrap(pack).map(|p| p.entries).unwrap_or_else(|p| p.entries.clone());
+    Ok((pid, entries, stored))
 }
 
 /// Stores the index of every data pack no index pack covers yet — this run's, and any an
@@ -334,6 +350,19 @@ async fn write_index(
         // Packs whose blobs all moved to later packs: listed empty, so they count as covered.
         todo.extend(older.into_iter().filter(|p| !with_entries.contains(p)).map(|p| (p, vec![])));
     }
+    place_index(id, store, opts, sink, todo).await
+}
+
+/// Seals the index of `todo` (data packs no index pack covers yet, with their blobs) into
+/// index packs, places them like the data and records them all at once. Returns the index
+/// packs and the bytes sent.
+async fn place_index(
+    id: &Identity,
+    store: &Store,
+    opts: &BackupOptions,
+    sink: &Arc<dyn PackSink>,
+    todo: Vec<(PackId, Vec<PackEntry>)>,
+) -> Result<(u64, u64), BackupError> {
     if todo.is_empty() {
         return Ok((0, 0));
     }
@@ -355,13 +384,30 @@ async fn write_index(
     Ok((n, bytes))
 }
 
+/// Bytes one blob takes at least in a pack, or in an index document (a 32-byte id, the
+/// AEAD's nonce and tag or three offsets): `pack_size / BLOB_BYTES` bounds the blobs of
+/// one pack, and the entries of one index pack.
+const BLOB_BYTES: usize = 64;
+
+/// Blob entries of this run's packs held before their index packs are written mid-run:
+/// about one index pack's worth (262,144 at the default 16 MiB packs), so a backup of any
+/// number of blobs holds at most this many, plus one data pack's.
+fn index_flush_entries(pack_size: usize) -> usize {
+    (pack_size / BLOB_BYTES).max(1)
+}
+
 /// The packs of a run recorded so far, or the first failure.
 #[derive(Default)]
 struct Committed {
     packs: u64,
     bytes_uploaded: u64,
-    /// This run's packs and their blobs, for the index packs written at the end.
+    /// This run's packs and their blobs whose index packs are not written yet.
     run_index: Vec<(PackId, Vec<PackEntry>)>,
+    /// Blob entries in `run_index`.
+    run_entries: usize,
+    /// Index packs written during the run, and their bytes stored.
+    index_packs: u64,
+    index_bytes: u64,
     failure: Option<String>,
 }
 
@@ -369,6 +415,7 @@ impl Committed {
     fn add(&mut self, r: Result<(PackId, Vec<PackEntry>, u64), String>) {
         match r {
             Ok((pid, entries, stored)) => {
+                self.run_entries += entries.len();
                 self.run_index.push((pid, entries));
                 self.packs += 1;
                 self.bytes_uploaded += stored;
@@ -398,7 +445,10 @@ struct Walker {
     counters: Arc<Counters>,
     /// Compresses, encrypts and packs new blobs on other threads, in order.
     packer: Packer,
+    /// Blobs of this run not yet known to be recorded in a pack ([`Self::prune_in_run`]).
     in_run: HashSet<BlobId>,
+    /// Size of `in_run` at which it is pruned next.
+    prune_at: usize,
     /// Live client contracts at the start of the backup.
     live: HashSet<crate::id::ContractId>,
     /// Whether a pack already stored has enough live holders.
@@ -413,6 +463,12 @@ struct Walker {
     exclude: Gitignore,
     /// `.peerignore` matchers of the directories being walked, outermost first.
     ignores: Vec<Gitignore>,
+}
+
+/// Blobs of this run the walker remembers before it first drops those already recorded:
+/// as many as two packs can hold (524,288 ids, 16 MiB, at the default 16 MiB packs).
+fn prune_in_run_at(pack_size: usize) -> usize {
+    (2 * pack_size / BLOB_BYTES).max(16)
 }
 
 /// Tree documents the walker keeps before sending them to be cached in the state (4 MiB):
@@ -538,6 +594,12 @@ impl Walker {
         if self.in_run.contains(id) {
             return Ok(true);
         }
+        self.stored(id)
+    }
+
+    /// True when the blob is stored in a pack that has `copies` holders under live
+    /// contracts (this run's packs count once recorded).
+    fn stored(&mut self, id: &BlobId) -> Result<bool, BackupError> {
         let Some(e) = self.state.blob(id)? else { return Ok(false) };
         if let Some(ok) = self.packs_ok.get(&e.pack) {
             return Ok(*ok);
@@ -568,6 +630,26 @@ impl Walker {
         }
         self.packer.add(kind, id, plain.to_vec()).map_err(packer_error)?;
         self.in_run.insert(id);
+        if self.in_run.len() >= self.prune_at {
+            self.prune_in_run()?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the blobs of this run whose packs are recorded by now ([`Self::stored`]
+    /// finds them in the index), keeping only those still being packed or uploaded, so the
+    /// set is bounded by the pipeline rather than by the size of the backup. The next
+    /// prune comes when the set has doubled (at least [`prune_in_run_at`]): amortized, one
+    /// index lookup per blob.
+    fn prune_in_run(&mut self) -> Result<(), BackupError> {
+        let mut pending = HashSet::new();
+        for id in std::mem::take(&mut self.in_run) {
+            if !self.stored(&id)? {
+                pending.insert(id);
+            }
+        }
+        self.in_run = pending;
+        self.prune_at = (self.in_run.len() * 2).max(prune_in_run_at(self.opts.pack_size));
         Ok(())
     }
 

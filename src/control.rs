@@ -172,7 +172,7 @@ pub struct BackupSummary {
 }
 
 /// Result of a restore.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RestoreSummary {
     /// Snapshot restored (hex).
     pub snapshot: String,
