@@ -24,7 +24,7 @@ use crate::repo::index;
 use crate::repo::pack::{PackEntry, SealedPack};
 use crate::repo::packer::{Packer, PackerError};
 use crate::repo::tree::{self, Node, NodeKind, Snapshot, Tree, Xattr};
-use crate::state::{IndexEntry, PackRecord, State, StateError};
+use crate::state::{PackRecord, State, StateError};
 use crate::store::Store;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::collections::{HashMap, HashSet};
@@ -242,7 +242,8 @@ async fn start_walk(
     Ok((rx, walked))
 }
 
-/// Stage 2: places each sealed pack (`upload_concurrency` at once) and records it with its
+/// Stage 2: places each sealed pack (`upload_concurrency` at once, and as many as fit in
+/// `upload_concurrency` × 1.125 × `pack_size` bytes by [`weight`]) and records it with its
 /// blobs in one store command once placed (§3.6 rule 2); caches the batches of tree
 /// documents the walker sends; writes index packs of this run's packs whenever their
 /// entries reach one index pack's worth ([`index_flush_entries`]), so the run's index is never held whole. Stops
@@ -257,6 +258,7 @@ async fn upload(
 ) -> Committed {
     let mut uploads = tokio::task::JoinSet::new();
     let mut done = Committed::default();
+    let (budget, mut in_flight) = (opts.upload_concurrency * (opts.pack_size + opts.pack_size / 8), 0);
     while let Some(item) = rx.recv().await {
         let pack = match item {
             FromWalk::Pack(p) => p,
@@ -268,9 +270,14 @@ async fn upload(
                 continue;
             }
         };
-        while uploads.len() >= opts.upload_concurrency {
+        // At most `upload_concurrency` packs, and their bytes and blob lists within the
+        // budget: packs of many tiny blobs carry lists as large as their bytes.
+        let w = weight(&pack);
+        while uploads.len() >= opts.upload_concurrency || (!uploads.is_empty() && in_flight + w > budget) {
             if let Some(r) = uploads.join_next().await {
-                done.add(commit(store, r).await);
+                let (w, placed) = r.map_err(|e| e.to_string()).unwrap_or_else(|e| (0, Err(e)));
+                in_flight -= w;
+                done.add(commit(store, placed).await);
             }
         }
         if done.failure.is_none() && done.run_entries >= index_flush_entries(opts.pack_size) {
@@ -288,43 +295,39 @@ async fn upload(
             break;
         }
         let (sink, c) = (sink.clone(), counters.clone());
+        in_flight += w;
         uploads.spawn(async move {
             let pack = Arc::new(pack);
-            let rec = sink.place(pack.clone()).await?;
-            c.uploaded.fetch_add(rec.stored_bytes(), Ordering::Relaxed);
-            Ok((pack, rec))
+            let placed = sink.place(pack.clone()).await.map(|rec| {
+                c.uploaded.fetch_add(rec.stored_bytes(), Ordering::Relaxed);
+                (pack, rec)
+            });
+            (w, placed)
         });
     }
     drop(rx);
     while let Some(r) = uploads.join_next().await {
-        done.add(commit(store, r).await);
+        done.add(commit(store, r.map_err(|e| e.to_string()).and_then(|(_, placed)| placed)).await);
     }
     done
+}
+
+/// Memory a sealed pack holds while it is uploaded, bytes: its bytes and its blob list.
+fn weight(pack: &SealedPack) -> usize {
+    pack.bytes.len() + pack.entries.len() * std::mem::size_of::<PackEntry>()
 }
 
 /// Records a placed pack and its blobs; returns its id, entries and bytes stored.
 async fn commit(
     store: &Store,
-    placed: Result<Result<(Arc<SealedPack>, PackRecord), String>, tokio::task::JoinError>,
+    placed: Result<(Arc<SealedPack>, PackRecord), String>,
 ) -> Result<(PackId, Vec<PackEntry>, u64), String> {
-    let (pack, rec) = placed.map_err(|e| e.to_string())??;
-    let blobs: Vec<(BlobId, IndexEntry)> = pack
-        .entries
-        .iter()
-        .map(|e| {
-            let entry = IndexEntry {
-                pack: pack.id,
-                kind: e.kind,
-                offset: e.offset,
-                length: e.length,
-                raw_length: e.raw_length,
-            };
-            (e.id, entry)
-        })
-        .collect();
+    let (pack, rec) = placed?;
     let (pid, stored) = (pack.id, rec.stored_bytes());
-    store.call(move |s| s.commit_pack(&pid, &rec, &blobs)).await.map_err(|e| e.to_string())?;
+    // The pack's bytes go now; only its blob list is kept, for the index packs.
     let entries = Arc::try_unwrap(pack).map(|p| p.entries).unwrap_or_else(|p| p.entries.clone());
+    let entries =
+        store.call(move |s| s.commit_pack(&pid, &rec, &entries).map(|()| entries)).await.map_err(|e| e.to_string())?;
     Ok((pid, entries, stored))
 }
 

@@ -484,6 +484,7 @@ async fn run_batched(
         dirs: Vec::new(),
         linked: HashSet::new(),
     };
+    let mut carry = Carry::new();
     while let Some(plan) = walk.next_batch().await? {
         if what.include.is_empty() {
             total.fetch_sub(plan.linked_bytes.min(total.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -494,7 +495,10 @@ async fn run_batched(
         let (target, dirs_before) = (what.target.clone(), progress.dirs.len());
         let mut plan = blocking(move || prepare(target.as_deref(), plan)).await??;
         progress.dirs.extend(std::mem::take(&mut plan.dirs));
-        let fetched = fetch_all((id.id_key, id.enc_key), source.clone(), &mut plan, done.clone()).await;
+        let (fetched, kept) =
+            fetch_all((id.id_key, id.enc_key), source.clone(), &mut plan, done.clone(), std::mem::take(&mut carry))
+                .await;
+        carry = kept;
         progress = blocking(move || finish(plan, fetched, progress)).await?;
         tracing::debug!("restore: batch done, {} directories new", progress.dirs.len() - dirs_before);
     }
@@ -723,15 +727,30 @@ fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
+/// Packs kept from one batch for the next: those holding the batch's last file, which
+/// the next batch most likely continues (the walk follows the backup's order).
+type Carry = HashMap<PackId, bytes::Bytes>;
+
 /// Fetches each pack of the batch once, [`PackSource::concurrency`] at a time (at most
 /// [`MAX_FETCHES`], and at most [`FETCH_BUDGET`] bytes of packs), and writes its blobs
-/// where they belong (on blocking threads).
+/// where they belong (on blocking threads). A pack in `carry` (kept from the previous
+/// batch) is not fetched again; returns the packs to carry to the next batch.
 async fn fetch_all(
     keys: ([u8; 32], [u8; 32]),
     source: Arc<dyn PackSource>,
     plan: &mut Plan,
     done: Arc<AtomicU64>,
-) -> Fetched {
+    carry: Carry,
+) -> (Fetched, Carry) {
+    let last = plan.files.len().checked_sub(1);
+    let keep: Arc<HashSet<PackId>> = Arc::new(
+        plan.by_pack
+            .iter()
+            .filter(|(_, blobs)| blobs.iter().any(|(_, places)| places.iter().any(|(i, _)| Some(*i) == last)))
+            .map(|(p, _)| *p)
+            .collect(),
+    );
+    let (carried, next) = (Arc::new(carry), Arc::new(Mutex::new(Carry::new())));
     let tmps: Arc<Vec<(PathBuf, u64, bool)>> =
         Arc::new(plan.files.iter().map(|f| (f.tmp(), f.node.size, f.failed.is_none())).collect());
     let failures: Arc<Mutex<HashMap<usize, String>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -742,6 +761,7 @@ async fn fetch_all(
         .map(|(pack_id, blobs)| {
             let (source, tmps, failures, done, written, budget) =
                 (source.clone(), tmps.clone(), failures.clone(), done.clone(), written.clone(), budget.clone());
+            let (carried, next, keep) = (carried.clone(), next.clone(), keep.clone());
             async move {
                 // The pack's size is at least the end of the last blob it supplies.
                 let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
@@ -755,10 +775,19 @@ async fn fetch_all(
                         }
                     }
                 };
-                let bytes = match source.fetch(pack_id).await {
+                let fetched = match carried.get(&pack_id) {
+                    Some(b) => Ok(b.clone()),
+                    None => source.fetch(pack_id).await,
+                };
+                let bytes = match fetched {
                     Ok(b) => b,
                     Err(e) => return fail_all(format!("pack {} unavailable: {e}", pack_id.short())),
                 };
+                if keep.contains(&pack_id)
+                    && let Ok(mut n) = next.lock()
+                {
+                    n.insert(pack_id, bytes.clone());
+                }
                 let (f2, w2, d2) = (failures.clone(), written.clone(), done.clone());
                 let r =
                     tokio::task::spawn_blocking(move || write_pack(keys, &bytes, &blobs, &tmps, &f2, &w2, &d2)).await;
@@ -771,7 +800,8 @@ async fn fetch_all(
         .collect::<Vec<()>>()
         .await;
     let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
-    Fetched { written, failures }
+    let next = next.lock().map(|mut n| std::mem::take(&mut *n)).unwrap_or_default();
+    (Fetched { written, failures }, next)
 }
 
 /// Moves the batch's complete files into place, then its hard links, symlinks and pipes.
@@ -1080,11 +1110,12 @@ mod tests {
         let plan = |by_pack| Plan { by_pack, ..Plan::default() };
         // 40 MiB packs: two fit in the 96 MiB budget.
         let big = Arc::new(Counting::default());
-        fetch_all(([1; 32], [2; 32]), big.clone(), &mut plan(packs(40 << 20)), Arc::new(AtomicU64::new(0))).await;
+        let zero = || Arc::new(AtomicU64::new(0));
+        fetch_all(([1; 32], [2; 32]), big.clone(), &mut plan(packs(40 << 20)), zero(), Carry::new()).await;
         assert_eq!(big.max.load(Ordering::SeqCst), 2);
         // 1 MiB packs: the count cap binds.
         let small = Arc::new(Counting::default());
-        fetch_all(([1; 32], [2; 32]), small.clone(), &mut plan(packs(1 << 20)), Arc::new(AtomicU64::new(0))).await;
+        fetch_all(([1; 32], [2; 32]), small.clone(), &mut plan(packs(1 << 20)), zero(), Carry::new()).await;
         assert_eq!(small.max.load(Ordering::SeqCst), 10);
     }
 

@@ -504,15 +504,23 @@ impl State {
         self.all_decoded(PACKS, "pack", PackId::from_slice)
     }
 
-    /// Records an acknowledged pack and its blobs in one transaction: after this the
-    /// blobs count as stored for dedup (write order, protocol.md §3.6).
-    pub fn commit_pack(&self, id: &PackId, rec: &PackRecord, blobs: &[(BlobId, IndexEntry)]) -> Result<(), StateError> {
+    /// Records an acknowledged pack and its blobs (entries of pack `id`) in one
+    /// transaction: after this the blobs count as stored for dedup (write order,
+    /// protocol.md §3.6).
+    pub fn commit_pack(&self, id: &PackId, rec: &PackRecord, blobs: &[PackEntry]) -> Result<(), StateError> {
         let tx = self.db.begin_write()?;
         {
             tx.open_table(PACKS)?.insert(id.as_bytes().as_slice(), enc(rec).as_slice())?;
             let mut t = tx.open_table(BLOBS)?;
-            for (b, e) in blobs {
-                t.insert(b.as_bytes().as_slice(), enc(e).as_slice())?;
+            for b in blobs {
+                let e = IndexEntry {
+                    pack: *id,
+                    kind: b.kind,
+                    offset: b.offset,
+                    length: b.length,
+                    raw_length: b.raw_length,
+                };
+                t.insert(b.id.as_bytes().as_slice(), enc(&e).as_slice())?;
             }
         }
         tx.commit()?;
@@ -942,7 +950,7 @@ mod tests {
             let s = State::open(&p).unwrap();
             assert_eq!(s.offered().unwrap(), 0);
             s.set_offered(5 << 30).unwrap();
-            let e = IndexEntry { pack: PackId([2; 32]), kind: BlobKind::Data, offset: 0, length: 10, raw_length: 8 };
+            let e = PackEntry { id: BlobId([1; 32]), kind: BlobKind::Data, offset: 0, length: 10, raw_length: 8 };
             let rec = PackRecord {
                 size: 10,
                 holders: vec![Holder { peer: vec![1], contract: ContractId([3; 32]) }],
@@ -952,7 +960,7 @@ mod tests {
                 shards: vec![],
                 lock_until: 0,
             };
-            s.commit_pack(&PackId([2; 32]), &rec, &[(BlobId([1; 32]), e)]).unwrap();
+            s.commit_pack(&PackId([2; 32]), &rec, &[e]).unwrap();
         }
         let s = State::open(&p).unwrap();
         assert_eq!(s.offered().unwrap(), 5 << 30);
@@ -991,15 +999,15 @@ mod tests {
             shards: vec![],
             lock_until: 0,
         };
-        let e = |pack: u8, offset| IndexEntry {
-            pack: PackId([pack; 32]),
+        let e = |blob: u8, offset| PackEntry {
+            id: BlobId([blob; 32]),
             kind: BlobKind::Data,
             offset,
             length: 1,
             raw_length: 1,
         };
-        s.commit_pack(&PackId([1; 32]), &rec, &[(BlobId([1; 32]), e(1, 5)), (BlobId([2; 32]), e(1, 0))]).unwrap();
-        s.commit_pack(&PackId([3; 32]), &rec, &[(BlobId([3; 32]), e(3, 0))]).unwrap();
+        s.commit_pack(&PackId([1; 32]), &rec, &[e(1, 5), e(2, 0)]).unwrap();
+        s.commit_pack(&PackId([3; 32]), &rec, &[e(3, 0)]).unwrap();
         let all = |v: &[u8]| v.iter().map(|b| PackId([*b; 32])).collect::<HashSet<_>>();
         assert_eq!(s.unindexed_packs().unwrap(), all(&[1, 3]));
         // The entries of a pack come back in pack order.
