@@ -242,8 +242,8 @@ async fn start_walk(
     Ok((rx, walked))
 }
 
-/// Stage 2: places each sealed pack (`upload_concurrency` at once, and as many as fit in
-/// `upload_concurrency` × 1.125 × `pack_size` bytes by [`weight`]) and records it with its
+/// Stage 2: places each sealed pack (`upload_concurrency` at once, within the byte budget
+/// of [`start_packer`]) and records it with its
 /// blobs in one store command once placed (§3.6 rule 2); caches the batches of tree
 /// documents the walker sends; writes index packs of this run's packs whenever their
 /// entries reach one index pack's worth ([`index_flush_entries`]), so the run's index is never held whole. Stops
@@ -258,10 +258,9 @@ async fn upload(
 ) -> Committed {
     let mut uploads = tokio::task::JoinSet::new();
     let mut done = Committed::default();
-    let (budget, mut in_flight) = (opts.upload_concurrency * (opts.pack_size + opts.pack_size / 8), 0);
     while let Some(item) = rx.recv().await {
-        let pack = match item {
-            FromWalk::Pack(p) => p,
+        let (pack, room) = match item {
+            FromWalk::Pack(p, room) => (p, room),
             FromWalk::Trees(t) => {
                 if let Err(e) = store.call(move |s| s.put_trees(&t)).await {
                     done.failure.get_or_insert(format!("cannot cache trees: {e}"));
@@ -270,14 +269,9 @@ async fn upload(
                 continue;
             }
         };
-        // At most `upload_concurrency` packs, and their bytes and blob lists within the
-        // budget: packs of many tiny blobs carry lists as large as their bytes.
-        let w = weight(&pack);
-        while uploads.len() >= opts.upload_concurrency || (!uploads.is_empty() && in_flight + w > budget) {
+        while uploads.len() >= opts.upload_concurrency {
             if let Some(r) = uploads.join_next().await {
-                let (w, placed) = r.map_err(|e| e.to_string()).unwrap_or_else(|e| (0, Err(e)));
-                in_flight -= w;
-                done.add(commit(store, placed).await);
+                done.add(commit(store, r).await);
             }
         }
         if done.failure.is_none() && done.run_entries >= index_flush_entries(opts.pack_size) {
@@ -295,19 +289,21 @@ async fn upload(
             break;
         }
         let (sink, c) = (sink.clone(), counters.clone());
-        in_flight += w;
         uploads.spawn(async move {
             let pack = Arc::new(pack);
-            let placed = sink.place(pack.clone()).await.map(|rec| {
-                c.uploaded.fetch_add(rec.stored_bytes(), Ordering::Relaxed);
-                (pack, rec)
-            });
-            (w, placed)
+            let rec = sink.place(pack.clone()).await?;
+            c.uploaded.fetch_add(rec.stored_bytes(), Ordering::Relaxed);
+            // The bytes go now, with their share of the budget; the blob list stays, for
+            // the index.
+            let id = pack.id;
+            let entries = Arc::try_unwrap(pack).map(|p| p.entries).unwrap_or_else(|p| p.entries.clone());
+            drop(room);
+            Ok((id, entries, rec))
         });
     }
     drop(rx);
     while let Some(r) = uploads.join_next().await {
-        done.add(commit(store, r.map_err(|e| e.to_string()).and_then(|(_, placed)| placed)).await);
+        done.add(commit(store, r).await);
     }
     done
 }
@@ -320,12 +316,10 @@ fn weight(pack: &SealedPack) -> usize {
 /// Records a placed pack and its blobs; returns its id, entries and bytes stored.
 async fn commit(
     store: &Store,
-    placed: Result<(Arc<SealedPack>, PackRecord), String>,
+    placed: Result<Result<(PackId, Vec<PackEntry>, PackRecord), String>, tokio::task::JoinError>,
 ) -> Result<(PackId, Vec<PackEntry>, u64), String> {
-    let (pack, rec) = placed?;
-    let (pid, stored) = (pack.id, rec.stored_bytes());
-    // The pack's bytes go now; only its blob list is kept, for the index packs.
-    let entries = Arc::try_unwrap(pack).map(|p| p.entries).unwrap_or_else(|p| p.entries.clone());
+    let (pid, entries, rec) = placed.map_err(|e| e.to_string())??;
+    let stored = rec.stored_bytes();
     let entries =
         store.call(move |s| s.commit_pack(&pid, &rec, &entries).map(|()| entries)).await.map_err(|e| e.to_string())?;
     Ok((pid, entries, stored))
@@ -474,24 +468,36 @@ fn prune_in_run_at(pack_size: usize) -> usize {
     (2 * pack_size / BLOB_BYTES).max(16)
 }
 
-/// Tree documents the walker keeps before sending them to be cached in the state (4 MiB):
-/// a run's trees are not held until its end, so memory does not grow with the tree.
-const TREE_BATCH: usize = 4 << 20;
+/// Tree documents the walker keeps before sending them to be cached in the state (1 MiB;
+/// writing a batch takes the state about five times its size): a run's trees are not held
+/// until its end, so memory does not grow with the tree.
+const TREE_BATCH: usize = 1 << 20;
 
 /// What the walker's side sends to the upload stage.
 enum FromWalk {
     /// A sealed pack to place and record.
-    Pack(SealedPack),
+    /// With its share of the packs' memory budget ([`start_packer`]), freed with its bytes.
+    Pack(SealedPack, tokio::sync::OwnedSemaphorePermit),
     /// Tree documents of this run, cached in the state for later runs and restores (they
     /// are in packs too; a cached tree no snapshot names is never read).
     Trees(Vec<(BlobId, Vec<u8>)>),
 }
 
 /// Starts the sealing threads (one per core) that turn new blobs into packs for `tx`.
+/// Starts the packer. Each sealed pack first takes its [`weight`] from a budget of
+/// (`upload_concurrency` + 1) × 1.125 × `pack_size` bytes, held until its upload ends: the
+/// packs queued and uploading are bounded by bytes (their blob lists included, which for
+/// packs of tiny blobs are as large as the packs), not only by count.
 fn start_packer(enc_key: [u8; 32], opts: &BackupOptions, tx: mpsc::Sender<FromWalk>) -> Result<Packer, BackupError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kib = ((opts.upload_concurrency + 1) * (opts.pack_size + opts.pack_size / 8)) >> 10;
+    let budget = Arc::new(tokio::sync::Semaphore::new(kib.max(1)));
     Packer::start(enc_key, opts.zstd_level, opts.pack_size, threads, move |pack| {
-        tx.blocking_send(FromWalk::Pack(pack)).is_ok()
+        let need = (weight(&pack) >> 10).clamp(1, kib.max(1)) as u32;
+        let Ok(room) = futures::executor::block_on(budget.clone().acquire_many_owned(need)) else {
+            return false; // never closed
+        };
+        tx.blocking_send(FromWalk::Pack(pack, room)).is_ok()
     })
     .map_err(packer_error)
 }
