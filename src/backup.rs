@@ -165,8 +165,9 @@ pub async fn run(
     counters: Arc<Counters>,
 ) -> Result<BackupSummary, BackupError> {
     let started = std::time::Instant::now();
-    let (packs_rx, walked) = start_walk(id, store, &opts, counters.clone()).await?;
-    let done = upload(id, store, packs_rx, &sink, &opts, &counters).await;
+    let (packs_rx, recorded, walked) = start_walk(id, store, &opts, counters.clone()).await?;
+    let mut done = Committed { recorded: Some(recorded), ..Default::default() };
+    upload(id, store, packs_rx, &sink, &opts, &counters, &mut done).await;
     let walked = walked.await.map_err(|_| BackupError::Internal("the walker stopped".into()))?;
     if let Some(e) = done.failure {
         return Err(BackupError::Upload(e));
@@ -194,14 +195,18 @@ pub async fn run(
     })
 }
 
+/// The walk's result, once it ends.
+type WalkResult = tokio::sync::oneshot::Receiver<Result<Walked, BackupError>>;
+
 /// Stage 1: starts the walker thread (walk, chunk, hash, compress, encrypt, seal packs).
-/// Returns the queue of sealed packs (at most two wait in it) and the walk's result.
+/// Returns the queue of sealed packs (at most two wait in it), where to tell the walker
+/// which packs are recorded, and the walk's result.
 async fn start_walk(
     id: &Identity,
     store: &Store,
     opts: &BackupOptions,
     counters: Arc<Counters>,
-) -> Result<(mpsc::Receiver<FromWalk>, tokio::sync::oneshot::Receiver<Result<Walked, BackupError>>), BackupError> {
+) -> Result<(mpsc::Receiver<FromWalk>, std::sync::mpsc::Sender<Recorded>, WalkResult), BackupError> {
     let paths = check_paths(&opts.paths)?;
     let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let parent = store.call(|s| s.snapshots()).await?.into_iter().rev().find(|(_, s)| s.paths == path_strings);
@@ -213,6 +218,7 @@ async fn start_walk(
         .map(|(id, _)| id)
         .collect();
     let (tx, rx) = mpsc::channel::<FromWalk>(2);
+    let (recorded_tx, recorded) = std::sync::mpsc::channel();
     let walker = Walker {
         id_key: id.id_key,
         state: store.blocking().clone(),
@@ -221,7 +227,7 @@ async fn start_walk(
         packer: start_packer(id.enc_key, opts, tx.clone())?,
         tx,
         in_run: HashSet::new(),
-        prune_at: prune_in_run_at(opts.pack_size),
+        recorded,
         live,
         packs_ok: HashMap::new(),
         trees: Vec::new(),
@@ -239,7 +245,7 @@ async fn start_walk(
             let _ = done_tx.send(walker.run(&paths, parent, time)); // the backup may have failed already
         })
         .map_err(|e| BackupError::Internal(format!("cannot start the walker: {e}")))?;
-    Ok((rx, walked))
+    Ok((rx, recorded_tx, walked))
 }
 
 /// Stage 2: places each sealed pack (`upload_concurrency` at once, within the byte budget
@@ -255,9 +261,9 @@ async fn upload(
     sink: &Arc<dyn PackSink>,
     opts: &BackupOptions,
     counters: &Arc<Counters>,
-) -> Committed {
+    done: &mut Committed,
+) {
     let mut uploads = tokio::task::JoinSet::new();
-    let mut done = Committed::default();
     while let Some(item) = rx.recv().await {
         let (pack, room) = match item {
             FromWalk::Pack(p, room) => (p, room),
@@ -305,7 +311,6 @@ async fn upload(
     while let Some(r) = uploads.join_next().await {
         done.add(commit(store, r).await);
     }
-    done
 }
 
 /// Memory a sealed pack holds while it is uploaded, bytes: its bytes and its blob list.
@@ -313,10 +318,13 @@ fn weight(pack: &SealedPack) -> usize {
     pack.bytes.len() + pack.entries.len() * std::mem::size_of::<PackEntry>()
 }
 
+/// A pack its holders acknowledged: its id, its blobs and where it is.
+type Placed = (PackId, Vec<PackEntry>, PackRecord);
+
 /// Records a placed pack and its blobs; returns its id, entries and bytes stored.
 async fn commit(
     store: &Store,
-    placed: Result<Result<(PackId, Vec<PackEntry>, PackRecord), String>, tokio::task::JoinError>,
+    placed: Result<Result<Placed, String>, tokio::task::JoinError>,
 ) -> Result<(PackId, Vec<PackEntry>, u64), String> {
     let (pid, entries, rec) = placed.map_err(|e| e.to_string())??;
     let stored = rec.stored_bytes();
@@ -381,9 +389,9 @@ async fn place_index(
     Ok((n, bytes))
 }
 
-/// Bytes one blob takes at least in a pack, or in an index document (a 32-byte id, the
-/// AEAD's nonce and tag or three offsets): `pack_size / BLOB_BYTES` bounds the blobs of
-/// one pack, and the entries of one index pack.
+/// Bytes one blob entry takes at least in an index document (a 32-byte id, its kind and
+/// three offsets, about 50 bytes of CBOR): `pack_size / BLOB_BYTES` entries fill about
+/// one index pack.
 const BLOB_BYTES: usize = 64;
 
 /// Blob entries of this run's packs held before their index packs are written mid-run:
@@ -406,12 +414,21 @@ struct Committed {
     index_packs: u64,
     index_bytes: u64,
     failure: Option<String>,
+    /// Tells the walker which of its blobs are recorded now.
+    recorded: Option<std::sync::mpsc::Sender<Recorded>>,
 }
+
+/// A pack recorded in the state, with its blobs.
+type Recorded = (PackId, Vec<BlobId>);
 
 impl Committed {
     fn add(&mut self, r: Result<(PackId, Vec<PackEntry>, u64), String>) {
         match r {
             Ok((pid, entries, stored)) => {
+                if let Some(tx) = &self.recorded {
+                    // An error means the walker has ended and needs to know no more.
+                    let _ = tx.send((pid, entries.iter().map(|e| e.id).collect()));
+                }
                 self.run_entries += entries.len();
                 self.run_index.push((pid, entries));
                 self.packs += 1;
@@ -442,10 +459,11 @@ struct Walker {
     counters: Arc<Counters>,
     /// Compresses, encrypts and packs new blobs on other threads, in order.
     packer: Packer,
-    /// Blobs of this run not yet known to be recorded in a pack ([`Self::prune_in_run`]).
+    /// Blobs of this run not yet recorded in the state: those being packed or uploaded
+    /// ([`Self::forget_recorded`]), so the set is bounded by the pipeline, not by the run.
     in_run: HashSet<BlobId>,
-    /// Size of `in_run` at which it is pruned next.
-    prune_at: usize,
+    /// From the upload stage: this run's packs as they are recorded.
+    recorded: std::sync::mpsc::Receiver<Recorded>,
     /// Live client contracts at the start of the backup.
     live: HashSet<crate::id::ContractId>,
     /// Whether a pack already stored has enough live holders.
@@ -460,12 +478,6 @@ struct Walker {
     exclude: Gitignore,
     /// `.peerignore` matchers of the directories being walked, outermost first.
     ignores: Vec<Gitignore>,
-}
-
-/// Blobs of this run the walker remembers before it first drops those already recorded:
-/// as many as two packs can hold (524,288 ids, 16 MiB, at the default 16 MiB packs).
-fn prune_in_run_at(pack_size: usize) -> usize {
-    (2 * pack_size / BLOB_BYTES).max(16)
 }
 
 /// Tree documents the walker keeps before sending them to be cached in the state (1 MiB;
@@ -609,8 +621,15 @@ impl Walker {
     /// True when the blob is stored in a pack that has `copies` holders under live
     /// contracts (this run's packs count once recorded).
     fn stored(&mut self, id: &BlobId) -> Result<bool, BackupError> {
-        let Some(e) = self.state.blob(id)? else { return Ok(false) };
-        if let Some(ok) = self.packs_ok.get(&e.pack) {
+        match self.state.blob(id)? {
+            Some(e) => self.pack_ok(&e.pack),
+            None => Ok(false),
+        }
+    }
+
+    /// True when `pack` has `copies` holders under live contracts (cached per pack).
+    fn pack_ok(&mut self, pack: &PackId) -> Result<bool, BackupError> {
+        if let Some(ok) = self.packs_ok.get(pack) {
             return Ok(*ok);
         }
         // Stored means it survives as many losses as this backup asks for: copies − 1, or M.
@@ -618,11 +637,11 @@ impl Walker {
             Some(s) => usize::from(s.m),
             None => self.opts.copies.saturating_sub(1),
         };
-        let ok = self.state.pack(&e.pack)?.is_some_and(|rec| {
+        let ok = self.state.pack(pack)?.is_some_and(|rec| {
             let live = rec.live_count(|h| self.live.contains(&h.contract));
             live >= rec.needed() + losses
         });
-        self.packs_ok.insert(e.pack, ok);
+        self.packs_ok.insert(*pack, ok);
         Ok(ok)
     }
 
@@ -634,31 +653,26 @@ impl Walker {
     }
 
     fn add_blob(&mut self, kind: BlobKind, id: BlobId, plain: &[u8]) -> Result<(), BackupError> {
+        self.forget_recorded()?;
         if self.known(&id)? {
             return Ok(());
         }
         self.packer.add(kind, id, plain.to_vec()).map_err(packer_error)?;
         self.in_run.insert(id);
-        if self.in_run.len() >= self.prune_at {
-            self.prune_in_run()?;
-        }
         Ok(())
     }
 
-    /// Forgets the blobs of this run whose packs are recorded by now ([`Self::stored`]
-    /// finds them in the index), keeping only those still being packed or uploaded, so the
-    /// set is bounded by the pipeline rather than by the size of the backup. The next
-    /// prune comes when the set has doubled (at least [`prune_in_run_at`]): amortized, one
-    /// index lookup per blob.
-    fn prune_in_run(&mut self) -> Result<(), BackupError> {
-        let mut pending = HashSet::new();
-        for id in std::mem::take(&mut self.in_run) {
-            if !self.stored(&id)? {
-                pending.insert(id);
+    /// Forgets the blobs of packs recorded since the last call: [`Self::stored`] finds
+    /// them in the index from now on. A pack without enough live holders (a contract made
+    /// during this run) keeps its blobs here, so they are not stored again.
+    fn forget_recorded(&mut self) -> Result<(), BackupError> {
+        while let Ok((pack, ids)) = self.recorded.try_recv() {
+            if self.pack_ok(&pack)? {
+                for id in &ids {
+                    self.in_run.remove(id);
+                }
             }
         }
-        self.in_run = pending;
-        self.prune_at = (self.in_run.len() * 2).max(prune_in_run_at(self.opts.pack_size));
         Ok(())
     }
 

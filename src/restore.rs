@@ -559,7 +559,28 @@ impl<'a> Walk<'a> {
         }
         let mut walk = Walk { docs, what, stack, first_names: HashMap::new(), seq: 0, batch };
         walk.check_includes(sid).await?;
+        walk.check_dirs().await?;
         Ok(walk)
+    }
+
+    /// Refuses the restore before anything is written when a directory it would create
+    /// exists as something else, a symlink included (protocol.md §3.6, restore rule 9): a walk of
+    /// the directories alone, checked [`CHECK_DIRS`] at a time on a blocking thread.
+    async fn check_dirs(&mut self) -> Result<(), RestoreError> {
+        let mut stack = self.stack.clone();
+        let mut dirs = Vec::new();
+        while let Some((dest, orig, rel, n)) = stack.pop() {
+            if n.kind != NodeKind::Dir || !self.what.wants(&orig, &rel, true) {
+                continue;
+            }
+            stack.extend(self.children(&dest, &orig, &rel, &n).await?);
+            dirs.push(dest);
+            if dirs.len() >= CHECK_DIRS || stack.is_empty() {
+                let some = std::mem::take(&mut dirs);
+                blocking(move || refuse_non_dirs(some.iter())).await??;
+            }
+        }
+        Ok(())
     }
 
     /// [`RestoreError::NotInSnapshot`] for the first include that names nothing.
@@ -683,16 +704,8 @@ async fn locate(store: &Store, mut plan: Plan) -> Result<Plan, RestoreError> {
 /// Refuses to write through a symlink or over a non-directory. Blocking.
 fn prepare(target: Option<&Path>, mut plan: Plan) -> Result<Plan, RestoreError> {
     plan.dirs.sort_by_key(|(p, _)| p.components().count());
-    for (d, _) in &plan.dirs {
-        if let Ok(m) = std::fs::symlink_metadata(d)
-            && !m.is_dir()
-        {
-            return Err(RestoreError::Target(format!(
-                "{} exists and is not a directory; move it away or restore with --target",
-                d.display()
-            )));
-        }
-    }
+    refuse_non_dirs(plan.dirs.iter().map(|(d, _)| d))?; // checked first too; things change
+
     if let Some(t) = target {
         std::fs::create_dir_all(t).map_err(|e| RestoreError::Target(format!("cannot create {}: {e}", t.display())))?;
     }
@@ -709,6 +722,21 @@ fn prepare(target: Option<&Path>, mut plan: Plan) -> Result<Plan, RestoreError> 
         }
     }
     Ok(plan)
+}
+
+/// Directories checked at once before a restore ([`Walk::check_dirs`]).
+const CHECK_DIRS: usize = 4096;
+
+/// [`RestoreError::Target`] for the first of `dirs` that exists as something other than a
+/// directory (not following a symlink). Blocking.
+fn refuse_non_dirs<'a>(mut dirs: impl Iterator<Item = &'a PathBuf>) -> Result<(), RestoreError> {
+    match dirs.find(|d| std::fs::symlink_metadata(d).is_ok_and(|m| !m.is_dir())) {
+        Some(d) => Err(RestoreError::Target(format!(
+            "{} exists and is not a directory; move it away or restore with --target",
+            d.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Removes the temporary files a restore killed midway left in `dir`

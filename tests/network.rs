@@ -1504,3 +1504,20 @@ fn a_peer_with_too_many_connections_trims_them_and_still_backs_up() {
     assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
     assert!(compare_trees(&src, &target.join("data")).is_empty());
 }
+
+/// A young network finds itself (protocol.md §1.5): peers that knew only their bootstrap
+/// peer learn of each other within seconds, not at the 30 s tick, so they stay together
+/// when that peer goes away at once (a laptop closed right after setting up the others).
+#[test]
+fn a_young_network_holds_together_when_its_bootstrap_peer_leaves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, |_, _| {}).unwrap();
+    let has = |n: usize| move |s: &Value| s["connected"].as_array().is_some_and(|a| a.len() == n);
+    for i in 1..4 {
+        wait_status(&net, i, 20, has(3));
+    }
+    net.kill(0);
+    for i in 1..4 {
+        wait_status(&net, i, 20, has(2));
+    }
+}

@@ -84,6 +84,11 @@ pub const RELAYED_GRACE: Duration = Duration::from_secs(3);
 pub const KAD_REFRESH_SECS: u64 = 3600;
 /// How often a record held for another peer is replicated to the closest peers, seconds.
 pub const KAD_REPLICATION_SECS: u64 = 6 * 3600;
+/// First wait between lookups for more peers while the routing table is small (5 s;
+/// protocol.md §1.5); the wait doubles up to [`LOOKUP_MOST`].
+pub const LOOKUP_FIRST: Duration = Duration::from_secs(5);
+/// Longest wait between lookups for more peers while the routing table is small (320 s).
+pub const LOOKUP_MOST: Duration = Duration::from_secs(320);
 /// Kademlia lookups of one unreachable peer's addresses at most this often.
 pub const LOOKUP_EVERY: Duration = Duration::from_secs(10);
 
@@ -466,7 +471,8 @@ pub fn start(
         pending_get: HashMap::new(),
         strikes: HashMap::new(),
         blocked: HashMap::new(),
-        last_lookup: Instant::now().checked_sub(Duration::from_secs(5)).unwrap_or_else(Instant::now),
+        last_lookup: Instant::now().checked_sub(LOOKUP_FIRST).unwrap_or_else(Instant::now),
+        lookup_every: LOOKUP_FIRST,
         reach,
         advertised: advertised.clone(),
         waiting: HashMap::new(),
@@ -670,6 +676,9 @@ struct EventLoop {
     blocked: HashMap<PeerId, Instant>,
     /// When we last started a Kademlia lookup for more peers.
     last_lookup: Instant,
+    /// Wait before the next such lookup while the routing table stays small
+    /// ([`EventLoop::keep_looking`]).
+    lookup_every: Duration,
     /// Reachability, relays, and which connections are direct.
     reach: Reach,
     /// What [`NetHandle::advertised`] reads.
@@ -738,6 +747,7 @@ impl EventLoop {
     /// Once a second: relay reservations kept or given up, waiting data requests expired.
     fn on_tick(&mut self) {
         self.initial_dials();
+        self.keep_looking();
         let now = Instant::now();
         let (due, later): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.closing).into_iter().partition(|(_, t)| *t <= now);
@@ -1016,7 +1026,13 @@ impl EventLoop {
 
     fn on_kad(&mut self, ev: kad::Event) {
         match ev {
-            kad::Event::RoutingUpdated { peer, .. } => self.dial_if_wanted(peer),
+            kad::Event::RoutingUpdated { peer, is_new_peer, .. } => {
+                if is_new_peer {
+                    self.lookup_every = LOOKUP_FIRST;
+                    self.look_for_more();
+                }
+                self.dial_if_wanted(peer)
+            }
             kad::Event::InboundRequest { request: kad::InboundRequest::PutRecord { source, record: Some(r), .. } } => {
                 self.accept_record(source, r)
             }
@@ -1057,19 +1073,17 @@ impl EventLoop {
         }
     }
 
-    /// Every 30 s while fewer than `target_peers` are connected: runs a Kademlia bootstrap
-    /// while the routing table knows fewer than [`kad::K_VALUE`] peers, and otherwise dials
-    /// peers it knows. (Every lookup connects to the peers it asks, so lookups run for want
-    /// of connections would only make connections to be trimmed; the hourly refresh,
-    /// [`KAD_REFRESH_SECS`], keeps the table fresh.)
+    /// Every 30 s while fewer than `target_peers` are connected and the routing table knows
+    /// at least [`kad::K_VALUE`] peers: dials peers it knows. (Every lookup connects to the
+    /// peers it asks, so lookups run for want of connections would only make connections
+    /// to be trimmed; the hourly refresh, [`KAD_REFRESH_SECS`], keeps the table fresh.)
     fn connect_more(&mut self) {
         let connected = self.swarm.connected_peers().count();
         if connected >= self.target_peers {
             return;
         }
         if self.knows_few_peers() {
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
-            return;
+            return; // [`Self::keep_looking`] looks up
         }
         let mut known: Vec<PeerId> = Vec::new();
         for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
@@ -1198,7 +1212,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Data(e)) => self.on_data(e),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                 self.on_connected(peer_id, connection_id, &endpoint);
-                self.look_for_more(num_established.get());
+                if num_established.get() == 1 {
+                    self.look_for_more();
+                }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => self.on_closed(peer_id, connection_id),
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
@@ -1244,17 +1260,41 @@ impl EventLoop {
         }
     }
 
-    /// A new peer knows others: look for more now rather than at the next tick, while we
-    /// have fewer than we want and the routing table is still small (at most one lookup
-    /// per 5 s). `established`: connections to that peer now.
-    fn look_for_more(&mut self, established: u32) {
-        if established == 1
-            && self.swarm.connected_peers().count() < self.target_peers
-            && self.last_lookup.elapsed() >= Duration::from_secs(5)
+    /// While fewer than `target_peers` are connected and the routing table is small: a
+    /// Kademlia bootstrap [`LOOKUP_FIRST`] after the last lookup, then at doubling waits up
+    /// to [`LOOKUP_MOST`]; the wait starts over when a new peer enters the routing table.
+    /// A young network finds itself within seconds (a peer that knew only its bootstrap
+    /// peer learns the others before that peer may go away), and a small settled one
+    /// looks up every few minutes, not every 30 s.
+    fn keep_looking(&mut self) {
+        if self.swarm.connected_peers().count() >= self.target_peers || !self.knows_few_peers() {
+            self.lookup_every = LOOKUP_FIRST;
+            return;
+        }
+        if self.last_lookup.elapsed() >= self.lookup_every && self.bootstrap() {
+            self.lookup_every = (self.lookup_every * 2).min(LOOKUP_MOST);
+        }
+    }
+
+    /// Starts a Kademlia bootstrap; false when the routing table is still empty (the
+    /// next new peer or tick tries again).
+    fn bootstrap(&mut self) -> bool {
+        let started = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+        if started {
+            self.last_lookup = Instant::now();
+        }
+        started
+    }
+
+    /// A new peer (connected, or entered in the routing table) knows others: look for
+    /// more now rather than at the next tick, while we have fewer than we want and the
+    /// routing table is still small (at most one lookup per [`LOOKUP_FIRST`]).
+    fn look_for_more(&mut self) {
+        if self.swarm.connected_peers().count() < self.target_peers
+            && self.last_lookup.elapsed() >= LOOKUP_FIRST
             && self.knows_few_peers()
         {
-            self.last_lookup = Instant::now();
-            let _ = self.swarm.behaviour_mut().kad.bootstrap(); // no known peer yet: the next tick retries
+            self.bootstrap();
         }
     }
 
