@@ -1201,13 +1201,7 @@ impl EventLoop {
                 propagation_source,
                 message_id,
                 message,
-            })) => {
-                if message.topic == self.evidence_topic.hash() {
-                    self.emit(NetEvent::Evidence { id: message_id, source: propagation_source, data: message.data });
-                } else {
-                    self.emit(NetEvent::Proposal { id: message_id, source: propagation_source, data: message.data });
-                }
-            }
+            })) => self.on_gossip(propagation_source, message_id, message),
             SwarmEvent::Behaviour(BehaviourEvent::Contract(e)) => self.on_contract(e),
             SwarmEvent::Behaviour(BehaviourEvent::Data(e)) => self.on_data(e),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
@@ -1257,6 +1251,16 @@ impl EventLoop {
                 self.reach.punch_failed(e.remote_peer_id);
             }
             Err(err) => tracing::debug!("a second hole punch to {} failed: {err}", e.remote_peer_id),
+        }
+    }
+
+    /// A gossip message, handed to the daemon for validation by its topic.
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let data = message.data;
+        if message.topic == self.evidence_topic.hash() {
+            self.emit(NetEvent::Evidence { id, source, data });
+        } else {
+            self.emit(NetEvent::Proposal { id, source, data });
         }
     }
 
