@@ -1268,6 +1268,14 @@ fn limit_upload_holds_the_backup_under_its_rate() {
     );
 }
 
+/// Peer 0 restores its latest snapshot of `src` (named `data`) under `target`: nothing
+/// fails and the tree is identical.
+fn restores_identically(net: &LocalNet, src: &Path, target: &Path) {
+    let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+    assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
+    assert!(compare_trees(src, &target.join("data")).is_empty());
+}
+
 #[test]
 fn a_backup_spreads_its_packs_over_more_providers_than_its_copies_need() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1304,10 +1312,7 @@ fn a_backup_spreads_its_packs_over_more_providers_than_its_copies_need() {
         let held = store_files(&net.peers[p].home).len();
         assert!(held >= 1, "provider {p} holds no pack: {s}");
     }
-    let target = tmp.path().join("back");
-    let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
-    assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
-    assert!(compare_trees(&src, &target.join("data")).is_empty());
+    restores_identically(&net, &src, &tmp.path().join("back"));
 }
 
 #[test]
@@ -1499,10 +1504,7 @@ fn a_peer_with_too_many_connections_trims_them_and_still_backs_up() {
     let s = status(&net, 0);
     let providers = s["contracts"].as_array().unwrap().iter().filter(|c| c["role"] == "client").count();
     assert!(providers >= 2, "two copies need two providers: {s}");
-    let target = tmp.path().join("back");
-    let out = net.run(0, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
-    assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
-    assert!(compare_trees(&src, &target.join("data")).is_empty());
+    restores_identically(&net, &src, &tmp.path().join("back"));
 }
 
 /// A young network finds itself (protocol.md §1.5): peers that knew only their bootstrap
