@@ -5,14 +5,16 @@
 //!      ─► FastCDC ─► blob id ─► known? skip ─► zstd + AEAD ─► pack writer
 //!      ─► sealed packs (bounded channel) ─► PackSink::place (N holders, concurrent)
 //!      ─► commit pack + index ─► … ─► trees ─► snapshot (last pack)
-//!      (tree documents cached in the state in batches of 4 MiB as the walk goes)
-//!      ─► index packs of the new packs (§3.8) ─► snapshot recorded
+//!      (tree documents cached in the state in batches of 1 MiB as the walk goes)
+//!      (index packs of the new packs, §3.8, written whenever an index pack's worth of
+//!      entries gathers, and the rest at the end) ─► snapshot recorded
 //! ```
 //! The walk, chunking and hashing run on one blocking thread; compression and encryption
 //! on one thread per core ([`crate::repo::packer`], which keeps the blobs in walk order);
 //! uploads run concurrently on the runtime, at most `upload_concurrency` packs at a time,
-//! with at most two sealed packs queued between them, so memory stays bounded whatever
-//! the size of the backup. A snapshot is recorded only after every pack it needs is
+//! with the sealed packs queued and uploading held to one byte budget (blob lists
+//! included), and the walker remembers only the new blobs not yet recorded, so memory
+//! stays bounded whatever the size of the backup. A snapshot is recorded only after every pack it needs is
 //! acknowledged by its holders; an error on one file is reported and the file skipped.
 
 use crate::control::BackupSummary;

@@ -1,8 +1,12 @@
 //! Restore: the backup flow backwards (DESIGN §4).
 //!
-//! The snapshot's trees are walked into a plan (directories, files with their content
-//! blobs, symlinks). Every file is written to a temporary file beside its destination;
-//! the needed blobs are grouped by pack so each pack is fetched once, from whichever of its
+//! The includes and every directory to create are checked first; then the snapshot's
+//! trees are walked, in the backup's order, into plans of at most [`BATCH_FILES`] files
+//! (directories, files with their content blobs, symlinks), each fetched and written
+//! before the next is planned, so memory does not grow with the snapshot. Every file is
+//! written to a temporary file beside its destination;
+//! the needed blobs are grouped by pack so each pack is fetched once per batch (a pack
+//! the next batch continues is carried over), from whichever of its
 //! holders has a free slot ([`HolderSlots`]: every holder serves at once),
 //! verified against its id by the [`PackSource`], and its blobs written at their offsets.
 //! A file is renamed into place only when all its content arrived, so a failure never
