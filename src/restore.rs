@@ -568,8 +568,9 @@ impl<'a> Walk<'a> {
     }
 
     /// Refuses the restore before anything is written when a directory it would create
-    /// exists as something else, a symlink included (protocol.md §3.6, restore rule 9): a walk of
-    /// the directories alone, checked [`CHECK_DIRS`] at a time on a blocking thread.
+    /// exists as something else, a symlink included (protocol.md §3.6, restore rule 9):
+    /// a walk of the directories alone, checked [`CHECK_DIRS`] at a time on a blocking
+    /// thread.
     async fn check_dirs(&mut self) -> Result<(), RestoreError> {
         let mut stack = self.stack.clone();
         let mut dirs = Vec::new();
@@ -579,12 +580,12 @@ impl<'a> Walk<'a> {
             }
             stack.extend(self.children(&dest, &orig, &rel, &n).await?);
             dirs.push(dest);
-            if dirs.len() >= CHECK_DIRS || stack.is_empty() {
+            if dirs.len() >= CHECK_DIRS {
                 let some = std::mem::take(&mut dirs);
                 blocking(move || refuse_non_dirs(some.iter())).await??;
             }
         }
-        Ok(())
+        blocking(move || refuse_non_dirs(dirs.iter())).await?
     }
 
     /// [`RestoreError::NotInSnapshot`] for the first include that names nothing.
@@ -1258,6 +1259,8 @@ mod tests {
             std::fs::write(b.join(format!("g{i}.txt")), text(1000 + i)).unwrap();
         }
         std::fs::hard_link(b.join("g0.txt"), a.join("zz_link")).unwrap();
+        std::fs::create_dir(a.join("zz_dir")).unwrap();
+        std::fs::write(a.join("zz_dir/last.txt"), text(2000)).unwrap();
         std::os::unix::fs::symlink("f001.txt", a.join("sym")).unwrap();
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         std::fs::write(a.join("big.bin"), big).unwrap();
@@ -1321,7 +1324,7 @@ mod tests {
         let (total, done) = (AtomicU64::new(0), Arc::new(AtomicU64::new(0)));
         let r = run_batched(&id, &store, memory.clone(), &what, (&total, done.clone()), (3, 1000)).await.unwrap();
         assert!(r.failed.is_empty(), "{:?}", r.failed);
-        assert_eq!((r.files, r.symlinks, r.dirs), (300 + 20 + 5 + 1 + 1, 1, 3));
+        assert_eq!((r.files, r.symlinks, r.dirs), (300 + 20 + 5 + 1 + 1 + 1, 1, 4));
         // Over 100 batches, yet each data pack is fetched once: the pack a batch ends in
         // is carried to the next. Only the copies written last go back to early packs.
         let data_packs = packs.len() - index.len();
@@ -1345,6 +1348,16 @@ mod tests {
         let left: Vec<_> =
             walk(&out).filter(|e| e.file_name().to_string_lossy().starts_with(".peer-restore-")).collect();
         assert!(left.is_empty(), "temporary files left: {left:?}");
+
+        // A directory the last batch would create exists as a file: refused before the
+        // first batch is written.
+        let blocked = d.path().join("blocked");
+        std::fs::create_dir_all(blocked.join("photos/a")).unwrap();
+        std::fs::write(blocked.join("photos/a/zz_dir"), b"in the way").unwrap();
+        let what = RestoreWhat { target: Some(blocked.clone()), ..Default::default() };
+        let r = run_batched(&id, &store, memory.clone(), &what, (&total, done.clone()), (3, 1000)).await;
+        assert!(matches!(r, Err(RestoreError::Target(ref m)) if m.contains("zz_dir")), "{r:?}");
+        assert!(!blocked.join("photos/a/f000.txt").exists(), "nothing written before the refusal");
 
         // An include that names nothing stops the restore before anything is written.
         let nowhere = d.path().join("nowhere");
