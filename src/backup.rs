@@ -14,8 +14,9 @@
 //! uploads run concurrently on the runtime, at most `upload_concurrency` packs at a time,
 //! with the sealed packs queued and uploading held to one byte budget (blob lists
 //! included), and the walker remembers only the new blobs not yet recorded, so memory
-//! stays bounded whatever the size of the backup. A snapshot is recorded only after every pack it needs is
-//! acknowledged by its holders; an error on one file is reported and the file skipped.
+//! stays bounded whatever the size of the backup. A snapshot is recorded only after every
+//! pack it needs is acknowledged by its holders; an error on one file is reported and the
+//! file skipped.
 
 use crate::control::BackupSummary;
 use crate::id::{BlobId, PackId, SnapshotId};
@@ -201,8 +202,8 @@ pub async fn run(
 type WalkResult = tokio::sync::oneshot::Receiver<Result<Walked, BackupError>>;
 
 /// Stage 1: starts the walker thread (walk, chunk, hash, compress, encrypt, seal packs).
-/// Returns the queue of sealed packs (at most two wait in it), where to tell the walker
-/// which packs are recorded, and the walk's result.
+/// Returns the queue of sealed packs (bounded by [`start_packer`]'s budget), where to
+/// tell the walker which packs are recorded, and the walk's result.
 async fn start_walk(
     id: &Identity,
     store: &Store,
@@ -251,11 +252,11 @@ async fn start_walk(
 }
 
 /// Stage 2: places each sealed pack (`upload_concurrency` at once, within the byte budget
-/// of [`start_packer`]) and records it with its
-/// blobs in one store command once placed (§3.6 rule 2); caches the batches of tree
-/// documents the walker sends; writes index packs of this run's packs whenever their
-/// entries reach one index pack's worth ([`index_flush_entries`]), so the run's index is never held whole. Stops
-/// taking packs at the first failure; dropping the queue then stops the walker.
+/// of [`start_packer`]) and records it with its blobs in one store command once placed
+/// (§3.6 rule 2); caches the batches of tree documents the walker sends; writes index
+/// packs of this run's packs whenever their entries reach one index pack's worth
+/// ([`index_flush_entries`]), so the run's index is never held whole. Stops taking packs
+/// at the first failure; dropping the queue then stops the walker.
 async fn upload(
     id: &Identity,
     store: &Store,
@@ -391,16 +392,16 @@ async fn place_index(
     Ok((n, bytes))
 }
 
-/// Bytes one blob entry takes at least in an index document (a 32-byte id, its kind and
-/// three offsets, about 50 bytes of CBOR): `pack_size / BLOB_BYTES` entries fill about
+/// Bytes one blob entry takes in an index document, rounded up (a 32-byte id, its kind and
+/// three offsets, about 50 bytes of CBOR): `pack_size / INDEX_ENTRY_BYTES` entries fill about
 /// one index pack.
-const BLOB_BYTES: usize = 64;
+const INDEX_ENTRY_BYTES: usize = 64;
 
 /// Blob entries of this run's packs held before their index packs are written mid-run:
 /// about one index pack's worth (262,144 at the default 16 MiB packs), so a backup of any
 /// number of blobs holds at most this many, plus one data pack's.
 fn index_flush_entries(pack_size: usize) -> usize {
-    (pack_size / BLOB_BYTES).max(1)
+    (pack_size / INDEX_ENTRY_BYTES).max(1)
 }
 
 /// The packs of a run recorded so far, or the first failure.

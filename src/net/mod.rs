@@ -1271,7 +1271,7 @@ impl EventLoop {
     /// peer learns the others before that peer may go away), and a small settled one
     /// looks up every few minutes, not every 30 s.
     fn keep_looking(&mut self) {
-        if self.swarm.connected_peers().count() >= self.target_peers || !self.knows_few_peers() {
+        if !self.short_of_peers() {
             self.lookup_every = LOOKUP_FIRST;
             return;
         }
@@ -1294,12 +1294,15 @@ impl EventLoop {
     /// more now rather than at the next tick, while we have fewer than we want and the
     /// routing table is still small (at most one lookup per [`LOOKUP_FIRST`]).
     fn look_for_more(&mut self) {
-        if self.swarm.connected_peers().count() < self.target_peers
-            && self.last_lookup.elapsed() >= LOOKUP_FIRST
-            && self.knows_few_peers()
-        {
+        if self.last_lookup.elapsed() >= LOOKUP_FIRST && self.short_of_peers() {
             self.bootstrap();
         }
+    }
+
+    /// Fewer than `target_peers` connected and a small routing table: lookups are how
+    /// to find more.
+    fn short_of_peers(&mut self) -> bool {
+        self.swarm.connected_peers().count() < self.target_peers && self.knows_few_peers()
     }
 
     /// A connection closed: requests waiting on it move on; data still waiting for a peer
