@@ -236,19 +236,22 @@ impl Inner {
         (ready, seen)
     }
 
-    /// Dials the providers we have a contract with room at but no connection to (a
-    /// restart, a short outage), so they can count before the deadline. Returns how many.
+    /// Dials the providers we have a contract with room at but no direct connection to (a
+    /// restart, a short outage, a hole punch to try again), so they can count before the
+    /// deadline. Returns how many had no connection at all.
     async fn dial_away(&self, live: &[(crate::id::ContractId, ContractRecord)], seen: &Reachable) -> usize {
-        let away: Vec<(PeerId, Vec<Multiaddr>)> = live
+        let indirect: Vec<(PeerId, Vec<Multiaddr>)> = live
             .iter()
             .filter(|(_, c)| has_room(c))
             .filter_map(|(_, c)| c.peer_id().map(|p| (p, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
-            .filter(|(p, _)| !seen.connected.contains(p) && self.may_contract_with(p))
+            .filter(|(p, _)| !seen.direct.contains(p) && self.may_contract_with(p))
             .collect();
-        for (p, addrs) in &away {
+        // Peers connected through relays only are dialed too: the network punches again
+        // to those whose hole punch failed or never ended a while ago.
+        for (p, addrs) in &indirect {
             self.net.dial(*p, addrs.clone()).await;
         }
-        away.len()
+        indirect.iter().filter(|(p, _)| !seen.connected.contains(p)).count()
     }
 
     /// Publishes a proposal asking `ask` bytes for session `s` (protocol.md §4.1) and

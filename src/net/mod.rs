@@ -362,7 +362,9 @@ impl NetHandle {
         self.call(Command::Status).await
     }
 
-    /// Dials `peer` (at `addrs` and the addresses Kademlia knows) unless connected.
+    /// Dials `peer` (at `addrs` and the addresses Kademlia knows) unless connected. A peer
+    /// connected only through relays whose hole punch failed or never ended a while ago
+    /// ([`reach::Reach::retry_punch`]) is given a new relayed connection and a new punch.
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let _ = self.tx.send(Command::Dial(peer, addrs)).await;
     }
@@ -476,6 +478,7 @@ pub fn start(
         reach,
         advertised: advertised.clone(),
         waiting: HashMap::new(),
+        redial: HashMap::new(),
         lookups: HashMap::new(),
         looked_up: HashMap::new(),
         relay_listeners: HashMap::new(),
@@ -685,6 +688,9 @@ struct EventLoop {
     advertised: Arc<RwLock<Vec<Multiaddr>>>,
     /// Data requests waiting for a direct connection, per peer.
     waiting: HashMap<PeerId, Vec<Parked>>,
+    /// Peers whose relayed connections we closed for a new hole punch, with the addresses
+    /// to dial them at once they are gone ([`EventLoop::punch_again`]).
+    redial: HashMap<PeerId, Vec<Multiaddr>>,
     /// Kademlia lookups of a peer's addresses under way.
     lookups: HashMap<kad::QueryId, PeerId>,
     /// When each peer was last looked up.
@@ -899,9 +905,11 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::Dial(peer, addrs) => {
+                let addrs = self.dialable(addrs);
                 if !self.swarm.is_connected(&peer) {
-                    let addrs = self.dialable(addrs);
                     self.dial(peer, addrs);
+                } else if self.reach.relayed_only(&peer) && self.reach.retry_punch(&peer, Instant::now()) {
+                    self.punch_again(peer, addrs);
                 }
             }
             Command::Keep(peers) => self.keep = peers.into_iter().collect(),
@@ -961,14 +969,20 @@ impl EventLoop {
         if !self.swarm.is_connected(&peer) {
             self.dial(peer, p.addrs.clone());
         } else if self.reach.relayed_only(&peer) && self.reach.retry_punch(&peer, Instant::now()) {
-            // Hole punching failed a while ago: a new relayed connection gets a new attempt
-            // (the peer is dialed again once these are closed).
-            tracing::debug!("trying to hole punch to {peer} again");
-            for c in self.reach.relayed_conns(&peer) {
-                self.swarm.close_connection(c);
-            }
+            self.punch_again(peer, p.addrs.clone());
         }
         self.waiting.entry(peer).or_default().push(p);
+    }
+
+    /// Hole punching to `peer` failed (or never ended) a while ago: its relayed
+    /// connections are closed and it is dialed again at `addrs` once they are, so that a
+    /// new relayed connection gets a new attempt (protocol.md §1.10).
+    fn punch_again(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        tracing::debug!("trying to hole punch to {peer} again");
+        for c in self.reach.relayed_conns(&peer) {
+            self.swarm.close_connection(c);
+        }
+        self.redial.insert(peer, addrs);
     }
 
     /// Sends the data requests parked for `peer` once it is sendable.
@@ -1313,9 +1327,11 @@ impl EventLoop {
             self.last_used.remove(&peer_id);
         }
         self.flush(peer_id);
-        if !self.swarm.is_connected(&peer_id)
-            && let Some(addrs) = self.waiting.get(&peer_id).and_then(|w| w.first()).map(|p| p.addrs.clone())
-        {
+        if self.swarm.is_connected(&peer_id) {
+            return;
+        }
+        let again = self.redial.remove(&peer_id);
+        if let Some(addrs) = self.waiting.get(&peer_id).and_then(|w| w.first()).map(|p| p.addrs.clone()).or(again) {
             self.dial(peer_id, addrs);
         }
     }
@@ -1348,6 +1364,7 @@ impl EventLoop {
         if relayed && self.reach.direct(&peer) {
             self.closing.push((id, at));
         } else if !relayed {
+            self.redial.remove(&peer);
             for c in self.reach.relayed_conns(&peer) {
                 self.closing.push((c, at));
             }

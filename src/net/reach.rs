@@ -97,6 +97,8 @@ pub struct Reach {
     conns: HashMap<ConnectionId, ConnInfo>,
     /// Peers whose hole punch failed since their last direct connection.
     punch_failed: HashMap<PeerId, Instant>,
+    /// When a new hole punch to each peer was last asked for ([`Reach::retry_punch`]).
+    punch_retried: HashMap<PeerId, Instant>,
     /// Relays we may reserve on: peers serving relay v2 with a routable direct address.
     relay_candidates: HashMap<PeerId, Multiaddr>,
     /// Configured bootstrap peers and their addresses (without `/p2p`).
@@ -116,6 +118,7 @@ impl Reach {
             relays: HashMap::new(),
             conns: HashMap::new(),
             punch_failed: HashMap::new(),
+            punch_retried: HashMap::new(),
             relay_candidates: HashMap::new(),
             relays_lost: HashMap::new(),
             bootstrap: HashMap::new(),
@@ -290,6 +293,7 @@ impl Reach {
     pub fn connected(&mut self, id: ConnectionId, info: ConnInfo) {
         if !info.relayed {
             self.punch_failed.remove(&info.peer);
+            self.punch_retried.remove(&info.peer);
         }
         self.conns.insert(id, info);
     }
@@ -303,21 +307,33 @@ impl Reach {
     pub fn punch_failed(&mut self, peer: PeerId) {
         if self.punch_failed.len() > 10_000 {
             self.punch_failed.retain(|_, t| t.elapsed() < PUNCH_RETRY);
+            self.punch_retried.retain(|_, t| t.elapsed() < PUNCH_RETRY);
         }
         self.punch_failed.insert(peer, Instant::now());
     }
 
-    /// True when hole punching to `peer` failed at least [`PUNCH_RETRY`] ago: worth a new
+    /// True when the hole punch to `peer` failed at least [`PUNCH_RETRY`] ago, or when its
+    /// newest relayed connection came up over [`PUNCH_WAIT`] + [`PUNCH_RETRY`] ago and no
+    /// punch ended on it (the punch is led by the peer that accepted the relayed
+    /// connection, and a failure on its side reaches us only as silence): worth a new
     /// relayed connection and a new attempt (what blocked it, such as a socket of a
-    /// connection to an address that is gone, may have cleared). Forgets the failure.
+    /// connection to an address that is gone, may have cleared). Forgets the failure; the
+    /// next retry comes [`PUNCH_RETRY`] after this one at the soonest.
     pub fn retry_punch(&mut self, peer: &PeerId, now: Instant) -> bool {
-        match self.punch_failed.get(peer) {
-            Some(t) if now.duration_since(*t) >= PUNCH_RETRY => {
-                self.punch_failed.remove(peer);
-                true
-            }
-            _ => false,
+        let failed = match self.punch_failed.get(peer) {
+            Some(t) => *t,
+            None => match self.conns.values().filter(|c| &c.peer == peer && c.relayed).map(|c| c.since).max() {
+                Some(since) if !self.direct(peer) => since + PUNCH_WAIT,
+                _ => return false,
+            },
+        };
+        let last = self.punch_retried.get(peer).map_or(failed, |t| failed.max(*t));
+        if now.saturating_duration_since(last) < PUNCH_RETRY {
+            return false;
         }
+        self.punch_failed.remove(peer);
+        self.punch_retried.insert(*peer, now);
+        true
     }
 
     /// True when `peer` has a direct connection.
@@ -547,5 +563,32 @@ mod tests {
         assert_eq!(r.relayed_conns(&p), vec![ConnectionId::new_unchecked(1)]);
         r.disconnected(&ConnectionId::new_unchecked(1));
         assert!(r.sendable(&p) && !r.relayed_only(&p));
+    }
+
+    #[test]
+    fn a_hole_punch_that_never_ends_is_tried_again() {
+        let (me, p) = (peer(0), peer(1));
+        let mut r = Reach::new(me, false);
+        let t = Instant::now();
+        let relayed = ConnInfo {
+            peer: p,
+            addr: ma("/ip4/198.51.100.1/tcp/1/p2p-circuit"),
+            relayed: true,
+            transport: Transport::Tcp,
+            since: t,
+        };
+        r.connected(ConnectionId::new_unchecked(1), relayed.clone());
+        assert!(!r.retry_punch(&p, t + PUNCH_WAIT), "the punch may still end");
+        assert!(!r.retry_punch(&p, t + PUNCH_WAIT + PUNCH_RETRY / 2));
+        let first = t + PUNCH_WAIT + PUNCH_RETRY;
+        assert!(r.retry_punch(&p, first), "no punch ended on it: try again");
+        assert!(!r.retry_punch(&p, first), "asked once until the connection is replaced");
+        // The new relayed connection gets its own wait.
+        r.disconnected(&ConnectionId::new_unchecked(1));
+        let second = ConnInfo { since: first + Duration::from_secs(1), ..relayed };
+        r.connected(ConnectionId::new_unchecked(2), second);
+        assert!(r.punching(&p, first + Duration::from_secs(2)));
+        assert!(!r.retry_punch(&p, first + PUNCH_RETRY), "the new connection is still young");
+        assert!(r.retry_punch(&p, first + Duration::from_secs(1) + PUNCH_WAIT + PUNCH_RETRY));
     }
 }
