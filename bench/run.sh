@@ -5,7 +5,10 @@
 # network of 5 `peer` daemons on 127.0.0.1, and restic (Debian package) on the same data in
 # the same run. Phases, for both: first backup, unchanged re-backup, restore. Prints MB/s
 # for each (dataset bytes / wall seconds, MB = 10^6 bytes) and the peak RSS (VmHWM) of the
-# client daemon, for the first backup and for the restore. Needs: cargo, restic (apt-get install restic), /usr/bin/time not required.
+# client daemon, for the first backup and for the restore. Every timed phase of both tools
+# starts after `sync`, so that no phase pays for the writeback of the one before (the
+# peer backup writes three copies, 2 GB, to this one disk; restic's, one). Needs: cargo,
+# restic (apt-get install restic).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/peer-bench}
@@ -43,11 +46,13 @@ hwm() { awk '/VmHWM/ {print $2}' "/proc/$client_pid/status"; }
 reset_hwm() { echo 5 > "/proc/$client_pid/clear_refs"; }
 idle_kib=$(awk '/VmRSS/ {print $2}' "/proc/$client_pid/status")
 reset_hwm
-t0=$(now); "$peer" --home "$net/p0" backup "$data" --copies $copies --json | tail -1 > "$work/peer-backup1.json"; t1=$(now)
+sync; t0=$(now); "$peer" --home "$net/p0" backup "$data" --copies $copies --json | tail -1 > "$work/peer-backup1.json"; t1=$(now)
 backup_kib=$(hwm); reset_hwm
+sync; u1=$(now)
 "$peer" --home "$net/p0" backup "$data" --copies $copies --json | tail -1 > "$work/peer-backup2.json"; t2=$(now)
 rm -rf "$work/peer-restore"
 reset_hwm
+sync; u2=$(now)
 "$peer" --home "$net/p0" restore latest --target "$work/peer-restore" --json | tail -1 > "$work/peer-restore.json"; t3=$(now)
 restore_kib=$(hwm)
 peak_kib=$((backup_kib > restore_kib ? backup_kib : restore_kib))
@@ -59,8 +64,9 @@ cleanup
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY="$work/restic-repo"
 rm -rf "$RESTIC_REPOSITORY" "$work/restic-restore"
 restic init --quiet
-r0=$(now); restic backup --quiet "$data"; r1=$(now)
-restic backup --quiet "$data"; r2=$(now)
+sync; r0=$(now); restic backup --quiet "$data"; r1=$(now)
+sync; q1=$(now); restic backup --quiet "$data"; r2=$(now)
+sync; q2=$(now)
 restic restore --quiet latest --target "$work/restic-restore"; r3=$(now)
 repo_bytes=$(du -sb "$RESTIC_REPOSITORY" | cut -f1)
 
@@ -68,9 +74,9 @@ echo
 echo "peer $( "$peer" --version | cut -d' ' -f2 ) ($peers peers, --copies $copies) vs $(restic version | cut -d' ' -f1-2) (local repository)"
 printf '%-22s %12s %12s\n' phase "peer MB/s" "restic MB/s"
 printf '%-22s %12s %12s\n' "backup (first)" "$(rate "$(secs "$t0" "$t1")")" "$(rate "$(secs "$r0" "$r1")")"
-printf '%-22s %12s %12s\n' "backup (unchanged)" "$(rate "$(secs "$t1" "$t2")")" "$(rate "$(secs "$r1" "$r2")")"
-printf '%-22s %12s %12s\n' "restore" "$(rate "$(secs "$t2" "$t3")")" "$(rate "$(secs "$r2" "$r3")")"
-echo "seconds: peer $(secs "$t0" "$t1") / $(secs "$t1" "$t2") / $(secs "$t2" "$t3"); restic $(secs "$r0" "$r1") / $(secs "$r1" "$r2") / $(secs "$r2" "$r3")"
+printf '%-22s %12s %12s\n' "backup (unchanged)" "$(rate "$(secs "$u1" "$t2")")" "$(rate "$(secs "$q1" "$r2")")"
+printf '%-22s %12s %12s\n' "restore" "$(rate "$(secs "$u2" "$t3")")" "$(rate "$(secs "$q2" "$r3")")"
+echo "seconds: peer $(secs "$t0" "$t1") / $(secs "$u1" "$t2") / $(secs "$u2" "$t3"); restic $(secs "$r0" "$r1") / $(secs "$q1" "$r2") / $(secs "$q2" "$r3")"
 echo "peer client daemon peak RSS: $((peak_kib / 1024)) MiB (first backup $((backup_kib / 1024)) MiB, restore $((restore_kib / 1024)) MiB; idle before: $((idle_kib / 1024)) MiB)"
 echo "bytes uploaded (all copies): $uploaded; restore verified: $verified"
 echo "restic repository size: $repo_bytes bytes"
