@@ -131,35 +131,48 @@ impl Inner {
         }
     }
 
-    /// Client side: countersign an acceptance of one of our open proposals.
-    pub(super) async fn on_acceptance(&self, peer: PeerId, signed: Signed) -> ContractResponse {
-        let decline = |s: &str| ContractResponse::Declined(s.to_string());
-        let (provider, acc, vp) = match protocol::verify_acceptance(&signed) {
-            Ok(v) => v,
-            Err(e) => return decline(&e.to_string()),
-        };
+    /// Client side: checks an acceptance from `peer` (protocol.md §4.2): signed by its
+    /// sender, of one of our proposals still open, with a matching expiry, from a provider
+    /// in good standing that we may contract with. Returns the provider, the acceptance and
+    /// the proposal's session, or why it is declined.
+    async fn check_acceptance(
+        &self,
+        peer: PeerId,
+        signed: &Signed,
+    ) -> Result<(PeerId, protocol::Acceptance, Arc<Session>), String> {
+        let (provider, acc, vp) = protocol::verify_acceptance(signed).map_err(|e| e.to_string())?;
         if provider != peer {
-            return decline("the acceptance is not signed by its sender");
+            return Err("the acceptance is not signed by its sender".into());
         }
         if vp.client != self.me() {
-            return decline("not our proposal");
+            return Err("not our proposal".into());
         }
         let t = now();
         if acc.expires <= t || acc.expires > t + vp.proposal.duration_secs + EXPIRY_SLACK_SECS {
-            return decline("the acceptance's expiry does not match the proposed duration");
+            return Err("the acceptance's expiry does not match the proposed duration".into());
         }
         let Some(session) = self.sessions.lock().ok().and_then(|s| s.get(&vp.id).cloned()) else {
-            return decline("the proposal is no longer open");
+            return Err("the proposal is no longer open".into());
         };
         if !self.in_good_standing(&provider).await {
-            return decline("this provider failed our audits");
+            return Err("this provider failed our audits".into());
         }
         if !self.may_contract_with(&provider) {
-            return decline("this client makes contracts with its friends only");
+            return Err("this client makes contracts with its friends only".into());
         }
         if self.is_defaulter(&provider) {
-            return decline("verified evidence says this provider signed a wrong audit answer");
+            return Err("verified evidence says this provider signed a wrong audit answer".into());
         }
+        Ok((provider, acc, session))
+    }
+
+    /// Client side: countersign an acceptance of one of our open proposals.
+    pub(super) async fn on_acceptance(&self, peer: PeerId, signed: Signed) -> ContractResponse {
+        let decline = |s: &str| ContractResponse::Declined(s.to_string());
+        let (provider, acc, session) = match self.check_acceptance(peer, &signed).await {
+            Ok(v) => v,
+            Err(why) => return ContractResponse::Declined(why),
+        };
         {
             // Lock order: `accepted`, then `writing`.
             let (Ok(accepted), Ok(mut writing)) = (session.accepted.lock(), session.writing.lock()) else {

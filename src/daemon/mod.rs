@@ -156,15 +156,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         friends: Mutex::new(HashMap::new()),
         defaulters: Mutex::new(Default::default()),
     });
-    let known = inner.db(|s| s.defaulters()).await.map_err(setup)?;
-    *inner.defaulters.lock().unwrap_or_else(|p| p.into_inner()) =
-        known.iter().filter_map(|(k, _)| PeerId::from_bytes(k).ok()).collect();
-    let lasts = inner.db(|s| s.schedule_runs()).await.map_err(setup)?;
-    inner.scheduling.load(&inner.config, &lasts);
-    let friends = inner.config.friends.clone();
-    inner.load_friends(&friends).await;
-    let last_drill = inner.db(|s| s.record(drilling::RECORD)).await.map_err(setup)?;
-    *inner.drill.lock().unwrap_or_else(|p| p.into_inner()) = last_drill;
+    inner.load_remembered().await?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve_control_socket(inner.clone(), listener));
     tasks.spawn(inner.clone().audit_loop());
@@ -205,6 +197,24 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         tracing::error!("the state store thread failed");
     }
     Ok(())
+}
+
+impl Inner {
+    /// Loads what the daemon remembers across restarts from the state store: the known
+    /// defaulters, when each schedule last ran, the friends, and the last test restore.
+    /// Errors: [`DaemonError::Setup`] when the state store cannot be read.
+    async fn load_remembered(&self) -> Result<(), DaemonError> {
+        let known = self.db(|s| s.defaulters()).await.map_err(setup)?;
+        *self.defaulters.lock().unwrap_or_else(|p| p.into_inner()) =
+            known.iter().filter_map(|(k, _)| PeerId::from_bytes(k).ok()).collect();
+        let lasts = self.db(|s| s.schedule_runs()).await.map_err(setup)?;
+        self.scheduling.load(&self.config, &lasts);
+        let friends = self.config.friends.clone();
+        self.load_friends(&friends).await;
+        let last_drill = self.db(|s| s.record(drilling::RECORD)).await.map_err(setup)?;
+        *self.drill.lock().unwrap_or_else(|p| p.into_inner()) = last_drill;
+        Ok(())
+    }
 }
 
 /// Starts the dashboard on 127.0.0.1 and prints its URL; a port in use or a token that

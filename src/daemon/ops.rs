@@ -8,8 +8,8 @@ use super::transfer::{NetSink, NetSource};
 use crate::backup::{self, BackupOptions, Counters, PackSink};
 use crate::config::Home;
 use crate::control::{
-    self, AuditInfo, ContractInfo, DurabilityInfo, ErrorKind, Failure, Progress, Reply, Request, SnapshotHealth,
-    SnapshotInfo, StatusReport,
+    self, AuditInfo, BackupSummary, ContractInfo, DurabilityInfo, ErrorKind, Failure, Progress, Reply, Request,
+    SnapshotHealth, SnapshotInfo, StatusReport,
 };
 use crate::id::PackId;
 use crate::protocol::now;
@@ -453,29 +453,33 @@ impl Inner {
         })
         .await;
         match result {
-            Ok(mut sum) => {
-                if lock_secs > 0 {
-                    let _ = tx.try_send(Reply::Progress(Progress { phase: "locking".into(), done: 0, total: 0 }));
-                    let until = self.db({
-                        let id = sum.snapshot.clone();
-                        move |s| {
-                            Ok(s.snapshots()?.into_iter().find(|(k, _)| k.to_string() == id).map(|(_, v)| v.lock_until))
-                        }
-                    });
-                    let until = until.await.ok().flatten().unwrap_or(0);
-                    sum.locked_until = until;
-                    if let Err(e) = self.lock_snapshot(&sum.snapshot, until).await {
-                        sum.lock_error = Some(e);
-                    }
-                }
-                let _ = tx.try_send(Reply::Progress(Progress { phase: "head".into(), done: 0, total: 0 }));
-                let failed = self.publish_head().await;
-                sum.head = self.head_report().await;
-                sum.head.head_error = failed;
-                Reply::Backup(sum)
-            }
+            Ok(sum) => Reply::Backup(self.finish_backup(tx, sum, lock_secs).await),
             Err(e) => Reply::Error(e.into()),
         }
+    }
+
+    /// After a backup's packs and snapshot are stored: locks the snapshot at its holders
+    /// when `lock_secs` > 0 (protocol.md §5.9), then publishes the head; both outcomes go
+    /// into the summary (`lock_error`, `head`), so a backup that could not be published for
+    /// recovery says so.
+    async fn finish_backup(&self, tx: &mpsc::Sender<Reply>, mut sum: BackupSummary, lock_secs: u64) -> BackupSummary {
+        if lock_secs > 0 {
+            let _ = tx.try_send(Reply::Progress(Progress { phase: "locking".into(), done: 0, total: 0 }));
+            let until = self.db({
+                let id = sum.snapshot.clone();
+                move |s| Ok(s.snapshots()?.into_iter().find(|(k, _)| k.to_string() == id).map(|(_, v)| v.lock_until))
+            });
+            let until = until.await.ok().flatten().unwrap_or(0);
+            sum.locked_until = until;
+            if let Err(e) = self.lock_snapshot(&sum.snapshot, until).await {
+                sum.lock_error = Some(e);
+            }
+        }
+        let _ = tx.try_send(Reply::Progress(Progress { phase: "head".into(), done: 0, total: 0 }));
+        let failed = self.publish_head().await;
+        sum.head = self.head_report().await;
+        sum.head.head_error = failed;
+        sum
     }
 
     async fn restore(self: Arc<Self>, tx: &mpsc::Sender<Reply>, what: restore::RestoreWhat) -> Reply {

@@ -96,11 +96,9 @@ impl Inner {
         }
     }
 
-    /// One round: first ends the contracts of providers unreachable for longer than the
-    /// grace (their copies no longer count, and the allowance they used is needed for new
-    /// providers; the signed cancellation reaches them when they are back), then repairs
-    /// every pack below its target, fewest live copies first.
-    async fn repair_round(self: Arc<Self>) {
+    /// Ends our contracts (as client) with providers unreachable for longer than
+    /// `[repair] grace_secs` (protocol.md §4.5); a failed cancellation is logged.
+    async fn end_unreachable_contracts(&self) {
         let (t, grace) = (now(), self.config.repair.grace_secs);
         for (id, c) in self.live_contracts(Role::Client) {
             let key = c.peer.clone();
@@ -113,6 +111,14 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// One round: first ends the contracts of providers unreachable for longer than the
+    /// grace (their copies no longer count, and the allowance they used is needed for new
+    /// providers; the signed cancellation reaches them when they are back), then repairs
+    /// every pack below its target, fewest live copies first.
+    async fn repair_round(self: Arc<Self>) {
+        self.end_unreachable_contracts().await;
         let packs = match self.db(|s| s.packs()).await {
             Ok(p) => p,
             Err(e) => return tracing::error!("repair round: {e}"),

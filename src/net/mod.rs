@@ -536,12 +536,9 @@ fn build_transport(
     Ok((all, relay_client))
 }
 
-fn build_behaviour(
-    key: &libp2p::identity::Keypair,
-    cfg: &NetConfig,
-    relay_client: relay::client::Behaviour,
-) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-    let peer_id = key.public().to_peer_id();
+/// Kademlia for `peer_id` (protocol.md §1.5): [`KAD_PROTOCOL`], 30-s queries, slower
+/// refresh and replication than libp2p's defaults, and inbound records filtered by us.
+fn kademlia(peer_id: PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
     let mut kcfg = kad::Config::new(KAD_PROTOCOL);
     kcfg.set_query_timeout(Duration::from_secs(30));
     // The Kademlia paper's bucket refresh interval (libp2p's default is 5 minutes): every
@@ -555,7 +552,16 @@ fn build_behaviour(
     // Inbound records are checked by us before they are stored (only head records,
     // correctly signed, newer than the one held): see `EventLoop::accept_record`.
     kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
-    let kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kcfg);
+    kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kcfg)
+}
+
+fn build_behaviour(
+    key: &libp2p::identity::Keypair,
+    cfg: &NetConfig,
+    relay_client: relay::client::Behaviour,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer_id = key.public().to_peer_id();
+    let kad = kademlia(peer_id);
     // Only confirmed external and circuit addresses are told to others (protocol.md §1.10):
     // listen addresses such as 0.0.0.0 or a home LAN's are useless or misleading elsewhere.
     let identify = identify::Behaviour::new(
@@ -1166,14 +1172,7 @@ impl EventLoop {
             SwarmEvent::ListenerError { listener_id, error } => {
                 self.on_listener_gone(listener_id, Some(error.to_string()))
             }
-            SwarmEvent::ExternalAddrConfirmed { address } => {
-                if self.reach.confirm(&address) {
-                    tracing::info!("confirmed external address {address}");
-                } else {
-                    self.swarm.remove_external_address(&address);
-                }
-                self.publish_addresses();
-            }
+            SwarmEvent::ExternalAddrConfirmed { address } => self.on_external_confirmed(address),
             SwarmEvent::ExternalAddrExpired { address } => {
                 self.reach.expire(&address);
                 self.publish_addresses();
@@ -1184,13 +1183,7 @@ impl EventLoop {
                 new: autonat::v1::NatStatus::Public(a),
                 ..
             })) => self.swarm.add_external_address(a),
-            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(e)) => {
-                if let Err(err) = &e.result {
-                    tracing::debug!("{} cannot dial us back at {}: {err}", e.server, e.tested_addr);
-                    self.reach.failed(&e.tested_addr);
-                    self.publish_addresses();
-                }
-            }
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(e)) => self.on_dial_back(e),
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
             // (A peer that does not speak ping at all is no reason.)
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }))
@@ -1232,6 +1225,26 @@ impl EventLoop {
                 self.look_up(peer);
             }
             _ => {}
+        }
+    }
+
+    /// An address of ours was confirmed (AutoNAT, UPnP): kept and advertised when
+    /// [`reach::Reach::confirm`] accepts it (protocol.md §1.10), dropped otherwise.
+    fn on_external_confirmed(&mut self, address: Multiaddr) {
+        if self.reach.confirm(&address) {
+            tracing::info!("confirmed external address {address}");
+        } else {
+            self.swarm.remove_external_address(&address);
+        }
+        self.publish_addresses();
+    }
+
+    /// An AutoNAT v2 dial-back ended: a failed one marks the tested address unreachable.
+    fn on_dial_back(&mut self, e: autonat::v2::client::Event) {
+        if let Err(err) = &e.result {
+            tracing::debug!("{} cannot dial us back at {}: {err}", e.server, e.tested_addr);
+            self.reach.failed(&e.tested_addr);
+            self.publish_addresses();
         }
     }
 
