@@ -178,24 +178,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         tracing::debug!("cannot tell the service manager we stop: {e}");
     }
 
-    // Shutdown: stop taking work, let inbound requests in flight finish (within a bound),
-    // then the network, then every queued write.
-    tracing::info!("shutting down");
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-    let all = INBOUND_DATA_LIMIT as u32;
-    if tokio::time::timeout(SHUTDOWN_GRACE, inner.inbound.acquire_many(all)).await.is_err() {
-        tracing::warn!("inbound requests still running after {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
-    }
-    net.shutdown().await;
-    if let Err(e) = std::fs::remove_file(inner.home.control_socket()) {
-        tracing::debug!("control socket: {e}");
-    }
-    // Every command queued before this point is written; then the store thread ends.
-    inner.state.stop();
-    if tokio::task::spawn_blocking(move || state_thread.join()).await.is_err() {
-        tracing::error!("the state store thread failed");
-    }
+    shut_down(&inner, tasks, &net, state_thread).await;
     Ok(())
 }
 
@@ -214,6 +197,33 @@ impl Inner {
         let last_drill = self.db(|s| s.record(drilling::RECORD)).await.map_err(setup)?;
         *self.drill.lock().unwrap_or_else(|p| p.into_inner()) = last_drill;
         Ok(())
+    }
+}
+
+/// Shutdown: stops taking work, lets inbound requests in flight finish (within
+/// [`SHUTDOWN_GRACE`]), then stops the network, then writes every queued state command
+/// and joins the state store's thread.
+async fn shut_down(
+    inner: &Arc<Inner>,
+    mut tasks: tokio::task::JoinSet<()>,
+    net: &net::NetHandle,
+    state_thread: std::thread::JoinHandle<()>,
+) {
+    tracing::info!("shutting down");
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let all = INBOUND_DATA_LIMIT as u32;
+    if tokio::time::timeout(SHUTDOWN_GRACE, inner.inbound.acquire_many(all)).await.is_err() {
+        tracing::warn!("inbound requests still running after {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
+    }
+    net.shutdown().await;
+    if let Err(e) = std::fs::remove_file(inner.home.control_socket()) {
+        tracing::debug!("control socket: {e}");
+    }
+    // Every command queued before this point is written; then the store thread ends.
+    inner.state.stop();
+    if tokio::task::spawn_blocking(move || state_thread.join()).await.is_err() {
+        tracing::error!("the state store thread failed");
     }
 }
 
