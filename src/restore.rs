@@ -20,7 +20,7 @@ use crate::id::{BlobId, PackId, SnapshotId};
 use crate::identity::Identity;
 use crate::repo::pack::{self, PackEntry};
 use crate::repo::tree::{self, Node, NodeKind, Snapshot};
-use crate::state::{State, StateError};
+use crate::state::{IndexEntry, State, StateError};
 use crate::store::Store;
 use futures::StreamExt;
 use rand::SeedableRng;
@@ -667,15 +667,10 @@ impl<'a> Walk<'a> {
 
 /// Where every blob of the plan's files is, from the index, in one store command.
 async fn locate(store: &Store, mut plan: Plan) -> Result<Plan, RestoreError> {
-    let wanted: Vec<Vec<BlobId>> = plan.files.iter().map(|f| f.node.content.clone()).collect();
-    let found = store
-        .call(move |s| {
-            wanted
-                .iter()
-                .map(|c| c.iter().map(|b| s.blob(b)).collect::<Result<Vec<_>, _>>())
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await?;
+    let wanted: Vec<BlobId> = plan.files.iter().flat_map(|f| f.node.content.iter().copied()).collect();
+    let mut found = store.call(move |s| s.blobs(&wanted)).await?.into_iter();
+    let found: Vec<Vec<Option<IndexEntry>>> =
+        plan.files.iter().map(|f| found.by_ref().take(f.node.content.len()).collect()).collect();
     let mut slot: HashMap<BlobId, (PackId, usize)> = HashMap::new();
     plan.remaining = vec![0; plan.files.len()];
     for (i, (f, entries)) in plan.files.iter_mut().zip(found).enumerate() {

@@ -315,11 +315,14 @@ fn dec<T: for<'de> Deserialize<'de>>(what: &str, b: &[u8]) -> Result<T, StateErr
     ciborium::from_reader(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
 }
 
-/// redb's page cache for `state.redb`, bytes (64 MiB). redb's default, 1 GiB, is filled
+/// redb's page cache for `state.redb`, bytes (32 MiB). redb's default, 1 GiB, is filled
 /// by a repository of a million blobs: the index and the tree cache are read and written
 /// through it during a backup, and the daemon kept the pages afterwards. Pages not cached
-/// are read from the file, which the operating system caches anyway.
-const CACHE_BYTES: usize = 64 << 20;
+/// are read from the file, which the operating system caches anyway. Measured with
+/// `bench/head.sh` (BENCHMARKS.md, *Repository scale*), 1,000,000 small files: the
+/// backup's peak RSS was 185–216 MiB in four runs at 32 MiB, 243–350 MiB in five at
+/// 64 MiB.
+const CACHE_BYTES: usize = 32 << 20;
 
 /// `Database::create`, with a panic inside redb caught: redb 2 asserts on some damaged
 /// files (a truncated one) instead of returning an error. The panic's report is kept off
@@ -885,6 +888,25 @@ impl State {
         self.get(BLOBS, id.as_bytes())?.map(|b| dec("index entry", &b)).transpose()
     }
 
+    /// Where each of `ids` is, from the index (`None` for a blob in no known pack), in
+    /// the order given. One read transaction; the lookups run in id order, so the B-tree's
+    /// pages are visited once each, front to back, however large the index and however
+    /// small redb's cache ([`CACHE_BYTES`]). Errors: [`StateError`] when the store cannot
+    /// be read or an entry does not decode.
+    pub fn blobs(&self, ids: &[BlobId]) -> Result<Vec<Option<IndexEntry>>, StateError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(BLOBS)?;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_unstable_by_key(|&i| ids[i].as_bytes());
+        let mut out: Vec<Option<IndexEntry>> = (0..ids.len()).map(|_| None).collect();
+        for i in order {
+            if let Some(v) = table.get(ids[i].as_bytes().as_slice())? {
+                out[i] = Some(dec("index entry", v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of blobs in the index.
     pub fn blob_count(&self) -> Result<u64, StateError> {
         let tx = self.db.begin_read()?;
@@ -966,6 +988,11 @@ mod tests {
         assert_eq!(s.offered().unwrap(), 5 << 30);
         assert_eq!(s.blob(&BlobId([1; 32])).unwrap().unwrap().pack, PackId([2; 32]));
         assert!(s.blob(&BlobId([9; 32])).unwrap().is_none());
+        let many = s.blobs(&[BlobId([9; 32]), BlobId([1; 32]), BlobId([9; 32])]).unwrap();
+        assert_eq!(
+            many.iter().map(|e| e.as_ref().map(|e| e.pack)).collect::<Vec<_>>(),
+            [None, Some(PackId([2; 32])), None]
+        );
         assert_eq!(s.pack(&PackId([2; 32])).unwrap().unwrap().holders.len(), 1);
         assert_eq!(s.blob_count().unwrap(), 1);
         // snapshots made within one second keep the order they were recorded in
