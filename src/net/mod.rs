@@ -364,7 +364,8 @@ impl NetHandle {
 
     /// Dials `peer` (at `addrs` and the addresses Kademlia knows) unless connected. A peer
     /// connected only through relays whose hole punch failed or never ended a while ago
-    /// ([`reach::Reach::retry_punch`]) is given a new relayed connection and a new punch.
+    /// ([`reach::Reach::retry_punch`]) is given a new relayed connection and a new punch
+    /// (for a client waiting for providers, protocol.md §1.10).
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let _ = self.tx.send(Command::Dial(peer, addrs)).await;
     }
@@ -914,7 +915,7 @@ impl EventLoop {
                 let addrs = self.dialable(addrs);
                 if !self.swarm.is_connected(&peer) {
                     self.dial(peer, addrs);
-                } else if self.reach.relayed_only(&peer) && self.reach.retry_punch(&peer, Instant::now()) {
+                } else if self.reach.relayed_only(&peer) && self.reach.retry_punch(&peer, Instant::now(), true) {
                     self.punch_again(peer, addrs);
                 }
             }
@@ -974,7 +975,9 @@ impl EventLoop {
         }
         if !self.swarm.is_connected(&peer) {
             self.dial(peer, p.addrs.clone());
-        } else if self.reach.relayed_only(&peer) && self.reach.retry_punch(&peer, Instant::now()) {
+        } else if self.reach.relayed_only(&peer) && self.reach.retry_punch(&peer, Instant::now(), false) {
+            // Only after a reported failure: a new relayed connection every 45 s, for a
+            // punch the peer leads, kept a renumbered peer from ever punching through.
             self.punch_again(peer, p.addrs.clone());
         }
         self.waiting.entry(peer).or_default().push(p);

@@ -312,16 +312,17 @@ impl Reach {
         self.punch_failed.insert(peer, Instant::now());
     }
 
-    /// True when the hole punch to `peer` failed at least [`PUNCH_RETRY`] ago, or when its
-    /// newest relayed connection came up over [`PUNCH_WAIT`] + [`PUNCH_RETRY`] ago and no
-    /// punch ended on it (the punch is led by the peer that accepted the relayed
-    /// connection, and a failure on its side reaches us only as silence): worth a new
-    /// relayed connection and a new attempt (what blocked it, such as a socket of a
-    /// connection to an address that is gone, may have cleared). Forgets the failure; the
-    /// next retry comes [`PUNCH_RETRY`] after this one at the soonest.
-    pub fn retry_punch(&mut self, peer: &PeerId, now: Instant) -> bool {
+    /// True when the hole punch to `peer` failed at least [`PUNCH_RETRY`] ago, or, when
+    /// `silence` counts, when its newest relayed connection came up over [`PUNCH_WAIT`] +
+    /// [`PUNCH_RETRY`] ago and no punch ended on it (the punch is led by the peer that
+    /// accepted the relayed connection, and a failure on its side reaches us only as
+    /// silence): worth a new relayed connection and a new attempt (what blocked it, such
+    /// as a socket of a connection to an address that is gone, may have cleared). Forgets
+    /// the failure; the next retry comes [`PUNCH_RETRY`] after this one at the soonest.
+    pub fn retry_punch(&mut self, peer: &PeerId, now: Instant, silence: bool) -> bool {
         let failed = match self.punch_failed.get(peer) {
             Some(t) => *t,
+            None if !silence => return false,
             None => match self.conns.values().filter(|c| &c.peer == peer && c.relayed).map(|c| c.since).max() {
                 Some(since) if !self.direct(peer) => since + PUNCH_WAIT,
                 _ => return false,
@@ -548,9 +549,9 @@ mod tests {
         assert!(!r.punching(&p, t + PUNCH_WAIT));
         r.punch_failed(p);
         assert!(!r.punching(&p, t) && r.relayed_only(&p));
-        assert!(!r.retry_punch(&p, Instant::now()), "too early to try again");
-        assert!(r.retry_punch(&p, Instant::now() + PUNCH_RETRY));
-        assert!(!r.retry_punch(&p, Instant::now() + PUNCH_RETRY), "the failure was forgotten");
+        assert!(!r.retry_punch(&p, Instant::now(), false), "too early to try again");
+        assert!(r.retry_punch(&p, Instant::now() + PUNCH_RETRY, false));
+        assert!(!r.retry_punch(&p, Instant::now() + PUNCH_RETRY, false), "the failure was forgotten");
         let direct = ConnInfo {
             peer: p,
             addr: ma("/ip4/203.0.113.2/tcp/1"),
@@ -578,17 +579,18 @@ mod tests {
             since: t,
         };
         r.connected(ConnectionId::new_unchecked(1), relayed.clone());
-        assert!(!r.retry_punch(&p, t + PUNCH_WAIT), "the punch may still end");
-        assert!(!r.retry_punch(&p, t + PUNCH_WAIT + PUNCH_RETRY / 2));
+        assert!(!r.retry_punch(&p, t + PUNCH_WAIT, true), "the punch may still end");
+        assert!(!r.retry_punch(&p, t + PUNCH_WAIT + PUNCH_RETRY / 2, true));
         let first = t + PUNCH_WAIT + PUNCH_RETRY;
-        assert!(r.retry_punch(&p, first), "no punch ended on it: try again");
-        assert!(!r.retry_punch(&p, first), "asked once until the connection is replaced");
+        assert!(!r.retry_punch(&p, first, false), "silence counts only when asked");
+        assert!(r.retry_punch(&p, first, true), "no punch ended on it: try again");
+        assert!(!r.retry_punch(&p, first, true), "asked once until the connection is replaced");
         // The new relayed connection gets its own wait.
         r.disconnected(&ConnectionId::new_unchecked(1));
         let second = ConnInfo { since: first + Duration::from_secs(1), ..relayed };
         r.connected(ConnectionId::new_unchecked(2), second);
         assert!(r.punching(&p, first + Duration::from_secs(2)));
-        assert!(!r.retry_punch(&p, first + PUNCH_RETRY), "the new connection is still young");
-        assert!(r.retry_punch(&p, first + Duration::from_secs(1) + PUNCH_WAIT + PUNCH_RETRY));
+        assert!(!r.retry_punch(&p, first + PUNCH_RETRY, true), "the new connection is still young");
+        assert!(r.retry_punch(&p, first + Duration::from_secs(1) + PUNCH_WAIT + PUNCH_RETRY, true));
     }
 }
