@@ -531,18 +531,23 @@ mod tests {
         assert_eq!(s.reachability(), Reachability::Unknown);
     }
 
+    /// A connection to `p` through a relay, open since `since`.
+    fn relayed_conn(p: PeerId, since: Instant) -> ConnInfo {
+        ConnInfo {
+            peer: p,
+            addr: ma("/ip4/198.51.100.1/tcp/1/p2p-circuit"),
+            relayed: true,
+            transport: Transport::Tcp,
+            since,
+        }
+    }
+
     #[test]
     fn bulk_data_waits_for_a_direct_connection_without_relayed_ones() {
         let (me, p) = (peer(0), peer(1));
         let mut r = Reach::new(me, false);
         let t = Instant::now();
-        let relayed = ConnInfo {
-            peer: p,
-            addr: ma("/ip4/198.51.100.1/tcp/1/p2p-circuit"),
-            relayed: true,
-            transport: Transport::Tcp,
-            since: t,
-        };
+        let relayed = relayed_conn(p, t);
         r.connected(ConnectionId::new_unchecked(1), relayed);
         assert!(!r.sendable(&p));
         assert!(r.punching(&p, t));
@@ -571,13 +576,7 @@ mod tests {
         let (me, p) = (peer(0), peer(1));
         let mut r = Reach::new(me, false);
         let t = Instant::now();
-        let relayed = ConnInfo {
-            peer: p,
-            addr: ma("/ip4/198.51.100.1/tcp/1/p2p-circuit"),
-            relayed: true,
-            transport: Transport::Tcp,
-            since: t,
-        };
+        let relayed = relayed_conn(p, t);
         r.connected(ConnectionId::new_unchecked(1), relayed.clone());
         assert!(!r.retry_punch(&p, t + PUNCH_WAIT, true), "the punch may still end");
         assert!(!r.retry_punch(&p, t + PUNCH_WAIT + PUNCH_RETRY / 2, true));
