@@ -3,6 +3,7 @@
 #
 #   bash bench/scale.sh WORK            # COUNT=50 SETTLE=120 WINDOW=300 by default
 #   TARGET=1000 bash bench/scale.sh WORK   # network.target_peers = 1000: nothing trimmed
+#   SHARD=8 bash bench/scale.sh WORK       # network.shard_peers = 8: several proposal shards
 #
 # Starts COUNT daemons (p0 is everyone's bootstrap, each offers 1GB, dashboards on
 # 17740 + i), lets the network settle for SETTLE seconds, then reads every daemon's
@@ -10,13 +11,16 @@
 # RSS, and per hour (the window's counts scaled to 3,600 s) payload bytes sent and
 # received, gossip messages delivered, and Kademlia requests served. Last, p1 backs up one
 # small file with --copies 3 and the time `peer backup` took is printed (most of it is
-# finding providers and making contracts: a backup seeks up to 3 x 3 of them).
+# finding providers and making contracts: a backup seeks up to 3 x 3 of them), with the
+# proposals each daemon received during it (protocol.md §1.6: only p1's shard, unless
+# that shard has too few providers).
 set -euo pipefail
 work=${1:?usage: bench/scale.sh WORK}
 count=${COUNT:-50}
 settle=${SETTLE:-120}
 window=${WINDOW:-300}
 target=${TARGET:-}
+shard=${SHARD:-}
 cd "$(dirname "$0")/.."
 cargo build --release -q
 peer=$PWD/target/release/peer
@@ -31,6 +35,7 @@ net=$work/scale
 setup() {
   sed -i "s/^port = 7740$/port = $((17740 + $1))/" "$2/config.toml"
   [ -z "$target" ] || sed -i "s/^target_peers = .*/target_peers = $target/" "$2/config.toml"
+  [ -z "$shard" ] || sed -i "s/^shard_peers = .*/shard_peers = $shard/" "$2/config.toml"
 }
 
 t0=$(date +%s.%N)
@@ -94,3 +99,16 @@ t=$(date +%s.%N)
 "$peer" --home "$net/p1" backup "$work/scale-data" --copies 3 >/dev/null
 echo "backup of one file, --copies 3: $(python3 -c "print(round($(date +%s.%N) - $t, 2))") s;" \
   "contracts made: $("$peer" --home "$net/p1" status --json | python3 -c 'import json,sys; print(len([c for c in json.load(sys.stdin)["contracts"] if c["role"] == "client"]))')"
+"$peer" --home "$net/p1" status --json |
+  python3 -c 'import json,sys; s=json.load(sys.stdin); print("p1: about", s["estimated_peers"], "peers, proposal shard", s["proposal_shard"])'
+snapshot >"$work/scale-backup.jsonl"
+python3 - "$work/scale-after.jsonl" "$work/scale-backup.jsonl" <<'EOF'
+import json, statistics, sys
+before = [json.loads(l) for l in open(sys.argv[1])]
+after = [json.loads(l) for l in open(sys.argv[2])]
+heard = [a["m"].get("peer_gossip_messages_total", 0) - b["m"].get("peer_gossip_messages_total", 0)
+         for a, b in zip(after, before)]
+others = heard[:1] + heard[2:]
+print(f"proposals received during the backup: {sum(others):.0f} in all; by {sum(1 for h in others if h > 0)} "
+      f"of the {len(others)} other daemons; median {statistics.median(others):.0f}, max {max(others):.0f}")
+EOF

@@ -255,6 +255,11 @@ pub struct NetworkConfig {
     /// are closed until this many remain (contract partners and relays in use are never
     /// closed; protocol.md §1.9). Default 16.
     pub target_peers: usize,
+    /// Peers per proposal shard aimed at: proposals travel on one gossipsub topic per
+    /// shard of `shard_peers` to twice as many peers, chosen from the network size this
+    /// peer estimates (protocol.md §1.6). Default 1,024. Every peer of a network should
+    /// use the same value; test networks set it low to have several shards.
+    pub shard_peers: u64,
     /// Treat only globally routable IP addresses as reachable: an address in a private,
     /// loopback, link-local or documentation range is never advertised, confirmed as
     /// external, or added to the routing table. Default true; `false` is for test networks
@@ -343,6 +348,7 @@ impl Default for NetworkConfig {
             mdns: true,
             max_connections: 256,
             target_peers: crate::net::TARGET_PEERS,
+            shard_peers: crate::net::shard::SHARD_PEERS,
             global_addresses_only: true,
             upnp: true,
             limit_upload: 0,
@@ -378,6 +384,7 @@ const HEADER: &str = "\
 #   mdns              find peers on the local network (true/false)
 #   max_connections   open connections at most
 #   target_peers      peers to stay connected to; above 1.5x that, the least needed are closed
+#   shard_peers       peers per proposal shard (the same in the whole network)
 #   global_addresses_only  only public IP addresses count as reachable (false: test networks, closed LANs)
 #   upnp              ask the router for a port mapping (UPnP IGD)
 #   limit_upload      KiB/s all sending may use, serving others included (0 = no limit)

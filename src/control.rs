@@ -297,6 +297,13 @@ pub struct StatusReport {
     pub relays: Vec<String>,
     /// Every open connection: direct or relayed, and over which transport.
     pub connections: Vec<ConnectionInfo>,
+    /// The network's size as estimated from our routing table (protocol.md §1.6).
+    #[serde(default)]
+    pub estimated_peers: u64,
+    /// Our proposal shard, `<bits>/<prefix>` (protocol.md §1.6): proposals we publish go to
+    /// its topic first.
+    #[serde(default)]
+    pub proposal_shard: String,
     /// Bytes offered to others.
     pub offered: u64,
     /// Bytes of the offer granted in contracts.

@@ -65,6 +65,20 @@ impl LocalNet {
         offer: u64,
         configure: impl Fn(usize, &mut crate::config::Config),
     ) -> Result<Self, String> {
+        LocalNet::start_where(exe, dir, n, offer, configure, |_, _| true)
+    }
+
+    /// [`LocalNet::start`], with peer `i`'s identity made again until `accept(i, peer_id)`
+    /// holds (at most 1,000 times; an error after that): for tests that need peers in
+    /// given places of the key space.
+    pub fn start_where(
+        exe: &Path,
+        dir: &Path,
+        n: usize,
+        offer: u64,
+        configure: impl Fn(usize, &mut crate::config::Config),
+        accept: impl Fn(usize, &libp2p::PeerId) -> bool,
+    ) -> Result<Self, String> {
         let mut net = LocalNet { exe: exe.to_path_buf(), dir: dir.to_path_buf(), peers: Vec::new() };
         for i in 0..n {
             let home = dir.join(format!("peer{i}"));
@@ -73,7 +87,19 @@ impl LocalNet {
             if let Some(b) = &boot {
                 args.extend(["--bootstrap", b.as_str()]);
             }
-            let peer_id = run_peer(exe, &home, &args)?.trim().to_string();
+            let mut tries = 0;
+            let peer_id = loop {
+                let id = run_peer(exe, &home, &args)?.trim().to_string();
+                let parsed: libp2p::PeerId = id.parse().map_err(|e| format!("peer init printed {id:?}: {e}"))?;
+                if accept(i, &parsed) {
+                    break id;
+                }
+                tries += 1;
+                if tries == 1000 {
+                    return Err(format!("no acceptable identity for peer {i} in 1,000 tries"));
+                }
+                std::fs::remove_dir_all(&home).map_err(|e| format!("cannot remove {}: {e}", home.display()))?;
+            };
             let file = home.join("config.toml");
             let mut cfg = crate::config::Config::load(&file).map_err(|e| e.to_string())?;
             // 127.0.0.1 is not a global address: this is a test network (protocol.md §1.10).

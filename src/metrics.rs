@@ -179,7 +179,7 @@ mod tests {
         let limits = crate::net::throttle::Limits::new(0, 0);
         let (m, _network) = Metrics::new(&limits);
         limits.up.moved().inc_by(77);
-        m.gossip("peer/proposals/1", 300);
+        m.gossip("peer/proposals/2/0/0", 300);
         Metrics::count(&m.backups, "success");
         Metrics::count(&m.backups, "success");
         Metrics::count(&m.audits, "wrong");
@@ -193,8 +193,8 @@ mod tests {
             "peer_contracts{role=\"provider\"} 2",
             "peer_sent_bytes_total 77",
             "peer_received_bytes_total 0",
-            "peer_gossip_messages_total{topic=\"peer/proposals/1\"} 1",
-            "peer_gossip_bytes_total{topic=\"peer/proposals/1\"} 300",
+            "peer_gossip_messages_total{topic=\"peer/proposals/2/0/0\"} 1",
+            "peer_gossip_bytes_total{topic=\"peer/proposals/2/0/0\"} 300",
             "# EOF",
         ] {
             assert!(text.contains(line), "{line} missing in:\n{text}");

@@ -38,6 +38,7 @@ fn attack(net: &LocalNet, key_file: &Path, work: &Path) {
             mdns: false,
             max_connections: 16,
             target_peers: peer::net::TARGET_PEERS,
+            shard_peers: peer::net::shard::SHARD_PEERS,
             global_only: false,
             upnp: false,
             relay: None,

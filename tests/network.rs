@@ -1523,3 +1523,61 @@ fn a_young_network_holds_together_when_its_bootstrap_peer_leaves() {
         wait_status(&net, i, 20, has(2));
     }
 }
+
+/// The proposal metrics of daemon `i` (`/metrics` of its dashboard): messages received per
+/// gossip topic.
+fn proposals_by_topic(net: &LocalNet, i: usize) -> Vec<(String, u64)> {
+    use std::io::{Read, Write};
+    let url = net.run(i, &["dashboard"]).unwrap().trim().to_string();
+    let (base, token) = url.split_once("#token=").unwrap();
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{body}");
+    body.lines()
+        .filter_map(|l| l.strip_prefix("peer_gossip_messages_total{topic=\""))
+        .filter(|l| l.starts_with("peer/proposals/"))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(t, n)| (t.to_string(), n.trim().parse().unwrap()))
+        .collect()
+}
+
+/// Proposals travel in shards of the key space (protocol.md §1.6). With `shard_peers` = 2,
+/// five peers make two shards: the client and two providers in one, two providers in the
+/// other. Asking for four copies, the client finds two providers in its own shard and the
+/// other two by publishing in their shard; each provider hears proposals only on its own
+/// shard's topic, none on the single topic every peer still joins (`.../0/0`).
+#[test]
+fn a_client_finds_providers_in_its_own_shard_and_then_in_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f.bin"), noise(11, 1 << 20)).unwrap();
+    let first_bit = |p: &libp2p::PeerId| peer::net::shard::Shard::of(&peer::net::shard::key(p), 1).prefix;
+    // Peers 0, 1 and 2 in shard 1/0, peers 3 and 4 in shard 1/1; peer 1 is the client.
+    let wanted = [0, 0, 0, 1, 1];
+    let configure = |_: usize, c: &mut Config| c.network.shard_peers = 2;
+    let dir = tmp.path().join("net");
+    let net = LocalNet::start_where(EXE.as_ref(), &dir, 5, GIB, configure, |i, p| first_bit(p) == wanted[i]).unwrap();
+    for (i, bit) in wanted.iter().enumerate() {
+        let shard = format!("1/{bit}");
+        wait_status(&net, i, 60, |s| s["estimated_peers"] == 5 && s["proposal_shard"] == shard.as_str());
+    }
+    let b = backup(&net, 1, &src, 4);
+    assert!(b["packs"].as_u64() >= Some(1), "{b}");
+    let s = status(&net, 1);
+    let providers = s["contracts"].as_array().unwrap().iter().filter(|c| c["role"] == "client").count();
+    assert_eq!(providers, 4, "four copies need all four providers, two of them in the other shard: {s}");
+    for (i, bit) in wanted.iter().enumerate().filter(|(i, _)| *i != 1) {
+        let heard = proposals_by_topic(&net, i);
+        let own = format!("peer/proposals/2/1/{bit}");
+        assert!(heard.iter().any(|(t, n)| *t == own && *n > 0), "peer {i} heard no proposal in {own}: {heard:?}");
+        assert!(heard.iter().all(|(t, _)| *t == own), "peer {i} heard proposals outside {own}: {heard:?}");
+    }
+    let target = tmp.path().join("back");
+    let out = net.run(1, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
+    assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
+    assert!(compare_trees(&src, &target.join("data")).is_empty());
+}

@@ -87,6 +87,9 @@ fn print_network(s: &StatusReport) {
     for c in &s.connections {
         println!("  {} {:<7} {:<4} {}", c.peer, if c.relayed { "relayed" } else { "direct" }, c.transport, c.addr);
     }
+    if !s.proposal_shard.is_empty() {
+        println!("network size:     about {} peers (proposal shard {})", s.estimated_peers, s.proposal_shard);
+    }
 }
 
 fn print_storage(s: &StatusReport) {

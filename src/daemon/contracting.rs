@@ -267,9 +267,10 @@ impl Inner {
         indirect.iter().filter(|(p, _)| !seen.connected.contains(p)).count()
     }
 
-    /// Publishes a proposal asking `ask` bytes for session `s` (protocol.md §4.1) and
-    /// registers it, so acceptances of it are countersigned; returns its id.
-    async fn propose(&self, s: &Arc<Session>, ask: u64, offered: u64) -> ProposalId {
+    /// Publishes a proposal asking `ask` bytes for session `s` (protocol.md §4.1), the
+    /// `attempt`-th of this search (which shard it goes to, §1.6), and registers it, so
+    /// acceptances of it are countersigned; returns its id.
+    async fn propose(&self, s: &Arc<Session>, ask: u64, offered: u64, attempt: u32) -> ProposalId {
         let granted_out: u64 = self.live_contracts(Role::Provider).iter().map(|(_, c)| c.bytes).sum();
         let p = Proposal {
             bytes: ask,
@@ -285,7 +286,7 @@ impl Inner {
         if let Ok(mut m) = self.sessions.lock() {
             m.insert(pid, s.clone());
         }
-        if let Err(e) = self.net.publish(protocol::to_cbor(&signed)).await {
+        if let Err(e) = self.net.propose(protocol::to_cbor(&signed), attempt).await {
             tracing::debug!("proposal not published yet: {e}");
         }
         pid
@@ -370,7 +371,8 @@ impl Inner {
                     self.config.contracts.ratio
                 ));
             };
-            ids.ids.push(self.propose(&s, ask, offered).await);
+            let attempt = u32::try_from(ids.ids.len()).unwrap_or(u32::MAX);
+            ids.ids.push(self.propose(&s, ask, offered, attempt).await);
             let step = tokio::time::Instant::now() + Duration::from_secs(REPROPOSE_SECS);
             while !s.accepted.lock().map(|a| a.len() >= s.wanted).unwrap_or(true) {
                 if tokio::time::timeout_at(step.min(deadline), s.notify.notified()).await.is_err() {

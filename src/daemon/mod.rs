@@ -296,6 +296,7 @@ fn start_network(
         mdns: config.network.mdns,
         max_connections: config.network.max_connections,
         target_peers: config.network.target_peers,
+        shard_peers: config.network.shard_peers,
         global_only: config.network.global_addresses_only,
         upnp: config.network.upnp,
         relay: config.relay.serve.then(|| config.relay.clone()),
@@ -511,8 +512,8 @@ impl Inner {
                     self.persist("the listen port", move |s| s.set_counter(key, u64::from(port))).await;
                 }
             }
-            NetEvent::Proposal { id, source, data } => {
-                self.metrics.gossip(protocol::PROPOSAL_TOPIC, data.len());
+            NetEvent::Proposal { id, source, topic, data } => {
+                self.metrics.gossip(&topic, data.len());
                 let t = now();
                 let verified = protocol::from_cbor::<Signed>("proposal", &data)
                     .map_err(|e| e.to_string())

@@ -189,6 +189,8 @@ impl Inner {
             external_addrs: vec![],
             relays: vec![],
             connections: vec![],
+            estimated_peers: 0,
+            proposal_shard: String::new(),
             offered,
             granted: live(Role::Provider).map(|(_, c)| c.bytes).sum(),
             used_by_others: self.store.used_total(),
@@ -262,6 +264,8 @@ impl Inner {
             st.reachability = ns.reachability.to_string();
             st.external_addrs = ns.external.iter().map(|a| a.to_string()).collect();
             st.relays = ns.relays.iter().map(|p| p.to_string()).collect();
+            st.estimated_peers = ns.estimated_peers;
+            st.proposal_shard = ns.shard.to_string();
             st.connections = ns
                 .connections
                 .iter()

@@ -22,14 +22,16 @@
 //! `[network] target_peers` and, above 1.5 × that, [`trim`] picks the least needed
 //! connections to close (never a contract partner's, set by [`NetHandle::keep`]).
 
+mod proposals;
 pub mod reach;
+pub mod shard;
 pub mod throttle;
 pub mod trim;
 
 use crate::protocol::codec::{CborCodec, Inbound, InboundBudget};
 use crate::protocol::{
     CONTRACT_PROTOCOL, ContractRequest, ContractResponse, DATA_PROTOCOL, DataRequest, DataResponse, IDENTIFY_PROTOCOL,
-    KAD_PROTOCOL, MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE, MAX_DATA_MESSAGE, MAX_GOSSIP, PROPOSAL_TOPIC,
+    KAD_PROTOCOL, MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE, MAX_DATA_MESSAGE, MAX_GOSSIP,
 };
 use futures::StreamExt;
 use libp2p::core::{muxing::StreamMuxerBox, transport::OrTransport, upgrade};
@@ -152,12 +154,15 @@ pub enum NetError {
 pub enum NetEvent {
     /// A new listen address, with `/p2p/<PeerId>` appended.
     Listening(Multiaddr),
-    /// A gossip message on the proposal topic, awaiting our validation ([`NetHandle::validate`]).
+    /// A gossip message on one of our proposal shards' topics (protocol.md §1.6),
+    /// awaiting our validation ([`NetHandle::validate`]).
     Proposal {
         /// gossipsub message id.
         id: gossipsub::MessageId,
         /// The peer that forwarded it.
         source: PeerId,
+        /// The topic it came on (`peer/proposals/2/<bits>/<prefix>`).
+        topic: String,
         /// The message data.
         data: Vec<u8>,
     },
@@ -209,6 +214,10 @@ pub struct NetStatus {
     pub relays: Vec<PeerId>,
     /// Every open connection.
     pub connections: Vec<Connection>,
+    /// The network's size as estimated from our routing table (protocol.md §1.6).
+    pub estimated_peers: u64,
+    /// Our proposal shard at the prefix length that estimate gives.
+    pub shard: shard::Shard,
 }
 
 /// One open connection, for `peer status`.
@@ -225,7 +234,8 @@ pub struct Connection {
 }
 
 enum Command {
-    Publish(bool, Vec<u8>, oneshot::Sender<Result<(), NetError>>),
+    Propose(Vec<u8>, u32, oneshot::Sender<Result<(), NetError>>),
+    PublishEvidence(Vec<u8>, oneshot::Sender<Result<(), NetError>>),
     Validate(gossipsub::MessageId, PeerId, gossipsub::MessageAcceptance),
     Contract(PeerId, Vec<Multiaddr>, ContractRequest, oneshot::Sender<Result<ContractResponse, NetError>>),
     Data(PeerId, Vec<Multiaddr>, DataRequest, oneshot::Sender<Result<DataResponse, NetError>>),
@@ -256,14 +266,16 @@ impl NetHandle {
         rx.await.map_err(|_| NetError::Stopped)
     }
 
-    /// Publishes `data` on the proposal topic.
-    pub async fn publish(&self, data: Vec<u8>) -> Result<(), NetError> {
-        self.call(|tx| Command::Publish(false, data, tx)).await?
+    /// Publishes proposal `data` (protocol.md §4.1), the `attempt`-th (0 first) of one
+    /// search for providers: in our own shard first, then in others (§1.6). Errors when no
+    /// peer of that shard is known yet (`InsufficientPeers`).
+    pub async fn propose(&self, data: Vec<u8>, attempt: u32) -> Result<(), NetError> {
+        self.call(|tx| Command::Propose(data, attempt, tx)).await?
     }
 
     /// Publishes `data` on the evidence topic (protocol.md §5.10).
     pub async fn publish_evidence(&self, data: Vec<u8>) -> Result<(), NetError> {
-        self.call(|tx| Command::Publish(true, data, tx)).await?
+        self.call(|tx| Command::PublishEvidence(data, tx)).await?
     }
 
     /// Sets the peers never disconnected to bound the number of connections (the daemon's
@@ -403,6 +415,8 @@ pub struct NetConfig {
     pub max_connections: u32,
     /// Connected peers to dial toward, and to trim back to ([`trim`]).
     pub target_peers: usize,
+    /// Peers per proposal shard aimed at ([`shard`]).
+    pub shard_peers: u64,
     /// `network.global_addresses_only`.
     pub global_only: bool,
     /// Try UPnP port mapping.
@@ -434,8 +448,6 @@ pub fn start(
         libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(300)),
     );
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
-    let topic = gossipsub::IdentTopic::new(PROPOSAL_TOPIC);
-    swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| other(&e))?;
     let evidence_topic = gossipsub::IdentTopic::new(crate::protocol::EVIDENCE_TOPIC);
     swarm.behaviour_mut().gossipsub.subscribe(&evidence_topic).map_err(|e| other(&e))?;
     let loopback_only = cfg.listen.iter().all(is_loopback);
@@ -467,7 +479,7 @@ pub fn start(
         swarm,
         commands: rx,
         events: ev_tx,
-        topic,
+        shards: proposals::Shards::new(shard::key(&peer_id), cfg.shard_peers),
         evidence_topic,
         pending_contract: HashMap::new(),
         pending_data: HashMap::new(),
@@ -673,7 +685,8 @@ struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
-    topic: gossipsub::IdentTopic,
+    /// Our proposal shards and their topics (protocol.md §1.6).
+    shards: proposals::Shards,
     /// The evidence topic (protocol.md §5.10).
     evidence_topic: gossipsub::IdentTopic,
     pending_contract: HashMap<OutboundRequestId, oneshot::Sender<Result<ContractResponse, NetError>>>,
@@ -734,6 +747,7 @@ impl EventLoop {
                     None => return,
                 },
                 _ = bootstrap.tick() => {
+                    self.shards.stale = true;
                     self.connect_more();
                     self.unblock_expired();
                 }
@@ -760,6 +774,7 @@ impl EventLoop {
     /// Once a second: relay reservations kept or given up, waiting data requests expired.
     fn on_tick(&mut self) {
         self.initial_dials();
+        self.reshard();
         self.keep_looking();
         let now = Instant::now();
         let (due, later): (Vec<_>, Vec<_>) =
@@ -871,11 +886,13 @@ impl EventLoop {
     fn on_command(&mut self, c: Command) {
         let b = self.swarm.behaviour_mut();
         match c {
-            Command::Publish(evidence, data, reply) => {
-                let topic = if evidence { self.evidence_topic.clone() } else { self.topic.clone() };
+            Command::Propose(data, attempt, reply) => {
+                let _ = reply.send(self.publish_proposal(data, attempt));
+            }
+            Command::PublishEvidence(data, reply) => {
                 let r = b
                     .gossipsub
-                    .publish(topic, data)
+                    .publish(self.evidence_topic.clone(), data)
                     .map(|_| ())
                     .map_err(|e| NetError::Other(format!("cannot publish: {e}")));
                 let _ = reply.send(r);
@@ -957,6 +974,8 @@ impl EventLoop {
             external: self.reach.external().to_vec(),
             relays: self.reach.relays(),
             connections,
+            estimated_peers: self.shards.estimated,
+            shard: self.shards.own,
         }
     }
 
@@ -1050,6 +1069,7 @@ impl EventLoop {
     fn on_kad(&mut self, ev: kad::Event) {
         match ev {
             kad::Event::RoutingUpdated { peer, is_new_peer, .. } => {
+                self.shards.stale = true;
                 if is_new_peer {
                     self.lookup_every = LOOKUP_FIRST;
                     self.look_for_more();
@@ -1289,8 +1309,13 @@ impl EventLoop {
         let data = message.data;
         if message.topic == self.evidence_topic.hash() {
             self.emit(NetEvent::Evidence { id, source, data });
+        } else if self.is_proposal_topic(&message.topic) {
+            let topic = message.topic.into_string();
+            self.emit(NetEvent::Proposal { id, source, topic, data });
         } else {
-            self.emit(NetEvent::Proposal { id, source, data });
+            // A topic we left (or never joined): ignored, and not forwarded.
+            let acc = gossipsub::MessageAcceptance::Ignore;
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acc);
         }
     }
 

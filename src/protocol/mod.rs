@@ -22,8 +22,9 @@ pub const IDENTIFY_PROTOCOL: &str = "/peer/id/1.0.0";
 pub const CONTRACT_PROTOCOL: StreamProtocol = StreamProtocol::new("/peer/contract/2.0.0");
 /// request-response protocol for pack transfer (§5).
 pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/peer/data/2.0.0");
-/// gossipsub topic for proposals (§4.1).
-pub const PROPOSAL_TOPIC: &str = "peer/proposals/1";
+/// Prefix of the gossipsub topics that carry proposals (§1.6, §4.1): a shard's topic is
+/// `peer/proposals/2/<bits>/<prefix>` (`net::shard::Shard::topic`).
+pub const PROPOSAL_TOPIC_PREFIX: &str = "peer/proposals/2";
 
 /// Signature domain of a proposal body.
 pub const DOMAIN_PROPOSAL: &str = "peer/proposal/v1";
