@@ -1150,11 +1150,10 @@ fn a_full_provider_refuses_clearly_keeps_its_packs_and_the_client_goes_elsewhere
 
     // Its disk fills up (simulated by a reserve larger than any disk).
     net.stop(full);
-    let cfg = net.peers[full].home.join("config.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("min_free_bytes = 67108864", "min_free_bytes = 1125899906842624");
-    std::fs::write(&cfg, text).unwrap();
+    let file = net.peers[full].home.join("config.toml");
+    let mut cfg = Config::load(&file).unwrap();
+    cfg.provider.min_free_bytes = 1 << 50;
+    cfg.save(&file).unwrap();
     net.restart(full).unwrap();
     net.wait_connected(3, Duration::from_secs(60)).unwrap();
 
