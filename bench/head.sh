@@ -9,7 +9,10 @@
 # daemon's log), index packs, bytes uploaded by the unchanged re-backup, recovery seconds
 # (daemon start to `recovering: false`), restore seconds, and the peak RSS of the client
 # daemon that backed up, of the recovered one during its recovery, and of the recovered one
-# during the restore (VmHWM reset after the recovery). Needs: cargo, python3.
+# during the restore (VmHWM reset after the recovery). Then restic backs up and restores
+# the same tree to a local repository on the same disk, and both tools' files per second
+# are printed (first backup, restore; `sync` before each timed phase). Needs: cargo,
+# python3, restic.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/peer-bench-head}
@@ -35,6 +38,7 @@ start() { # start HOME: runs the daemon, waits for its first listen address
 }
 
 printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s %11s\n' files head_bytes publish_s index unchanged_up recover_s restore_s backup_mib recover_mib restore_mib
+rates=()
 for n in "${sizes[@]}"; do
   data="$work/tree-$n"
   if [ ! -d "$data" ]; then
@@ -60,7 +64,9 @@ PY
     [ -n "$boot" ] || boot=$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$h.out")
   done
   until [ "$("$peer" --home "$net/p0" status --json | field '["connected"].__len__()')" -ge $((peers - 1)) ]; do sleep 0.2; done
+  sync; b0=$(now)
   "$peer" --home "$net/p0" backup "$data" --copies 2 --json | tail -1 >"$net/backup1.json"
+  b1=$(now)
   "$peer" --home "$net/p0" backup "$data" --copies 2 --json | tail -1 >"$net/backup2.json"
   st=$("$peer" --home "$net/p0" status --json)
   index=$(echo "$st" | field '["index_packs"]')
@@ -77,12 +83,23 @@ PY
   t1=$(now)
   rss_recover=$(awk '/VmHWM/ {print $2}' "/proc/$client/status")
   echo 5 >"/proc/$client/clear_refs" # the restore's own peak from here
-  rm -rf "$net/back"
+  rm -rf "$net/back"; sync; t3=$(now)
   "$peer" --home "$net/p0" restore latest --target "$net/back" --json | tail -1 >"$net/restore.json"; t2=$(now)
   diff -r -q "$data" "$net/back/$(basename "$data")" >/dev/null || { echo "restore of $n files differs" >&2; exit 1; }
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$client/status")
   printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s %11s\n' "$n" "$head_bytes" "$publish" "$index" "$unchanged" \
-    "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$((rss_backup / 1024))" "$((rss_recover / 1024))" "$((rss / 1024))"
+    "$(secs "$t0" "$t1")" "$(secs "$t3" "$t2")" "$((rss_backup / 1024))" "$((rss_recover / 1024))" "$((rss / 1024))"
   cleanup
   rm -rf "$net"
+  # restic on the same tree and disk.
+  repo="$work/restic-$n"; rback="$work/restic-back-$n"; rm -rf "$repo" "$rback"
+  export RESTIC_PASSWORD=bench
+  restic init --quiet --repo "$repo" >/dev/null
+  sync; r0=$(now); restic --repo "$repo" backup --quiet "$data"; r1=$(now)
+  sync; r2=$(now); restic --repo "$repo" restore latest --target "$rback" --quiet; r3=$(now)
+  diff -r -q "$data" "$rback$data" >/dev/null || { echo "restic's restore of $n files differs" >&2; exit 1; }
+  rm -rf "$repo" "$rback"
+  rates+=("$(awk -v n="$n" -v pb="$(secs "$b0" "$b1")" -v rb="$(secs "$r0" "$r1")" -v pr="$(secs "$t3" "$t2")" -v rr="$(secs "$r2" "$r3")" \
+    'BEGIN { printf "%-9s backup: peer %.0f files/s (%.1f s), restic %.0f files/s (%.1f s); restore: peer %.0f files/s (%.1f s), restic %.0f files/s (%.1f s)", n, n / pb, pb, n / rb, rb, n / pr, pr, n / rr, rr }')")
 done
+printf '%s\n' "${rates[@]}"

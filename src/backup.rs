@@ -43,8 +43,9 @@ use tokio::sync::mpsc;
 /// the network; by an in-memory store in tests).
 #[async_trait::async_trait]
 pub trait PackSink: Send + Sync {
-    /// Stores `pack` on the required number of distinct holders; errors say why not.
-    async fn place(&self, pack: Arc<SealedPack>) -> Result<PackRecord, String>;
+    /// Stores `pack` on the required number of distinct holders; the error carries what
+    /// each holder tried answered.
+    async fn place(&self, pack: Arc<SealedPack>) -> Result<PackRecord, crate::transfer::TransferError>;
 }
 
 /// Errors that stop a backup.
@@ -327,9 +328,9 @@ type Placed = (PackId, Vec<PackEntry>, PackRecord);
 /// Records a placed pack and its blobs; returns its id, entries and bytes stored.
 async fn commit(
     store: &Store,
-    placed: Result<Result<Placed, String>, tokio::task::JoinError>,
+    placed: Result<Result<Placed, crate::transfer::TransferError>, tokio::task::JoinError>,
 ) -> Result<(PackId, Vec<PackEntry>, u64), String> {
-    let (pid, entries, rec) = placed.map_err(|e| e.to_string())??;
+    let (pid, entries, rec) = placed.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     let stored = rec.stored_bytes();
     let entries =
         store.call(move |s| s.commit_pack(&pid, &rec, &entries).map(|()| entries)).await.map_err(|e| e.to_string())?;

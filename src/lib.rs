@@ -34,3 +34,4 @@ pub mod retention;
 pub mod schedule;
 pub mod state;
 pub mod store;
+pub mod transfer;

@@ -49,8 +49,9 @@ pub const FETCH_BUDGET: usize = 96 << 20;
 /// root, fails over to the next holder).
 #[async_trait::async_trait]
 pub trait PackSource: Send + Sync {
-    /// The bytes of `pack`, already checked against its id.
-    async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, String>;
+    /// The bytes of `pack`, already checked against its id; the error carries what each
+    /// holder asked answered.
+    async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, crate::transfer::TransferError>;
 
     /// How many packs to fetch at once; at most [`MAX_FETCHES`] is used.
     fn concurrency(&self) -> usize {
@@ -178,7 +179,7 @@ impl Docs<'_> {
         }
         let e = entry.ok_or_else(|| format!("tree {blob} is in no known pack"))?;
         if self.last.as_ref().map(|(p, _)| *p) != Some(e.pack) {
-            let bytes = self.source.fetch(e.pack).await?;
+            let bytes = self.source.fetch(e.pack).await.map_err(|e| e.to_string())?;
             self.last = Some((e.pack, bytes));
         }
         let bytes = &self.last.as_ref().expect("set just above").1;
@@ -1105,14 +1106,14 @@ mod tests {
 
     #[async_trait::async_trait]
     impl PackSource for Counting {
-        async fn fetch(&self, _: PackId) -> Result<bytes::Bytes, String> {
+        async fn fetch(&self, _: PackId) -> Result<bytes::Bytes, crate::transfer::TransferError> {
             let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
             self.max.fetch_max(n, Ordering::SeqCst);
             for _ in 0..4 {
                 tokio::task::yield_now().await;
             }
             self.now.fetch_sub(1, Ordering::SeqCst);
-            Err("unavailable".into())
+            Err(crate::transfer::TransferError::AllHoldersFailed { errors: vec![] })
         }
         fn concurrency(&self) -> usize {
             MAX_FETCHES
@@ -1193,7 +1194,10 @@ mod tests {
 
     #[async_trait::async_trait]
     impl crate::backup::PackSink for Memory {
-        async fn place(&self, pack: Arc<crate::repo::pack::SealedPack>) -> Result<crate::state::PackRecord, String> {
+        async fn place(
+            &self,
+            pack: Arc<crate::repo::pack::SealedPack>,
+        ) -> Result<crate::state::PackRecord, crate::transfer::TransferError> {
             self.packs.lock().unwrap().insert(pack.id, pack.bytes.clone());
             Ok(crate::state::PackRecord {
                 size: pack.bytes.len() as u64,
@@ -1209,9 +1213,10 @@ mod tests {
 
     #[async_trait::async_trait]
     impl PackSource for Memory {
-        async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, String> {
+        async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, crate::transfer::TransferError> {
             self.fetches.fetch_add(1, Ordering::SeqCst);
-            self.packs.lock().unwrap().get(&pack).cloned().ok_or_else(|| "no such pack".to_string())
+            let none = || crate::transfer::TransferError::NoHolder { pack: pack.short() };
+            self.packs.lock().unwrap().get(&pack).cloned().ok_or_else(none)
         }
     }
 

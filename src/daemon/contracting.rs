@@ -295,16 +295,20 @@ impl Inner {
     /// Makes sure `n` distinct connected providers hold live contracts with room for us,
     /// proposing new contracts on gossip (republished every [`REPROPOSE_SECS`]) until the
     /// configured wait runs out. Errors say how many providers there are and what to do.
-    pub(super) async fn ensure_providers(&self, n: usize) -> Result<(), String> {
+    pub(super) async fn ensure_providers(&self, n: usize) -> Result<(), ShortOfProviders> {
         self.ensure_providers_avoiding(n, &HashSet::new()).await
     }
 
     /// [`Inner::ensure_providers`], not counting the providers in `avoid` (ones that just
     /// refused a pack: a full disk) as ready.
-    pub(super) async fn ensure_providers_avoiding(&self, n: usize, avoid: &HashSet<PeerId>) -> Result<(), String> {
+    pub(super) async fn ensure_providers_avoiding(
+        &self,
+        n: usize,
+        avoid: &HashSet<PeerId>,
+    ) -> Result<(), ShortOfProviders> {
         let wait = Duration::from_secs(self.config.contracts.proposal_wait_secs);
         let deadline = tokio::time::Instant::now() + wait;
-        let offered = self.db(|s| s.offered()).await.map_err(|e| e.to_string())?;
+        let offered = self.db(|s| s.offered()).await.map_err(|e| ShortOfProviders::Local(e.to_string()))?;
         let mut session: Option<Arc<Session>> = None;
         // Sessions are forgotten when this ends, also when the caller drops it early.
         let mut ids = Proposals { inner: self, ids: Vec::new() };
@@ -317,15 +321,14 @@ impl Inner {
             }
             let (punching, relayed_only) = seen.indirect(&live, avoid);
             if tokio::time::Instant::now() >= deadline {
-                let mut why = shortfall(n, ready.len(), relayed_only + punching, wait, seen.connected.len());
-                if self.config.contracts.only_friends {
-                    why = format!(
-                        "{why}. contracts.only_friends is on: only your {} friends count; add more with \
-                         'peer friends add CODE' (their 'peer friends invite')",
-                        self.friend_count()
-                    );
-                }
-                break Err(why);
+                break Err(ShortOfProviders::Shortfall {
+                    needed: n,
+                    ready: ready.len(),
+                    relayed: relayed_only + punching,
+                    wait_secs: wait.as_secs(),
+                    connected: seen.connected.len(),
+                    only_friends: self.config.contracts.only_friends.then(|| self.friend_count()),
+                });
             }
             if ready.len() + punching >= n {
                 // Hole punches under way may make enough providers direct: give them time.
@@ -351,11 +354,7 @@ impl Inner {
                     continue;
                 }
                 // Everyone asked for has answered, yet fewer than n are usable: stop early.
-                break Err(format!(
-                    "{} providers accepted, but only {} of the {n} needed are reachable with room",
-                    s.wanted,
-                    ready.len()
-                ));
+                break Err(ShortOfProviders::Unreachable { accepted: s.wanted, ready: ready.len(), needed: n });
             }
             let away = self.dial_away(&live, &seen).await;
             let held: u64 = live.iter().map(|(_, c)| c.bytes).sum();
@@ -364,12 +363,7 @@ impl Inner {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                break Err(format!(
-                    "your offer of {} lets you hold no more at others (ratio {}); give to get: raise it with \
-                     'peer offer-storage SIZE'",
-                    bytesize::ByteSize(offered),
-                    self.config.contracts.ratio
-                ));
+                break Err(ShortOfProviders::OverRatio { offered, ratio: self.config.contracts.ratio });
             };
             let attempt = u32::try_from(ids.ids.len()).unwrap_or(u32::MAX);
             ids.ids.push(self.propose(&s, ask, offered, attempt).await);
@@ -426,8 +420,74 @@ impl Session {
 
 /// Why placement cannot have `n` providers: `ready` direct ones with room, `relayed` more
 /// reachable only through relays (or punching), after waiting `wait`.
-fn shortfall(n: usize, ready: usize, relayed: usize, wait: Duration, connected: usize) -> String {
-    if relayed > 0 {
+/// Why a client could not get the providers it needs (protocol.md §4.3.1, §4.4).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ShortOfProviders {
+    /// The wait ran out with fewer providers ready than needed.
+    #[error("{}", shortfall(*needed, *ready, *relayed, *wait_secs, *connected, *only_friends))]
+    Shortfall {
+        /// Providers needed.
+        needed: usize,
+        /// Providers directly connected with a live contract with room.
+        ready: usize,
+        /// Providers connected only through relays, or still hole punching.
+        relayed: usize,
+        /// `[contracts] proposal_wait_secs`.
+        wait_secs: u64,
+        /// Peers connected.
+        connected: usize,
+        /// With `contracts.only_friends`: how many friends this peer has.
+        only_friends: Option<usize>,
+    },
+    /// Every provider asked for accepted, yet too few can take packs (unreachable or full).
+    #[error("{accepted} providers accepted, but only {ready} of the {needed} needed are reachable with room")]
+    Unreachable {
+        /// Acceptances countersigned in this session.
+        accepted: usize,
+        /// Providers ready.
+        ready: usize,
+        /// Providers needed.
+        needed: usize,
+    },
+    /// Give to get: this peer's offer allows it to hold no more at others (§4.4).
+    #[error(
+        "your offer of {} lets you hold no more at others (ratio {ratio}); give to get: raise it with \
+         'peer offer-storage SIZE'",
+        bytesize::ByteSize(*offered)
+    )]
+    OverRatio {
+        /// Bytes this peer offers.
+        offered: u64,
+        /// `[contracts] ratio`.
+        ratio: f64,
+    },
+    /// The local state could not be read.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl ShortOfProviders {
+    /// The control protocol's kind for it (its exit code): this peer's own rule
+    /// (`OverRatio`) is `Refused`, a local failure `Local`, the rest `Unavailable`.
+    pub(super) fn kind(&self) -> crate::control::ErrorKind {
+        use crate::control::ErrorKind;
+        match self {
+            ShortOfProviders::OverRatio { .. } => ErrorKind::Refused,
+            ShortOfProviders::Local(_) => ErrorKind::Local,
+            ShortOfProviders::Shortfall { .. } | ShortOfProviders::Unreachable { .. } => ErrorKind::Unavailable,
+        }
+    }
+}
+
+fn shortfall(
+    n: usize,
+    ready: usize,
+    relayed: usize,
+    wait_secs: u64,
+    connected: usize,
+    friends: Option<usize>,
+) -> String {
+    let why = if relayed > 0 {
         format!(
             "only {ready} of the {n} providers needed are reachable directly ({relayed} more only through relays, \
              which carry no packs); forward a port to this peer or to theirs, or wait for more peers \
@@ -435,10 +495,16 @@ fn shortfall(n: usize, ready: usize, relayed: usize, wait: Duration, connected: 
         )
     } else {
         format!(
-            "only {ready} of the {n} providers needed accepted a contract within {}s ({connected} peers connected); \
-             wait for more peers to join, or use fewer --copies or a smaller --erasure K+M",
-            wait.as_secs()
+            "only {ready} of the {n} providers needed accepted a contract within {wait_secs}s ({connected} peers \
+             connected); wait for more peers to join, or use fewer --copies or a smaller --erasure K+M"
         )
+    };
+    match friends {
+        Some(f) => format!(
+            "{why}. contracts.only_friends is on: only your {f} friends count; add more with \
+             'peer friends add CODE' (their 'peer friends invite')"
+        ),
+        None => why,
     }
 }
 

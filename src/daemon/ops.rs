@@ -424,7 +424,7 @@ impl Inner {
         let _ = tx.try_send(Reply::Progress(Progress { phase: "contracts".into(), done: 0, total: 0 }));
         let providers = erasure.map(|s| s.n()).unwrap_or(copies as usize);
         if let Err(e) = self.ensure_providers(providers).await {
-            return fail(ErrorKind::Unavailable, e);
+            return fail(e.kind(), e.to_string());
         }
         let counters = Arc::new(Counters::default());
         let opts = BackupOptions {

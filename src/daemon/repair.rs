@@ -217,7 +217,11 @@ impl Inner {
                 pacer.wait(b.len() as u64).await;
                 let (mut added, errors) = sink.place_on(&shard, 1, exclude.clone()).await;
                 let Some(h) = added.pop() else {
-                    return Err(format!("placed {placed} of {} shards: {}", dead.len(), errors.join("; ")));
+                    return Err(format!(
+                        "placed {placed} of {} shards: {}",
+                        dead.len(),
+                        crate::transfer::join(&errors)
+                    ));
                 };
                 exclude.extend(PeerId::from_bytes(&h.peer).ok());
                 self.db(move |s| s.set_shard_holder(&id, i, h)).await.map_err(|e| e.to_string())?;
@@ -236,7 +240,11 @@ impl Inner {
             return Err(format!(
                 "placed {} of {need} new copies: {}",
                 added.len(),
-                if errors.is_empty() { "no other provider has room".to_string() } else { errors.join("; ") }
+                if errors.is_empty() {
+                    "no other provider has room".to_string()
+                } else {
+                    crate::transfer::join(&errors)
+                }
             ));
         }
         Ok(added.len())

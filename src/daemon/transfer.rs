@@ -15,6 +15,7 @@ use crate::repo::merkle;
 use crate::repo::pack::{MAX_PACK_SIZE, SealedPack};
 use crate::restore::{FETCHES_PER_HOLDER, HolderSlots, PackSource};
 use crate::state::{Holder, PackRecord, Role, Shard};
+use crate::transfer::{HolderError, TransferError};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,11 +24,12 @@ use std::time::Duration;
 /// Tries of one store at a busy provider before giving up on it.
 pub const BUSY_RETRIES: u32 = 5;
 
-fn describe(peer: &PeerId, e: &NetError) -> String {
-    match e {
+fn describe(peer: &PeerId, e: &NetError) -> HolderError {
+    let reason = match e {
         NetError::Request { reason, .. } => format!("provider {peer} unreachable or too slow ({reason})"),
         other => other.to_string(),
-    }
+    };
+    HolderError::Unreachable { peer: *peer, reason }
 }
 
 impl Inner {
@@ -346,7 +348,7 @@ impl NetSink {
 }
 
 impl NetSink {
-    async fn store_at(&self, peer: PeerId, contract: ContractId, pack: &SealedPack) -> Result<(), String> {
+    async fn store_at(&self, peer: PeerId, contract: ContractId, pack: &SealedPack) -> Result<(), HolderError> {
         let addrs = self.inner.addrs_of(&peer);
         let mut pause = Duration::from_millis(250);
         for _ in 0..BUSY_RETRIES {
@@ -363,9 +365,9 @@ impl NetSink {
                     {
                         r.insert(peer);
                     }
-                    return Err(format!("provider {peer} refused: {code:?}: {message}"));
+                    return Err(HolderError::Refused { peer, code, message });
                 }
-                Ok(_) => return Err(format!("provider {peer} gave an unexpected answer to a store request")),
+                Ok(_) => return Err(HolderError::Unexpected { peer, request: "store" }),
                 Err(e) => {
                     if matches!(e, NetError::NotDirect { .. })
                         && let Ok(mut r) = self.refused.lock()
@@ -377,7 +379,7 @@ impl NetSink {
                 }
             }
         }
-        Err(format!("provider {peer} stayed busy"))
+        Err(HolderError::Busy { peer })
     }
 
     /// Picks up to `need` contracts with room for `size` bytes, one per provider not in
@@ -435,7 +437,7 @@ impl NetSink {
         pack: &SealedPack,
         need: usize,
         exclude: HashSet<PeerId>,
-    ) -> (Vec<Holder>, Vec<String>) {
+    ) -> (Vec<Holder>, Vec<HolderError>) {
         let size = pack.bytes.len() as u64;
         let mut holders: Vec<Holder> = Vec::new();
         let mut tried = exclude;
@@ -467,15 +469,17 @@ impl NetSink {
 impl NetSink {
     /// [`NetSink::place_on`], and when that falls short because providers failed or
     /// refused (a full disk), proposes contracts until `ready` providers other than the
-    /// refusing ones are ready, and tries the new ones.
+    /// refusing ones are ready, and tries the new ones. Returns the holders, what the
+    /// failed ones answered, and why no more providers were found if that failed.
     async fn place_or_find(
         &self,
         pack: &SealedPack,
         need: usize,
         exclude: HashSet<PeerId>,
         ready: usize,
-    ) -> (Vec<Holder>, Vec<String>) {
+    ) -> (Vec<Holder>, Vec<HolderError>, Option<String>) {
         let (mut holders, mut errors) = self.place_on(pack, need, exclude.clone()).await;
+        let mut extra = None;
         if holders.len() < need {
             let _one = self.more.lock().await;
             let avoid = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
@@ -487,14 +491,14 @@ impl NetSink {
                     holders.extend(more);
                     errors.extend(errs);
                 }
-                Err(e) => errors.push(e),
+                Err(e) => extra = Some(e.to_string()),
             }
         }
-        (holders, errors)
+        (holders, errors, extra)
     }
 
     /// Erasure-codes a pack and places each shard on its own provider.
-    async fn place_shards(&self, pack: &SealedPack, s: Scheme) -> Result<PackRecord, String> {
+    async fn place_shards(&self, pack: &SealedPack, s: Scheme) -> Result<PackRecord, TransferError> {
         let bytes = pack.bytes.clone();
         let shards = tokio::task::spawn_blocking(move || {
             s.split(&bytes).map(|v| {
@@ -504,17 +508,14 @@ impl NetSink {
             })
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| TransferError::Local(format!("erasure coding stopped: {e}")))?
+        .map_err(TransferError::Local)?;
         let mut used: HashSet<PeerId> = HashSet::new();
         let mut out = Vec::with_capacity(shards.len());
         for (i, sh) in shards.iter().enumerate() {
-            let (mut h, errors) = self.place_or_find(sh, 1, used.clone(), s.n()).await;
+            let (mut h, errors, extra) = self.place_or_find(sh, 1, used.clone(), s.n()).await;
             let Some(holder) = h.pop() else {
-                return Err(format!(
-                    "shard {i} of pack {} found no provider: {}",
-                    pack.id.short(),
-                    if errors.is_empty() { "no other contract has room".to_string() } else { errors.join("; ") }
-                ));
+                return Err(TransferError::ShardUnplaced { pack: pack.id.short(), index: i, errors, extra });
             };
             used.extend(PeerId::from_bytes(&holder.peer).ok());
             out.push(Shard { id: sh.id, size: sh.bytes.len() as u64, holder: Some(holder) });
@@ -533,27 +534,18 @@ impl NetSink {
 
 #[async_trait::async_trait]
 impl PackSink for NetSink {
-    async fn place(&self, pack: Arc<SealedPack>) -> Result<PackRecord, String> {
+    async fn place(&self, pack: Arc<SealedPack>) -> Result<PackRecord, TransferError> {
         let size = pack.bytes.len() as u64;
         if pack.bytes.len() > MAX_PACK_SIZE {
-            return Err(format!("pack {} is {size} bytes, over the {MAX_PACK_SIZE}-byte limit", pack.id.short()));
+            return Err(TransferError::TooLarge { pack: pack.id.short(), size, limit: MAX_PACK_SIZE });
         }
         if let Some(s) = self.erasure {
             return self.place_shards(&pack, s).await;
         }
-        let (holders, errors) = self.place_or_find(&pack, self.copies, HashSet::new(), self.copies).await;
+        let (holders, errors, extra) = self.place_or_find(&pack, self.copies, HashSet::new(), self.copies).await;
         if holders.len() < self.copies {
-            return Err(format!(
-                "pack {} reached {} of {} holders: {}",
-                pack.id.short(),
-                holders.len(),
-                self.copies,
-                if errors.is_empty() {
-                    "no other contract has room; offer more storage to get more".to_string()
-                } else {
-                    errors.join("; ")
-                }
-            ));
+            let (pack, reached, wanted) = (pack.id.short(), holders.len(), self.copies);
+            return Err(TransferError::TooFewHolders { pack, reached, wanted, errors, extra });
         }
         Ok(PackRecord {
             size,
@@ -582,7 +574,7 @@ impl NetSource {
     }
 
     /// Object `id` (a pack or a shard) from `peer`, checked against its id.
-    async fn fetch_from(&self, peer: PeerId, id: PackId) -> Result<bytes::Bytes, String> {
+    async fn fetch_from(&self, peer: PeerId, id: PackId) -> Result<bytes::Bytes, HolderError> {
         let addrs = self.inner.addrs_of(&peer);
         let mut pause = Duration::from_millis(250);
         let mut answer = self.inner.net.data_request(peer, addrs.clone(), DataRequest::Fetch { pack: id }).await;
@@ -602,12 +594,12 @@ impl NetSource {
                     Ok(Some(b)) => Ok(b),
                     _ => {
                         tracing::warn!("holder {peer} returned a corrupt copy of {}", id.short());
-                        Err(format!("provider {peer} returned a corrupt copy"))
+                        Err(HolderError::Corrupt { peer })
                     }
                 }
             }
-            Ok(DataResponse::Error { code, message }) => Err(format!("provider {peer}: {code:?}: {message}")),
-            Ok(_) => Err(format!("provider {peer} gave an unexpected answer to a fetch request")),
+            Ok(DataResponse::Error { code, message }) => Err(HolderError::Refused { peer, code, message }),
+            Ok(_) => Err(HolderError::Unexpected { peer, request: "fetch" }),
             Err(e) => Err(describe(&peer, &e)),
         }
     }
@@ -615,13 +607,13 @@ impl NetSource {
 
 #[async_trait::async_trait]
 impl PackSource for NetSource {
-    async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, String> {
+    async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, TransferError> {
         let rec = self
             .inner
             .db(move |s| s.pack(&pack))
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("pack {pack} has no known holder"))?;
+            .map_err(|e| TransferError::Local(e.to_string()))?
+            .ok_or_else(|| TransferError::NoHolder { pack: pack.short() })?;
         self.fetch_placed(pack, rec).await
     }
 
@@ -636,7 +628,7 @@ impl PackSource for NetSource {
 impl NetSource {
     /// Pack `pack` placed as `rec` says: from any holder of a copy, or from any K shards,
     /// checked against its id.
-    pub(super) async fn fetch_placed(&self, pack: PackId, rec: PackRecord) -> Result<bytes::Bytes, String> {
+    pub(super) async fn fetch_placed(&self, pack: PackId, rec: PackRecord) -> Result<bytes::Bytes, TransferError> {
         let mut errors = Vec::new();
         let Some(s) = rec.erasure else {
             // From the least busy holder; on failure from the next, until none is left.
@@ -649,11 +641,12 @@ impl NetSource {
                 left.retain(|p| *p != peer);
             }
             if errors.is_empty() {
-                return Err(format!("pack {} has no known holder", pack.short()));
+                return Err(TransferError::NoHolder { pack: pack.short() });
             }
-            return Err(errors.join("; "));
+            return Err(TransferError::AllHoldersFailed { errors });
         };
         // Any K shards, each checked against its id, then the pack against its own.
+        let mut shard_errors = Vec::new();
         let mut got: Vec<Option<Vec<u8>>> = vec![None; s.n()];
         let mut have = 0;
         for (i, sh) in rec.shards.iter().enumerate() {
@@ -667,22 +660,18 @@ impl NetSource {
                     got[i] = Some(b.to_vec()); // decoding copies the shards anyway
                     have += 1;
                 }
-                Err(e) => errors.push(format!("shard {i}: {e}")),
+                Err(e) => shard_errors.push((i, e)),
             }
         }
         if have < usize::from(s.k) {
-            return Err(format!("only {have} of the {} shards needed could be fetched: {}", s.k, errors.join("; ")));
+            return Err(TransferError::TooFewShards { have, k: s.k, errors: shard_errors });
         }
         let len = rec.size as usize;
         tokio::task::spawn_blocking(move || {
-            let b = s.join(len, &got)?;
-            if merkle::root(&b) == pack {
-                Ok(b.into())
-            } else {
-                Err("the decoded shards do not match the pack id".to_string())
-            }
+            let b = s.join(len, &got).map_err(TransferError::Local)?;
+            if merkle::root(&b) == pack { Ok(b.into()) } else { Err(TransferError::BadDecode) }
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TransferError::Local(format!("erasure decoding stopped: {e}")))?
     }
 }
