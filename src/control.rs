@@ -523,7 +523,8 @@ impl From<crate::restore::RestoreError> for Failure {
         use crate::restore::RestoreError as R;
         let kind = match &e {
             R::NoSnapshot(_) => ErrorKind::NotFound,
-            R::Metadata(_) => ErrorKind::Unavailable,
+            R::Metadata(crate::restore::TreeError::State(_)) => ErrorKind::Local,
+            R::Metadata(_) | R::BadTree(_) => ErrorKind::Unavailable,
             R::Target(_) => ErrorKind::Usage,
             R::NotInSnapshot(_) => ErrorKind::NotFound,
             R::State(_) => ErrorKind::Local,

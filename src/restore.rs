@@ -113,7 +113,11 @@ pub enum RestoreError {
     NoSnapshot(String),
     /// The snapshot's trees cannot be loaded.
     #[error("cannot read the snapshot's metadata: {0}")]
-    Metadata(String),
+    Metadata(#[from] TreeError),
+    /// A tree does not fit the snapshot: a root that does not match its paths, a
+    /// directory without a tree, an unsafe name.
+    #[error("cannot read the snapshot's metadata: {0}")]
+    BadTree(String),
     /// The target is unusable.
     #[error("{0}")]
     Target(String),
@@ -161,6 +165,26 @@ impl FilePlan {
     }
 }
 
+/// Why a tree document (protocol.md §3.4) could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// The index knows no pack that holds it.
+    #[error("tree {0} is in no known pack")]
+    NotIndexed(String),
+    /// It is not in the local tree cache (code that reads only the cache).
+    #[error("tree {0} is not cached here")]
+    NotCached(String),
+    /// Its pack could not be fetched from any holder.
+    #[error(transparent)]
+    Fetch(#[from] crate::transfer::TransferError),
+    /// Its blob does not open or decode (short tree id, what failed).
+    #[error("tree {0}: {1}")]
+    Bad(String, crate::repo::RepoError),
+    /// Local state failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
 /// Loads tree documents: local cache first, else from their pack.
 struct Docs<'a> {
     id: &'a Identity,
@@ -170,21 +194,21 @@ struct Docs<'a> {
 }
 
 impl Docs<'_> {
-    async fn get(&mut self, blob: &BlobId) -> Result<Vec<u8>, String> {
+    async fn get(&mut self, blob: &BlobId) -> Result<Vec<u8>, TreeError> {
         let b = *blob;
-        let (cached, entry) =
-            self.store.call(move |s| Ok((s.tree(&b)?, s.blob(&b)?))).await.map_err(|e| e.to_string())?;
+        let (cached, entry) = self.store.call(move |s| Ok((s.tree(&b)?, s.blob(&b)?))).await?;
         if let Some(d) = cached {
             return Ok(d);
         }
-        let e = entry.ok_or_else(|| format!("tree {blob} is in no known pack"))?;
+        let e = entry.ok_or_else(|| TreeError::NotIndexed(blob.to_string()))?;
         if self.last.as_ref().map(|(p, _)| *p) != Some(e.pack) {
-            let bytes = self.source.fetch(e.pack).await.map_err(|e| e.to_string())?;
+            let bytes = self.source.fetch(e.pack).await?;
             self.last = Some((e.pack, bytes));
         }
         let bytes = &self.last.as_ref().expect("set just above").1;
         let entry = PackEntry { id: *blob, kind: e.kind, offset: e.offset, length: e.length, raw_length: e.raw_length };
-        let doc = pack::read_blob((&self.id.id_key, &self.id.enc_key), bytes, &entry).map_err(|e| e.to_string())?;
+        let doc = pack::read_blob((&self.id.id_key, &self.id.enc_key), bytes, &entry)
+            .map_err(|e| TreeError::Bad(blob.short(), e))?;
         let cached = doc.clone();
         if let Err(e) = self.store.call(move |s| s.put_tree(&b, &cached)).await {
             tracing::warn!("cannot cache tree {}: {e}", b.short()); // only a cache: read again next time
@@ -193,8 +217,8 @@ impl Docs<'_> {
     }
 
     async fn tree(&mut self, blob: &BlobId) -> Result<tree::Tree, RestoreError> {
-        let doc = self.get(blob).await.map_err(RestoreError::Metadata)?;
-        tree::decode_tree(&doc).map_err(|e| RestoreError::Metadata(format!("tree {}: {e}", blob.short())))
+        let doc = self.get(blob).await?;
+        Ok(tree::decode_tree(&doc).map_err(|e| TreeError::Bad(blob.short(), e))?)
     }
 }
 
@@ -305,7 +329,7 @@ pub async fn snapshot_blobs(
     source: &dyn PackSource,
     sid: &SnapshotId,
     snap: &Snapshot,
-) -> Result<HashSet<BlobId>, String> {
+) -> Result<HashSet<BlobId>, TreeError> {
     let mut docs = Docs { id, store, source, last: None };
     let mut out = HashSet::from([BlobId(sid.0)]);
     let mut stack = vec![snap.tree];
@@ -313,7 +337,7 @@ pub async fn snapshot_blobs(
         if !out.insert(t) {
             continue; // an identical subtree seen already
         }
-        let tree = tree::decode_tree(&docs.get(&t).await?).map_err(|e| format!("tree {}: {e}", t.short()))?;
+        let tree = tree::decode_tree(&docs.get(&t).await?).map_err(|e| TreeError::Bad(t.short(), e))?;
         expand(tree, &mut out, &mut stack);
     }
     Ok(out)
@@ -321,16 +345,15 @@ pub async fn snapshot_blobs(
 
 /// [`snapshot_blobs`] from the local tree cache alone, for code on the store thread
 /// ([`crate::store`]). Errors: a tree not cached here, or one that does not decode.
-pub fn cached_snapshot_blobs(state: &State, sid: &SnapshotId, snap: &Snapshot) -> Result<HashSet<BlobId>, String> {
+pub fn cached_snapshot_blobs(state: &State, sid: &SnapshotId, snap: &Snapshot) -> Result<HashSet<BlobId>, TreeError> {
     let mut out = HashSet::from([BlobId(sid.0)]);
     let mut stack = vec![snap.tree];
     while let Some(t) = stack.pop() {
         if !out.insert(t) {
             continue;
         }
-        let doc = state.tree(&t).map_err(|e| e.to_string())?;
-        let doc = doc.ok_or_else(|| format!("tree {} is not cached here", t.short()))?;
-        expand(tree::decode_tree(&doc).map_err(|e| format!("tree {}: {e}", t.short()))?, &mut out, &mut stack);
+        let doc = state.tree(&t)?.ok_or_else(|| TreeError::NotCached(t.short()))?;
+        expand(tree::decode_tree(&doc).map_err(|e| TreeError::Bad(t.short(), e))?, &mut out, &mut stack);
     }
     Ok(out)
 }
@@ -551,7 +574,7 @@ impl<'a> Walk<'a> {
         let mut docs = Docs { id, store, source, last: None };
         let root = docs.tree(&snap.tree).await?;
         if root.nodes.len() != snap.paths.len() {
-            return Err(RestoreError::Metadata("the root tree does not match the snapshot's paths".into()));
+            return Err(RestoreError::BadTree("the root tree does not match the snapshot's paths".into()));
         }
         let mut stack: Vec<Visit> = Vec::new();
         for (n, path) in root.nodes.into_iter().zip(&snap.paths).rev() {
@@ -614,11 +637,11 @@ impl<'a> Walk<'a> {
     /// The entries of directory node `n`, last first (ready to be pushed on a stack).
     async fn children(&mut self, dest: &Path, orig: &Path, rel: &Path, n: &Node) -> Result<Vec<Visit>, RestoreError> {
         let sub =
-            n.subtree.ok_or_else(|| RestoreError::Metadata(format!("{}: directory without a tree", dest.display())))?;
+            n.subtree.ok_or_else(|| RestoreError::BadTree(format!("{}: directory without a tree", dest.display())))?;
         let mut out = Vec::new();
         for c in self.docs.tree(&sub).await?.nodes.into_iter().rev() {
             if c.name.is_empty() || c.name == b"." || c.name == b".." || c.name.contains(&b'/') {
-                return Err(RestoreError::Metadata(format!("unsafe name in the tree of {}", dest.display())));
+                return Err(RestoreError::BadTree(format!("unsafe name in the tree of {}", dest.display())));
             }
             let name = std::ffi::OsStr::from_bytes(&c.name);
             out.push((dest.join(name), orig.join(name), rel.join(name), c));

@@ -23,7 +23,7 @@ fn packs_of_snapshot(state: &State, sid: &str) -> Result<Vec<(PackId, PackRecord
     let e = |e: StateError| e.to_string();
     let (id, snap) =
         state.snapshots().map_err(e)?.into_iter().find(|(k, _)| k.to_string() == sid).ok_or("no such snapshot")?;
-    let blobs = crate::restore::cached_snapshot_blobs(state, &id, &snap)?;
+    let blobs = crate::restore::cached_snapshot_blobs(state, &id, &snap).map_err(|e| e.to_string())?;
     let (mut packs, missing) = crate::restore::packs_of(state, &blobs).map_err(e)?;
     if missing > 0 {
         return Err(format!("{missing} blobs of the snapshot are in no known pack"));

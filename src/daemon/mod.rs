@@ -28,7 +28,7 @@ mod transfer;
 mod web;
 
 pub use heads::REPUBLISH_SECS;
-pub use ops::{check_offer, offer_notes};
+pub use ops::{OfferError, check_offer, offer_notes};
 
 use crate::claims::ClaimStore;
 use crate::config::{Config, Home};

@@ -23,16 +23,46 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-/// Refuses an offer larger than the free disk of the home plus what others already store here.
-pub fn check_offer(home: &Home, bytes: u64, stored: u64) -> Result<(), String> {
-    let free = crate::provider::free_space(&home.dir).map_err(|e| format!("{}: {e}", home.dir.display()))?;
+/// Why an offer of storage is refused ([`check_offer`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OfferError {
+    /// The free space of the home's disk could not be read.
+    #[error("{path}: {source}")]
+    Disk {
+        /// The home directory.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The offer is larger than the disk's free space plus what others already store here.
+    #[error("cannot offer {}: the disk holding {path} has only {} free", bytesize::ByteSize(*offer), bytesize::ByteSize(*room))]
+    TooLarge {
+        /// Bytes offered.
+        offer: u64,
+        /// The home directory.
+        path: String,
+        /// Free bytes plus the bytes others store here.
+        room: u64,
+    },
+}
+
+impl OfferError {
+    /// The control protocol's kind: the disk's failure is `Local`, a too large offer `Refused`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            OfferError::Disk { .. } => ErrorKind::Local,
+            OfferError::TooLarge { .. } => ErrorKind::Refused,
+        }
+    }
+}
+
+/// Refuses an offer of `bytes` larger than the free disk of the home plus `stored`, the
+/// bytes others already store here.
+pub fn check_offer(home: &Home, bytes: u64, stored: u64) -> Result<(), OfferError> {
+    let path = || home.dir.display().to_string();
+    let free = crate::provider::free_space(&home.dir).map_err(|source| OfferError::Disk { path: path(), source })?;
     if bytes > free + stored {
-        return Err(format!(
-            "cannot offer {}: the disk holding {} has only {} free",
-            bytesize::ByteSize(bytes),
-            home.dir.display(),
-            bytesize::ByteSize(free + stored)
-        ));
+        return Err(OfferError::TooLarge { offer: bytes, path: path(), room: free + stored });
     }
     Ok(())
 }
@@ -82,7 +112,7 @@ fn health_of(state: &State, lv: &Liveness) -> Result<(Vec<SnapshotHealth>, Optio
                 }
             }
             Err(e) => {
-                h.note = e;
+                h.note = e.to_string();
                 complete = false;
             }
         }
@@ -241,15 +271,21 @@ impl Inner {
         })
     }
 
-    /// The contract whose id starts with `prefix` (hex).
-    fn find_contract(&self, prefix: &str) -> Result<crate::id::ContractId, String> {
+    /// The contract whose id starts with `prefix` (hex); none is `NotFound`, several are
+    /// `Usage` (more digits needed).
+    fn find_contract(&self, prefix: &str) -> Result<crate::id::ContractId, Failure> {
         let p = prefix.to_ascii_lowercase();
         let all = self.state.contracts();
         let m: Vec<_> = all.into_iter().filter(|(id, _)| !p.is_empty() && id.to_string().starts_with(&p)).collect();
         match m.as_slice() {
             [(id, _)] => Ok(*id),
-            [] => Err(format!("no contract matches '{prefix}'; see 'peer contracts'")),
-            _ => Err(format!("'{prefix}' matches {} contracts; give more digits", m.len())),
+            [] => {
+                Err(Failure::new(ErrorKind::NotFound, format!("no contract matches '{prefix}'; see 'peer contracts'")))
+            }
+            _ => Err(Failure::new(
+                ErrorKind::Usage,
+                format!("'{prefix}' matches {} contracts; give more digits", m.len()),
+            )),
         }
     }
 
@@ -321,7 +357,7 @@ impl Inner {
                     Ok(()) => Reply::Offered(offer_notes(&self.state.contracts(), b, self.config.contracts.ratio)),
                     Err(e) => Reply::Error(e.into()),
                 },
-                Err(e) => fail(ErrorKind::Refused, e),
+                Err(e) => fail(e.kind(), e.to_string()),
             },
             Request::Snapshots => match self.db(|s| s.snapshots()).await {
                 Ok(v) => Reply::Snapshots(v.iter().map(|(id, s)| SnapshotInfo::new(id, s)).collect()),
@@ -335,7 +371,7 @@ impl Inner {
                     Ok(()) => Reply::Ok,
                     Err(e) => fail(ErrorKind::NotFound, e),
                 },
-                Err(e) => fail(ErrorKind::NotFound, e),
+                Err(f) => Reply::Error(f),
             },
             Request::Backup { paths, copies, exclude, erasure, limits, lock_secs } => {
                 let _limits = self.net.limit_while(limits.upload_kib, limits.download_kib);
