@@ -11,8 +11,9 @@
 # daemon that backed up, of the recovered one during its recovery, and of the recovered one
 # during the restore (VmHWM reset after the recovery). Then restic backs up and restores
 # the same tree to a local repository on the same disk, and both tools' files per second
-# are printed (first backup, restore; `sync` before each timed phase). Needs: cargo,
-# python3, restic.
+# are printed (first backup, restore). Before each of these four timed phases the page
+# cache is written back and dropped, so that both tools read the tree (or their packs)
+# from the disk. Needs: cargo, python3, restic, root (to drop the page cache).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/peer-bench-head}
@@ -24,6 +25,7 @@ peers=4
 (cd "$here" && cargo build --release --quiet)
 peer="$here/target/release/peer"
 now() { date +%s.%N; }
+cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(d'"$1"')'; }
 
@@ -64,7 +66,7 @@ PY
     [ -n "$boot" ] || boot=$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$h.out")
   done
   until [ "$("$peer" --home "$net/p0" status --json | field '["connected"].__len__()')" -ge $((peers - 1)) ]; do sleep 0.2; done
-  sync; b0=$(now)
+  cold; b0=$(now)
   "$peer" --home "$net/p0" backup "$data" --copies 2 --json | tail -1 >"$net/backup1.json"
   b1=$(now)
   "$peer" --home "$net/p0" backup "$data" --copies 2 --json | tail -1 >"$net/backup2.json"
@@ -83,7 +85,7 @@ PY
   t1=$(now)
   rss_recover=$(awk '/VmHWM/ {print $2}' "/proc/$client/status")
   echo 5 >"/proc/$client/clear_refs" # the restore's own peak from here
-  rm -rf "$net/back"; sync; t3=$(now)
+  rm -rf "$net/back"; cold; t3=$(now)
   "$peer" --home "$net/p0" restore latest --target "$net/back" --json | tail -1 >"$net/restore.json"; t2=$(now)
   diff -r -q "$data" "$net/back/$(basename "$data")" >/dev/null || { echo "restore of $n files differs" >&2; exit 1; }
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$client/status")
@@ -95,8 +97,8 @@ PY
   repo="$work/restic-$n"; rback="$work/restic-back-$n"; rm -rf "$repo" "$rback"
   export RESTIC_PASSWORD=bench
   restic init --quiet --repo "$repo" >/dev/null
-  sync; r0=$(now); restic --repo "$repo" backup --quiet "$data"; r1=$(now)
-  sync; r2=$(now); restic --repo "$repo" restore latest --target "$rback" --quiet; r3=$(now)
+  cold; r0=$(now); restic --repo "$repo" backup --quiet "$data"; r1=$(now)
+  cold; r2=$(now); restic --repo "$repo" restore latest --target "$rback" --quiet; r3=$(now)
   diff -r -q "$data" "$rback$data" >/dev/null || { echo "restic's restore of $n files differs" >&2; exit 1; }
   rm -rf "$repo" "$rback"
   rates+=("$(awk -v n="$n" -v pb="$(secs "$b0" "$b1")" -v rb="$(secs "$r0" "$r1")" -v pr="$(secs "$t3" "$t2")" -v rr="$(secs "$r2" "$r3")" \
