@@ -418,8 +418,6 @@ impl Session {
     }
 }
 
-/// Why placement cannot have `n` providers: `ready` direct ones with room, `relayed` more
-/// reachable only through relays (or punching), after waiting `wait`.
 /// Why a client could not get the providers it needs (protocol.md §4.3.1, §4.4).
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ShortOfProviders {
@@ -479,6 +477,9 @@ impl ShortOfProviders {
     }
 }
 
+/// Why placement cannot have `n` providers: `ready` direct ones with room, `relayed` more
+/// reachable only through relays (or punching), after waiting `wait_secs`; with
+/// `contracts.only_friends`, how many friends count.
 fn shortfall(
     n: usize,
     ready: usize,

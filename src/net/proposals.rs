@@ -99,7 +99,7 @@ impl EventLoop {
         } else {
             self.shards.next.take().filter(|s| s.bits == own.bits && *s != own).unwrap_or_else(|| own.other(&mut rng))
         };
-        if attempt + 1 >= shard::OWN_SHARD_ATTEMPTS && own.bits > 0 {
+        if attempt.saturating_add(1) >= shard::OWN_SHARD_ATTEMPTS && own.bits > 0 {
             let next = own.other(&mut rng);
             self.swarm.behaviour_mut().kad.get_closest_peers(next.preimage(&mut rng));
             self.shards.next = Some(next);
