@@ -261,6 +261,18 @@ impl Lab {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Every daemon's log lines about hole punching, for a failure's message.
+    fn punch_log(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.daemons.len() {
+            let log = std::fs::read_to_string(self.home_of(i).join("daemon.log")).unwrap_or_default();
+            for l in log.lines().filter(|l| l.contains("hole punch")) {
+                out.push_str(&format!("peer {i}: {l}\n"));
+            }
+        }
+        out
+    }
+
     fn bootstrap_addr(&self, i: usize, t: Transports) -> String {
         let id = &self.daemons[i].peer_id;
         match t {
@@ -444,7 +456,7 @@ fn a_renumbered_router_is_found_again() {
             Err(e) if Instant::now() < deadline && e.contains("only through relays") => {
                 std::thread::sleep(Duration::from_secs(5))
             }
-            Err(e) => panic!("{e}\nclient log:\n{}", lab.log_tail(1)),
+            Err(e) => panic!("{e}\nclient log:\n{}\nhole punches:\n{}", lab.log_tail(1), lab.punch_log()),
         }
     }
     // Provider 2's router comes back with a new public address.

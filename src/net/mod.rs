@@ -451,26 +451,23 @@ pub fn start(
     let evidence_topic = gossipsub::IdentTopic::new(crate::protocol::EVIDENCE_TOPIC);
     swarm.behaviour_mut().gossipsub.subscribe(&evidence_topic).map_err(|e| other(&e))?;
     let loopback_only = cfg.listen.iter().all(is_loopback);
-    for a in cfg.listen {
+    for a in &cfg.listen {
         swarm.listen_on(a.clone()).map_err(|e| NetError::Other(format!("cannot listen on {a}: {e}")))?;
     }
-    // Dialed once the listeners are up (first listen address or first tick), so that TCP
-    // dials leave from the listen port (port reuse): the address others then observe is
-    // one they can dial back and hole punch to, not an ephemeral port.
-    let mut initial_dials = Vec::new();
+    // Dialed once the listeners they leave from are up (InitialDials).
+    let listen_transports: Vec<reach::Transport> = cfg.listen.iter().map(reach::transport_of).collect();
+    let mut initial_dials = InitialDials { due: Vec::new(), since: Instant::now(), listen_transports };
     let mut reach = Reach::new(peer_id, cfg.global_only);
     for a in &cfg.bootstrap {
         reach.bootstrap(a);
-        if let Some(Protocol::P2p(peer)) = a.iter().last() {
-            swarm.behaviour_mut().kad.add_address(&peer, a.clone());
-        }
-        initial_dials.push(libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(a.clone()).build());
+        let peer = match a.iter().last() {
+            Some(Protocol::P2p(peer)) => Some(peer),
+            _ => None,
+        };
+        initial_dials.due.push((peer, vec![a.clone()]));
     }
     for (peer, addrs) in cfg.known {
-        for a in &addrs {
-            swarm.behaviour_mut().kad.add_address(&peer, a.clone());
-        }
-        initial_dials.push(libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build());
+        initial_dials.due.push((Some(peer), addrs));
     }
     let (tx, rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
@@ -508,6 +505,43 @@ pub fn start(
 }
 
 /// True when the address's IP is a loopback one.
+/// The bootstrap and known peers to dial at start, each once its dial can leave from one
+/// of our listen ports (libp2p's port reuse): a TCP dial made before the TCP listener has
+/// its addresses leaves from an ephemeral port instead, and libp2p's identify then hands
+/// hole punching (DCUtR) the address others observe for it, an ephemeral port no punch can
+/// reach, as our own (protocol.md §1.10). A QUIC listener coming up first is not enough
+/// for a TCP bootstrap address; and Kademlia is told of these peers only when they are
+/// dialed, or it would dial them first.
+struct InitialDials {
+    /// Not dialed yet: a PeerId when known, and its addresses.
+    due: Vec<(Option<PeerId>, Vec<Multiaddr>)>,
+    /// When the network task started.
+    since: Instant,
+    /// The transports of our configured listen addresses.
+    listen_transports: Vec<reach::Transport>,
+}
+
+/// Longest wait for the listeners before the initial dials go anyway (a listener that
+/// never comes up must not keep us from the network).
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
+impl InitialDials {
+    /// Takes the dials that may go now: every transport among their addresses that we
+    /// listen on has a listen address up (`listening`: the transports of those up), or
+    /// [`LISTEN_WAIT`] has passed since the start.
+    fn ready(&mut self, listening: &[reach::Transport], now: Instant) -> Vec<(Option<PeerId>, Vec<Multiaddr>)> {
+        let late = now.duration_since(self.since) >= LISTEN_WAIT;
+        let ok = |a: &Multiaddr| {
+            let t = reach::transport_of(a);
+            !self.listen_transports.contains(&t) || listening.contains(&t)
+        };
+        let (go, wait): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.due).into_iter().partition(|(_, addrs)| late || addrs.iter().all(ok));
+        self.due = wait;
+        go
+    }
+}
+
 fn is_loopback(a: &Multiaddr) -> bool {
     match a.iter().next() {
         Some(Protocol::Ip4(ip)) => ip.is_loopback(),
@@ -720,7 +754,7 @@ struct EventLoop {
     /// Relayed connections to close, and when (a direct one to the same peer exists).
     closing: Vec<(ConnectionId, Instant)>,
     /// Bootstrap and known peers, dialed once we listen.
-    initial_dials: Vec<libp2p::swarm::dial_opts::DialOpts>,
+    initial_dials: InitialDials,
     /// Every configured listen address is a loopback one (a local test network).
     loopback_only: bool,
     /// libp2p's metrics, if served.
@@ -762,9 +796,24 @@ impl EventLoop {
         }
     }
 
-    /// Dials the bootstrap and known peers (once).
+    /// Dials the bootstrap and known peers whose dials can now leave from a listen port
+    /// ([`InitialDials`]), each once.
     fn initial_dials(&mut self) {
-        for opts in std::mem::take(&mut self.initial_dials) {
+        let listening: Vec<reach::Transport> =
+            self.swarm.listeners().filter(|a| self.loopback_only || !is_loopback(a)).map(reach::transport_of).collect();
+        for (peer, addrs) in self.initial_dials.ready(&listening, Instant::now()) {
+            // Kademlia learns the addresses only now: it would dial them itself at once.
+            if let Some(peer) = peer {
+                for a in &addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+                }
+            }
+            let opts = match peer {
+                // By PeerId, so that a Kademlia dial of the same peer at the same moment
+                // is not a second connection (whose port reuse would fail: same 4-tuple).
+                Some(peer) => libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build(),
+                None => libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(addrs[0].clone()).build(),
+            };
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::warn!("cannot dial a bootstrap or known peer: {e}");
             }
@@ -1279,12 +1328,10 @@ impl EventLoop {
             self.swarm.add_external_address(address);
             self.publish_addresses();
         } else {
-            // Dial out once a listen address that others can see is up, so that the
-            // dial leaves from it (port reuse takes a registered address of the same
-            // kind: loopback for loopback, otherwise not).
-            if !is_loopback(&address) || self.loopback_only {
-                self.initial_dials();
-            }
+            // Dial out once the listen addresses the dials leave from are up (port reuse
+            // takes a registered address of the same kind: loopback for loopback,
+            // otherwise not).
+            self.initial_dials();
             let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
             self.emit(NetEvent::Listening(full));
         }
@@ -1522,4 +1569,43 @@ fn route<Req, Resp>(
         Event::ResponseSent { .. } => {}
     }
     Routed::Nothing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TCP bootstrap address waits for a TCP listen address (a QUIC one coming up first
+    /// is not enough), an address of a transport we do not listen on goes at once, and
+    /// everything goes after [`LISTEN_WAIT`].
+    #[test]
+    fn initial_dials_wait_for_a_listener_of_their_transport() {
+        let tcp: Multiaddr = "/ip4/203.0.113.10/tcp/4001".parse().unwrap();
+        let quic: Multiaddr = "/ip4/203.0.113.10/udp/4001/quic-v1".parse().unwrap();
+        let since = Instant::now();
+        let mut d = InitialDials {
+            due: vec![(None, vec![tcp.clone()]), (None, vec![quic.clone()])],
+            since,
+            listen_transports: vec![reach::Transport::Tcp, reach::Transport::Quic],
+        };
+        assert!(d.ready(&[], since).is_empty());
+        assert_eq!(d.ready(&[reach::Transport::Quic], since), vec![(None, vec![quic.clone()])]);
+        assert_eq!(d.ready(&[reach::Transport::Tcp], since), vec![(None, vec![tcp.clone()])]);
+        assert!(d.due.is_empty());
+
+        let mut d = InitialDials {
+            due: vec![(None, vec![quic.clone()])],
+            since,
+            listen_transports: vec![reach::Transport::Tcp],
+        };
+        assert_eq!(d.ready(&[], since).len(), 1, "no QUIC listener to wait for");
+
+        let mut d = InitialDials {
+            due: vec![(None, vec![tcp, quic])],
+            since,
+            listen_transports: vec![reach::Transport::Tcp, reach::Transport::Quic],
+        };
+        assert!(d.ready(&[reach::Transport::Tcp], since).is_empty(), "its QUIC address waits too");
+        assert_eq!(d.ready(&[], since + LISTEN_WAIT).len(), 1, "the wait is bounded");
+    }
 }
