@@ -22,8 +22,13 @@ sizes=("${@:-100000 1000000}")
 read -r -a sizes <<<"${sizes[*]}"
 peers=4
 
-(cd "$here" && cargo build --release --quiet)
-peer="$here/target/release/peer"
+# PEER_EXE: another build to time (say, the one before a change); else this tree's release build.
+if [ -n "${PEER_EXE:-}" ]; then
+  peer=$PEER_EXE
+else
+  (cd "$here" && cargo build --release --quiet)
+  peer="$here/target/release/peer"
+fi
 now() { date +%s.%N; }
 cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }

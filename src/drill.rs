@@ -113,25 +113,10 @@ impl DrillReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::tree::NodeKind;
     use rand::SeedableRng;
 
     fn node(size: u64, content: Vec<crate::id::BlobId>) -> Node {
-        Node {
-            name: b"f".to_vec(),
-            kind: NodeKind::File,
-            mode: 0o644,
-            mtime_ns: 0,
-            size,
-            inode: 0,
-            content,
-            subtree: None,
-            target: vec![],
-            owner: None,
-            device: 0,
-            links: 0,
-            xattrs: vec![],
-        }
+        Node { name: b"f".to_vec(), mode: 0o644, size, content, ..Default::default() }
     }
 
     #[test]

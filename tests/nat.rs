@@ -437,10 +437,11 @@ fn a_provider_behind_a_symmetric_nat_gets_no_packs_and_stays_relayed() {
 }
 
 /// A provider's router comes back with a new public address: it rejoins its relay, and
-/// audits and a restore reach it again. The daemons listen on TCP and QUIC, as by default:
-/// over TCP alone the first hole punches can fail for a few minutes (the provider's socket
-/// of its dead connection to the client, between the same ports, lingers after the close,
-/// so a punch cannot leave from its listen port; protocol.md §9), and QUIC heals at once.
+/// audits and a restore reach it again. The daemons listen on TCP and QUIC, as by default;
+/// their bootstrap address is TCP's, so the addresses others observe for them, and the
+/// hole punches, are TCP's. After the renumbering the first punches can fail for a few
+/// minutes (the socket of the dead connection between the same ports lingers, so a punch
+/// cannot leave from the listen port; protocol.md §1.10) and are tried again.
 #[test]
 fn a_renumbered_router_is_found_again() {
     let lab = world("n", Transports::Both, 3, 0);

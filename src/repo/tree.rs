@@ -12,9 +12,10 @@ use crate::id::{BlobId, SnapshotId};
 use serde::{Deserialize, Serialize};
 
 /// Kind of a tree entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {
     /// A regular file.
+    #[default]
     File,
     /// A directory.
     Dir,
@@ -39,8 +40,8 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
-/// One directory entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One directory entry (the default: an empty regular file named "").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     /// The name (one path component), raw bytes.
     #[serde(with = "serde_bytes")]
