@@ -504,7 +504,6 @@ pub fn start(
     Ok((NetHandle { tx, peer_id, advertised, limits }, ev_rx))
 }
 
-/// True when the address's IP is a loopback one.
 /// The bootstrap and known peers to dial at start, each once its dial can leave from one
 /// of our listen ports (libp2p's port reuse): a TCP dial made before the TCP listener has
 /// its addresses leaves from an ephemeral port instead, and libp2p's identify then hands
@@ -542,6 +541,7 @@ impl InitialDials {
     }
 }
 
+/// True when the address's IP is a loopback one.
 fn is_loopback(a: &Multiaddr) -> bool {
     match a.iter().next() {
         Some(Protocol::Ip4(ip)) => ip.is_loopback(),
@@ -812,7 +812,10 @@ impl EventLoop {
                 // By PeerId, so that a Kademlia dial of the same peer at the same moment
                 // is not a second connection (whose port reuse would fail: same 4-tuple).
                 Some(peer) => libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build(),
-                None => libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(addrs[0].clone()).build(),
+                None => match addrs.into_iter().next() {
+                    Some(a) => libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(a).build(),
+                    None => continue,
+                },
             };
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::warn!("cannot dial a bootstrap or known peer: {e}");
