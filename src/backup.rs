@@ -933,12 +933,13 @@ impl ReadAhead {
         {
             let (path, name) = &entries[self.next];
             let meta = std::fs::symlink_metadata(path);
-            let asked = matches!(&meta, Ok(m) if read(name, m)) && self.next > i;
-            if asked {
-                if let Ok(m) = &meta {
-                    advise_will_need(path, m.len());
-                }
-                self.asked += 1;
+            let mut asked = false;
+            if self.next > i
+                && let Ok(m) = &meta
+                && read(name, m)
+            {
+                advise_will_need(path, m.len());
+                (asked, self.asked) = (true, self.asked + 1);
             }
             self.stated.push_back((meta, asked));
             self.next += 1;
@@ -960,8 +961,8 @@ fn advise_will_need(path: &Path, len: u64) {
     #[cfg(target_os = "linux")]
     if let Ok(f) = std::fs::File::open(path) {
         use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
-        let len = i64::try_from(len.min(READ_AHEAD_BYTES)).unwrap_or(0);
-        let _ = posix_fadvise(&f, 0, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+        // At most READ_AHEAD_BYTES (1 MiB): the cast cannot wrap.
+        let _ = posix_fadvise(&f, 0, len.min(READ_AHEAD_BYTES) as i64, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (path, len);
