@@ -55,9 +55,15 @@ pub enum BackupError {
     /// A path given on the command line is unusable.
     #[error("{0}")]
     BadPath(String),
-    /// A pack could not be placed.
+    /// A data pack could not be placed.
     #[error("upload failed: {0}")]
-    Upload(String),
+    Upload(#[from] crate::transfer::TransferError),
+    /// An index pack could not be placed.
+    #[error("upload failed: index pack: {0}")]
+    IndexUpload(crate::transfer::TransferError),
+    /// The run's tree documents could not be kept in the local cache.
+    #[error("cannot cache trees: {0}")]
+    TreeCache(StateError),
     /// Local state failed.
     #[error(transparent)]
     State(#[from] StateError),
@@ -175,7 +181,7 @@ pub async fn run(
     upload(id, store, packs_rx, &sink, &opts, &counters, &mut done).await;
     let walked = walked.await.map_err(|_| BackupError::Internal("the walker stopped".into()))?;
     if let Some(e) = done.failure {
-        return Err(BackupError::Upload(e));
+        return Err(e);
     }
     let (snap_id, snapshot, stats, trees) = walked?;
     let (last_packs, last_bytes) = write_index(id, store, &opts, &sink, done.run_index).await?;
@@ -274,7 +280,7 @@ async fn upload(
             FromWalk::Pack(p, room) => (p, room),
             FromWalk::Trees(t) => {
                 if let Err(e) = store.call(move |s| s.put_trees(&t)).await {
-                    done.failure.get_or_insert(format!("cannot cache trees: {e}"));
+                    done.failure.get_or_insert(BackupError::TreeCache(e));
                     break;
                 }
                 continue;
@@ -293,7 +299,7 @@ async fn upload(
                     done.index_packs += n;
                     done.index_bytes += bytes;
                 }
-                Err(e) => done.failure = Some(e.to_string()),
+                Err(e) => done.failure = Some(e),
             }
         }
         if done.failure.is_some() {
@@ -330,11 +336,10 @@ type Placed = (PackId, Vec<PackEntry>, PackRecord);
 async fn commit(
     store: &Store,
     placed: Result<Result<Placed, crate::transfer::TransferError>, tokio::task::JoinError>,
-) -> Result<(PackId, Vec<PackEntry>, u64), String> {
-    let (pid, entries, rec) = placed.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+) -> Result<(PackId, Vec<PackEntry>, u64), BackupError> {
+    let (pid, entries, rec) = placed.map_err(|e| BackupError::Internal(format!("an upload stopped: {e}")))??;
     let stored = rec.stored_bytes();
-    let entries =
-        store.call(move |s| s.commit_pack(&pid, &rec, &entries).map(|()| entries)).await.map_err(|e| e.to_string())?;
+    let entries = store.call(move |s| s.commit_pack(&pid, &rec, &entries).map(|()| entries)).await?;
     Ok((pid, entries, stored))
 }
 
@@ -385,7 +390,7 @@ async fn place_index(
     let mut bytes = 0;
     for (pack, covers) in sealed {
         let pack = Arc::new(pack);
-        let rec = sink.place(pack.clone()).await.map_err(|e| BackupError::Upload(format!("index pack: {e}")))?;
+        let rec = sink.place(pack.clone()).await.map_err(BackupError::IndexUpload)?;
         bytes += rec.stored_bytes();
         placed.push((pack.id, rec, covers));
     }
@@ -418,7 +423,7 @@ struct Committed {
     /// Index packs written during the run, and their bytes stored.
     index_packs: u64,
     index_bytes: u64,
-    failure: Option<String>,
+    failure: Option<BackupError>,
     /// Tells the walker which of its blobs are recorded now.
     recorded: Option<std::sync::mpsc::Sender<Recorded>>,
 }
@@ -427,7 +432,7 @@ struct Committed {
 type Recorded = (PackId, Vec<BlobId>);
 
 impl Committed {
-    fn add(&mut self, r: Result<(PackId, Vec<PackEntry>, u64), String>) {
+    fn add(&mut self, r: Result<(PackId, Vec<PackEntry>, u64), BackupError>) {
         match r {
             Ok((pid, entries, stored)) => {
                 if let Some(tx) = &self.recorded {

@@ -506,13 +506,24 @@ impl From<crate::state::StateError> for Failure {
     }
 }
 
+impl From<crate::restore::TreeError> for Failure {
+    /// A failed state is `Local`; a tree that cannot be had is `Unavailable`.
+    fn from(e: crate::restore::TreeError) -> Self {
+        let kind = match &e {
+            crate::restore::TreeError::State(_) => ErrorKind::Local,
+            _ => ErrorKind::Unavailable,
+        };
+        Failure::new(kind, e.to_string())
+    }
+}
+
 impl From<crate::backup::BackupError> for Failure {
     fn from(e: crate::backup::BackupError) -> Self {
         use crate::backup::BackupError as B;
         let kind = match &e {
             B::BadPath(_) => ErrorKind::Usage,
-            B::Upload(_) => ErrorKind::Unavailable,
-            B::State(_) | B::Internal(_) => ErrorKind::Local,
+            B::Upload(_) | B::IndexUpload(_) => ErrorKind::Unavailable,
+            B::TreeCache(_) | B::State(_) | B::Internal(_) => ErrorKind::Local,
         };
         Failure::new(kind, e.to_string())
     }

@@ -66,22 +66,53 @@ impl<R: Rng> Sampler<R> {
     }
 }
 
+/// How a restored file differs from its tree entry.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// It cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The restored file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Its size is not the snapshot's.
+    #[error("{path}: {restored} bytes restored, the snapshot says {expected}")]
+    Size {
+        /// The restored file.
+        path: String,
+        /// Its size, bytes.
+        restored: u64,
+        /// The size the snapshot records, bytes.
+        expected: u64,
+    },
+    /// Its chunks are not the snapshot's.
+    #[error("{path}: the restored content differs from the snapshot's")]
+    Content {
+        /// The restored file.
+        path: String,
+    },
+}
+
 /// Checks a restored file against its tree entry: size, then every chunk's blob id in
 /// order. Errors say what differs.
-pub fn verify_file(id_key: &[u8; 32], path: &Path, node: &Node) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn verify_file(id_key: &[u8; 32], path: &Path, node: &Node) -> Result<(), VerifyError> {
+    let io = |source| VerifyError::Io { path: path.display().to_string(), source };
+    let meta = std::fs::metadata(path).map_err(io)?;
     if meta.len() != node.size {
-        return Err(format!("{}: {} bytes restored, the snapshot says {}", path.display(), meta.len(), node.size));
+        let path = path.display().to_string();
+        return Err(VerifyError::Size { path, restored: meta.len(), expected: node.size });
     }
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let f = std::fs::File::open(path).map_err(io)?;
     let mut ids = Vec::with_capacity(node.content.len());
     chunker::for_each_chunk::<_, std::io::Error>(f, meta.len(), |chunk| {
         ids.push(blob_id(id_key, chunk));
         Ok(())
     })
-    .map_err(|e| format!("{}: {e}", path.display()))?;
+    .map_err(io)?;
     if ids != node.content {
-        return Err(format!("{}: the restored content differs from the snapshot's", path.display()));
+        return Err(VerifyError::Content { path: path.display().to_string() });
     }
     Ok(())
 }
@@ -157,8 +188,10 @@ mod tests {
         let mut flipped = data.clone();
         flipped[1_000_000] ^= 1;
         std::fs::write(&p, &flipped).unwrap();
-        assert!(verify_file(&key, &p, &node(data.len() as u64, ids.clone())).unwrap_err().contains("differs"));
+        let e = verify_file(&key, &p, &node(data.len() as u64, ids.clone())).unwrap_err();
+        assert!(matches!(e, VerifyError::Content { .. }), "{e}");
         std::fs::write(&p, &data[..10]).unwrap();
-        assert!(verify_file(&key, &p, &node(data.len() as u64, ids)).unwrap_err().contains("10 bytes"));
+        let e = verify_file(&key, &p, &node(data.len() as u64, ids)).unwrap_err();
+        assert!(matches!(e, VerifyError::Size { restored: 10, .. }), "{e}");
     }
 }

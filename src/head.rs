@@ -209,15 +209,7 @@ mod tests {
         let me = Identity::from_secret([3; 32]);
         let d = tempfile::tempdir().unwrap();
         let state = State::open(&d.path().join("s.redb")).unwrap();
-        let rec = PackRecord {
-            size: 1,
-            holders: vec![],
-            copies: 1,
-            garbage: false,
-            erasure: None,
-            shards: vec![],
-            lock_until: 0,
-        };
+        let rec = PackRecord::copies(1, vec![], 1);
         state.commit_pack(&PackId([1; 32]), &rec, &[]).unwrap();
         state.commit_index_packs(&[(PackId([2; 32]), rec.clone(), vec![PackId([1; 32])])]).unwrap();
         let small = seal(&me, &collect(&state, 1, 5).unwrap()).unwrap().body.len();

@@ -87,9 +87,28 @@ pub fn drill_env(r: &crate::drill::DrillReport) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Why a hook command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// `sh` could not be started, or waiting for it failed.
+    #[error("cannot run the hook: {0}")]
+    Start(#[from] std::io::Error),
+    /// It ran past its timeout and was killed.
+    #[error("the hook ran longer than {0} s and was killed")]
+    Timeout(u64),
+    /// It exited with a failure.
+    #[error("the hook {status}: {stderr}")]
+    Failed {
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// The last non-empty line of its stderr, at most 500 characters.
+        stderr: String,
+    },
+}
+
 /// Runs `command` through `sh -c` with `env` added, for at most `timeout`. Errors: it could
 /// not start, it ran too long (killed), or it exited non-zero (its stderr's last line).
-pub async fn run(command: &str, env: &[(&'static str, String)], timeout: Duration) -> Result<(), String> {
+pub async fn run(command: &str, env: &[(&'static str, String)], timeout: Duration) -> Result<(), HookError> {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -98,18 +117,17 @@ pub async fn run(command: &str, env: &[(&'static str, String)], timeout: Duratio
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start the hook: {e}"))?;
+        .spawn()?;
     let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(r) => r.map_err(|e| format!("the hook: {e}"))?,
-        Err(_) => return Err(format!("the hook ran longer than {} s and was killed", timeout.as_secs())),
+        Ok(r) => r?,
+        Err(_) => return Err(HookError::Timeout(timeout.as_secs())),
     };
     if out.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").chars().take(500).collect::<String>();
-    Err(format!("the hook {}: {last}", out.status))
+    Err(HookError::Failed { status: out.status, stderr: last })
 }
 
 #[cfg(test)]
@@ -168,9 +186,13 @@ mod tests {
         let cmd = format!("echo \"$PEER_RESULT $PEER_SNAPSHOT\" > '{}'", out.display());
         run(&cmd, &backup_env(None, &Reply::Backup(summary())), Duration::from_secs(10)).await.unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "success ab12\n");
-        let e = run("echo broken >&2; exit 3", &[], Duration::from_secs(10)).await.unwrap_err();
-        assert!(e.contains("broken") && e.contains('3'), "{e}");
+        match run("echo broken >&2; exit 3", &[], Duration::from_secs(10)).await {
+            Err(HookError::Failed { status, stderr }) => {
+                assert_eq!((status.code(), stderr.as_str()), (Some(3), "broken"))
+            }
+            other => panic!("{other:?}"),
+        }
         let e = run("sleep 5", &[], Duration::from_millis(100)).await.unwrap_err();
-        assert!(e.contains("killed"), "{e}");
+        assert!(matches!(e, HookError::Timeout(0)), "{e}");
     }
 }

@@ -42,6 +42,9 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The blocking task that ran the store's work stopped before it answered.
+    #[error("the pack store's task stopped: {0}")]
+    Stopped(#[from] tokio::task::JoinError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -112,9 +115,20 @@ pub fn write_tmp(dest: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
         f.sync_all()
     };
     write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+        discard(&tmp);
     })?;
     Ok(tmp)
+}
+
+/// Removes a file that is no longer wanted (a temporary file after a failed write, a head
+/// whose lock ended). A failure loses nothing, since such files are never read and are
+/// removed again at the next start, but it is logged, naming the file.
+fn discard(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove {}: {e}", path.display());
+    }
 }
 
 /// Second half of an atomic write: renames `tmp` onto `dest` and fsyncs the directory, so
@@ -122,7 +136,7 @@ pub fn write_tmp(dest: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
 pub fn commit_tmp(tmp: &Path, dest: &Path) -> std::io::Result<()> {
     let dir = dest.parent().ok_or_else(|| std::io::Error::other("no parent directory"))?;
     std::fs::rename(tmp, dest).and_then(|_| std::fs::File::open(dir)?.sync_all()).inspect_err(|_| {
-        let _ = std::fs::remove_file(tmp);
+        discard(tmp);
     })
 }
 
@@ -151,7 +165,7 @@ impl PackStore {
                 if name.to_str().and_then(|s| s.parse::<PackId>().ok()).is_some() {
                     total += f.metadata().map_err(io(&f.path()))?.len();
                 } else if name.to_string_lossy().starts_with(".tmp-") {
-                    let _ = std::fs::remove_file(f.path());
+                    discard(&f.path());
                 }
             }
             used.insert(peer, total);
@@ -201,14 +215,14 @@ impl PackStore {
         }
         let tmp = write_tmp(&dest, data).map_err(io(&dest))?;
         let Ok(_guard) = self.commit.lock() else {
-            let _ = std::fs::remove_file(&tmp);
+            discard(&tmp);
             return Err(StoreError::Io {
                 path: dest.display().to_string(),
                 source: std::io::Error::other("lock poisoned"),
             });
         };
         if dest.is_file() {
-            let _ = std::fs::remove_file(&tmp);
+            discard(&tmp);
             return Ok(());
         }
         commit_tmp(&tmp, &dest).map_err(io(&dest))?;
@@ -377,7 +391,7 @@ impl PackStore {
         // Earlier heads whose lock ended go; the new one is recorded.
         let gone: Vec<u64> = locks.heads.iter().filter(|(s, t)| *s != seq && *t <= now).map(|(s, _)| *s).collect();
         for s in &gone {
-            let _ = std::fs::remove_file(cdir.join(format!("HEAD.{s}")));
+            discard(&cdir.join(format!("HEAD.{s}")));
         }
         locks.heads.retain(|(s, t)| *s != seq && *t > now);
         locks.heads.push((seq, lock_until));

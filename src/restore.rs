@@ -1222,15 +1222,11 @@ mod tests {
             pack: Arc<crate::repo::pack::SealedPack>,
         ) -> Result<crate::state::PackRecord, crate::transfer::TransferError> {
             self.packs.lock().unwrap().insert(pack.id, pack.bytes.clone());
-            Ok(crate::state::PackRecord {
-                size: pack.bytes.len() as u64,
-                holders: vec![crate::state::Holder { peer: vec![0], contract: self.contract }],
-                copies: 1,
-                garbage: false,
-                erasure: None,
-                shards: vec![],
-                lock_until: 0,
-            })
+            Ok(crate::state::PackRecord::copies(
+                pack.bytes.len() as u64,
+                vec![crate::state::Holder { peer: vec![0], contract: self.contract }],
+                1,
+            ))
         }
     }
 
@@ -1245,19 +1241,16 @@ mod tests {
 
     fn live_contract() -> crate::state::ContractRecord {
         let signed = crate::identity::Signed { body: vec![], key: [0; 32], sig: vec![] };
-        crate::state::ContractRecord {
-            contract: crate::protocol::Contract { acceptance: signed, client_sig: vec![] },
-            role: crate::state::Role::Client,
-            peer: vec![0],
-            bytes: 1 << 30,
-            used: 0,
-            expires: u64::MAX / 2,
-            addrs: vec![],
-            ended: None,
-            end_reason: String::new(),
-            renewal: None,
-            unsent_cancel: None,
-        }
+        let mut rec = crate::state::ContractRecord::new(
+            crate::protocol::Contract { acceptance: signed, client_sig: vec![] },
+            crate::state::Role::Client,
+            libp2p::PeerId::random(),
+            1 << 30,
+            u64::MAX / 2,
+            vec![],
+        );
+        rec.peer = vec![0];
+        rec
     }
 
     /// `photos/`: 150 distinct files in `a/`, each followed by its twin (more blobs than two

@@ -98,15 +98,19 @@ pub enum Role {
     Provider,
 }
 
-/// A contract as kept locally.
+/// A contract as kept locally (protocol.md §3.5, `ContractRecord`).
+///
+/// In memory, how far the contract has come is one [`Lifecycle`] value; on disk and in the
+/// head it is the CBOR map of protocol.md §3.5, whose `ended`, `end_reason` and
+/// `unsent_cancel` fields [`Lifecycle`] is written as ([`ContractRecordWire`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(into = "ContractRecordWire", try_from = "ContractRecordWire")]
 pub struct ContractRecord {
     /// The signed contract.
     pub contract: Contract,
     /// Our side.
     pub role: Role,
     /// The other side's PeerId, as bytes.
-    #[serde(with = "serde_bytes")]
     pub peer: Vec<u8>,
     /// Bytes granted.
     pub bytes: u64,
@@ -116,26 +120,188 @@ pub struct ContractRecord {
     pub expires: u64,
     /// Listen addresses of the other side, as last seen.
     pub addrs: Vec<String>,
-    /// When the contract ended early (a cancellation by either side, or the other side lost
-    /// its standing with us), seconds since the Unix epoch.
-    #[serde(default)]
-    pub ended: Option<u64>,
-    /// Why it ended early, for `peer status` and `peer contracts`.
-    #[serde(default)]
-    pub end_reason: String,
+    /// In force, or ended early (protocol.md §4.5).
+    pub lifecycle: Lifecycle,
     /// The latest renewal (protocol.md §4.7): the client-signed [`crate::protocol::Renewal`]
     /// and the provider's countersignature. `expires` already reflects it.
-    #[serde(default)]
     pub renewal: Option<(crate::identity::Signed, serde_bytes::ByteBuf)>,
-    /// Our signed cancellation, until the other side acknowledges it (retried each audit round).
+}
+
+/// Where a contract is in its life (protocol.md §4.3, §4.5). A contract that was never
+/// ended early is [`Lifecycle::Live`] and stops being in force at its `expires`.
+///
+/// ```text
+/// Live --end--> Ended --our cancellation unanswered--> Cancelling --answered or expired--> Ended
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Not ended early: in force until it expires.
+    Live,
+    /// Ended early by us, and the other side has not answered our signed cancellation
+    /// yet; it is sent again every audit round.
+    Cancelling {
+        /// When it ended, Unix seconds.
+        at: u64,
+        /// Why, for `peer status` and `peer contracts` (at most 256 bytes).
+        reason: String,
+        /// Our signed `Cancellation` (protocol.md §4.5).
+        cancel: crate::identity::Signed,
+    },
+    /// Ended early, by either side; nothing is left to tell the other side.
+    Ended {
+        /// When it ended, Unix seconds.
+        at: u64,
+        /// Why, for `peer status` and `peer contracts` (at most 256 bytes).
+        reason: String,
+    },
+}
+
+impl Lifecycle {
+    /// When the contract ended early, Unix seconds; `None` while it has not.
+    pub fn ended_at(&self) -> Option<u64> {
+        match self {
+            Lifecycle::Live => None,
+            Lifecycle::Cancelling { at, .. } | Lifecycle::Ended { at, .. } => Some(*at),
+        }
+    }
+
+    /// Why it ended early; empty while it has not.
+    pub fn end_reason(&self) -> &str {
+        match self {
+            Lifecycle::Live => "",
+            Lifecycle::Cancelling { reason, .. } | Lifecycle::Ended { reason, .. } => reason,
+        }
+    }
+
+    /// Our cancellation the other side has not answered yet.
+    pub fn unsent_cancel(&self) -> Option<&crate::identity::Signed> {
+        match self {
+            Lifecycle::Cancelling { cancel, .. } => Some(cancel),
+            _ => None,
+        }
+    }
+
+    /// Ends a live contract at `at` for `reason`; a contract that already ended keeps its
+    /// first ending.
+    pub fn end(&mut self, at: u64, reason: String) {
+        if *self == Lifecycle::Live {
+            *self = Lifecycle::Ended { at, reason };
+        }
+    }
+
+    /// Our cancellation `cancel` of an ended contract could not be delivered: keep it to
+    /// send again. A live contract is left alone (it must end first).
+    pub fn owe_cancel(&mut self, cancel: crate::identity::Signed) {
+        if let Lifecycle::Ended { at, reason } = self {
+            *self = Lifecycle::Cancelling { at: *at, reason: std::mem::take(reason), cancel };
+        }
+    }
+
+    /// The other side answered our cancellation (or the contract expired): nothing is
+    /// left to send.
+    pub fn cancel_delivered(&mut self) {
+        if let Lifecycle::Cancelling { at, reason, .. } = self {
+            *self = Lifecycle::Ended { at: *at, reason: std::mem::take(reason) };
+        }
+    }
+}
+
+/// The CBOR form of a [`ContractRecord`], field for field as protocol.md §3.5 lists them.
+#[derive(Serialize, Deserialize)]
+struct ContractRecordWire {
+    contract: Contract,
+    role: Role,
+    #[serde(with = "serde_bytes")]
+    peer: Vec<u8>,
+    bytes: u64,
+    used: u64,
+    expires: u64,
+    addrs: Vec<String>,
     #[serde(default)]
-    pub unsent_cancel: Option<crate::identity::Signed>,
+    ended: Option<u64>,
+    #[serde(default)]
+    end_reason: String,
+    #[serde(default)]
+    renewal: Option<(crate::identity::Signed, serde_bytes::ByteBuf)>,
+    #[serde(default)]
+    unsent_cancel: Option<crate::identity::Signed>,
+}
+
+impl From<ContractRecord> for ContractRecordWire {
+    fn from(r: ContractRecord) -> Self {
+        let (ended, end_reason) = (r.lifecycle.ended_at(), r.lifecycle.end_reason().to_string());
+        let unsent_cancel = r.lifecycle.unsent_cancel().cloned();
+        ContractRecordWire {
+            contract: r.contract,
+            role: r.role,
+            peer: r.peer,
+            bytes: r.bytes,
+            used: r.used,
+            expires: r.expires,
+            addrs: r.addrs,
+            ended,
+            end_reason,
+            renewal: r.renewal,
+            unsent_cancel,
+        }
+    }
+}
+
+impl TryFrom<ContractRecordWire> for ContractRecord {
+    type Error = String;
+
+    /// Fails for a record with a cancellation to send or a reason but no end
+    /// (protocol.md §3.5: both belong to a contract that ended early).
+    fn try_from(w: ContractRecordWire) -> Result<Self, String> {
+        let lifecycle = match (w.ended, w.unsent_cancel) {
+            (None, None) if w.end_reason.is_empty() => Lifecycle::Live,
+            (None, _) => {
+                return Err("a contract record has a reason to end or a cancellation to send, but no end".into());
+            }
+            (Some(at), None) => Lifecycle::Ended { at, reason: w.end_reason },
+            (Some(at), Some(cancel)) => Lifecycle::Cancelling { at, reason: w.end_reason, cancel },
+        };
+        Ok(ContractRecord {
+            contract: w.contract,
+            role: w.role,
+            peer: w.peer,
+            bytes: w.bytes,
+            used: w.used,
+            expires: w.expires,
+            addrs: w.addrs,
+            lifecycle,
+            renewal: w.renewal,
+        })
+    }
 }
 
 impl ContractRecord {
+    /// A contract just made: nothing used, live, never renewed. `peer` is the other
+    /// side, `addrs` its listen addresses as it announced them.
+    pub fn new(
+        contract: Contract,
+        role: Role,
+        peer: libp2p::PeerId,
+        bytes: u64,
+        expires: u64,
+        addrs: Vec<String>,
+    ) -> Self {
+        ContractRecord {
+            contract,
+            role,
+            peer: peer.to_bytes(),
+            bytes,
+            used: 0,
+            expires,
+            addrs,
+            lifecycle: Lifecycle::Live,
+            renewal: None,
+        }
+    }
+
     /// True when the contract is in force at time `now`: not expired, not ended.
     pub fn is_live(&self, now: u64) -> bool {
-        self.expires > now && self.ended.is_none()
+        self.expires > now && self.lifecycle == Lifecycle::Live
     }
 
     /// The other side's PeerId.
@@ -166,36 +332,100 @@ pub struct DefaulterRecord {
     pub ours: bool,
 }
 
-/// Where a pack lives.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Where a pack lives (protocol.md §3.5, `PackRecord`).
+///
+/// In memory the placement is an enum, so a record is either whole copies or shards,
+/// never both; on disk and in the head it is the CBOR map of protocol.md §3.5, with
+/// `holders`, `copies`, `erasure` and `shards` side by side ([`PackRecordWire`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "PackRecordWire", try_from = "PackRecordWire")]
 pub struct PackRecord {
-    /// Size, bytes.
+    /// Size, bytes (of an erasure-coded pack: before coding).
     pub size: u64,
-    /// Providers that acknowledged it.
-    pub holders: Vec<Holder>,
-    /// Copies wanted (the backup's `--copies`); repair keeps this many live. 0 in records
-    /// written before repair existed, read as "as many as it has".
-    #[serde(default)]
-    pub copies: u32,
+    /// Whole copies at holders, or K+M shards (protocol.md §3.7).
+    pub placement: Placement,
     /// No snapshot needs it any more (`peer prune`): its blobs left the index, repair
     /// ignores it, and it is deleted at its holders.
-    #[serde(default)]
     pub garbage: bool,
-    /// Erasure-coded packs (protocol.md §3.7): the scheme; `holders` is then empty and
-    /// each shard has its own holder.
-    #[serde(default)]
-    pub erasure: Option<crate::repo::erasure::Scheme>,
-    /// The K+M shards of an erasure-coded pack, by index.
-    #[serde(default)]
-    pub shards: Vec<Shard>,
     /// Retention lock its holders confirmed (protocol.md §5.9): prune leaves it alone
-    /// until then. 0 (absent) = none.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// until then, Unix seconds. 0 = none.
     pub lock_until: u64,
+}
+
+/// How a pack is stored at providers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Whole copies.
+    Copies {
+        /// Providers that acknowledged a copy, in the order they did.
+        holders: Vec<Holder>,
+        /// Copies wanted (the backup's `--copies`); repair keeps this many live. 0 in
+        /// records written before repair existed, read as "as many as it has".
+        copies: u32,
+    },
+    /// Erasure-coded (protocol.md §3.7).
+    Erasure {
+        /// K and M.
+        scheme: crate::repo::erasure::Scheme,
+        /// The K+M shards, by index.
+        shards: Vec<Shard>,
+    },
+}
+
+/// The CBOR form of a [`PackRecord`], field for field as protocol.md §3.5 lists them.
+#[derive(Serialize, Deserialize)]
+struct PackRecordWire {
+    size: u64,
+    holders: Vec<Holder>,
+    #[serde(default)]
+    copies: u32,
+    #[serde(default)]
+    garbage: bool,
+    #[serde(default)]
+    erasure: Option<crate::repo::erasure::Scheme>,
+    #[serde(default)]
+    shards: Vec<Shard>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    lock_until: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+impl From<PackRecord> for PackRecordWire {
+    fn from(r: PackRecord) -> Self {
+        let (holders, copies, erasure, shards) = match r.placement {
+            Placement::Copies { holders, copies } => (holders, copies, None, Vec::new()),
+            Placement::Erasure { scheme, shards } => (Vec::new(), 0, Some(scheme), shards),
+        };
+        PackRecordWire { size: r.size, holders, copies, garbage: r.garbage, erasure, shards, lock_until: r.lock_until }
+    }
+}
+
+impl TryFrom<PackRecordWire> for PackRecord {
+    type Error = String;
+
+    /// Fails for a record that has both holders of whole copies and an erasure scheme, or
+    /// a scheme whose shard list is not K+M long (protocol.md §3.5).
+    fn try_from(w: PackRecordWire) -> Result<Self, String> {
+        let placement = match w.erasure {
+            None if w.shards.is_empty() => Placement::Copies { holders: w.holders, copies: w.copies },
+            None => return Err("a pack record lists shards but no erasure scheme".into()),
+            Some(_) if !w.holders.is_empty() => {
+                return Err("an erasure-coded pack record also lists holders of whole copies".into());
+            }
+            Some(scheme) if w.shards.len() != scheme.n() => {
+                return Err(format!(
+                    "an erasure-coded pack record lists {} shards, not {}",
+                    w.shards.len(),
+                    scheme.n()
+                ));
+            }
+            Some(scheme) => Placement::Erasure { scheme, shards: w.shards },
+        };
+        Ok(PackRecord { size: w.size, placement, garbage: w.garbage, lock_until: w.lock_until })
+    }
 }
 
 /// One shard of an erasure-coded pack.
@@ -210,55 +440,98 @@ pub struct Shard {
 }
 
 impl PackRecord {
+    /// A live record of whole copies at `holders`, `copies` wanted.
+    pub fn copies(size: u64, holders: Vec<Holder>, copies: u32) -> Self {
+        PackRecord { size, placement: Placement::Copies { holders, copies }, garbage: false, lock_until: 0 }
+    }
+
     /// Copies (replicated) or shards (erasure-coded) whose holder passes `live`.
     pub fn live_count(&self, live: impl Fn(&Holder) -> bool) -> usize {
-        match self.erasure {
-            Some(_) => self.shards.iter().filter(|s| s.holder.as_ref().is_some_and(&live)).count(),
-            None => self.holders.iter().filter(|h| live(h)).count(),
+        match &self.placement {
+            Placement::Erasure { shards, .. } => shards.iter().filter(|s| s.holder.as_ref().is_some_and(&live)).count(),
+            Placement::Copies { holders, .. } => holders.iter().filter(|h| live(h)).count(),
         }
     }
 
     /// Copies or shards wanted: `copies`, or K+M (records from before `copies` existed:
     /// as many holders as they have).
     pub fn target(&self) -> usize {
-        match self.erasure {
-            Some(s) => s.n(),
-            None if self.copies > 0 => self.copies as usize,
-            None => self.holders.len(),
+        match &self.placement {
+            Placement::Erasure { scheme, .. } => scheme.n(),
+            Placement::Copies { copies, .. } if *copies > 0 => *copies as usize,
+            Placement::Copies { holders, .. } => holders.len(),
         }
     }
 
     /// Copies or shards needed to read the pack: 1, or K.
     pub fn needed(&self) -> usize {
-        self.erasure.map(|s| usize::from(s.k)).unwrap_or(1)
+        match &self.placement {
+            Placement::Erasure { scheme, .. } => usize::from(scheme.k),
+            Placement::Copies { .. } => 1,
+        }
+    }
+
+    /// The erasure scheme, for an erasure-coded pack.
+    pub fn scheme(&self) -> Option<crate::repo::erasure::Scheme> {
+        match &self.placement {
+            Placement::Erasure { scheme, .. } => Some(*scheme),
+            Placement::Copies { .. } => None,
+        }
     }
 
     /// Every stored object of the pack: (object id, bytes, holder): the pack at each of
     /// its holders, or each placed shard at its holder.
     pub fn objects(&self, pack: &PackId) -> Vec<(PackId, u64, Holder)> {
-        match self.erasure {
-            Some(_) => self.shards.iter().filter_map(|s| Some((s.id, s.size, s.holder.clone()?))).collect(),
-            None => self.holders.iter().map(|h| (*pack, self.size, h.clone())).collect(),
+        match &self.placement {
+            Placement::Erasure { shards, .. } => {
+                shards.iter().filter_map(|s| Some((s.id, s.size, s.holder.clone()?))).collect()
+            }
+            Placement::Copies { holders, .. } => holders.iter().map(|h| (*pack, self.size, h.clone())).collect(),
         }
     }
 
     /// Bytes stored at holders, all copies or shards counted.
     pub fn stored_bytes(&self) -> u64 {
-        match self.erasure {
-            Some(_) => self.shards.iter().filter(|s| s.holder.is_some()).map(|s| s.size).sum(),
-            None => self.size * self.holders.len() as u64,
+        match &self.placement {
+            Placement::Erasure { shards, .. } => shards.iter().filter(|s| s.holder.is_some()).map(|s| s.size).sum(),
+            Placement::Copies { holders, .. } => self.size * holders.len() as u64,
+        }
+    }
+
+    /// Every holder named in the record, a provider once per copy or shard it holds.
+    pub fn holders(&self) -> Vec<&Holder> {
+        match &self.placement {
+            Placement::Erasure { shards, .. } => shards.iter().filter_map(|s| s.holder.as_ref()).collect(),
+            Placement::Copies { holders, .. } => holders.iter().collect(),
         }
     }
 
     /// Distinct providers holding any copy or shard.
     pub fn holder_peers(&self) -> Vec<Vec<u8>> {
-        let mut v: Vec<Vec<u8>> = match self.erasure {
-            Some(_) => self.shards.iter().filter_map(|s| s.holder.as_ref().map(|h| h.peer.clone())).collect(),
-            None => self.holders.iter().map(|h| h.peer.clone()).collect(),
-        };
+        let mut v: Vec<Vec<u8>> = self.holders().into_iter().map(|h| h.peer.clone()).collect();
         v.sort();
         v.dedup();
         v
+    }
+
+    /// Removes every holder for which `gone` is true: whole copies leave the list, shards
+    /// become unplaced. True when anything changed.
+    pub fn remove_holders(&mut self, gone: impl Fn(&Holder) -> bool) -> bool {
+        match &mut self.placement {
+            Placement::Copies { holders, .. } => {
+                let before = holders.len();
+                holders.retain(|h| !gone(h));
+                holders.len() != before
+            }
+            Placement::Erasure { shards, .. } => {
+                let mut changed = false;
+                for s in shards.iter_mut().filter(|s| s.holder.as_ref().is_some_and(&gone)) {
+                    s.holder = None;
+                    changed = true;
+                }
+                changed
+            }
+        }
     }
 }
 
@@ -580,7 +853,9 @@ impl State {
     /// Sets the holder of shard `index` of a known pack (repair).
     pub fn set_shard_holder(&self, id: &PackId, index: usize, holder: Holder) -> Result<(), StateError> {
         self.update_pack(id, |rec| {
-            if let Some(s) = rec.shards.get_mut(index) {
+            if let Placement::Erasure { shards, .. } = &mut rec.placement
+                && let Some(s) = shards.get_mut(index)
+            {
                 s.holder = Some(holder);
             }
         })
@@ -589,9 +864,11 @@ impl State {
     /// Adds holders to a known pack (repair), skipping any it has already.
     pub fn add_holders(&self, id: &PackId, new: &[Holder]) -> Result<(), StateError> {
         self.update_pack(id, |rec| {
-            for h in new {
-                if !rec.holders.iter().any(|x| x.peer == h.peer) {
-                    rec.holders.push(h.clone());
+            if let Placement::Copies { holders, .. } = &mut rec.placement {
+                for h in new {
+                    if !holders.iter().any(|x| x.peer == h.peer) {
+                        holders.push(h.clone());
+                    }
                 }
             }
         })
@@ -632,16 +909,7 @@ impl State {
             for r in t.iter()? {
                 let (k, v) = r?;
                 let mut rec: PackRecord = dec("pack", v.value())?;
-                let before = rec.holders.len();
-                rec.holders.retain(|h| !gone(k.value(), h));
-                let mut lost_shard = false;
-                for s in &mut rec.shards {
-                    if s.holder.as_ref().is_some_and(|h| gone(k.value(), h)) {
-                        s.holder = None;
-                        lost_shard = true;
-                    }
-                }
-                if rec.holders.len() != before || lost_shard {
+                if rec.remove_holders(|h| gone(k.value(), h)) {
                     changed.push((k.value().to_vec(), rec));
                 }
             }
@@ -964,6 +1232,113 @@ impl State {
 mod tests {
     use super::*;
 
+    /// The CBOR map of protocol.md §3.5, built field by field from its table.
+    fn wire_map(
+        holders: Vec<ciborium::Value>,
+        copies: u64,
+        erasure: ciborium::Value,
+        shards: Vec<ciborium::Value>,
+    ) -> Vec<u8> {
+        use ciborium::Value as V;
+        let map = V::Map(vec![
+            (V::Text("size".into()), V::Integer(10.into())),
+            (V::Text("holders".into()), V::Array(holders)),
+            (V::Text("copies".into()), V::Integer(copies.into())),
+            (V::Text("garbage".into()), V::Bool(false)),
+            (V::Text("erasure".into()), erasure),
+            (V::Text("shards".into()), V::Array(shards)),
+        ]);
+        let mut b = Vec::new();
+        ciborium::into_writer(&map, &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn a_contract_lifecycle_round_trips_through_its_wire_fields() {
+        let signed = |b: u8| crate::identity::Signed { body: vec![b], key: [b; 32], sig: vec![b] };
+        let contract = Contract { acceptance: signed(1), client_sig: vec![2] };
+        let mut rec = ContractRecord::new(contract, Role::Client, libp2p::PeerId::random(), 100, 50, vec![]);
+        let wire = |r: &ContractRecord| ciborium::from_reader::<ciborium::Value, _>(enc(r).as_slice()).unwrap();
+        let field = |r: &ContractRecord, name: &str| {
+            wire(r).as_map().unwrap().iter().find(|(k, _)| k.as_text() == Some(name)).map(|(_, v)| v.clone()).unwrap()
+        };
+        assert!(rec.is_live(49) && !rec.is_live(50));
+        assert_eq!(field(&rec, "ended"), ciborium::Value::Null);
+
+        // Our cancellation cannot be owed before the contract ends.
+        rec.lifecycle.owe_cancel(signed(3));
+        assert_eq!(rec.lifecycle, Lifecycle::Live);
+        rec.lifecycle.end(7, "moving on".into());
+        rec.lifecycle.end(8, "again".into());
+        assert_eq!(rec.lifecycle, Lifecycle::Ended { at: 7, reason: "moving on".into() });
+        assert!(!rec.is_live(0));
+        rec.lifecycle.owe_cancel(signed(3));
+        assert_eq!(field(&rec, "ended"), ciborium::Value::Integer(7.into()));
+        assert_eq!(field(&rec, "end_reason"), ciborium::Value::Text("moving on".into()));
+        assert_ne!(field(&rec, "unsent_cancel"), ciborium::Value::Null);
+        let back: ContractRecord = dec("contract", &enc(&rec)).unwrap();
+        assert_eq!(back.lifecycle, rec.lifecycle);
+        assert_eq!(back.lifecycle.unsent_cancel(), Some(&signed(3)));
+        rec.lifecycle.cancel_delivered();
+        assert_eq!(rec.lifecycle, Lifecycle::Ended { at: 7, reason: "moving on".into() });
+        assert_eq!(field(&rec, "unsent_cancel"), ciborium::Value::Null);
+
+        // A cancellation to send without an end is refused, not read as live.
+        let mut bad = wire(&rec);
+        for (k, v) in bad.as_map_mut().unwrap() {
+            if k.as_text() == Some("ended") {
+                *v = ciborium::Value::Null;
+            }
+        }
+        let mut b = Vec::new();
+        ciborium::into_writer(&bad, &mut b).unwrap();
+        assert!(dec::<ContractRecord>("contract", &b).unwrap_err().to_string().contains("but no end"));
+    }
+
+    #[test]
+    fn pack_records_keep_the_wire_form_of_protocol_3_5() {
+        use ciborium::Value as V;
+        let holder = Holder { peer: vec![1], contract: ContractId([3; 32]) };
+        let holder_v = V::Map(vec![
+            (V::Text("peer".into()), V::Bytes(vec![1])),
+            (V::Text("contract".into()), V::Bytes(vec![3; 32])),
+        ]);
+        let copies = PackRecord::copies(10, vec![holder.clone()], 2);
+        assert_eq!(enc(&copies), wire_map(vec![holder_v.clone()], 2, V::Null, vec![]));
+        assert_eq!(dec::<PackRecord>("pack", &enc(&copies)).unwrap(), copies);
+
+        let scheme: crate::repo::erasure::Scheme = "1+1".parse().unwrap();
+        let shard = |h: Option<Holder>| Shard { id: PackId([4; 32]), size: 5, holder: h };
+        let shard_v = |h: V| {
+            V::Map(vec![
+                (V::Text("id".into()), V::Bytes(vec![4; 32])),
+                (V::Text("size".into()), V::Integer(5.into())),
+                (V::Text("holder".into()), h),
+            ])
+        };
+        let erasure = PackRecord {
+            size: 10,
+            placement: Placement::Erasure { scheme, shards: vec![shard(Some(holder)), shard(None)] },
+            garbage: false,
+            lock_until: 0,
+        };
+        let scheme_v =
+            V::Map(vec![(V::Text("k".into()), V::Integer(1.into())), (V::Text("m".into()), V::Integer(1.into()))]);
+        assert_eq!(
+            enc(&erasure),
+            wire_map(vec![], 0, scheme_v.clone(), vec![shard_v(holder_v.clone()), shard_v(V::Null)])
+        );
+        assert_eq!(dec::<PackRecord>("pack", &enc(&erasure)).unwrap(), erasure);
+
+        // A record cannot be both, nor shards without a scheme, nor a scheme with the wrong count.
+        let both = wire_map(vec![holder_v.clone()], 0, scheme_v.clone(), vec![shard_v(V::Null), shard_v(V::Null)]);
+        assert!(dec::<PackRecord>("pack", &both).unwrap_err().to_string().contains("also lists holders"));
+        let orphan = wire_map(vec![], 0, V::Null, vec![shard_v(V::Null)]);
+        assert!(dec::<PackRecord>("pack", &orphan).unwrap_err().to_string().contains("no erasure scheme"));
+        let short = wire_map(vec![], 0, scheme_v, vec![shard_v(V::Null)]);
+        assert!(dec::<PackRecord>("pack", &short).unwrap_err().to_string().contains("lists 1 shards, not 2"));
+    }
+
     #[test]
     fn settings_packs_and_index_persist() {
         let d = tempfile::tempdir().unwrap();
@@ -973,15 +1348,7 @@ mod tests {
             assert_eq!(s.offered().unwrap(), 0);
             s.set_offered(5 << 30).unwrap();
             let e = PackEntry { id: BlobId([1; 32]), kind: BlobKind::Data, offset: 0, length: 10, raw_length: 8 };
-            let rec = PackRecord {
-                size: 10,
-                holders: vec![Holder { peer: vec![1], contract: ContractId([3; 32]) }],
-                copies: 1,
-                garbage: false,
-                erasure: None,
-                shards: vec![],
-                lock_until: 0,
-            };
+            let rec = PackRecord::copies(10, vec![Holder { peer: vec![1], contract: ContractId([3; 32]) }], 1);
             s.commit_pack(&PackId([2; 32]), &rec, &[e]).unwrap();
         }
         let s = State::open(&p).unwrap();
@@ -993,7 +1360,7 @@ mod tests {
             many.iter().map(|e| e.as_ref().map(|e| e.pack)).collect::<Vec<_>>(),
             [None, Some(PackId([2; 32])), None]
         );
-        assert_eq!(s.pack(&PackId([2; 32])).unwrap().unwrap().holders.len(), 1);
+        assert_eq!(s.pack(&PackId([2; 32])).unwrap().unwrap().holders().len(), 1);
         assert_eq!(s.blob_count().unwrap(), 1);
         // snapshots made within one second keep the order they were recorded in
         let snap = |n: u8| Snapshot {
@@ -1017,15 +1384,7 @@ mod tests {
     fn index_packs_cover_data_packs() {
         let d = tempfile::tempdir().unwrap();
         let s = State::open(&d.path().join("s.redb")).unwrap();
-        let rec = PackRecord {
-            size: 10,
-            holders: vec![],
-            copies: 1,
-            garbage: false,
-            erasure: None,
-            shards: vec![],
-            lock_until: 0,
-        };
+        let rec = PackRecord::copies(10, vec![], 1);
         let e = |blob: u8, offset| PackEntry {
             id: BlobId([blob; 32]),
             kind: BlobKind::Data,

@@ -127,7 +127,10 @@ pub enum TransferError {
     /// The shards fetched decode to bytes that do not match the pack id.
     #[error("the decoded shards do not match the pack id")]
     BadDecode,
-    /// This peer's own side failed: its state, erasure coding, a stopped task.
+    /// Erasure coding or decoding failed here (§3.7).
+    #[error(transparent)]
+    Erasure(#[from] crate::repo::erasure::ErasureError),
+    /// This peer's own side failed: its state, a stopped task.
     #[error("{0}")]
     Local(String),
 }

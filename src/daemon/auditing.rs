@@ -176,7 +176,7 @@ impl Inner {
             .collect();
         for (_, c) in &contracts {
             if c.role == Role::Provider
-                && c.ended.is_some_and(|e| t.saturating_sub(e) > self.config.audit.grace_secs)
+                && c.lifecycle.ended_at().is_some_and(|e| t.saturating_sub(e) > self.config.audit.grace_secs)
                 && let Some(p) = c.peer_id()
                 && !serving.contains(&p)
                 && self.store.used(&p) > 0

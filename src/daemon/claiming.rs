@@ -205,7 +205,8 @@ impl Inner {
         let Ok(held) = tokio::task::spawn_blocking(move || claims.providers()).await else { return };
         let contracts = self.state.contracts();
         for provider in held {
-            let pending = contracts.iter().any(|(_, c)| c.peer_id() == Some(provider) && c.unsent_cancel.is_some());
+            let pending =
+                contracts.iter().any(|(_, c)| c.peer_id() == Some(provider) && c.lifecycle.unsent_cancel().is_some());
             if pending || self.owed_to(&provider) > 0 {
                 continue;
             }

@@ -3,12 +3,13 @@
 
 use super::Inner;
 use crate::contracts;
+use crate::control::{ErrorKind, Failure};
 use crate::id::ProposalId;
 use crate::identity::Signed;
 use crate::protocol::{
     self, Acceptance, Contract, ContractRequest, ContractResponse, DOMAIN_ACCEPTANCE, DOMAIN_CONTRACT, Proposal, now,
 };
-use crate::state::{ContractRecord, Role, State};
+use crate::state::{ContractRecord, Lifecycle, Role, State};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,51 @@ pub(super) struct Session {
     /// more are countersigned meanwhile, but not as accepted until recorded.
     writing: Mutex<Vec<PeerId>>,
     notify: Notify,
+}
+
+/// Why a client declines an acceptance (protocol.md §4.3.1); the text is what its
+/// `Declined` answer carries.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Decline {
+    /// The acceptance or the contract it makes does not verify (§4.2, §4.3).
+    #[error("{0}")]
+    Invalid(#[from] protocol::MessageError),
+    /// Step 2.
+    #[error("the acceptance is not signed by its sender")]
+    NotSender,
+    /// Step 3.
+    #[error("not our proposal")]
+    NotOurs,
+    /// Step 4.
+    #[error("the acceptance's expiry does not match the proposed duration")]
+    Expiry,
+    /// Step 5.
+    #[error("the proposal is no longer open")]
+    Closed,
+    /// Step 6.
+    #[error("this provider failed our audits")]
+    FailedAudits,
+    /// `contracts.only_friends` (Appendix A.4.6).
+    #[error("this client makes contracts with its friends only")]
+    FriendsOnly,
+    /// Verified evidence of default (§5.10).
+    #[error("verified evidence says this provider signed a wrong audit answer")]
+    Defaulter,
+    /// Step 7.
+    #[error("already a contract with this provider")]
+    Already,
+    /// Step 8.
+    #[error("enough providers already")]
+    Enough,
+    /// Step 9: the contract could not be persisted, or a lock was poisoned.
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<Decline> for ContractResponse {
+    fn from(d: Decline) -> Self {
+        ContractResponse::Declined(d.to_string())
+    }
 }
 
 impl Inner {
@@ -108,19 +154,8 @@ impl Inner {
             Ok(_) => return tracing::warn!("{} countersigned a contract that is not ours", vp.client),
             Err(e) => return tracing::warn!("bad countersignature from {}: {e}", vp.client),
         };
-        let rec = ContractRecord {
-            contract,
-            role: Role::Provider,
-            peer: vp.client.to_bytes(),
-            bytes: t.bytes,
-            used: 0,
-            expires: t.expires,
-            addrs: vp.proposal.addrs.clone(),
-            ended: None,
-            renewal: None,
-            unsent_cancel: None,
-            end_reason: String::new(),
-        };
+        let rec =
+            ContractRecord::new(contract, Role::Provider, vp.client, t.bytes, t.expires, vp.proposal.addrs.clone());
         let id = t.id;
         match self.db(move |s| s.put_contract(&id, &rec)).await {
             Ok(()) => {
@@ -139,50 +174,49 @@ impl Inner {
         &self,
         peer: PeerId,
         signed: &Signed,
-    ) -> Result<(PeerId, protocol::Acceptance, Arc<Session>), String> {
-        let (provider, acc, vp) = protocol::verify_acceptance(signed).map_err(|e| e.to_string())?;
+    ) -> Result<(PeerId, protocol::Acceptance, Arc<Session>), Decline> {
+        let (provider, acc, vp) = protocol::verify_acceptance(signed)?;
         if provider != peer {
-            return Err("the acceptance is not signed by its sender".into());
+            return Err(Decline::NotSender);
         }
         if vp.client != self.me() {
-            return Err("not our proposal".into());
+            return Err(Decline::NotOurs);
         }
         let t = now();
         if acc.expires <= t || acc.expires > t + vp.proposal.duration_secs + EXPIRY_SLACK_SECS {
-            return Err("the acceptance's expiry does not match the proposed duration".into());
+            return Err(Decline::Expiry);
         }
         let Some(session) = self.sessions.lock().ok().and_then(|s| s.get(&vp.id).cloned()) else {
-            return Err("the proposal is no longer open".into());
+            return Err(Decline::Closed);
         };
         if !self.in_good_standing(&provider).await {
-            return Err("this provider failed our audits".into());
+            return Err(Decline::FailedAudits);
         }
         if !self.may_contract_with(&provider) {
-            return Err("this client makes contracts with its friends only".into());
+            return Err(Decline::FriendsOnly);
         }
         if self.is_defaulter(&provider) {
-            return Err("verified evidence says this provider signed a wrong audit answer".into());
+            return Err(Decline::Defaulter);
         }
         Ok((provider, acc, session))
     }
 
     /// Client side: countersign an acceptance of one of our open proposals.
     pub(super) async fn on_acceptance(&self, peer: PeerId, signed: Signed) -> ContractResponse {
-        let decline = |s: &str| ContractResponse::Declined(s.to_string());
         let (provider, acc, session) = match self.check_acceptance(peer, &signed).await {
             Ok(v) => v,
-            Err(why) => return ContractResponse::Declined(why),
+            Err(why) => return why.into(),
         };
         {
             // Lock order: `accepted`, then `writing`.
             let (Ok(accepted), Ok(mut writing)) = (session.accepted.lock(), session.writing.lock()) else {
-                return decline("internal error");
+                return Decline::Internal.into();
             };
             if session.exclude.contains(&provider) || accepted.contains(&provider) || writing.contains(&provider) {
-                return decline("already a contract with this provider");
+                return Decline::Already.into();
             }
             if accepted.len() + writing.len() >= session.wanted {
-                return decline("enough providers already");
+                return Decline::Enough.into();
             }
             writing.push(provider);
         }
@@ -197,27 +231,15 @@ impl Inner {
             Ok(t) => t,
             Err(e) => {
                 undo();
-                return decline(&e.to_string());
+                return Decline::Invalid(e).into();
             }
         };
-        let rec = ContractRecord {
-            contract,
-            role: Role::Client,
-            peer: provider.to_bytes(),
-            bytes: acc.bytes,
-            used: 0,
-            expires: acc.expires,
-            addrs: acc.addrs.clone(),
-            ended: None,
-            renewal: None,
-            unsent_cancel: None,
-            end_reason: String::new(),
-        };
+        let rec = ContractRecord::new(contract, Role::Client, provider, acc.bytes, acc.expires, acc.addrs.clone());
         let id = terms.id;
         if let Err(e) = self.db(move |s| s.put_contract(&id, &rec)).await {
             tracing::error!("cannot persist contract: {e}");
             undo();
-            return decline("internal error");
+            return Decline::Internal.into();
         }
         tracing::info!("contract {} as client with {provider} ({} bytes)", terms.id.short(), acc.bytes);
         if let (Ok(mut a), Ok(mut w)) = (session.accepted.lock(), session.writing.lock()) {
@@ -570,7 +592,7 @@ impl Inner {
         if rec.peer_id() != Some(peer) {
             return decline("not a party to this contract");
         }
-        if rec.ended.is_none() {
+        if rec.lifecycle == Lifecycle::Live {
             self.end_contract(c.contract, rec, &format!("cancelled by {peer}: {}", c.reason), true).await;
         }
         ContractResponse::Cancelled
@@ -582,12 +604,7 @@ impl Inner {
     pub(super) async fn end_contract(&self, id: crate::id::ContractId, rec: ContractRecord, why: &str, drop_now: bool) {
         let t = now();
         let reason: String = why.chars().take(protocol::MAX_REASON).collect();
-        let ended = self.db(move |s| {
-            s.update_contract(&id, |r| {
-                r.ended = Some(t);
-                r.end_reason = reason;
-            })
-        });
+        let ended = self.db(move |s| s.update_contract(&id, |r| r.lifecycle.end(t, reason)));
         if let Err(e) = ended.await {
             return tracing::error!("cannot end contract {}: {e}", id.short());
         }
@@ -619,9 +636,11 @@ impl Inner {
     }
 
     /// We end a contract: end it here, then tell the other side (best effort, signed).
-    pub(super) async fn cancel(&self, id: crate::id::ContractId, reason: &str) -> Result<(), String> {
-        let rec = self.state.contract(&id).ok_or_else(|| format!("no contract {id}; see 'peer contracts'"))?;
-        if rec.ended.is_some() {
+    pub(super) async fn cancel(&self, id: crate::id::ContractId, reason: &str) -> Result<(), Failure> {
+        let Some(rec) = self.state.contract(&id) else {
+            return Err(Failure::new(ErrorKind::NotFound, format!("no contract {id}; see 'peer contracts'")));
+        };
+        if rec.lifecycle != Lifecycle::Live {
             return Ok(());
         }
         let reason: String = reason.chars().take(protocol::MAX_REASON / 4).collect();
@@ -631,7 +650,7 @@ impl Inner {
             let c = protocol::Cancellation { contract: id, reason: reason.clone() };
             let signed = self.id.sign(protocol::DOMAIN_CANCEL, protocol::to_cbor(&c));
             if !self.send_cancel(peer, id, &rec, signed.clone()).await {
-                let unsent = move |s: &State| s.update_contract(&id, |r| r.unsent_cancel = Some(signed));
+                let unsent = move |s: &State| s.update_contract(&id, |r| r.lifecycle.owe_cancel(signed));
                 self.persist("a cancellation to send again", unsent).await;
             }
         }
@@ -664,9 +683,12 @@ impl Inner {
     pub(super) async fn retry_cancels(&self) {
         let t = now();
         for (id, rec) in self.state.contracts() {
-            let (Some(signed), Some(peer)) = (rec.unsent_cancel.clone(), rec.peer_id()) else { continue };
+            let (Some(signed), Some(peer)) = (rec.lifecycle.unsent_cancel().cloned(), rec.peer_id()) else { continue };
             if rec.expires <= t || self.send_cancel(peer, id, &rec, signed).await {
-                self.persist("a sent cancellation", move |s| s.update_contract(&id, |r| r.unsent_cancel = None)).await;
+                self.persist("a sent cancellation", move |s| {
+                    s.update_contract(&id, |r| r.lifecycle.cancel_delivered())
+                })
+                .await;
             }
         }
     }

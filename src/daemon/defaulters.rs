@@ -162,9 +162,15 @@ impl Inner {
 
     /// Shares again the evidence we caught ourselves (a few per audit round).
     pub(super) async fn republish_evidence(self: &Arc<Self>) {
-        let ours = self.db(|s| s.defaulters()).await.unwrap_or_default();
+        let ours = match self.db(|s| s.defaulters()).await {
+            Ok(d) => d,
+            Err(e) => return tracing::error!("cannot read the defaulters: {e}"),
+        };
         for (_, rec) in ours.into_iter().filter(|(_, r)| r.ours).take(REPUBLISH_PER_ROUND) {
-            let _ = self.net.publish_evidence(rec.evidence).await;
+            // No peer on the topic yet is the usual cause; the next round tries again.
+            if let Err(e) = self.net.publish_evidence(rec.evidence).await {
+                tracing::debug!("evidence not republished this round: {e}");
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 
 use super::Inner;
 use super::transfer::NetSource;
-use crate::drill::{DrillReport, Pick};
+use crate::drill::{DrillReport, Pick, VerifyError};
 use crate::protocol::now;
 use crate::restore::{self, PackSource, RestoreWhat};
 use rand::Rng;
@@ -17,6 +17,31 @@ use std::time::{Duration, Instant};
 
 /// The state record holding the last test restore.
 pub const RECORD: &str = "test_restore";
+
+/// Why a test restore failed (shown in `peer status` and kept in `state.redb`).
+#[derive(Debug, thiserror::Error)]
+enum DrillError {
+    /// No sample could be chosen, or the restore could not run.
+    #[error(transparent)]
+    Restore(#[from] restore::RestoreError),
+    /// The temporary directory under the home could not be made.
+    #[error("cannot make a directory for the test restore: {0}")]
+    TempDir(std::io::Error),
+    /// A blocking task stopped.
+    #[error("the test restore stopped: {0}")]
+    Stopped(#[from] tokio::task::JoinError),
+    /// Files of the sample could not be restored.
+    #[error("{count} files could not be restored: {}", failed.join("; "))]
+    NotRestored {
+        /// How many.
+        count: u64,
+        /// What failed, for the first of them.
+        failed: Vec<String>,
+    },
+    /// Restored files differ from the snapshot.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Differs(Vec<VerifyError>),
+}
 
 impl Inner {
     /// Runs test restores until the daemon stops (never with `interval_secs = 0`).
@@ -46,7 +71,7 @@ impl Inner {
         let started = Instant::now();
         let mut report = DrillReport { time: now(), ..Default::default() };
         if let Err(e) = self.clone().drill_locked(&mut report).await {
-            report.error = e;
+            report.error = e.to_string();
         }
         drop(guard);
         report.seconds = started.elapsed().as_secs_f64();
@@ -69,13 +94,12 @@ impl Inner {
     }
 
     /// Samples, restores and checks; fills `report` as it goes.
-    async fn drill_locked(self: Arc<Self>, report: &mut DrillReport) -> Result<(), String> {
+    async fn drill_locked(self: Arc<Self>, report: &mut DrillReport) -> Result<(), DrillError> {
         let cfg = &self.config.test_restore;
         let source: Arc<dyn PackSource> = Arc::new(NetSource::new(self.clone()));
         let max_each = cfg.max_bytes / cfg.files.max(1) as u64;
-        let (sid, picks) = restore::sample_files(&self.id, &self.state, source.as_ref(), None, cfg.files, max_each)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (sid, picks) =
+            restore::sample_files(&self.id, &self.state, source.as_ref(), None, cfg.files, max_each).await?;
         report.snapshot = sid.to_string();
         report.sample = picks.iter().map(|p| p.orig.clone()).collect();
         report.bytes = picks.iter().map(|p| p.node.size).sum();
@@ -85,9 +109,8 @@ impl Inner {
         let home = self.home.dir.clone();
         let tmp =
             tokio::task::spawn_blocking(move || tempfile::Builder::new().prefix(".test-restore-").tempdir_in(home))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("cannot make a directory for the test restore: {e}"))?;
+                .await?
+                .map_err(DrillError::TempDir)?;
         let what = RestoreWhat {
             snapshot: Some(report.snapshot.clone()),
             target: Some(tmp.path().to_path_buf()),
@@ -99,26 +122,21 @@ impl Inner {
         let id_key = self.id.id_key;
         // Checked, then removed, off the runtime.
         let checked = tokio::task::spawn_blocking(move || {
-            let errors: Vec<String> = picks
+            let errors: Vec<VerifyError> = picks
                 .iter()
                 .filter_map(|p: &Pick| crate::drill::verify_file(&id_key, &tmp.path().join(&p.rel), &p.node).err())
                 .collect();
             drop(tmp);
             errors
         })
-        .await
-        .map_err(|e| e.to_string())?;
-        let summary = summary.map_err(|e| e.to_string())?;
-        let mut problems = Vec::new();
+        .await?;
+        let summary = summary?;
         if summary.failed_count > 0 {
-            problems.push(format!(
-                "{} files could not be restored: {}",
-                summary.failed_count,
-                summary.failed.join("; ")
-            ));
-        } else if !checked.is_empty() {
-            problems.push(checked.join("; "));
+            return Err(DrillError::NotRestored { count: summary.failed_count, failed: summary.failed });
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+        if !checked.is_empty() {
+            return Err(DrillError::Differs(checked));
+        }
+        Ok(())
     }
 }

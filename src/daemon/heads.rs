@@ -8,7 +8,7 @@ use crate::head;
 use crate::id::PackId;
 use crate::protocol::{self, DOMAIN_HEAD_RECORD, DataErrorCode, DataRequest, DataResponse, HeadPointer, now};
 use crate::repo::index;
-use crate::state::{IndexEntry, IndexPackRecord, PackRecord, Role};
+use crate::state::{IndexEntry, IndexPackRecord, PackRecord, Role, StateError};
 use futures::StreamExt;
 use libp2p::PeerId;
 use std::collections::HashMap;
@@ -24,13 +24,85 @@ pub const REPUBLISH_SECS: u64 = 6 * 3600;
 /// Seconds between two attempts to find our head while recovering.
 pub const RECOVER_RETRY_SECS: u64 = 2;
 
+/// Why the current state could not be published as a head (protocol.md §5.8).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PublishError {
+    /// Sealing failed.
+    #[error("cannot make head {seq}: {source}")]
+    Make {
+        /// The head's sequence number.
+        seq: u64,
+        /// Why.
+        source: head::HeadError,
+    },
+    /// The local state failed.
+    #[error("cannot make a head: {0}")]
+    State(#[from] StateError),
+    /// Every provider was asked and none stored it.
+    #[error("no provider took head {0}")]
+    NotTaken(u64),
+}
+
+/// Why one attempt to recover the head failed; the next attempt follows
+/// [`RECOVER_RETRY_SECS`] later (protocol.md §5.8).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RecoverError {
+    /// The DHT lookup of our head record failed.
+    #[error("cannot look up the head record: {0}")]
+    Lookup(#[from] crate::net::NetError),
+    /// The holders have an older head than the DHT names (a newer one is on its way).
+    #[error("the holders only have head {have} but the DHT points at {want}; retrying")]
+    Stale {
+        /// The newest head a holder returned.
+        have: u64,
+        /// The sequence number the DHT names.
+        want: u64,
+    },
+    /// The head names an index pack it lists no record for.
+    #[error("the head names index pack {0} but no holder")]
+    NoHolder(PackId),
+    /// An index pack could not be fetched.
+    #[error("index pack {pack}: {source}")]
+    Fetch {
+        /// Short pack id.
+        pack: String,
+        /// Why.
+        source: crate::transfer::TransferError,
+    },
+    /// An index pack did not open or decode.
+    #[error("index pack {pack}: {source}")]
+    Read {
+        /// Short pack id.
+        pack: String,
+        /// Why.
+        source: crate::repo::RepoError,
+    },
+    /// A blocking task stopped before it answered.
+    #[error("reading an index pack stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The local state failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl From<RecoverError> for crate::control::Failure {
+    /// A failed state is `Local`; anything the network did not give is `Unavailable`.
+    fn from(e: RecoverError) -> Self {
+        let kind = match &e {
+            RecoverError::State(_) | RecoverError::Task(_) => crate::control::ErrorKind::Local,
+            _ => crate::control::ErrorKind::Unavailable,
+        };
+        crate::control::Failure::new(kind, e.to_string())
+    }
+}
+
 impl Inner {
     /// Seals the current state as a new head, stores it at every provider we have a live
     /// contract with, and points the DHT at the ones that took it. Returns why the state
     /// could not be published, if it could not (also logged and kept for `peer status`):
     /// the previous head stays valid, and the next change or audit round publishes again.
     pub(super) async fn publish_head(&self) -> Option<String> {
-        let error = self.try_publish_head().await.err();
+        let error = self.try_publish_head().await.err().map(|e| e.to_string());
         if let Some(e) = &error {
             tracing::error!("cannot publish the head: {e}");
         }
@@ -45,7 +117,7 @@ impl Inner {
         }
     }
 
-    async fn try_publish_head(&self) -> Result<(), String> {
+    async fn try_publish_head(&self) -> Result<(), PublishError> {
         if self.home.recover_marker().exists() {
             return Ok(()); // never overwrite the head we are still looking for
         }
@@ -61,10 +133,10 @@ impl Inner {
             let signed = head::collect(s, seq, now()).map_err(head::HeadError::from).and_then(|d| head::seal(&id, &d));
             match signed {
                 Ok(signed) => s.set_counter(HEAD_SEQ, seq).map(|_| Ok((seq, signed))),
-                Err(e) => Ok(Err(format!("cannot make head {seq}: {e}"))),
+                Err(source) => Ok(Err(PublishError::Make { seq, source })),
             }
         });
-        let (seq, signed) = made.await.map_err(|e| format!("cannot make a head: {e}"))??;
+        let (seq, signed) = made.await??;
         let providers: std::collections::HashSet<PeerId> =
             self.live_contracts(Role::Client).iter().filter_map(|(_, c)| c.peer_id()).collect();
         let holders: Vec<PeerId> = futures::stream::iter(providers)
@@ -85,7 +157,7 @@ impl Inner {
             .collect()
             .await;
         if holders.is_empty() {
-            return Err(format!("no provider took head {seq}"));
+            return Err(PublishError::NotTaken(seq));
         }
         let pointer = HeadPointer {
             seq,
@@ -157,9 +229,9 @@ impl Inner {
 
     /// One attempt: the newest valid pointer in the DHT, then the newest head its holders
     /// have. Returns the number of snapshots imported, or `None` when nothing is found yet.
-    async fn try_recover(self: &Arc<Self>) -> Result<Option<usize>, String> {
+    async fn try_recover(self: &Arc<Self>) -> Result<Option<usize>, RecoverError> {
         let me = self.me();
-        let values = self.net.get_record(protocol::head_record_key(&me)).await.map_err(|e| e.to_string())?;
+        let values = self.net.get_record(protocol::head_record_key(&me)).await?;
         let mut holders: Vec<PeerId> = Vec::new();
         let mut best = 0;
         for v in values {
@@ -190,9 +262,9 @@ impl Inner {
         }
         let Some(head::Opened { doc, inline_index }) = newest else { return Ok(None) };
         if doc.seq < best {
-            return Err(format!("the holders only have head {} but the DHT points at {best}; retrying", doc.seq));
+            return Err(RecoverError::Stale { have: doc.seq, want: best });
         }
-        self.db(move |s| s.import_index(inline_index)).await.map_err(|e| e.to_string())?;
+        self.db(move |s| s.import_index(inline_index)).await?;
         let index = self.recover_index(&doc).await?;
         let snapshots = doc.snapshots.len();
         self.db(move |s| {
@@ -201,25 +273,27 @@ impl Inner {
             s.set_counter(HEAD_PUBLISHED, doc.seq)?;
             if s.offered()? == 0 { s.set_offered(doc.offered) } else { Ok(()) }
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         Ok(Some(snapshots))
     }
 
     /// Fetches the index packs `doc` names (§3.8) and writes their entries for the packs
     /// the head lists, one index pack per transaction. Returns the index pack records.
-    pub(super) async fn recover_index(self: &Arc<Self>, doc: &head::HeadDoc) -> Result<Vec<IndexPackRecord>, String> {
+    pub(super) async fn recover_index(
+        self: &Arc<Self>,
+        doc: &head::HeadDoc,
+    ) -> Result<Vec<IndexPackRecord>, RecoverError> {
         let records: HashMap<PackId, PackRecord> = doc.packs.iter().cloned().collect();
         let source = NetSource::new(self.clone());
         let mut out = Vec::new();
         for p in &doc.index {
-            let rec = records.get(p).cloned().ok_or_else(|| format!("the head names index pack {p} but no holder"))?;
-            let bytes = source.fetch_placed(*p, rec).await.map_err(|e| format!("index pack {}: {e}", p.short()))?;
+            let rec = records.get(p).cloned().ok_or(RecoverError::NoHolder(*p))?;
+            let bytes =
+                source.fetch_placed(*p, rec).await.map_err(|source| RecoverError::Fetch { pack: p.short(), source })?;
             let keys = (self.id.id_key, self.id.enc_key);
             let packs = tokio::task::spawn_blocking(move || index::read((&keys.0, &keys.1), &bytes))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("index pack {}: {e}", p.short()))?;
+                .await?
+                .map_err(|source| RecoverError::Read { pack: p.short(), source })?;
             let mut covers: Vec<PackId> = packs.iter().map(|ip| ip.id).collect();
             covers.dedup();
             let entries = packs.iter().filter(|ip| records.contains_key(&ip.id)).flat_map(|ip| {
@@ -229,7 +303,7 @@ impl Inner {
                 })
             });
             let entries: Vec<_> = entries.collect();
-            self.db(move |s| s.import_index(entries)).await.map_err(|e| e.to_string())?;
+            self.db(move |s| s.import_index(entries)).await?;
             out.push(IndexPackRecord { pack: *p, covers });
         }
         Ok(out)
@@ -248,7 +322,7 @@ impl Inner {
         // A cancellation that did not get through is retried at every audit round anyway;
         // try a few more times now, so those clients learn of the loss soon.
         for _ in 0..5 {
-            if !self.state.contracts().iter().any(|(_, c)| c.unsent_cancel.is_some()) {
+            if !self.state.contracts().iter().any(|(_, c)| c.lifecycle.unsent_cancel().is_some()) {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(RECOVER_RETRY_SECS)).await;

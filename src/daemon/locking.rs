@@ -6,11 +6,11 @@
 //! back the state one of them describes.
 
 use super::Inner;
-use crate::control::HeadInfo;
+use crate::control::{ErrorKind, Failure, HeadInfo};
 use crate::head;
 use crate::id::PackId;
 use crate::protocol::{DataRequest, DataResponse, MAX_DELETE_PACKS};
-use crate::state::{PackRecord, Role, State, StateError};
+use crate::state::{PackRecord, Role, State};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 
@@ -19,23 +19,25 @@ pub const MAX_ASKED: usize = 64;
 
 /// The packs snapshot `sid` (hex) needs, and the index packs that list them, with
 /// their records.
-fn packs_of_snapshot(state: &State, sid: &str) -> Result<Vec<(PackId, PackRecord)>, String> {
-    let e = |e: StateError| e.to_string();
-    let (id, snap) =
-        state.snapshots().map_err(e)?.into_iter().find(|(k, _)| k.to_string() == sid).ok_or("no such snapshot")?;
-    let blobs = crate::restore::cached_snapshot_blobs(state, &id, &snap).map_err(|e| e.to_string())?;
-    let (mut packs, missing) = crate::restore::packs_of(state, &blobs).map_err(e)?;
+fn packs_of_snapshot(state: &State, sid: &str) -> Result<Vec<(PackId, PackRecord)>, Failure> {
+    let Some((id, snap)) = state.snapshots()?.into_iter().find(|(k, _)| k.to_string() == sid) else {
+        return Err(Failure::new(ErrorKind::NotFound, format!("no snapshot {sid}")));
+    };
+    let blobs = crate::restore::cached_snapshot_blobs(state, &id, &snap)?;
+    let (mut packs, missing) = crate::restore::packs_of(state, &blobs)?;
     if missing > 0 {
-        return Err(format!("{missing} blobs of the snapshot are in no known pack"));
+        return Err(Failure::new(ErrorKind::Local, format!("{missing} blobs of the snapshot are in no known pack")));
     }
-    for ip in state.index_packs().map_err(e)? {
+    for ip in state.index_packs()? {
         if ip.covers.iter().any(|p| packs.contains(p)) {
             packs.insert(ip.pack);
         }
     }
     let mut out = Vec::new();
     for p in packs {
-        let rec = state.pack(&p).map_err(e)?.ok_or_else(|| format!("pack {} has no record", p.short()))?;
+        let Some(rec) = state.pack(&p)? else {
+            return Err(Failure::new(ErrorKind::Local, format!("pack {} has no record", p.short())));
+        };
         out.push((p, rec));
     }
     Ok(out)
@@ -44,9 +46,9 @@ fn packs_of_snapshot(state: &State, sid: &str) -> Result<Vec<(PackId, PackRecord
 impl Inner {
     /// Locks, at each holder, every pack snapshot `sid` needs until `until`, and records
     /// the lock of each pack every holder confirmed. Errors name the holders that did not.
-    pub(super) async fn lock_snapshot(&self, sid: &str, until: u64) -> Result<usize, String> {
+    pub(super) async fn lock_snapshot(&self, sid: &str, until: u64) -> Result<usize, Failure> {
         let id = sid.to_string();
-        let packs = self.db(move |s| Ok(packs_of_snapshot(s, &id))).await.map_err(|e| e.to_string())??;
+        let packs = self.db(move |s| Ok(packs_of_snapshot(s, &id))).await??;
         // (pack, object: the pack or one shard) per holder.
         let mut by_holder: HashMap<Vec<u8>, Vec<(PackId, PackId)>> = HashMap::new();
         for (id, rec) in packs.iter().filter(|(_, r)| r.lock_until < until) {
@@ -76,7 +78,7 @@ impl Inner {
         let locked_ids: Vec<PackId> = packs.iter().map(|(p, _)| *p).filter(|p| !failed.contains(p)).collect();
         let n = locked_ids.len();
         self.persist("pack locks", move |s| s.lock_packs(&locked_ids, until)).await;
-        if errors.is_empty() { Ok(n) } else { Err(errors.join("; ")) }
+        if errors.is_empty() { Ok(n) } else { Err(Failure::new(ErrorKind::Unavailable, errors.join("; "))) }
     }
 
     /// Every head our providers keep, opened with our key: newest first, with how many
@@ -138,15 +140,16 @@ impl Inner {
 
     /// Brings the state head `seq` describes into this repository: its snapshots, packs,
     /// index packs and contracts that are not here. Returns the id of its newest snapshot.
-    pub(super) async fn adopt_head(self: &std::sync::Arc<Self>, seq: u64) -> Result<String, String> {
+    pub(super) async fn adopt_head(self: &std::sync::Arc<Self>, seq: u64) -> Result<String, Failure> {
         let heads = self.kept_heads().await;
         let Some((opened, _, _)) = heads.into_iter().find(|(o, _, _)| o.doc.seq == seq) else {
-            return Err(format!("no provider keeps head {seq}; see 'peer heads'"));
+            return Err(Failure::new(ErrorKind::NotFound, format!("no provider keeps head {seq}; see 'peer heads'")));
         };
         let head::Opened { doc, inline_index } = opened;
-        let newest =
-            doc.snapshots.last().map(|(id, _)| id.to_string()).ok_or(format!("head {seq} lists no snapshot"))?;
-        self.db(move |s| s.import_index(inline_index)).await.map_err(|e| e.to_string())?;
+        let Some(newest) = doc.snapshots.last().map(|(id, _)| id.to_string()) else {
+            return Err(Failure::new(ErrorKind::NotFound, format!("head {seq} lists no snapshot")));
+        };
+        self.db(move |s| s.import_index(inline_index)).await?;
         let index = self.recover_index(&doc).await?;
         let imported = self.db(move |s| {
             let have_snaps: HashSet<_> = s.snapshots()?.into_iter().map(|(id, _)| id).collect();
@@ -164,7 +167,7 @@ impl Inner {
             s.import(&snaps, &packs, &index, &contracts)?;
             Ok(snaps.len())
         });
-        let n = imported.await.map_err(|e| e.to_string())?;
+        let n = imported.await?;
         tracing::warn!("head {seq} adopted: {n} snapshots brought back");
         // The state it describes becomes the latest head again.
         self.publish_head().await;

@@ -8,7 +8,7 @@ use super::Inner;
 use super::ops::fail;
 use super::transfer::NetSource;
 use crate::audit::{self, Outcome};
-use crate::control::{CheckSummary, ErrorKind, ForgetSummary, PruneSummary, Reply, SnapshotInfo};
+use crate::control::{CheckSummary, ErrorKind, Failure, ForgetSummary, PruneSummary, Reply, SnapshotInfo};
 use crate::id::{ContractId, PackId};
 use crate::protocol::{self, DOMAIN_DELETE, DataRequest, DataResponse, Deletion, MAX_DELETE_PACKS, now};
 use crate::repo::pack;
@@ -27,6 +27,17 @@ pub const CHECK_CONCURRENCY: usize = 4;
 type Held = (PackId, PackId, ContractId, u64);
 
 const BUSY: &str = "another backup, restore, forget or prune is running on this daemon";
+
+/// Why `peer check --read-data` could not read a pack it downloaded.
+#[derive(Debug, thiserror::Error)]
+enum ReadDataError {
+    /// Its header or a blob is corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] crate::repo::RepoError),
+    /// The reading task stopped.
+    #[error("reading stopped: {0}")]
+    Stopped(#[from] tokio::task::JoinError),
+}
 
 impl Inner {
     /// `peer forget`: removes the snapshots `policy` does not keep (none with `dry_run`).
@@ -91,7 +102,7 @@ impl Inner {
         }
         let needed = match self.needed_packs().await {
             Ok((p, _)) => p,
-            Err(e) => return fail(ErrorKind::Unavailable, format!("{e}; nothing was deleted")),
+            Err(f) => return fail(f.kind, format!("{}; nothing was deleted", f.message)),
         };
         let packs = match self.db(|s| s.packs()).await {
             Ok(p) => p,
@@ -164,22 +175,26 @@ impl Inner {
     /// The packs the snapshots need, with the index packs that list them, and how many
     /// snapshots there are. Tree documents
     /// not cached locally are fetched from their holders.
-    async fn needed_packs(self: &Arc<Self>) -> Result<(HashSet<PackId>, u64), String> {
+    /// Errors: the state failed (`Local`), a tree could not be read or a blob is in no
+    /// known pack (`Unavailable`).
+    async fn needed_packs(self: &Arc<Self>) -> Result<(HashSet<PackId>, u64), Failure> {
         let source = NetSource::new(self.clone());
-        let snaps = self.db(|s| s.snapshots()).await.map_err(|e| e.to_string())?;
+        let snaps = self.db(|s| s.snapshots()).await?;
         let mut blobs = HashSet::new();
         for (sid, snap) in &snaps {
-            let b = restore::snapshot_blobs(&self.id, &self.state, &source, sid, snap)
-                .await
-                .map_err(|e| format!("cannot read the trees of snapshot {}: {e}", sid.short()))?;
+            let b = restore::snapshot_blobs(&self.id, &self.state, &source, sid, snap).await.map_err(|e| {
+                let f = Failure::from(e);
+                Failure::new(f.kind, format!("cannot read the trees of snapshot {}: {}", sid.short(), f.message))
+            })?;
             blobs.extend(b);
         }
-        let (mut packs, missing) = self.db(move |s| restore::packs_of(s, &blobs)).await.map_err(|e| e.to_string())?;
+        let (mut packs, missing) = self.db(move |s| restore::packs_of(s, &blobs)).await?;
         if missing > 0 {
-            return Err(format!("{missing} blobs the snapshots need are in no known pack; run 'peer check'"));
+            let why = format!("{missing} blobs the snapshots need are in no known pack; run 'peer check'");
+            return Err(Failure::new(ErrorKind::Unavailable, why));
         }
         // An index pack is needed while it lists any needed pack (§3.8); a recovery reads it.
-        let index = self.db(|s| s.index_packs()).await.map_err(|e| e.to_string())?;
+        let index = self.db(|s| s.index_packs()).await?;
         let listing: Vec<PackId> =
             index.into_iter().filter(|r| r.covers.iter().any(|c| packs.contains(c))).map(|r| r.pack).collect();
         packs.extend(listing);
@@ -198,7 +213,7 @@ impl Inner {
                     copies_checked: 0,
                     copies_ok: 0,
                     packs_read: 0,
-                    problems: vec![e],
+                    problems: vec![e.message],
                 };
                 return Reply::Check(s);
             }
@@ -266,16 +281,14 @@ impl Inner {
     }
 
     /// Decrypts a pack's header and every blob in it, checking each blob's id.
-    async fn open_every_blob(&self, bytes: bytes::Bytes) -> Result<(), String> {
+    async fn open_every_blob(&self, bytes: bytes::Bytes) -> Result<(), ReadDataError> {
         let (id_key, enc_key) = (self.id.id_key, self.id.enc_key);
         tokio::task::spawn_blocking(move || {
-            let entries = pack::read_header(&enc_key, &bytes).map_err(|e| e.to_string())?;
-            for e in &entries {
-                pack::read_blob((&id_key, &enc_key), &bytes, e).map_err(|e| e.to_string())?;
+            for e in &pack::read_header(&enc_key, &bytes)? {
+                pack::read_blob((&id_key, &enc_key), &bytes, e)?;
             }
             Ok(())
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     }
 }

@@ -318,7 +318,13 @@ fn start_network(
 fn bind_control(home: &Home) -> Result<UnixListener, DaemonError> {
     use std::os::unix::fs::PermissionsExt;
     let sock = home.control_socket();
-    let _ = std::fs::remove_file(&sock); // stale, or absent: we hold the state lock, so no daemon owns it
+    // Stale, or absent: we hold the state lock, so no daemon owns it. Binding names the
+    // socket if it is still in the way.
+    if let Err(e) = std::fs::remove_file(&sock)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove the old control socket {}: {e}", sock.display());
+    }
     let listener = UnixListener::bind(&sock).map_err(|e| setup(format!("cannot bind {}: {e}", sock.display())))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(setup)?;
     Ok(listener)
@@ -472,12 +478,9 @@ impl Inner {
 
     /// Deletes every pack and the head held for `client`, off the runtime; returns the
     /// bytes freed.
-    async fn reclaim(&self, client: PeerId) -> Result<u64, String> {
+    async fn reclaim(&self, client: PeerId) -> Result<u64, crate::provider::StoreError> {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.drop_client(&client, now())).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
+        tokio::task::spawn_blocking(move || store.drop_client(&client, now())).await?
     }
 
     /// Whether `peer` keeps its standing in our audits (protocol.md §5.4). A local error

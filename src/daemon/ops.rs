@@ -144,7 +144,7 @@ fn health_of(state: &State, lv: &Liveness) -> Result<(Vec<SnapshotHealth>, Optio
 fn durability_of(packs: &[(crate::id::PackId, crate::state::PackRecord)]) -> Vec<DurabilityInfo> {
     let mut schemes: std::collections::BTreeMap<String, (u64, f64, f64)> = Default::default();
     for (_, r) in packs.iter().filter(|(_, r)| !r.garbage) {
-        let (name, n, f) = match r.erasure {
+        let (name, n, f) = match r.scheme() {
             Some(s) => (format!("erasure {s}"), s.n() as u32, u32::from(s.m)),
             None => (format!("{} copies", r.target()), r.target() as u32, (r.target() as u32).saturating_sub(1)),
         };
@@ -183,12 +183,13 @@ pub(super) const RECOVERING: &str =
 
 impl Inner {
     /// Copy health of every snapshot, from the locally cached trees only.
-    async fn snapshot_health(&self) -> Result<(Vec<SnapshotHealth>, Option<u64>), String> {
+    async fn snapshot_health(&self) -> Result<(Vec<SnapshotHealth>, Option<u64>), StateError> {
         let lv = self.liveness().await;
-        self.db(move |s| health_of(s, &lv)).await.map_err(|e| e.to_string())
+        self.db(move |s| health_of(s, &lv)).await
     }
 
-    pub(super) async fn status(&self) -> Result<StatusReport, String> {
+    /// What `peer status` shows from the local state alone. Errors: the state failed.
+    pub(super) async fn status(&self) -> Result<StatusReport, StateError> {
         let recovering = self.home.recover_marker().exists();
         let (snapshots, unreferenced) = self.snapshot_health().await?;
         let contracts = self.state.contracts();
@@ -207,7 +208,7 @@ impl Inner {
             let claims: u64 = serving.iter().map(|p| s.claim_placed(p).map(u64::from)).sum::<Result<u64, _>>()?;
             Ok((s.offered()?, s.audits()?, s.index_packs()?.len() as u64, durability_of(&s.packs()?), claims))
         });
-        let (offered, audits, index_packs, durability, claims_placed) = local.await.map_err(|e| e.to_string())?;
+        let (offered, audits, index_packs, durability, claims_placed) = local.await?;
         let head = self.head_report().await;
         let t = now();
         let live = |r: Role| contracts.iter().filter(move |(_, c)| c.role == r && c.is_live(t));
@@ -242,8 +243,8 @@ impl Inner {
                         Role::Client => c.used,
                     },
                     expires: c.expires,
-                    ended: c.ended,
-                    end_reason: c.end_reason.clone(),
+                    ended: c.lifecycle.ended_at(),
+                    end_reason: c.lifecycle.end_reason().to_string(),
                 })
                 .collect(),
             audits: audits
@@ -291,7 +292,7 @@ impl Inner {
 
     /// [`Inner::status`] with what the network task knows: addresses, connections,
     /// reachability and relays.
-    async fn full_status(&self) -> Result<StatusReport, String> {
+    async fn full_status(&self) -> Result<StatusReport, StateError> {
         let mut st = self.status().await?;
         if let Ok(ns) = self.net.status().await {
             let me = libp2p::multiaddr::Protocol::P2p(self.me());
@@ -350,7 +351,7 @@ impl Inner {
         match req {
             Request::Status => match self.full_status().await {
                 Ok(st) => Reply::Status(Box::new(st)),
-                Err(e) => fail(ErrorKind::Local, e),
+                Err(e) => Reply::Error(e.into()),
             },
             Request::Offer(b) => match check_offer(&self.home, b, self.store.used_total()) {
                 Ok(()) => match self.db(move |s| s.set_offered(b)).await {
@@ -369,7 +370,7 @@ impl Inner {
             Request::Cancel { contract, reason } => match self.find_contract(&contract) {
                 Ok(id) => match self.cancel(id, &reason).await {
                     Ok(()) => Reply::Ok,
-                    Err(e) => fail(ErrorKind::NotFound, e),
+                    Err(f) => Reply::Error(f),
                 },
                 Err(f) => Reply::Error(f),
             },
@@ -413,7 +414,7 @@ impl Inner {
                         // `latest` means the newest snapshot of that head.
                         Ok(newest) if snapshot.as_deref().is_none_or(|s| s == "latest") => Some(newest),
                         Ok(_) => snapshot,
-                        Err(e) => return fail(ErrorKind::NotFound, e),
+                        Err(f) => return Reply::Error(f),
                     },
                     None => snapshot,
                 };
@@ -512,7 +513,7 @@ impl Inner {
             let until = until.await.ok().flatten().unwrap_or(0);
             sum.locked_until = until;
             if let Err(e) = self.lock_snapshot(&sum.snapshot, until).await {
-                sum.lock_error = Some(e);
+                sum.lock_error = Some(e.message);
             }
         }
         let _ = tx.try_send(Reply::Progress(Progress { phase: "head".into(), done: 0, total: 0 }));

@@ -17,7 +17,7 @@ use crate::id::{ContractId, PackId};
 use crate::protocol::now;
 use crate::repo::pack::SealedPack;
 use crate::restore::PackSource;
-use crate::state::{Holder, PackRecord, Role};
+use crate::state::{Holder, PackRecord, Placement, Role};
 use futures::StreamExt;
 use libp2p::PeerId;
 use rand::Rng;
@@ -49,22 +49,66 @@ impl Liveness {
     }
 }
 
-/// Spaces uploads so that all of them together stay under a byte rate.
+/// Why one pack could not be repaired this round (protocol.md Appendix A.5.5); the next
+/// round tries again.
+#[derive(Debug, thiserror::Error)]
+enum RepairError {
+    /// No holder could supply the pack.
+    #[error("no holder could supply it: {0}")]
+    Fetch(crate::transfer::TransferError),
+    /// Its shards could not be rebuilt.
+    #[error(transparent)]
+    Erasure(#[from] crate::repo::erasure::ErasureError),
+    /// A rebuilt shard does not hash to the id its record names.
+    #[error("rebuilt shard {0} does not match its id")]
+    ShardMismatch(usize),
+    /// Fewer copies or shards than wanted found a new holder.
+    #[error("placed {placed} of {wanted} {what}: {}", if errors.is_empty() { "no other provider has room".to_string() } else { crate::transfer::join(errors) })]
+    Short {
+        /// "new copies" or "shards".
+        what: &'static str,
+        /// How many were placed.
+        placed: usize,
+        /// How many were wanted.
+        wanted: usize,
+        /// What each provider tried answered.
+        errors: Vec<crate::transfer::HolderError>,
+    },
+    /// The rebuilding task stopped.
+    #[error("rebuilding stopped: {0}")]
+    Stopped(#[from] tokio::task::JoinError),
+    /// The local state failed.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+/// Spaces repair's uploads so that all of them together stay under a byte rate
+/// (`repair.bytes_per_sec`): a token bucket (governor's GCRA) counted in KiB that holds at
+/// most one second's worth, so a round starts at once and then keeps to the rate.
 struct Pacer {
-    next: tokio::sync::Mutex<tokio::time::Instant>,
-    bytes_per_sec: u64,
+    limiter: governor::DefaultDirectRateLimiter,
+    /// KiB per second, also the most one grant may take.
+    per_sec: std::num::NonZeroU32,
 }
 
 impl Pacer {
-    /// Waits for the turn of an upload of `bytes`.
+    fn new(bytes_per_sec: u64) -> Pacer {
+        let kib = u32::try_from(bytes_per_sec.div_ceil(1024)).unwrap_or(u32::MAX);
+        let per_sec = std::num::NonZeroU32::new(kib).unwrap_or(std::num::NonZeroU32::MIN);
+        Pacer { limiter: governor::RateLimiter::direct(governor::Quota::per_second(per_sec)), per_sec }
+    }
+
+    /// Waits for the turn of an upload of `bytes`, taken from the bucket a second's worth
+    /// at a time.
     async fn wait(&self, bytes: u64) {
-        let start = {
-            let mut next = self.next.lock().await;
-            let start = (*next).max(tokio::time::Instant::now());
-            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
-            start
-        };
-        tokio::time::sleep_until(start).await;
+        let mut left = bytes.div_ceil(1024);
+        while let Some(n) = std::num::NonZeroU32::new(left.min(u64::from(self.per_sec.get())) as u32) {
+            if let Err(e) = self.limiter.until_n_ready(n).await {
+                // n is at most the bucket's size, so the limiter always grants it.
+                return tracing::error!("repair pacing: {e}");
+            }
+            left -= u64::from(n.get());
+        }
     }
 }
 
@@ -152,10 +196,7 @@ impl Inner {
         tracing::info!("repair: {} packs below their target copies", todo.len());
         let sink = Arc::new(NetSink::new(self.clone(), 0));
         let source = NetSource::new(self.clone());
-        let pacer = Pacer {
-            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
-            bytes_per_sec: self.config.repair.bytes_per_sec,
-        };
+        let pacer = Pacer::new(self.config.repair.bytes_per_sec);
         let me = &self;
         let lv = &lv;
         let placed = std::sync::atomic::AtomicUsize::new(0);
@@ -165,13 +206,15 @@ impl Inner {
                 let (sink, source, pacer) = (sink.clone(), &source, &pacer);
                 async move {
                     let need = rec.target() - live;
-                    let dead: Vec<usize> = rec
-                        .shards
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, s)| !s.holder.as_ref().is_some_and(|h| lv.live(h)))
-                        .map(|(i, _)| i)
-                        .collect();
+                    let dead: Vec<usize> = match &rec.placement {
+                        Placement::Erasure { shards, .. } => shards
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, s)| !s.holder.as_ref().is_some_and(|h| lv.live(h)))
+                            .map(|(i, _)| i)
+                            .collect(),
+                        Placement::Copies { .. } => Vec::new(),
+                    };
                     match me.repair_pack(id, &rec, need, &dead, &sink, source, pacer).await {
                         Ok(n) => {
                             placed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -201,30 +244,27 @@ impl Inner {
         sink: &NetSink,
         source: &NetSource,
         pacer: &Pacer,
-    ) -> Result<usize, String> {
-        let bytes = source.fetch(id).await.map_err(|e| format!("no holder could supply it: {e}"))?;
+    ) -> Result<usize, RepairError> {
+        let bytes = source.fetch(id).await.map_err(RepairError::Fetch)?;
         let mut exclude: HashSet<PeerId> =
             rec.holder_peers().into_iter().filter_map(|p| PeerId::from_bytes(&p).ok()).collect();
-        if let Some(s) = rec.erasure {
-            let shards = tokio::task::spawn_blocking(move || s.split(&bytes)).await.map_err(|e| e.to_string())??;
+        if let Placement::Erasure { scheme: s, shards: wanted } = &rec.placement {
+            let s = *s;
+            let shards = tokio::task::spawn_blocking(move || s.split(&bytes)).await??;
             let mut placed = 0;
             for &i in dead {
-                let (Some(b), Some(want)) = (shards.get(i), rec.shards.get(i)) else { continue };
+                let (Some(b), Some(want)) = (shards.get(i), wanted.get(i)) else { continue };
                 let shard = SealedPack { id: crate::repo::merkle::root(b), bytes: b.clone().into(), entries: vec![] };
                 if shard.id != want.id {
-                    return Err(format!("rebuilt shard {i} does not match its id"));
+                    return Err(RepairError::ShardMismatch(i));
                 }
                 pacer.wait(b.len() as u64).await;
                 let (mut added, errors) = sink.place_on(&shard, 1, exclude.clone()).await;
                 let Some(h) = added.pop() else {
-                    return Err(format!(
-                        "placed {placed} of {} shards: {}",
-                        dead.len(),
-                        crate::transfer::join(&errors)
-                    ));
+                    return Err(RepairError::Short { what: "shards", placed, wanted: dead.len(), errors });
                 };
                 exclude.extend(PeerId::from_bytes(&h.peer).ok());
-                self.db(move |s| s.set_shard_holder(&id, i, h)).await.map_err(|e| e.to_string())?;
+                self.db(move |s| s.set_shard_holder(&id, i, h)).await?;
                 placed += 1;
             }
             return Ok(placed);
@@ -234,19 +274,27 @@ impl Inner {
         let (added, errors) = sink.place_on(&pack, need, exclude).await;
         if !added.is_empty() {
             let new = added.clone();
-            self.db(move |s| s.add_holders(&id, &new)).await.map_err(|e| e.to_string())?;
+            self.db(move |s| s.add_holders(&id, &new)).await?;
         }
         if added.len() < need {
-            return Err(format!(
-                "placed {} of {need} new copies: {}",
-                added.len(),
-                if errors.is_empty() {
-                    "no other provider has room".to_string()
-                } else {
-                    crate::transfer::join(&errors)
-                }
-            ));
+            return Err(RepairError::Short { what: "new copies", placed: added.len(), wanted: need, errors });
         }
         Ok(added.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pacer;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn the_pacer_lets_a_second_s_worth_through_then_keeps_to_the_rate() {
+        let pacer = Pacer::new(64 << 10);
+        let start = Instant::now();
+        pacer.wait(64 << 10).await; // the full bucket
+        pacer.wait(32 << 10).await; // half a second's worth more
+        pacer.wait(100 << 10).await; // more than the bucket holds: two grants, about 1.56 s
+        assert!(start.elapsed() >= Duration::from_millis(1900), "{:?}", start.elapsed());
     }
 }

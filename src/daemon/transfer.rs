@@ -14,15 +14,25 @@ use crate::repo::erasure::Scheme;
 use crate::repo::merkle;
 use crate::repo::pack::{MAX_PACK_SIZE, SealedPack};
 use crate::restore::{FETCHES_PER_HOLDER, HolderSlots, PackSource};
-use crate::state::{Holder, PackRecord, Role, Shard};
+use crate::state::{Holder, PackRecord, Placement, Role, Shard};
 use crate::transfer::{HolderError, TransferError};
+use backon::Retryable;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Tries of one store at a busy provider before giving up on it.
+/// Tries of one store or fetch at a busy provider before giving up on it.
 pub const BUSY_RETRIES: u32 = 5;
+
+/// The pauses between tries of a store or a fetch that a provider answered `Busy`
+/// (protocol.md §5.3): 250 ms, doubling, [`BUSY_RETRIES`] tries in all.
+fn busy_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(60))
+        .with_max_times(BUSY_RETRIES as usize - 1)
+}
 
 fn describe(peer: &PeerId, e: &NetError) -> HolderError {
     let reason = match e {
@@ -348,38 +358,45 @@ impl NetSink {
 }
 
 impl NetSink {
+    /// Stores `pack` at `peer` under `contract`, again after a pause while the provider is
+    /// busy or every stream to it is (§5.3).
     async fn store_at(&self, peer: PeerId, contract: ContractId, pack: &SealedPack) -> Result<(), HolderError> {
         let addrs = self.inner.addrs_of(&peer);
-        let mut pause = Duration::from_millis(250);
-        for _ in 0..BUSY_RETRIES {
+        let attempt = || async {
             let req = DataRequest::Store { contract, pack: pack.id, data: pack.bytes.clone() };
-            match self.inner.net.data_request(peer, addrs.clone(), req).await {
-                Ok(DataResponse::Stored) => return Ok(()),
-                Ok(DataResponse::Error { code: DataErrorCode::Busy, .. }) | Err(NetError::Saturated(_)) => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+            self.stored(peer, self.inner.net.data_request(peer, addrs.clone(), req).await)
+        };
+        attempt.retry(busy_backoff()).when(|e| matches!(e, HolderError::Busy { .. })).await
+    }
+
+    /// What one answer to a `Store` at `peer` means: done, busy (try again), or a
+    /// failure; a provider out of room or reachable only through a relay is skipped for
+    /// the rest of the run.
+    fn stored(&self, peer: PeerId, answer: Result<DataResponse, NetError>) -> Result<(), HolderError> {
+        match answer {
+            Ok(DataResponse::Stored) => Ok(()),
+            Ok(DataResponse::Error { code: DataErrorCode::Busy, .. }) | Err(NetError::Saturated(_)) => {
+                Err(HolderError::Busy { peer })
+            }
+            Ok(DataResponse::Error { code, message }) => {
+                if code == DataErrorCode::NoRoom
+                    && let Ok(mut r) = self.refused.lock()
+                {
+                    r.insert(peer);
                 }
-                Ok(DataResponse::Error { code, message }) => {
-                    if code == DataErrorCode::NoRoom
-                        && let Ok(mut r) = self.refused.lock()
-                    {
-                        r.insert(peer);
-                    }
-                    return Err(HolderError::Refused { peer, code, message });
+                Err(HolderError::Refused { peer, code, message })
+            }
+            Ok(_) => Err(HolderError::Unexpected { peer, request: "store" }),
+            Err(e) => {
+                if matches!(e, NetError::NotDirect { .. })
+                    && let Ok(mut r) = self.refused.lock()
+                {
+                    // Packs never go through a relay: skip it for the rest of this run.
+                    r.insert(peer);
                 }
-                Ok(_) => return Err(HolderError::Unexpected { peer, request: "store" }),
-                Err(e) => {
-                    if matches!(e, NetError::NotDirect { .. })
-                        && let Ok(mut r) = self.refused.lock()
-                    {
-                        // Packs never go through a relay: skip it for the rest of this run.
-                        r.insert(peer);
-                    }
-                    return Err(describe(&peer, &e));
-                }
+                Err(describe(&peer, &e))
             }
         }
-        Err(HolderError::Busy { peer })
     }
 
     /// Picks up to `need` contracts with room for `size` bytes, one per provider not in
@@ -509,7 +526,7 @@ impl NetSink {
         })
         .await
         .map_err(|e| TransferError::Local(format!("erasure coding stopped: {e}")))?
-        .map_err(TransferError::Local)?;
+        .map_err(TransferError::Erasure)?;
         let mut used: HashSet<PeerId> = HashSet::new();
         let mut out = Vec::with_capacity(shards.len());
         for (i, sh) in shards.iter().enumerate() {
@@ -522,11 +539,8 @@ impl NetSink {
         }
         Ok(PackRecord {
             size: pack.bytes.len() as u64,
-            holders: vec![],
-            copies: 0,
+            placement: Placement::Erasure { scheme: s, shards: out },
             garbage: false,
-            erasure: Some(s),
-            shards: out,
             lock_until: 0,
         })
     }
@@ -547,15 +561,7 @@ impl PackSink for NetSink {
             let (pack, reached, wanted) = (pack.id.short(), holders.len(), self.copies);
             return Err(TransferError::TooFewHolders { pack, reached, wanted, errors, extra });
         }
-        Ok(PackRecord {
-            size,
-            holders,
-            copies: self.copies as u32,
-            garbage: false,
-            erasure: None,
-            shards: vec![],
-            lock_until: 0,
-        })
+        Ok(PackRecord::copies(size, holders, self.copies as u32))
     }
 }
 
@@ -576,17 +582,17 @@ impl NetSource {
     /// Object `id` (a pack or a shard) from `peer`, checked against its id.
     async fn fetch_from(&self, peer: PeerId, id: PackId) -> Result<bytes::Bytes, HolderError> {
         let addrs = self.inner.addrs_of(&peer);
-        let mut pause = Duration::from_millis(250);
-        let mut answer = self.inner.net.data_request(peer, addrs.clone(), DataRequest::Fetch { pack: id }).await;
         // A busy holder is asked again after a pause, like a store (§5.3).
-        for _ in 1..BUSY_RETRIES {
-            if !matches!(answer, Ok(DataResponse::Error { code: DataErrorCode::Busy, .. })) {
-                break;
+        let attempt = || async {
+            match self.inner.net.data_request(peer, addrs.clone(), DataRequest::Fetch { pack: id }).await {
+                Ok(DataResponse::Error { code: DataErrorCode::Busy, message }) => Err(message),
+                other => Ok(other),
             }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
-            answer = self.inner.net.data_request(peer, addrs.clone(), DataRequest::Fetch { pack: id }).await;
-        }
+        };
+        let answer = match attempt.retry(busy_backoff()).await {
+            Ok(answer) => answer,
+            Err(message) => Ok(DataResponse::Error { code: DataErrorCode::Busy, message }),
+        };
         match answer {
             Ok(DataResponse::Pack(b)) => {
                 let checked = tokio::task::spawn_blocking(move || (merkle::root(&b) == id).then_some(b)).await;
@@ -626,30 +632,36 @@ impl PackSource for NetSource {
 }
 
 impl NetSource {
+    /// Pack `pack` from the least busy of `holders` (whole copies); on failure from the
+    /// next, until none is left.
+    async fn fetch_copy(&self, pack: PackId, holders: &[Holder]) -> Result<bytes::Bytes, TransferError> {
+        let mut errors = Vec::new();
+        let mut left: Vec<PeerId> = holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
+        while let Some((peer, _slot)) = self.slots.acquire(&left).await {
+            match self.fetch_from(peer, pack).await {
+                Ok(b) => return Ok(b),
+                Err(e) => errors.push(e),
+            }
+            left.retain(|p| *p != peer);
+        }
+        if errors.is_empty() {
+            return Err(TransferError::NoHolder { pack: pack.short() });
+        }
+        Err(TransferError::AllHoldersFailed { errors })
+    }
+
     /// Pack `pack` placed as `rec` says: from any holder of a copy, or from any K shards,
     /// checked against its id.
     pub(super) async fn fetch_placed(&self, pack: PackId, rec: PackRecord) -> Result<bytes::Bytes, TransferError> {
-        let mut errors = Vec::new();
-        let Some(s) = rec.erasure else {
-            // From the least busy holder; on failure from the next, until none is left.
-            let mut left: Vec<PeerId> = rec.holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
-            while let Some((peer, _slot)) = self.slots.acquire(&left).await {
-                match self.fetch_from(peer, pack).await {
-                    Ok(b) => return Ok(b),
-                    Err(e) => errors.push(e),
-                }
-                left.retain(|p| *p != peer);
-            }
-            if errors.is_empty() {
-                return Err(TransferError::NoHolder { pack: pack.short() });
-            }
-            return Err(TransferError::AllHoldersFailed { errors });
+        let (s, shards) = match rec.placement {
+            Placement::Erasure { scheme, shards } => (scheme, shards),
+            Placement::Copies { holders, .. } => return self.fetch_copy(pack, &holders).await,
         };
         // Any K shards, each checked against its id, then the pack against its own.
         let mut shard_errors = Vec::new();
         let mut got: Vec<Option<Vec<u8>>> = vec![None; s.n()];
         let mut have = 0;
-        for (i, sh) in rec.shards.iter().enumerate() {
+        for (i, sh) in shards.iter().enumerate() {
             if have == usize::from(s.k) {
                 break;
             }
@@ -668,7 +680,7 @@ impl NetSource {
         }
         let len = rec.size as usize;
         tokio::task::spawn_blocking(move || {
-            let b = s.join(len, &got).map_err(TransferError::Local)?;
+            let b = s.join(len, &got)?;
             if merkle::root(&b) == pack { Ok(b.into()) } else { Err(TransferError::BadDecode) }
         })
         .await

@@ -48,27 +48,39 @@ struct Web {
 
 type Shared = State<Arc<Web>>;
 
+/// Why the dashboard's token could not be had.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TokenError {
+    /// The file holds less than a token.
+    #[error("{0} is too short to be a token; delete it to get a new one")]
+    TooShort(String),
+    /// Reading or writing it failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The token file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// Reads `home/dashboard.token`, or makes one (32 random bytes as hex, mode 0600).
-pub(super) fn load_or_make_token(path: &std::path::Path) -> Result<String, String> {
+pub(super) fn load_or_make_token(path: &std::path::Path) -> Result<String, TokenError> {
     use rand::RngCore;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::read_to_string(path) {
         Ok(t) if t.trim().len() >= 32 => return Ok(t.trim().to_string()),
-        Ok(_) => return Err(format!("{} is too short to be a token; delete it to get a new one", path.display())),
+        Ok(_) => return Err(TokenError::TooShort(path.display().to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(source) => return Err(TokenError::Io { path: path.display().to_string(), source }),
     }
+    let io = |source| TokenError::Io { path: path.display().to_string(), source };
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = hex::encode(raw);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(token.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    f.write_all(token.as_bytes()).and_then(|_| f.sync_all()).map_err(io)?;
     Ok(token)
 }
 

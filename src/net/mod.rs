@@ -33,6 +33,7 @@ use crate::protocol::{
     CONTRACT_PROTOCOL, ContractRequest, ContractResponse, DATA_PROTOCOL, DataRequest, DataResponse, IDENTIFY_PROTOCOL,
     KAD_PROTOCOL, MAX_CONTRACT_REQUEST, MAX_CONTRACT_RESPONSE, MAX_DATA_MESSAGE, MAX_GOSSIP,
 };
+use backon::Retryable;
 use futures::StreamExt;
 use libp2p::core::{muxing::StreamMuxerBox, transport::OrTransport, upgrade};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
@@ -58,6 +59,16 @@ pub const MAX_CONCURRENT_STREAMS: usize = 4;
 pub const SATURATED_RETRIES: u32 = 12;
 /// First pause before such a retry; it doubles, up to 1 s (about 8 s in all).
 pub const SATURATED_PAUSE: Duration = Duration::from_millis(50);
+
+/// The pauses between attempts of a request that found every stream to its peer busy
+/// (protocol.md §1.7): [`SATURATED_PAUSE`] doubling to at most 1 s, for `attempts` in all
+/// (at least one).
+fn saturated_backoff(attempts: u32) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(SATURATED_PAUSE)
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_times(attempts.saturating_sub(1) as usize)
+}
 /// Bytes of inbound data requests being read at once, all peers together.
 pub const INBOUND_READ_BUDGET: u64 = 256 << 20;
 /// Events queued for the daemon at most; past it inbound requests are dropped.
@@ -303,18 +314,8 @@ impl NetHandle {
         addrs: Vec<Multiaddr>,
         req: ContractRequest,
     ) -> Result<ContractResponse, NetError> {
-        let mut pause = SATURATED_PAUSE;
-        for _ in 1..SATURATED_RETRIES {
-            let (a, r) = (addrs.clone(), req.clone());
-            match self.call(|tx| Command::Contract(peer, a, r, tx)).await? {
-                Err(NetError::Saturated(_)) => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                other => return other,
-            }
-        }
-        self.call(|tx| Command::Contract(peer, addrs, req, tx)).await?
+        let attempt = || async { self.call(|tx| Command::Contract(peer, addrs.clone(), req.clone(), tx)).await? };
+        attempt.retry(saturated_backoff(SATURATED_RETRIES)).when(|e| matches!(e, NetError::Saturated(_))).await
     }
 
     /// Sends a data request, dialing `addrs` (and addresses known to Kademlia) if not connected.
@@ -327,18 +328,9 @@ impl NetHandle {
         // Small requests wait for a free stream here; the large ones (a pack, a claim block,
         // a head) come back `Saturated` to their caller, which rebuilds them to retry.
         let large = matches!(req, DataRequest::Store { .. } | DataRequest::StoreClaim { .. } | DataRequest::PutHead(_));
-        let mut pause = SATURATED_PAUSE;
-        for _ in 1..if large { 1 } else { SATURATED_RETRIES } {
-            let (a, r) = (addrs.clone(), req.clone());
-            match self.call(|tx| Command::Data(peer, a, r, tx)).await? {
-                Err(NetError::Saturated(_)) => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                other => return other,
-            }
-        }
-        self.call(|tx| Command::Data(peer, addrs, req, tx)).await?
+        let attempts = if large { 1 } else { SATURATED_RETRIES };
+        let attempt = || async { self.call(|tx| Command::Data(peer, addrs.clone(), req.clone(), tx)).await? };
+        attempt.retry(saturated_backoff(attempts)).when(|e| matches!(e, NetError::Saturated(_))).await
     }
 
     /// Answers an inbound contract request.

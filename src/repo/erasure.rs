@@ -14,6 +14,33 @@ use serde::{Deserialize, Serialize};
 /// Most shards per pack (K+M).
 pub const MAX_SHARDS: u8 = 32;
 
+/// Why shards could not be made or read (protocol.md §3.7).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ErasureError {
+    /// `K+M` as given does not name a scheme.
+    #[error("'{0}' is not an erasure scheme K+M such as 4+2 (K, M ≥ 1, K+M ≤ {MAX_SHARDS})")]
+    BadScheme(String),
+    /// The Reed-Solomon coder refused its input (reed-solomon-simd's message).
+    #[error("erasure coding failed: {0}")]
+    Coding(String),
+    /// The shards given are not K+M of one size.
+    #[error("expected {count} shards of {size} bytes")]
+    Shape {
+        /// K+M.
+        count: usize,
+        /// Bytes each shard must have.
+        size: usize,
+    },
+    /// Fewer than K shards are there.
+    #[error("only {have} of the {k} shards needed are available")]
+    TooFew {
+        /// Shards given.
+        have: usize,
+        /// Shards needed.
+        k: usize,
+    },
+}
+
 /// An erasure scheme: K original shards, M recovery shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scheme {
@@ -24,10 +51,10 @@ pub struct Scheme {
 }
 
 impl std::str::FromStr for Scheme {
-    type Err = String;
+    type Err = ErasureError;
     /// Parses `K+M`, e.g. `4+2`: K ≥ 1, M ≥ 1, K+M ≤ [`MAX_SHARDS`].
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("'{s}' is not an erasure scheme K+M such as 4+2 (K, M ≥ 1, K+M ≤ {MAX_SHARDS})");
+    fn from_str(s: &str) -> Result<Self, ErasureError> {
+        let bad = || ErasureError::BadScheme(s.to_string());
         let (k, m) = s.split_once('+').ok_or_else(bad)?;
         let (k, m): (u8, u8) = (k.trim().parse().map_err(|_| bad())?, m.trim().parse().map_err(|_| bad())?);
         if k == 0 || m == 0 || u16::from(k) + u16::from(m) > u16::from(MAX_SHARDS) {
@@ -56,7 +83,7 @@ impl Scheme {
     }
 
     /// The K+M shards of `pack`, originals first.
-    pub fn split(&self, pack: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    pub fn split(&self, pack: &[u8]) -> Result<Vec<Vec<u8>>, ErasureError> {
         let s = self.shard_len(pack.len());
         let mut shards: Vec<Vec<u8>> = (0..usize::from(self.k))
             .map(|i| {
@@ -66,28 +93,28 @@ impl Scheme {
             })
             .collect();
         let recovery = reed_solomon_simd::encode(usize::from(self.k), usize::from(self.m), &shards)
-            .map_err(|e| format!("erasure coding failed: {e}"))?;
+            .map_err(|e| ErasureError::Coding(e.to_string()))?;
         shards.extend(recovery);
         Ok(shards)
     }
 
     /// The pack of `len` bytes back from its shards (`None` where missing); any K suffice.
-    pub fn join(&self, len: usize, shards: &[Option<Vec<u8>>]) -> Result<Vec<u8>, String> {
+    pub fn join(&self, len: usize, shards: &[Option<Vec<u8>>]) -> Result<Vec<u8>, ErasureError> {
         let (k, m) = (usize::from(self.k), usize::from(self.m));
         let s = self.shard_len(len);
         if shards.len() != k + m || shards.iter().flatten().any(|x| x.len() != s) {
-            return Err(format!("expected {} shards of {s} bytes", k + m));
+            return Err(ErasureError::Shape { count: k + m, size: s });
         }
         let have = shards.iter().filter(|x| x.is_some()).count();
         if have < k {
-            return Err(format!("only {have} of the {k} shards needed are available"));
+            return Err(ErasureError::TooFew { have, k });
         }
         let mut originals: Vec<Option<Vec<u8>>> = shards[..k].to_vec();
         if originals.iter().any(|o| o.is_none()) {
             let given = originals.iter().enumerate().filter_map(|(i, o)| o.as_ref().map(|o| (i, o)));
             let recovery = shards[k..].iter().enumerate().filter_map(|(i, o)| o.as_ref().map(|o| (i, o)));
             let restored =
-                reed_solomon_simd::decode(k, m, given, recovery).map_err(|e| format!("cannot decode: {e}"))?;
+                reed_solomon_simd::decode(k, m, given, recovery).map_err(|e| ErasureError::Coding(e.to_string()))?;
             for (i, v) in restored {
                 if let Some(slot) = originals.get_mut(i) {
                     *slot = Some(v);
@@ -96,7 +123,7 @@ impl Scheme {
         }
         let mut out = Vec::with_capacity(k * s);
         for o in originals {
-            out.extend(o.ok_or("a shard could not be restored")?);
+            out.extend(o.ok_or(ErasureError::TooFew { have, k })?);
         }
         out.truncate(len);
         Ok(out)
@@ -135,7 +162,7 @@ mod tests {
             three[0] = None;
             three[1] = None;
             three[5] = None;
-            assert!(s.join(len, &three).unwrap_err().contains("only 3 of the 4"));
+            assert_eq!(s.join(len, &three).unwrap_err(), ErasureError::TooFew { have: 3, k: 4 });
         }
     }
 }
