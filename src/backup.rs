@@ -10,7 +10,7 @@
 //!      entries gathers, and the rest at the end) ─► snapshot recorded
 //! ```
 //! The walk, chunking and hashing run on one blocking thread, which asks the kernel for the
-//! next files of a directory while it reads one ([`READ_AHEAD_FILES`]); compression and encryption
+//! next files of a directory while it reads one (`READ_AHEAD_FILES`); compression and encryption
 //! on one thread per core ([`crate::repo::packer`], which keeps the blobs in walk order);
 //! uploads run concurrently on the runtime, at most `upload_concurrency` packs at a time,
 //! with the sealed packs queued and uploading held to one byte budget (blob lists
@@ -166,8 +166,8 @@ pub const MAX_LISTED: usize = 1000;
 /// Runs a backup of `opts.paths`; packs go to `sink`. Returns the summary once the
 /// snapshot is recorded.
 ///
-/// Four stages: the walk on its own thread ([`start_walk`]), placing and recording the
-/// packs it seals ([`upload`]), the index packs ([`write_index`]), and the snapshot.
+/// Four stages: the walk on its own thread (`start_walk`), placing and recording the
+/// packs it seals (`upload`), the index packs (`write_index`), and the snapshot.
 pub async fn run(
     id: &Identity,
     store: &Store,

@@ -102,7 +102,7 @@ pub enum Role {
 ///
 /// In memory, how far the contract has come is one [`Lifecycle`] value; on disk and in the
 /// head it is the CBOR map of protocol.md §3.5, whose `ended`, `end_reason` and
-/// `unsent_cancel` fields [`Lifecycle`] is written as ([`ContractRecordWire`]).
+/// `unsent_cancel` fields [`Lifecycle`] is written as (`ContractRecordWire`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(into = "ContractRecordWire", try_from = "ContractRecordWire")]
 pub struct ContractRecord {
@@ -336,7 +336,7 @@ pub struct DefaulterRecord {
 ///
 /// In memory the placement is an enum, so a record is either whole copies or shards,
 /// never both; on disk and in the head it is the CBOR map of protocol.md §3.5, with
-/// `holders`, `copies`, `erasure` and `shards` side by side ([`PackRecordWire`]).
+/// `holders`, `copies`, `erasure` and `shards` side by side (`PackRecordWire`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "PackRecordWire", try_from = "PackRecordWire")]
 pub struct PackRecord {
@@ -1159,7 +1159,7 @@ impl State {
     /// Where each of `ids` is, from the index (`None` for a blob in no known pack), in
     /// the order given. One read transaction; the lookups run in id order, so the B-tree's
     /// pages are visited once each, front to back, however large the index and however
-    /// small redb's cache ([`CACHE_BYTES`]). Errors: [`StateError`] when the store cannot
+    /// small redb's cache (`CACHE_BYTES`). Errors: [`StateError`] when the store cannot
     /// be read or an entry does not decode.
     pub fn blobs(&self, ids: &[BlobId]) -> Result<Vec<Option<IndexEntry>>, StateError> {
         let tx = self.db.begin_read()?;

@@ -21,17 +21,23 @@ pub const REPROPOSE_SECS: u64 = 3;
 /// Slack allowed between a proposal's duration and an acceptance's expiry, seconds.
 pub const EXPIRY_SLACK_SECS: u64 = 3600;
 
-/// One `ensure_providers` call: every proposal it publishes points here, so at most
-/// `wanted` acceptances are countersigned however often it republishes.
+/// One `ensure_providers` call's [`contracts::Session`], shared with the handlers of
+/// the acceptances its proposals bring, which wake the call when one is recorded.
 pub(super) struct Session {
-    wanted: usize,
-    exclude: HashSet<PeerId>,
-    /// Providers whose contract is recorded.
-    accepted: Mutex<Vec<PeerId>>,
-    /// Providers whose contract is being recorded: they count against `wanted`, so no
-    /// more are countersigned meanwhile, but not as accepted until recorded.
-    writing: Mutex<Vec<PeerId>>,
+    state: Mutex<contracts::Session>,
     notify: Notify,
+}
+
+impl Session {
+    fn new(wanted: usize, exclude: HashSet<PeerId>) -> Arc<Session> {
+        Arc::new(Session { state: Mutex::new(contracts::Session::new(wanted, exclude)), notify: Notify::new() })
+    }
+
+    /// Runs `f` on the session's state (a poisoned lock is taken over: the state is a
+    /// few lists, consistent after every step).
+    fn with<T>(&self, f: impl FnOnce(&mut contracts::Session) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// Why a client declines an acceptance (protocol.md §4.3.1); the text is what its
@@ -62,13 +68,10 @@ pub(super) enum Decline {
     /// Verified evidence of default (§5.10).
     #[error("verified evidence says this provider signed a wrong audit answer")]
     Defaulter,
-    /// Step 7.
-    #[error("already a contract with this provider")]
-    Already,
-    /// Step 8.
-    #[error("enough providers already")]
-    Enough,
-    /// Step 9: the contract could not be persisted, or a lock was poisoned.
+    /// Steps 7 and 8.
+    #[error(transparent)]
+    Session(#[from] contracts::client::Turned),
+    /// Step 9: the contract could not be persisted.
     #[error("internal error")]
     Internal,
 }
@@ -112,32 +115,24 @@ impl Inner {
             }
             Err(e) => tracing::debug!("acceptance to {} failed: {e}", vp.client),
         }
-        if let Ok(mut r) = self.reserved.lock() {
-            r.remove(&vp.client);
-        }
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner()).release(&vp.client);
     }
 
     /// What we grant `vp` out of `offered` (protocol.md §4.4), reserved until the client
     /// answers; `None` when the policy declines.
     fn reserve_grant(&self, vp: &protocol::VerifiedProposal, offered: u64) -> Option<u64> {
-        let mut reserved = self.reserved.lock().ok()?;
-        let live = self.live_contracts(Role::Provider);
-        let with_client: u64 = live.iter().filter(|(_, c)| c.peer_id() == Some(vp.client)).map(|(_, c)| c.bytes).sum();
-        let already =
-            contracts::has_room_for_client(reserved.contains_key(&vp.client), with_client, self.store.used(&vp.client));
-        let granted = live
-            .iter()
-            .filter_map(|(_, c)| Some((c.peer_id()?, c.bytes)))
-            .chain(reserved.iter().map(|(p, b)| (*p, *b)))
-            .collect::<Vec<_>>();
-        let owed = self.live_contracts(Role::Client).into_iter().filter_map(|(_, c)| Some((c.peer_id()?, c.bytes)));
-        let granted = contracts::committed_to_others(&vp.client, granted, owed);
-        let ratio = self.config.contracts.ratio;
-        match contracts::provider_grant(offered, granted, vp.proposal.bytes, vp.proposal.offered, ratio, already) {
-            Ok(g) => {
-                reserved.insert(vp.client, g);
-                Some(g)
-            }
+        let pairs =
+            |role| self.live_contracts(role).into_iter().filter_map(|(_, c)| Some((c.peer_id()?, c.bytes))).collect();
+        let books = contracts::provider::Books {
+            offered,
+            granted: pairs(Role::Provider),
+            owed: pairs(Role::Client),
+            held: self.store.used(&vp.client),
+            ratio: self.config.contracts.ratio,
+        };
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        match reserved.consider(vp.client, vp.proposal.bytes, vp.proposal.offered, &books) {
+            Ok(g) => Some(g),
             Err(r) => {
                 tracing::debug!("not accepting proposal from {}: {r}", vp.client);
                 None
@@ -207,24 +202,10 @@ impl Inner {
             Ok(v) => v,
             Err(why) => return why.into(),
         };
-        {
-            // Lock order: `accepted`, then `writing`.
-            let (Ok(accepted), Ok(mut writing)) = (session.accepted.lock(), session.writing.lock()) else {
-                return Decline::Internal.into();
-            };
-            if session.exclude.contains(&provider) || accepted.contains(&provider) || writing.contains(&provider) {
-                return Decline::Already.into();
-            }
-            if accepted.len() + writing.len() >= session.wanted {
-                return Decline::Enough.into();
-            }
-            writing.push(provider);
+        if let Err(turned) = session.with(|s| s.admit(provider)) {
+            return Decline::Session(turned).into();
         }
-        let undo = || {
-            if let Ok(mut w) = session.writing.lock() {
-                w.retain(|p| *p != provider);
-            }
-        };
+        let undo = || session.with(|s| s.abandoned(provider));
         let sig = self.id.sign_detached(DOMAIN_CONTRACT, &signed.body);
         let contract = Contract { acceptance: signed, client_sig: sig.clone() };
         let terms = match contract.verify() {
@@ -242,10 +223,7 @@ impl Inner {
             return Decline::Internal.into();
         }
         tracing::info!("contract {} as client with {provider} ({} bytes)", terms.id.short(), acc.bytes);
-        if let (Ok(mut a), Ok(mut w)) = (session.accepted.lock(), session.writing.lock()) {
-            w.retain(|p| *p != provider);
-            a.push(provider);
-        }
+        session.with(|s| s.recorded(provider));
         session.notify.notify_one();
         ContractResponse::Countersigned(sig)
     }
@@ -367,8 +345,8 @@ impl Inner {
                     s
                 }
             };
-            if s.accepted.lock().map(|a| a.len() >= s.wanted).unwrap_or(true) {
-                let accepted = s.accepted.lock().map(|a| a.clone()).unwrap_or_default();
+            if s.with(|s| s.complete()) {
+                let accepted = s.with(|s| s.accepted().to_vec());
                 if accepted.iter().any(|p| seen.punching.contains(p) || seen.relayed_only(p)) {
                     // Some of them can be reached only through a relay: they keep their
                     // contracts (and may become direct later), and we ask for others.
@@ -376,11 +354,12 @@ impl Inner {
                     continue;
                 }
                 // Everyone asked for has answered, yet fewer than n are usable: stop early.
-                break Err(ShortOfProviders::Unreachable { accepted: s.wanted, ready: ready.len(), needed: n });
+                break Err(ShortOfProviders::Unreachable { accepted: accepted.len(), ready: ready.len(), needed: n });
             }
             let away = self.dial_away(&live, &seen).await;
             let held: u64 = live.iter().map(|(_, c)| c.bytes).sum();
-            let Some(ask) = contracts::client_ask(offered, self.config.contracts.ratio, held, s.wanted) else {
+            let Some(ask) = contracts::client_ask(offered, self.config.contracts.ratio, held, s.with(|s| s.wanted()))
+            else {
                 if ready.len() + away >= n {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -390,7 +369,7 @@ impl Inner {
             let attempt = u32::try_from(ids.ids.len()).unwrap_or(u32::MAX);
             ids.ids.push(self.propose(&s, ask, offered, attempt).await);
             let step = tokio::time::Instant::now() + Duration::from_secs(REPROPOSE_SECS);
-            while !s.accepted.lock().map(|a| a.len() >= s.wanted).unwrap_or(true) {
+            while !s.with(|s| s.complete()) {
                 if tokio::time::timeout_at(step.min(deadline), s.notify.notified()).await.is_err() {
                     break;
                 }
@@ -425,18 +404,6 @@ impl Drop for Proposals<'_> {
                 m.remove(i);
             }
         }
-    }
-}
-
-impl Session {
-    fn new(wanted: usize, exclude: HashSet<PeerId>) -> Arc<Session> {
-        Arc::new(Session {
-            wanted,
-            exclude,
-            accepted: Mutex::new(vec![]),
-            writing: Mutex::new(vec![]),
-            notify: Notify::new(),
-        })
     }
 }
 

@@ -3,11 +3,11 @@
 //!
 //! - As **provider** it answers gossip proposals that its policy accepts
 //!   ([`crate::contracts`]), persists countersigned contracts, stores packs inside them and
-//!   serves them back to their owner ([`transfer`]).
-//! - As **client** it proposes contracts when a backup needs providers ([`contracting`]),
+//!   serves them back to their owner (`transfer`).
+//! - As **client** it proposes contracts when a backup needs providers (`contracting`),
 //!   places each pack on N distinct holders, and fetches packs for restore, failing over
-//!   between holders ([`transfer`]).
-//! - It serves the CLI over the control socket ([`ops`]).
+//!   between holders (`transfer`).
+//! - It serves the CLI over the control socket (`ops`).
 //!
 //! The network task owns the Swarm ([`crate::net`]); this module only dispatches its events.
 //! Inbound data work is bounded by a semaphore; excess requests are answered `Busy`.
@@ -77,7 +77,7 @@ struct Inner {
     /// Client side: open proposals and the session each belongs to.
     sessions: Mutex<HashMap<ProposalId, Arc<contracting::Session>>>,
     /// Provider side: bytes promised in acceptances not yet countersigned, per client.
-    reserved: Mutex<HashMap<PeerId, u64>>,
+    reserved: Mutex<crate::contracts::Reservations>,
     /// Provider side: bytes of stores being written, per client.
     inflight: Mutex<HashMap<PeerId, u64>>,
     inbound: Arc<Semaphore>,
@@ -140,7 +140,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         claims,
         net: net.clone(),
         sessions: Mutex::new(HashMap::new()),
-        reserved: Mutex::new(HashMap::new()),
+        reserved: Mutex::new(Default::default()),
         inflight: Mutex::new(HashMap::new()),
         inbound: Arc::new(Semaphore::new(INBOUND_DATA_LIMIT)),
         proposals: Arc::new(Semaphore::new(PROPOSALS_AT_ONCE)),

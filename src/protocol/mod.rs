@@ -109,7 +109,7 @@ pub fn now() -> u64 {
 }
 
 /// A client's request for storage (protocol.md §4.1), signed by the client under
-/// [`DOMAIN_PROPOSAL`] and published on [`PROPOSAL_TOPIC`]. The signer is the client.
+/// [`DOMAIN_PROPOSAL`] and published on `PROPOSAL_TOPIC`. The signer is the client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// Bytes wanted from each provider that accepts.

@@ -95,7 +95,7 @@ impl Drop for Clear {
     }
 }
 
-/// Decodes a message from `buf` like [`from_cbor`]; byte strings read by [`bytes`] share
+/// Decodes a message from `buf` like [`from_cbor`]; byte strings read by `bytes` share
 /// `buf` instead of copying it. Errors: [`MessageError::Malformed`] naming `what`.
 pub fn from_cbor_shared<T: for<'de> serde::Deserialize<'de>>(
     what: &'static str,

@@ -1,29 +1,11 @@
-//! Reciprocity policy (protocol.md §4.4, DESIGN §5): what a provider accepts and what a
-//! client may ask for. Pure functions over numbers, so the rules are testable without a
-//! network; the daemon applies them to proposals and contracts.
-//!
-//! Give to get: a peer may hold at most `ratio × offered` bytes at others, each copy
-//! counted. A provider refuses a proposal from a peer that offers nothing or asks more
-//! than `ratio × offered`, grants at most its own free offer, and contracts at most once
-//! per client (copies must land on distinct providers).
+//! The provider's side of a contract (protocol.md §4.3.2, §4.4, Appendix A.4.4): the
+//! policy that decides what a proposal is granted, and the reservation table that holds
+//! a grant while its acceptance is in flight (steps 2, 3 and 7). No I/O: the daemon gives
+//! it its books and carries out the grant.
 
-/// Smallest grant worth a contract, bytes: two maximum-size packs.
-pub const MIN_GRANT: u64 = 2 * crate::repo::pack::MAX_PACK_SIZE as u64;
-
-/// Most providers a backup spreads its packs over ([`spread`]).
-pub const MAX_SPREAD: usize = 16;
-
-/// How many providers a client seeks contracts with when each pack needs `required`
-/// distinct holders (`--copies N`, or K+M shards): `factor` times as many
-/// (`contracts.spread`, default 3), at most [`MAX_SPREAD`], never fewer than `required`.
-/// Placement puts each pack on the holders with the fewest of our bytes, so packs spread over all of
-/// them: a restore draws on every holder's uplink at once (as a BitTorrent swarm does), and
-/// a lost provider takes a smaller share of the packs with it, so repair has less to copy.
-/// Only `required` providers must accept for a backup to start; the others are sought
-/// while it runs (protocol.md Appendix A.5.3, "Spread").
-pub fn spread(required: usize, factor: usize) -> usize {
-    required.saturating_mul(factor).min(MAX_SPREAD).max(required)
-}
+use super::MIN_GRANT;
+use libp2p::PeerId;
+use std::collections::HashMap;
 
 /// Why a provider turns a proposal down.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -87,47 +69,6 @@ pub fn provider_grant(
     Ok(grant)
 }
 
-/// What a user lowering the offer to `offered` should know, given `granted` (bytes our
-/// live provider contracts promise to others), `client_granted` (bytes our live client
-/// contracts grant us at others) and `ratio`: existing contracts keep their space until
-/// they end, but no new one comes while either side is over. Empty when nothing is over.
-pub fn offer_notes(offered: u64, granted: u64, client_granted: u64, ratio: f64) -> Vec<String> {
-    let b = |v: u64| bytesize::ByteSize(v).to_string();
-    let mut notes = Vec::new();
-    if granted > offered {
-        notes.push(format!(
-            "live contracts already grant {} of your disk to other peers, more than this offer: \
-             they keep that space until they end, and no new contract is granted until grants \
-             fall below the offer",
-            b(granted)
-        ));
-    }
-    let allowance = (ratio * offered as f64) as u64;
-    if client_granted > allowance {
-        notes.push(format!(
-            "your contracts at other peers grant you {}, more than this offer allows ({} = {ratio} × \
-             offer, give to get): they stay until they end, but backups get no new contracts \
-             until you offer more",
-            b(client_granted),
-            b(allowance)
-        ));
-    }
-    notes
-}
-
-/// Bytes a client asks of each of `missing` new providers, given its offer and the bytes
-/// already granted to it: half its remaining allowance `ratio × offered − held`, split
-/// evenly, but at least [`MIN_GRANT`] when the allowance covers that. The other half stays
-/// for later: providers that replace lost or full ones (repair, placement). `None` when
-/// nothing worth a contract is left to ask.
-pub fn client_ask(offered: u64, ratio: f64, held: u64, missing: usize) -> Option<u64> {
-    let allowance = (ratio * offered as f64) as u64;
-    let left = allowance.saturating_sub(held);
-    let fair = left / missing.max(1) as u64;
-    let each = (fair / 2).max(MIN_GRANT.min(fair));
-    (each >= MIN_GRANT.min(left.max(1))).then_some(each).filter(|&e| e > 0)
-}
-
 /// Whether a client still has room at this provider: an acceptance in flight, or live
 /// contracts granting it at least one largest pack more than the provider holds for it
 /// (`granted` = Σ bytes of its live contracts, `held` = bytes of its packs here). A client
@@ -156,20 +97,54 @@ pub fn committed_to_others(
     per_peer.iter().filter(|(p, _)| *p != client).map(|(_, (g, o))| *g.max(o)).sum()
 }
 
+/// What a provider's books say when a proposal arrives (protocol.md §4.3.2 step 2).
+#[derive(Clone, Debug, Default)]
+pub struct Books {
+    /// Our offer, bytes.
+    pub offered: u64,
+    /// Our live provider contracts: (client, bytes granted), one entry per contract.
+    pub granted: Vec<(PeerId, u64)>,
+    /// Our live client contracts: (provider, bytes it grants us), which we owe back.
+    pub owed: Vec<(PeerId, u64)>,
+    /// Bytes of packs we hold for the proposing client.
+    pub held: u64,
+    /// Our `contracts.ratio`.
+    pub ratio: f64,
+}
+
+/// Grants reserved for clients whose acceptance is in flight: at most one per client
+/// (protocol.md §4.3.2 step 3), counted in what the provider has promised until released.
+#[derive(Debug, Default)]
+pub struct Reservations {
+    by_client: HashMap<PeerId, u64>,
+}
+
+impl Reservations {
+    /// Steps 2 and 3 for a proposal of `client` asking `asked` bytes while offering
+    /// `client_offered`: applies [`provider_grant`] to `books` and the reservations, and
+    /// on a grant reserves it for `client` until [`Reservations::release`]. Returns the
+    /// bytes granted, or why the proposal is refused (silently, on the wire).
+    pub fn consider(&mut self, client: PeerId, asked: u64, client_offered: u64, books: &Books) -> Result<u64, Refusal> {
+        let with_client: u64 = books.granted.iter().filter(|(p, _)| *p == client).map(|(_, b)| b).sum();
+        let already = has_room_for_client(self.by_client.contains_key(&client), with_client, books.held);
+        let granted = books.granted.iter().copied().chain(self.by_client.iter().map(|(p, b)| (*p, *b)));
+        let committed = committed_to_others(&client, granted, books.owed.iter().copied());
+        let grant = provider_grant(books.offered, committed, asked, client_offered, books.ratio, already)?;
+        self.by_client.insert(client, grant);
+        Ok(grant)
+    }
+
+    /// Step 7: the client answered (or did not): its reservation ends, whatever the
+    /// answer. A contract it countersigned counts from then on through [`Books::granted`].
+    pub fn release(&mut self, client: &PeerId) {
+        self.by_client.remove(client);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     const G: u64 = 1 << 30;
-
-    #[test]
-    fn packs_spread_over_a_multiple_of_the_holders_they_need_up_to_a_cap() {
-        assert_eq!(spread(1, 3), 3);
-        assert_eq!(spread(3, 3), 9);
-        assert_eq!(spread(3, 1), 3, "1: only the holders a pack needs");
-        assert_eq!(spread(6, 3), MAX_SPREAD);
-        assert_eq!(spread(20, 3), 20, "never fewer than the holders a pack needs");
-        assert_eq!(spread(usize::MAX, usize::MAX), usize::MAX);
-    }
 
     #[test]
     fn providers_refuse_free_riders_and_greed() {
@@ -180,19 +155,6 @@ mod tests {
         assert_eq!(provider_grant(10 * G, 0, G, G, 1.0, true), Err(Refusal::AlreadyContracted));
         assert_eq!(provider_grant(10 * G, 9 * G, 2 * G, 2 * G, 1.0, false), Ok(G));
         assert!(matches!(provider_grant(10 * G, 10 * G, G, G, 1.0, false), Err(Refusal::NoRoom { .. })));
-    }
-
-    #[test]
-    fn clients_ask_within_their_allowance() {
-        // half the fair share, keeping the rest for replacements
-        assert_eq!(client_ask(6 * G, 1.0, 0, 3), Some(G));
-        assert_eq!(client_ask(3 * G, 1.0, 3 * G, 1), None);
-        assert_eq!(client_ask(0, 1.0, 0, 3), None);
-        assert_eq!(client_ask(4 * G, 0.5, G, 1), Some(G / 2));
-        // but a whole minimal grant when the allowance affords it
-        assert_eq!(client_ask(3 * MIN_GRANT, 1.0, 0, 3), Some(MIN_GRANT));
-        assert_eq!(client_ask(2 * MIN_GRANT, 1.0, MIN_GRANT, 1), Some(MIN_GRANT));
-        assert_eq!(client_ask(MIN_GRANT, 1.0, MIN_GRANT / 2, 1), Some(MIN_GRANT / 2));
     }
 
     #[test]
@@ -217,14 +179,32 @@ mod tests {
     }
 
     #[test]
-    fn lowering_the_offer_below_what_is_granted_or_held_is_explained() {
-        assert!(offer_notes(100, 100, 100, 1.0).is_empty());
-        let n = offer_notes(50, 80, 10, 1.0);
-        assert_eq!(n.len(), 1);
-        assert!(n[0].contains("already grant 80 B"), "{n:?}");
-        let n = offer_notes(50, 0, 90, 1.0);
-        assert_eq!(n.len(), 1);
-        assert!(n[0].contains("grant you 90 B") && n[0].contains("50 B"), "{n:?}");
-        assert_eq!(offer_notes(0, 1, 1, 1.0).len(), 2);
+    fn a_reservation_holds_the_grant_until_the_client_answers() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let books = Books { offered: 3 * G, ratio: 1.0, ..Default::default() };
+        let mut r = Reservations::default();
+        assert_eq!(r.consider(a, 2 * G, 2 * G, &books), Ok(2 * G));
+        // A republication of a's proposal while its acceptance is in flight: refused.
+        assert_eq!(r.consider(a, 2 * G, 2 * G, &books), Err(Refusal::AlreadyContracted));
+        // b finds only what a's reservation leaves of the offer.
+        assert_eq!(r.consider(b, 2 * G, 2 * G, &books), Ok(G));
+        r.release(&a);
+        r.release(&b);
+        // a countersigned: its contract now counts through the books, not the table.
+        let books = Books { granted: vec![(a, 2 * G)], held: 2 * G, ..books };
+        assert_eq!(r.consider(b, 2 * G, 2 * G, &books), Ok(G));
+        // a's contract is full (it holds all it was granted): it may make another.
+        r.release(&b);
+        assert_eq!(r.consider(a, G, G, &books), Ok(G));
+    }
+
+    #[test]
+    fn what_we_owe_a_peer_counts_against_our_offer() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let books = Books { offered: 3 * G, owed: vec![(a, 2 * G)], ratio: 1.0, ..Default::default() };
+        let mut r = Reservations::default();
+        assert_eq!(r.consider(b, 3 * G, 3 * G, &books), Ok(G), "a's claim may fill 2 G of the offer");
+        r.release(&b);
+        assert_eq!(r.consider(a, 3 * G, 3 * G, &books), Ok(3 * G), "a's own claim is not counted against a");
     }
 }
