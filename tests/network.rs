@@ -518,7 +518,6 @@ mod garbage {
         io.close().await
     }
 
-    #[async_trait::async_trait]
     impl request_response::Codec for Raw {
         type Protocol = StreamProtocol;
         type Request = Vec<u8>;

@@ -654,10 +654,10 @@ fn build_behaviour(
             },
         ),
         autonat_client: autonat::v2::client::Behaviour::new(
-            rand::rngs::OsRng,
+            rand010::make_rng::<rand010::rngs::StdRng>(),
             autonat::v2::client::Config::default().with_probe_interval(Duration::from_secs(2)),
         ),
-        autonat_server: autonat::v2::server::Behaviour::new(rand::rngs::OsRng),
+        autonat_server: autonat::v2::server::Behaviour::default(),
         relay_client,
         relay_server: relay_server.into(),
         dcutr: dcutr::Behaviour::new(peer_id),

@@ -127,7 +127,6 @@ async fn write_all<W: AsyncWrite + Unpin + Send>(io: &mut W, msg: Encoded, max: 
     io.close().await
 }
 
-#[async_trait::async_trait]
 impl<Req, Resp> libp2p::request_response::Codec for CborCodec<Req, Resp>
 where
     Req: Encode + DeserializeOwned + Send + 'static,
