@@ -56,15 +56,31 @@ pub fn validate_all(list: &[Friend]) -> Result<(), String> {
     Ok(())
 }
 
+/// Why an invite code could not be made or read (protocol.md Appendix B).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InviteError {
+    /// The PeerId carries no ed25519 key, so it fits no invite code.
+    #[error("{0} has no ed25519 key inside")]
+    NotEd25519(PeerId),
+    /// The text given is not an invite code: the code as given and why.
+    #[error("'{code}' is not an invite code: {why}")]
+    Bad {
+        /// The code as given.
+        code: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
 /// The invite code of `peer` reachable at `addrs` (the first [`MAX_CODE_ADDRS`] that
 /// fit). Errors: `peer` is not an ed25519 PeerId (every `peer` identity is).
-pub fn encode(peer: &PeerId, addrs: &[Multiaddr]) -> Result<String, String> {
+pub fn encode(peer: &PeerId, addrs: &[Multiaddr]) -> Result<String, InviteError> {
     let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
     let key = (mh.code() == 0)
         .then(|| libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok())
         .flatten()
         .and_then(|k| k.try_into_ed25519().ok())
-        .ok_or_else(|| format!("{peer} has no ed25519 key inside"))?;
+        .ok_or(InviteError::NotEd25519(*peer))?;
     let mut b = vec![VERSION];
     b.extend_from_slice(&key.to_bytes());
     let addrs: Vec<Vec<u8>> =
@@ -82,8 +98,8 @@ pub fn encode(peer: &PeerId, addrs: &[Multiaddr]) -> Result<String, String> {
 
 /// Reads an invite code. Errors: not base32, a wrong checksum (a mistyped letter), an
 /// unknown version, or a malformed PeerId or address.
-pub fn decode(code: &str) -> Result<(PeerId, Vec<Multiaddr>), String> {
-    let bad = |why: &str| format!("'{code}' is not an invite code: {why}");
+pub fn decode(code: &str) -> Result<(PeerId, Vec<Multiaddr>), InviteError> {
+    let bad = |why: &str| InviteError::Bad { code: code.to_string(), why: why.to_string() };
     let clean: String = code.chars().filter(|c| !c.is_whitespace() && *c != '-').collect::<String>().to_uppercase();
     let b = data_encoding::BASE32_NOPAD.decode(clean.as_bytes()).map_err(|_| bad("not base32"))?;
     if b.len() < 4 {
@@ -94,7 +110,7 @@ pub fn decode(code: &str) -> Result<(PeerId, Vec<Multiaddr>), String> {
         return Err(bad("the checksum does not match (a letter is wrong or missing)"));
     }
     let mut it = body.iter().copied();
-    let mut take = |n: usize| -> Result<Vec<u8>, String> {
+    let mut take = |n: usize| -> Result<Vec<u8>, InviteError> {
         let v: Vec<u8> = it.by_ref().take(n).collect();
         if v.len() == n { Ok(v) } else { Err(bad("truncated")) }
     };
@@ -130,7 +146,7 @@ mod tests {
         let mut typo: Vec<char> = code.chars().collect();
         typo[10] = if typo[10] == 'A' { 'B' } else { 'A' };
         let e = decode(&typo.into_iter().collect::<String>()).unwrap_err();
-        assert!(e.contains("checksum"), "{e}");
+        assert!(matches!(&e, InviteError::Bad { why, .. } if why.contains("checksum")), "{e}");
         assert!(decode("hello").is_err());
         let bare = encode(&peer, &[]).unwrap();
         assert!(bare.len() <= 70, "{bare}");

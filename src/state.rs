@@ -717,7 +717,21 @@ impl State {
 
     /// Every contract, both roles (from memory).
     pub fn contracts(&self) -> Result<Vec<(ContractId, ContractRecord)>, StateError> {
-        Ok(self.contracts.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect())
+        Ok(self.contracts_where(|_| true))
+    }
+
+    /// The contracts for which `keep` is true, from memory: only those are cloned, under
+    /// one read of the table (the hot paths ask for a few among many).
+    pub fn contracts_where(&self, keep: impl Fn(&ContractRecord) -> bool) -> Vec<(ContractId, ContractRecord)> {
+        let table = self.contracts.read().unwrap_or_else(|p| p.into_inner());
+        table.iter().filter(|(_, v)| keep(v)).map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    /// The other side's addresses as recorded in the contracts with `peer` (PeerId bytes)
+    /// live at `now`, from memory, without cloning any contract.
+    pub fn contract_addrs(&self, peer: &[u8], now: u64) -> Vec<String> {
+        let table = self.contracts.read().unwrap_or_else(|p| p.into_inner());
+        table.values().filter(|c| c.peer == peer && c.is_live(now)).flat_map(|c| c.addrs.iter().cloned()).collect()
     }
 
     /// Adds `bytes` to a contract's used count (client side, after an acknowledged upload).

@@ -68,6 +68,16 @@ impl Store {
         self.state.contracts().unwrap_or_default()
     }
 
+    /// The contracts for which `keep` is true, from memory ([`State::contracts_where`]).
+    pub fn contracts_where(&self, keep: impl Fn(&ContractRecord) -> bool) -> Vec<(ContractId, ContractRecord)> {
+        self.state.contracts_where(keep)
+    }
+
+    /// Addresses recorded in the live contracts with `peer` ([`State::contract_addrs`]).
+    pub fn contract_addrs(&self, peer: &[u8], now: u64) -> Vec<String> {
+        self.state.contract_addrs(peer, now)
+    }
+
     /// One contract, from memory (no transaction).
     pub fn contract(&self, id: &ContractId) -> Option<ContractRecord> {
         self.state.contract(id).ok().flatten()

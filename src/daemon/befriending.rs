@@ -59,7 +59,7 @@ impl Inner {
             .collect();
         match friends::encode(&self.me(), &addrs) {
             Ok(code) => Reply::Invite(code),
-            Err(e) => fail(ErrorKind::Local, e),
+            Err(e) => fail(ErrorKind::Local, e.to_string()),
         }
     }
 
@@ -67,7 +67,7 @@ impl Inner {
     pub(super) async fn friend_add(&self, code: String, name: String) -> Reply {
         let (peer, addrs) = match friends::decode(&code) {
             Ok(v) => v,
-            Err(e) => return fail(ErrorKind::Usage, e),
+            Err(e) => return fail(ErrorKind::Usage, e.to_string()),
         };
         if peer == self.me() {
             return fail(ErrorKind::Usage, "that is this peer's own invite code");

@@ -498,7 +498,7 @@ impl Inner {
 
     fn live_contracts(&self, role: Role) -> Vec<(ContractId, ContractRecord)> {
         let t = now();
-        self.state.contracts().into_iter().filter(|(_, c)| c.role == role && c.is_live(t)).collect()
+        self.state.contracts_where(|c| c.role == role && c.is_live(t))
     }
 
     /// The addresses we advertise (confirmed external, then circuit addresses through our

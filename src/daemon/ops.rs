@@ -188,6 +188,27 @@ impl Inner {
         self.db(move |s| health_of(s, &lv)).await
     }
 
+    /// How `peer status` and `peer contracts` show contract `id`: as provider, the bytes
+    /// used are those of the client's packs in our store.
+    fn contract_info(&self, id: &crate::id::ContractId, c: &crate::state::ContractRecord) -> ContractInfo {
+        ContractInfo {
+            id: id.to_string(),
+            role: match c.role {
+                Role::Client => "client".into(),
+                Role::Provider => "provider".into(),
+            },
+            peer: c.peer_id().map(|p| p.to_string()).unwrap_or_default(),
+            bytes: c.bytes,
+            used: match c.role {
+                Role::Provider => c.peer_id().map(|p| self.store.used(&p)).unwrap_or(0),
+                Role::Client => c.used,
+            },
+            expires: c.expires,
+            ended: c.lifecycle.ended_at(),
+            end_reason: c.lifecycle.end_reason().to_string(),
+        }
+    }
+
     /// What `peer status` shows from the local state alone. Errors: the state failed.
     pub(super) async fn status(&self) -> Result<StatusReport, StateError> {
         let recovering = self.home.recover_marker().exists();
@@ -228,25 +249,7 @@ impl Inner {
             held_at_others: live(Role::Client).map(|(_, c)| c.used).sum(),
             claims_held: self.claims.held_total(),
             claims_placed: claims_placed * crate::claims::CLAIM_BLOCK,
-            contracts: contracts
-                .iter()
-                .map(|(id, c)| ContractInfo {
-                    id: id.to_string(),
-                    role: match c.role {
-                        Role::Client => "client".into(),
-                        Role::Provider => "provider".into(),
-                    },
-                    peer: c.peer_id().map(|p| p.to_string()).unwrap_or_default(),
-                    bytes: c.bytes,
-                    used: match c.role {
-                        Role::Provider => c.peer_id().map(|p| self.store.used(&p)).unwrap_or(0),
-                        Role::Client => c.used,
-                    },
-                    expires: c.expires,
-                    ended: c.lifecycle.ended_at(),
-                    end_reason: c.lifecycle.end_reason().to_string(),
-                })
-                .collect(),
+            contracts: contracts.iter().map(|(id, c)| self.contract_info(id, c)).collect(),
             audits: audits
                 .into_iter()
                 .map(|(peer, a)| AuditInfo {

@@ -318,14 +318,7 @@ impl Inner {
 
     /// Addresses recorded for a peer in our live contracts with it, either role.
     pub(super) fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        let t = now();
-        self.state
-            .contracts()
-            .iter()
-            .filter(|(_, c)| c.is_live(t))
-            .filter(|(_, c)| c.peer_id().as_ref() == Some(peer))
-            .flat_map(|(_, c)| c.addrs.iter().filter_map(|a| a.parse().ok()))
-            .collect()
+        self.state.contract_addrs(&peer.to_bytes(), now()).iter().filter_map(|a| a.parse().ok()).collect()
     }
 }
 
