@@ -121,6 +121,10 @@ impl Inner {
     /// What we grant `vp` out of `offered` (protocol.md §4.4), reserved until the client
     /// answers; `None` when the policy declines.
     fn reserve_grant(&self, vp: &protocol::VerifiedProposal, offered: u64) -> Option<u64> {
+        // The books are read under the reservations' lock: a contract recorded meanwhile
+        // releases its reservation only after it is recorded, so it is counted once, either
+        // way (protocol.md §4.3.2 step 2, "under one lock").
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
         let pairs =
             |role| self.live_contracts(role).into_iter().filter_map(|(_, c)| Some((c.peer_id()?, c.bytes))).collect();
         let books = contracts::provider::Books {
@@ -130,7 +134,6 @@ impl Inner {
             held: self.store.used(&vp.client),
             ratio: self.config.contracts.ratio,
         };
-        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
         match reserved.consider(vp.client, vp.proposal.bytes, vp.proposal.offered, &books) {
             Ok(g) => Some(g),
             Err(r) => {
