@@ -1266,6 +1266,57 @@ fn limit_upload_holds_the_backup_under_its_rate() {
     );
 }
 
+/// SIGTERM while a restore runs: the daemon lets the restore finish (it is work in
+/// flight, with a 10 s grace) before it stops, so the command succeeds and the tree is
+/// whole; the daemon exits cleanly and starts again on the same home.
+#[test]
+fn sigterm_lets_a_restore_in_flight_finish() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("noise.bin"), noise(23, 6 << 20)).unwrap();
+    // 1 MiB packs: the restore's progress moves pack by pack.
+    let configure = |i: usize, c: &mut Config| {
+        if i == 0 {
+            c.backup.pack_size = 1 << 20;
+        }
+    };
+    let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 2, GIB, configure).unwrap();
+    net.wait_connected(1, Duration::from_secs(60)).unwrap();
+    net.run(0, &["backup", src.to_str().unwrap(), "--copies", "1", "--json"]).unwrap();
+    let target = tmp.path().join("back");
+    // 6 MiB at 1 MiB/s: about 6 s, inside the grace.
+    let mut restore = net
+        .cmd(0, &["restore", "--target", target.to_str().unwrap(), "--json", "--limit-download", "1024"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(restore.stdout.take().unwrap()).lines();
+    // Stop the daemon once the restore is under way, not done.
+    loop {
+        let line = lines.next().expect("the restore ended before it reported progress").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["message_type"] == "status" && v["bytes_done"].as_u64() > Some(0) {
+            assert!(v["bytes_done"].as_u64() < v["bytes_total"].as_u64(), "restore already done: {line}");
+            break;
+        }
+    }
+    let stopped = net.stop(0).unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let ended = restore.wait().unwrap();
+    assert!(ended.success(), "the restore failed when its daemon stopped: {rest:?}");
+    let summary: Value = serde_json::from_str(rest.last().unwrap()).unwrap();
+    assert_eq!(summary["failed_count"], 0, "{summary}");
+    assert!(compare_trees(&src, &target.join("data")).is_empty());
+    assert!(stopped.success(), "{stopped:?}");
+    assert!(!net.peers[0].home.join("control.sock").exists());
+    // Nothing left to clean up: the same home starts and has its snapshot.
+    net.restart(0).unwrap();
+    let snaps: Value = serde_json::from_str(&net.run(0, &["snapshots", "--json"]).unwrap()).unwrap();
+    assert_eq!(snaps.as_array().map(Vec::len), Some(1), "{snaps}");
+}
+
 /// Peer 0 restores its latest snapshot of `src` (named `data`) under `target`: nothing
 /// fails and the tree is identical.
 fn restores_identically(net: &LocalNet, src: &Path, target: &Path) {

@@ -19,6 +19,7 @@ mod contracting;
 mod defaulters;
 mod drilling;
 mod heads;
+mod lifetime;
 mod locking;
 mod maintenance;
 mod ops;
@@ -28,6 +29,7 @@ mod transfer;
 mod web;
 
 pub use heads::REPUBLISH_SECS;
+pub use lifetime::{ABANDON_GRACE, SHUTDOWN_GRACE};
 pub use ops::{OfferError, check_offer, offer_notes};
 
 use crate::claims::ClaimStore;
@@ -103,6 +105,8 @@ struct Inner {
     friends: Mutex<HashMap<PeerId, crate::friends::Friend>>,
     /// Providers with verified evidence of default ([`defaulters`]).
     defaulters: Mutex<std::collections::HashSet<PeerId>>,
+    /// Every task the daemon starts, and its shutdown ([`lifetime`]).
+    life: lifetime::Lifetime,
 }
 
 fn setup<E: std::fmt::Display>(e: E) -> DaemonError {
@@ -155,30 +159,31 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         drill: Mutex::new(None),
         friends: Mutex::new(HashMap::new()),
         defaulters: Mutex::new(Default::default()),
+        life: lifetime::Lifetime::default(),
     });
     inner.load_remembered().await?;
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(serve_control_socket(inner.clone(), listener));
-    tasks.spawn(inner.clone().audit_loop());
-    tasks.spawn(inner.clone().repair_loop());
-    tasks.spawn(inner.clone().recover_loop());
-    tasks.spawn(inner.clone().republish_loop());
-    tasks.spawn(inner.clone().schedule_loop());
-    tasks.spawn(inner.clone().drill_loop());
-    tasks.spawn(inner.clone().keep_partners_loop());
+    inner.life.spawn_round(serve_control_socket(inner.clone(), listener));
+    inner.life.spawn_round(inner.clone().audit_loop());
+    inner.life.spawn_round(inner.clone().repair_loop());
+    inner.life.spawn_round(inner.clone().recover_loop());
+    inner.life.spawn_round(inner.clone().republish_loop());
+    inner.life.spawn_round(inner.clone().schedule_loop());
+    inner.life.spawn_round(inner.clone().drill_loop());
+    inner.life.spawn_round(inner.clone().keep_partners_loop());
     if inner.config.dashboard.enabled {
-        start_dashboard(&inner, &mut tasks).await;
+        start_dashboard(&inner).await;
     }
     // systemd's Type=notify (sd_notify(3)): ready once the control socket takes commands.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!("cannot tell the service manager we are ready: {e}");
     }
-    dispatch(&inner, events).await?;
+    let mut events = events;
+    dispatch(&inner, &mut events).await?;
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
         tracing::debug!("cannot tell the service manager we stop: {e}");
     }
 
-    shut_down(&inner, tasks, &net, state_thread).await;
+    shut_down(&inner, &net, events, state_thread).await;
     Ok(())
 }
 
@@ -200,21 +205,35 @@ impl Inner {
     }
 }
 
-/// Shutdown: stops taking work, lets inbound requests in flight finish (within
-/// [`SHUTDOWN_GRACE`]), then stops the network, then writes every queued state command
-/// and joins the state store's thread.
+/// Shutdown: stops taking work and ends the rounds, lets work in flight (inbound
+/// requests, control commands) finish within [`SHUTDOWN_GRACE`] and abandons what
+/// outlasts it ([`lifetime`]), then stops the network and joins its task, then writes
+/// every queued state command and joins the state store's thread.
+///
+/// Network events are still dispatched meanwhile, so the work in flight gets its
+/// answers (a provider's acceptance is an inbound request); new inbound data requests
+/// are answered `Busy` and new proposals are not considered.
 async fn shut_down(
     inner: &Arc<Inner>,
-    mut tasks: tokio::task::JoinSet<()>,
     net: &net::NetHandle,
+    mut events: tokio::sync::mpsc::Receiver<NetEvent>,
     state_thread: std::thread::JoinHandle<()>,
 ) {
     tracing::info!("shutting down");
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-    let all = INBOUND_DATA_LIMIT as u32;
-    if tokio::time::timeout(SHUTDOWN_GRACE, inner.inbound.acquire_many(all)).await.is_err() {
-        tracing::warn!("inbound requests still running after {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
+    let finish = inner.life.finish(SHUTDOWN_GRACE, ABANDON_GRACE);
+    tokio::pin!(finish);
+    let finished = loop {
+        tokio::select! {
+            f = &mut finish => break f,
+            Some(ev) = events.recv() => inner.clone().on_event(ev).await,
+        }
+    };
+    match finished {
+        lifetime::Finished::Joined => tracing::info!("every task ended"),
+        lifetime::Finished::Abandoned => {
+            tracing::warn!("work still running after {} s was abandoned; every task ended", SHUTDOWN_GRACE.as_secs())
+        }
+        lifetime::Finished::Stuck(n) => tracing::error!("{n} tasks did not end; stopping anyway"),
     }
     net.shutdown().await;
     if let Err(e) = std::fs::remove_file(inner.home.control_socket()) {
@@ -229,7 +248,7 @@ async fn shut_down(
 
 /// Starts the dashboard on 127.0.0.1 and prints its URL; a port in use or a token that
 /// cannot be written leaves the daemon running without it (logged).
-async fn start_dashboard(inner: &Arc<Inner>, tasks: &mut tokio::task::JoinSet<()>) {
+async fn start_dashboard(inner: &Arc<Inner>) {
     let path = inner.home.dashboard_token();
     let token = match tokio::task::spawn_blocking(move || web::load_or_make_token(&path)).await {
         Ok(Ok(t)) => t,
@@ -246,7 +265,7 @@ async fn start_dashboard(inner: &Arc<Inner>, tasks: &mut tokio::task::JoinSet<()
                 say(&format!("dashboard: {url}"));
             }
             let _ = inner.dashboard_url.set(url);
-            tasks.spawn(web::serve(inner.clone(), listener, port, token));
+            inner.life.spawn(web::serve(inner.clone(), listener, port, token));
         }
         Err(e) => tracing::warn!(
             "dashboard off: cannot listen on 127.0.0.1:{}: {e} (set [dashboard] port in config.toml)",
@@ -254,9 +273,6 @@ async fn start_dashboard(inner: &Arc<Inner>, tasks: &mut tokio::task::JoinSet<()
         ),
     }
 }
-
-/// Seconds that inbound requests in flight get to finish at shutdown.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Opens `state.redb` off the runtime (errors: another daemon holds it, or it is damaged).
 async fn open_state(home: &Home) -> Result<State, DaemonError> {
@@ -330,20 +346,19 @@ fn bind_control(home: &Home) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// Serves the control socket, at most 32 connections at once.
+/// Serves the control socket, at most 32 connections at once, until shutdown begins;
+/// each connection is work of [`lifetime`] (it finishes or answers that it was abandoned).
 async fn serve_control_socket(inner: Arc<Inner>, listener: UnixListener) {
     let conns = Arc::new(Semaphore::new(32));
-    let mut served = tokio::task::JoinSet::new();
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
                 let Ok(permit) = conns.clone().acquire_owned().await else { return };
                 let i = inner.clone();
-                served.spawn(async move {
+                inner.life.spawn_answering(async move {
                     i.serve_control(s).await;
                     drop(permit);
                 });
-                while served.try_join_next().is_some() {}
             }
             Err(e) => tracing::warn!("control socket: {e}"),
         }
@@ -351,7 +366,7 @@ async fn serve_control_socket(inner: Arc<Inner>, listener: UnixListener) {
 }
 
 /// Hands network events to the daemon until the network stops, SIGINT or SIGTERM.
-async fn dispatch(inner: &Arc<Inner>, mut events: tokio::sync::mpsc::Receiver<NetEvent>) -> Result<(), DaemonError> {
+async fn dispatch(inner: &Arc<Inner>, events: &mut tokio::sync::mpsc::Receiver<NetEvent>) -> Result<(), DaemonError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(setup)?;
     loop {
         tokio::select! {
@@ -528,8 +543,10 @@ impl Inner {
                 match verified {
                     Ok(vp) => {
                         self.net.validate(id, source, true).await;
-                        if let Ok(permit) = self.proposals.clone().try_acquire_owned() {
-                            tokio::spawn(async move {
+                        if !self.life.is_stopping()
+                            && let Ok(permit) = self.proposals.clone().try_acquire_owned()
+                        {
+                            self.life.clone().spawn(async move {
                                 self.consider(vp).await;
                                 drop(permit);
                             });
@@ -543,7 +560,7 @@ impl Inner {
             }
             NetEvent::Evidence { id, source, data } => {
                 self.metrics.gossip(protocol::EVIDENCE_TOPIC, data.len());
-                tokio::spawn(async move { self.on_evidence(id, source, data).await });
+                self.life.clone().spawn(async move { self.on_evidence(id, source, data).await });
             }
             NetEvent::Contract { peer, request: ContractRequest::Accept(signed), channel } => {
                 let resp = self.on_acceptance(peer, signed).await;
@@ -554,19 +571,29 @@ impl Inner {
                 self.net.respond_contract(channel, resp).await;
             }
             NetEvent::Contract { peer, request: ContractRequest::Cancel(signed), channel } => {
-                tokio::spawn(async move {
-                    let resp = self.on_cancel(peer, signed).await;
-                    self.net.respond_contract(channel, resp).await;
-                });
+                // A cancellation may drop a client's data (blocking I/O): in its own task
+                // while an inbound slot is free, else here, which holds the next events back.
+                match self.inbound.clone().try_acquire_owned() {
+                    Ok(permit) => self.life.clone().spawn(async move {
+                        let resp = self.on_cancel(peer, signed).await;
+                        self.net.respond_contract(channel, resp).await;
+                        drop(permit);
+                    }),
+                    Err(_) => {
+                        let resp = self.on_cancel(peer, signed).await;
+                        self.net.respond_contract(channel, resp).await;
+                    }
+                }
             }
             NetEvent::Data { peer, request, channel } => {
-                let Ok(permit) = self.inbound.clone().try_acquire_owned() else {
+                let permit = self.inbound.clone().try_acquire_owned().ok().filter(|_| !self.life.is_stopping());
+                let Some(permit) = permit else {
                     let busy =
                         DataResponse::Error { code: DataErrorCode::Busy, message: "provider busy; retry later".into() };
                     self.net.respond_data(channel, busy).await;
                     return;
                 };
-                tokio::spawn(async move {
+                self.life.clone().spawn(async move {
                     let resp = self.on_data(peer, request).await;
                     self.net.respond_data(channel, resp).await;
                     drop(permit);

@@ -342,7 +342,17 @@ impl Inner {
                 }
             }
         });
-        let reply = self.handle(req, &tx).await;
+        let reply = match self.life.or_abandoned(self.clone().handle(req, &tx)).await {
+            Some(reply) => reply,
+            None => fail(
+                ErrorKind::Busy,
+                format!(
+                    "the daemon is shutting down and stopped this command after {} s; run it again once the daemon is back \
+                     (what a backup already uploaded is kept)",
+                    super::SHUTDOWN_GRACE.as_secs()
+                ),
+            ),
+        };
         let _ = tx.send(reply).await;
         drop(tx);
         let _ = writer.await;

@@ -60,7 +60,6 @@ impl Inner {
 
     /// Runs due schedules until the daemon stops.
     pub(super) async fn schedule_loop(self: Arc<Self>) {
-        let mut runs = tokio::task::JoinSet::new();
         loop {
             let t = now();
             let started: Vec<Schedule> = {
@@ -69,10 +68,12 @@ impl Inner {
                 due.iter().filter_map(|n| table.start(n)).collect()
             };
             for spec in started {
+                // A run is work (it gets the shutdown grace); its end wakes this loop.
                 let inner = self.clone();
-                runs.spawn(async move {
+                self.life.spawn(async move {
                     let (tx, _rx) = mpsc::channel(1);
-                    inner.run_schedule(&tx, spec).await;
+                    inner.clone().run_schedule(&tx, spec).await;
+                    inner.scheduling.wake.notify_one();
                 });
             }
             let next = self.scheduling.table().next_due();
@@ -80,7 +81,6 @@ impl Inner {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
                 _ = self.scheduling.wake.notified() => {}
-                Some(_) = runs.join_next() => {}
             }
         }
     }
@@ -190,7 +190,7 @@ impl Inner {
             return;
         }
         let secs = if hooks.timeout_secs == 0 { crate::hooks::DEFAULT_TIMEOUT_SECS } else { hooks.timeout_secs };
-        tokio::spawn(async move {
+        self.life.spawn(async move {
             match crate::hooks::run(&hooks.after_backup, &env, Duration::from_secs(secs)).await {
                 Ok(()) => tracing::info!("after_backup hook done"),
                 Err(e) => tracing::warn!("after_backup hook: {e}"),

@@ -94,6 +94,9 @@ pub(super) async fn bind(port: u16) -> std::io::Result<(tokio::net::TcpListener,
 /// Serves the dashboard on `listener` until the task is aborted.
 pub(super) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener, port: u16, token: String) {
     let web = Arc::new(Web { inner, token, port });
+    // Stops taking connections when the daemon stops; the ones open finish (or are
+    // abandoned with the rest of the daemon's work, see `lifetime`).
+    let stop = web.inner.life.stop_token();
     let api = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
@@ -110,7 +113,7 @@ pub(super) async fn serve(inner: Arc<Inner>, listener: tokio::net::TcpListener, 
         .merge(api)
         .layer(axum::middleware::from_fn_with_state(web.clone(), local_host))
         .with_state(web);
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
         tracing::warn!("dashboard: {e}");
     }
 }
@@ -231,7 +234,7 @@ async fn run_schedule(State(web): Shared, Path(name): Path<String>) -> Response 
     match web.inner.start_schedule(&name) {
         Ok(spec) => {
             let inner = web.inner.clone();
-            tokio::spawn(async move {
+            web.inner.life.spawn(async move {
                 let (tx, _rx) = mpsc::channel(1);
                 inner.run_schedule(&tx, spec).await;
             });

@@ -268,6 +268,8 @@ pub struct NetHandle {
     pub peer_id: PeerId,
     advertised: Arc<RwLock<Vec<Multiaddr>>>,
     limits: throttle::Limits,
+    /// The network task, joined by [`NetHandle::shutdown`].
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl NetHandle {
@@ -386,9 +388,16 @@ impl NetHandle {
         self.call(|tx| Command::GetRecord(key, tx)).await
     }
 
-    /// Closes every connection and stops the task.
+    /// Stops the network task and waits until it has ended (its Swarm, and with it every
+    /// connection and listener, dropped). Later calls return at once.
     pub async fn shutdown(&self) {
         let _ = self.call(Command::Shutdown).await;
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!("the network task failed: {e}");
+        }
     }
 }
 
@@ -492,8 +501,8 @@ pub fn start(
         keep: HashSet::new(),
         last_used: HashMap::new(),
     };
-    tokio::spawn(lp.run());
-    Ok((NetHandle { tx, peer_id, advertised, limits }, ev_rx))
+    let task = Arc::new(std::sync::Mutex::new(Some(tokio::spawn(lp.run()))));
+    Ok((NetHandle { tx, peer_id, advertised, limits, task }, ev_rx))
 }
 
 /// The bootstrap and known peers to dial at start, each once its dial can leave from one
