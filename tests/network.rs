@@ -1022,6 +1022,25 @@ fn held_packs(net: &LocalNet, from: usize) -> usize {
     (from..net.peers.len()).map(|i| store_files(&net.peers[i].home).len()).sum()
 }
 
+/// Waits until `cond` holds, checking it once the directories `dirs` are watched and
+/// again on every file event under them (inotify); panics after 60 s without it.
+fn wait_for_files(dirs: &[PathBuf], what: &str, cond: &dyn Fn() -> bool) {
+    use notify::Watcher;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(tx).unwrap();
+    for d in dirs {
+        watcher.watch(d, notify::RecursiveMode::Recursive).unwrap_or_else(|e| panic!("watch {}: {e}", d.display()));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) => drop(ev.unwrap_or_else(|e| panic!("watching for {what}: {e}"))),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
 #[test]
 fn kill_9_of_client_and_provider_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1034,13 +1053,10 @@ fn kill_9_of_client_and_provider_loses_nothing() {
     let mut net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, configure).unwrap();
     net.wait_connected(3, Duration::from_secs(60)).unwrap();
     let s = src.to_str().unwrap().to_string();
-    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !cond() {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
+    // The providers' stores, watched: each kill point is found on the file event that
+    // reaches it.
+    let stores: Vec<PathBuf> = net.peers[1..].iter().map(|p| p.home.join("store")).collect();
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| wait_for_files(&stores, what, cond);
 
     // The client daemon is killed (SIGKILL) mid-backup at several points. After each, no
     // snapshot points at missing data, and the next run goes on from what was acknowledged.
