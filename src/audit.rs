@@ -122,7 +122,7 @@ pub fn leaves(len: u64) -> u32 {
 
 /// Checks an audit answer for leaf `leaf` of pack `pack` (of `len` bytes).
 pub fn check(pack: &PackId, len: u64, leaf: u32, bytes: &[u8], path: &[u8]) -> Outcome {
-    if path.len() % 32 != 0 || path.len() > 32 * 32 || bytes.len() > LEAF_SIZE {
+    if !path.len().is_multiple_of(32) || path.len() > 32 * 32 || bytes.len() > LEAF_SIZE {
         return Outcome::Wrong("malformed proof".into());
     }
     let hashes: Vec<[u8; 32]> = path.chunks(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).collect();

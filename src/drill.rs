@@ -13,7 +13,7 @@
 use crate::repo::blob::blob_id;
 use crate::repo::chunker;
 use crate::repo::tree::Node;
-use rand::Rng;
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -53,7 +53,7 @@ impl<R: Rng> Sampler<R> {
         if self.picks.len() < self.n {
             self.picks.push(pick);
         } else {
-            let j = self.rng.gen_range(0..self.seen);
+            let j = self.rng.random_range(0..self.seen);
             if (j as usize) < self.n {
                 self.picks[j as usize] = pick;
             }

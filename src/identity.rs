@@ -107,10 +107,11 @@ impl Identity {
         Ok(Self::from_secret(secret))
     }
 
-    /// A fresh random identity.
+    /// A fresh random identity: 32 bytes from `rand`'s thread generator (ChaCha12, a
+    /// CSPRNG seeded from the operating system's generator).
     pub fn generate() -> Self {
         let mut secret = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut secret);
         Self::from_secret(secret)
     }
 

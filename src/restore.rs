@@ -23,7 +23,6 @@ use crate::repo::tree::{self, Node, NodeKind, Snapshot};
 use crate::state::{IndexEntry, State, StateError};
 use crate::store::Store;
 use futures::StreamExt;
-use rand::SeedableRng;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -292,7 +291,7 @@ pub async fn sample_files(
 ) -> Result<(SnapshotId, Vec<crate::drill::Pick>), RestoreError> {
     let (sid, snap) = store.call(move |s| Ok(resolve(s, snapshot.as_deref()))).await??;
     let mut docs = Docs { id, store, source, last: None };
-    let mut sampler = crate::drill::Sampler::new(n, max_each, rand::rngs::StdRng::from_entropy());
+    let mut sampler = crate::drill::Sampler::new(n, max_each, rand::make_rng::<rand::rngs::StdRng>());
     let root = docs.tree(&snap.tree).await?;
     let mut stack: Vec<(Node, PathBuf, PathBuf)> = root
         .nodes
@@ -1078,13 +1077,13 @@ fn restore_hard_link(dest: &Path, first: &Path, overwrite: bool) -> std::io::Res
 /// and was kept.
 fn restore_fifo(dest: &Path, n: &Node, overwrite: bool) -> std::io::Result<bool> {
     use std::os::unix::fs::FileTypeExt;
-    if let Ok(m) = std::fs::symlink_metadata(dest) {
-        if !m.file_type().is_fifo() {
-            if !overwrite || m.is_dir() {
-                return Ok(false);
-            }
-            std::fs::remove_file(dest)?;
+    if let Ok(m) = std::fs::symlink_metadata(dest)
+        && !m.file_type().is_fifo()
+    {
+        if !overwrite || m.is_dir() {
+            return Ok(false);
         }
+        std::fs::remove_file(dest)?;
     }
     if !dest.exists() {
         nix::unistd::mkfifo(dest, nix::sys::stat::Mode::from_bits_truncate(n.mode)).map_err(std::io::Error::from)?;

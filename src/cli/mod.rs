@@ -303,7 +303,7 @@ fn utc(secs: u64) -> String {
         .unwrap_or_else(|| format!("{secs} s"))
 }
 
-/// Human-readable bytes (`1.2 GiB`).
+/// Human-readable bytes in SI units (`1.2 GB`, 10^9 bytes), as sizes are given.
 fn human(b: u64) -> String {
-    bytesize::ByteSize(b).to_string()
+    bytesize::ByteSize(b).display().si().to_string()
 }

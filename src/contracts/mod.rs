@@ -40,7 +40,7 @@ pub fn spread(required: usize, factor: usize) -> usize {
 /// contracts grant us at others) and `ratio`: existing contracts keep their space until
 /// they end, but no new one comes while either side is over. Empty when nothing is over.
 pub fn offer_notes(offered: u64, granted: u64, client_granted: u64, ratio: f64) -> Vec<String> {
-    let b = |v: u64| bytesize::ByteSize(v).to_string();
+    let b = |v: u64| bytesize::ByteSize(v).display().si().to_string();
     let mut notes = Vec::new();
     if granted > offered {
         notes.push(format!(

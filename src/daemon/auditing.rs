@@ -10,7 +10,7 @@ use crate::protocol::{DataErrorCode, DataRequest, DataResponse, now};
 use crate::state::Role;
 use futures::StreamExt;
 use libp2p::PeerId;
-use rand::Rng;
+use rand::RngExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +43,7 @@ impl Inner {
     pub(super) async fn audit_loop(self: Arc<Self>) {
         loop {
             let base = self.config.audit.interval_secs as f64;
-            let wait = base * rand::thread_rng().gen_range(0.5..1.5);
+            let wait = base * rand::rng().random_range(0.5..1.5);
             tokio::time::sleep(Duration::from_secs_f64(wait)).await;
             self.audit_round().await;
             self.claim_round().await;
@@ -75,9 +75,9 @@ impl Inner {
             .map(|(peer, packs)| async move {
                 let peer_id = PeerId::from_bytes(&peer).ok()?;
                 let (pack, object, size, leaf) = {
-                    let mut rng = rand::thread_rng();
-                    let (pack, object, size) = packs[rng.gen_range(0..packs.len())];
-                    (pack, object, size, rng.gen_range(0..audit::leaves(size)))
+                    let mut rng = rand::rng();
+                    let (pack, object, size) = packs[rng.random_range(0..packs.len())];
+                    (pack, object, size, rng.random_range(0..audit::leaves(size)))
                 };
                 Some((peer_id, pack, self.challenge(peer_id, object, size, leaf).await?))
             })

@@ -10,7 +10,7 @@ use crate::protocol::{DataErrorCode, DataRequest, DataResponse};
 use crate::state::Role;
 use futures::StreamExt;
 use libp2p::PeerId;
-use rand::Rng;
+use rand::RngExt;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -182,8 +182,8 @@ impl Inner {
             return None;
         }
         let (index, offset) = {
-            let mut rng = rand::thread_rng();
-            (rng.gen_range(0..n), rng.gen_range(0..=CLAIM_BLOCK - SAMPLE as u64))
+            let mut rng = rand::rng();
+            (rng.random_range(0..n), rng.random_range(0..=CLAIM_BLOCK - SAMPLE as u64))
         };
         let what = format!("claim block {index}");
         let outcome =

@@ -443,7 +443,7 @@ pub(super) enum ShortOfProviders {
     #[error(
         "your offer of {} lets you hold no more at others (ratio {ratio}); give to get: raise it with \
          'peer offer-storage SIZE'",
-        bytesize::ByteSize(*offered)
+        bytesize::ByteSize(*offered).display().si()
     )]
     OverRatio {
         /// Bytes this peer offers.

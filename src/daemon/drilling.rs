@@ -10,7 +10,7 @@ use super::transfer::NetSource;
 use crate::drill::{DrillReport, Pick, VerifyError};
 use crate::protocol::now;
 use crate::restore::{self, PackSource, RestoreWhat};
-use rand::Rng;
+use rand::RngExt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ impl Inner {
             return;
         }
         loop {
-            let wait = rand::thread_rng().gen_range(interval / 2..=interval + interval / 2).max(1);
+            let wait = rand::rng().random_range(interval / 2..=interval + interval / 2).max(1);
             tokio::time::sleep(Duration::from_secs(wait)).await;
             let has_snapshots = self.db(|s| s.snapshots().map(|v| !v.is_empty())).await.unwrap_or(false);
             if has_snapshots && !self.home.recover_marker().exists() {

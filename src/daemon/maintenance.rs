@@ -16,7 +16,7 @@ use crate::restore::{self, PackSource};
 use crate::retention::{self, Policy};
 use futures::StreamExt;
 use libp2p::PeerId;
-use rand::Rng;
+use rand::RngExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -249,7 +249,7 @@ impl Inner {
         let (mut checked, mut ok) = (0u64, 0u64);
         for (object, size, h) in rec.objects(&id) {
             let Ok(peer) = PeerId::from_bytes(&h.peer) else { continue };
-            let leaf = rand::thread_rng().gen_range(0..audit::leaves(size));
+            let leaf = rand::rng().random_range(0..audit::leaves(size));
             checked += 1;
             match self.challenge(peer, object, size, leaf).await {
                 Some(Outcome::Pass) => ok += 1,

@@ -35,7 +35,7 @@ pub enum OfferError {
         source: std::io::Error,
     },
     /// The offer is larger than the disk's free space plus what others already store here.
-    #[error("cannot offer {}: the disk holding {path} has only {} free", bytesize::ByteSize(*offer), bytesize::ByteSize(*room))]
+    #[error("cannot offer {}: the disk holding {path} has only {} free", bytesize::ByteSize(*offer).display().si(), bytesize::ByteSize(*room).display().si())]
     TooLarge {
         /// Bytes offered.
         offer: u64,

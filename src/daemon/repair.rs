@@ -20,7 +20,7 @@ use crate::restore::PackSource;
 use crate::state::{Holder, PackRecord, Placement, Role};
 use futures::StreamExt;
 use libp2p::PeerId;
-use rand::Rng;
+use rand::RngExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,7 +134,7 @@ impl Inner {
     pub(super) async fn repair_loop(self: Arc<Self>) {
         loop {
             let base = self.config.audit.interval_secs as f64;
-            let wait = base * rand::thread_rng().gen_range(0.5..1.5);
+            let wait = base * rand::rng().random_range(0.5..1.5);
             tokio::time::sleep(Duration::from_secs_f64(wait)).await;
             self.clone().repair_round().await;
         }

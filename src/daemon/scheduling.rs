@@ -10,7 +10,7 @@ use crate::config::{Config, HooksConfig};
 use crate::control::{ErrorKind, Failure, Reply, ScheduleInfo};
 use crate::protocol::now;
 use crate::schedule::{LastRun, Schedule, Scheduler};
-use rand::Rng;
+use rand::RngExt;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -33,7 +33,7 @@ pub(super) struct Scheduling {
 }
 
 fn jitter(max: u64) -> u64 {
-    rand::thread_rng().gen_range(0..=max)
+    rand::rng().random_range(0..=max)
 }
 
 impl Scheduling {

@@ -66,7 +66,7 @@ pub(super) enum TokenError {
 
 /// Reads `home/dashboard.token`, or makes one (32 random bytes as hex, mode 0600).
 pub(super) fn load_or_make_token(path: &std::path::Path) -> Result<String, TokenError> {
-    use rand::RngCore;
+    use rand::TryRng;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::read_to_string(path) {
@@ -77,7 +77,7 @@ pub(super) fn load_or_make_token(path: &std::path::Path) -> Result<String, Token
     }
     let io = |source| TokenError::Io { path: path.display().to_string(), source };
     let mut raw = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
+    rand::rngs::SysRng.try_fill_bytes(&mut raw).map_err(|e| io(std::io::Error::other(e)))?;
     let token = hex::encode(raw);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
     f.write_all(token.as_bytes()).and_then(|_| f.sync_all()).map_err(io)?;

@@ -663,7 +663,7 @@ fn build_behaviour(
             },
         ),
         autonat_client: autonat::v2::client::Behaviour::new(
-            rand010::make_rng::<rand010::rngs::StdRng>(),
+            rand::make_rng::<rand::rngs::StdRng>(),
             autonat::v2::client::Config::default().with_probe_interval(Duration::from_secs(2)),
         ),
         autonat_server: autonat::v2::server::Behaviour::default(),
@@ -1188,7 +1188,7 @@ impl EventLoop {
         let me = *self.swarm.local_peer_id();
         known.retain(|p| *p != me && !self.swarm.is_connected(p));
         use rand::seq::SliceRandom;
-        known.shuffle(&mut rand::thread_rng());
+        known.shuffle(&mut rand::rng());
         for p in known.into_iter().take(self.target_peers - connected) {
             let _ = self.swarm.dial(p);
         }

@@ -93,7 +93,7 @@ impl EventLoop {
     pub(super) fn publish_proposal(&mut self, data: Vec<u8>, attempt: u32) -> Result<(), NetError> {
         self.reshard();
         let own = self.shards.own;
-        let mut rng = rand::thread_rng();
+        let mut rng = rand::rng();
         let target = if attempt < shard::OWN_SHARD_ATTEMPTS || own.bits == 0 {
             own
         } else {

@@ -15,7 +15,7 @@
 //! `EventLoop::publish_proposal`).
 
 use libp2p::PeerId;
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 /// Peers per shard aimed at (`[network] shard_peers`): a shard holds this many to twice
 /// as many.
@@ -62,7 +62,7 @@ impl Shard {
     /// shard's members. Takes about 2^`bits` hashes.
     pub fn preimage(&self, rng: &mut impl Rng) -> Vec<u8> {
         loop {
-            let candidate: [u8; 32] = rng.r#gen();
+            let candidate: [u8; 32] = rng.random();
             if self.contains(&crate::id::sha256(&candidate)) {
                 return candidate.to_vec();
             }
@@ -76,7 +76,7 @@ impl Shard {
         if count == 1 {
             return *self;
         }
-        let offset = rng.gen_range(1..count);
+        let offset = rng.random_range(1..count);
         Shard { bits: self.bits, prefix: ((u64::from(self.prefix) + offset) % count) as u32 }
     }
 }
@@ -198,7 +198,7 @@ mod tests {
         assert_eq!(estimate_peers(&own, &few), 6);
         // 100,000 peers spread evenly: the k-th closest is about k / 100,000 of the way out.
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let many: Vec<[u8; 32]> = (0..100_000).map(|_| rng.r#gen()).collect();
+        let many: Vec<[u8; 32]> = (0..100_000).map(|_| rng.random()).collect();
         let n = estimate_peers(&own, &many);
         assert!((50_000..200_000).contains(&n), "estimated {n}");
         // A routing table keeps only some far peers, but all of the near ones: the

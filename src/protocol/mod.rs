@@ -284,7 +284,7 @@ impl AuditAnswer {
     /// Whether the answer proves leaf `leaf` of `pack` for a pack of `size` bytes.
     pub fn holds(&self) -> bool {
         let Ok(leaf) = <[u8; 32]>::try_from(self.leaf_hash.as_slice()) else { return false };
-        if self.path.len() % 32 != 0 || self.path.len() > 32 * 32 {
+        if !self.path.len().is_multiple_of(32) || self.path.len() > 32 * 32 {
             return false;
         }
         let path: Vec<[u8; 32]> = self.path.chunks(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).collect();

@@ -36,7 +36,7 @@ pub fn blob_id(id_key: &[u8; 32], plaintext: &[u8]) -> BlobId {
 /// AEAD-encrypts `plaintext` with a random 24-byte nonce; returns `nonce || ciphertext`.
 pub fn encrypt(enc_key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; 24];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut nonce);
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut nonce);
     encrypt_with_nonce(enc_key, &nonce, aad, plaintext)
 }
 
