@@ -66,15 +66,21 @@ pub trait PackSource: Send + Sync {
 /// busy it waits for the first slot any of them frees. A slow holder therefore serves fewer
 /// packs and a fast one more, and the restore runs at the sum of the holders' uplinks
 /// rather than at the first holder's.
+///
+/// Holders that failed a fetch of this restore ([`HolderSlots::failed`]) are asked only
+/// when no other holder keeps the object, so a dead holder costs one wait, not one per
+/// pack; among equally busy holders, the ones the caller calls ready (connected now) go
+/// first, so a holder that just went away is not the first one tried.
 pub struct HolderSlots<K> {
     per: usize,
     slots: Mutex<HashMap<K, Arc<tokio::sync::Semaphore>>>,
+    failed: Mutex<HashSet<K>>,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> HolderSlots<K> {
     /// `per` slots for every holder (at least 1).
     pub fn new(per: usize) -> Self {
-        HolderSlots { per: per.max(1), slots: Mutex::new(HashMap::new()) }
+        HolderSlots { per: per.max(1), slots: Mutex::new(HashMap::new()), failed: Mutex::new(HashSet::new()) }
     }
 
     fn of(&self, holder: &K) -> Arc<tokio::sync::Semaphore> {
@@ -82,25 +88,52 @@ impl<K: std::hash::Hash + Eq + Clone> HolderSlots<K> {
         slots.entry(holder.clone()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per))).clone()
     }
 
-    /// A slot of one of `holders`: the least busy one with a slot free (the earlier on a
-    /// tie), else the first to free one. `None` when `holders` is empty. The slot is given
-    /// back when the permit is dropped.
-    pub async fn acquire(&self, holders: &[K]) -> Option<(K, tokio::sync::OwnedSemaphorePermit)> {
-        let sems: Vec<_> = holders.iter().map(|h| self.of(h)).collect();
+    /// `holder` failed a fetch: asked last from now on, until it serves one again.
+    pub fn failed(&self, holder: &K) {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).insert(holder.clone());
+    }
+
+    /// Whether `holder` failed a fetch and has not served one since.
+    pub fn has_failed(&self, holder: &K) -> bool {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).contains(holder)
+    }
+
+    /// `holder` served a fetch: no longer asked last.
+    pub fn served(&self, holder: &K) {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).remove(holder);
+    }
+
+    /// A slot of one of `holders`: among those that have not failed (all of them if every
+    /// one has), the least busy with a slot free, a `ready` one first on a tie, then the
+    /// earlier; else the first to free a slot. `None` when `holders` is empty. The slot is
+    /// given back when the permit is dropped.
+    pub async fn acquire(
+        &self,
+        holders: &[K],
+        ready: impl Fn(&K) -> bool,
+    ) -> Option<(K, tokio::sync::OwnedSemaphorePermit)> {
+        let mut candidates: Vec<usize> = {
+            let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            (0..holders.len()).filter(|&i| !failed.contains(&holders[i])).collect()
+        };
+        if candidates.is_empty() {
+            candidates = (0..holders.len()).collect();
+        }
+        let sems: Vec<_> = candidates.iter().map(|&i| self.of(&holders[i])).collect();
         let mut order: Vec<usize> = (0..sems.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(sems[i].available_permits()));
-        for i in order {
-            if let Ok(p) = sems[i].clone().try_acquire_owned() {
-                return Some((holders[i].clone(), p));
+        order.sort_by_key(|&j| (std::cmp::Reverse(sems[j].available_permits()), !ready(&holders[candidates[j]])));
+        for j in order {
+            if let Ok(p) = sems[j].clone().try_acquire_owned() {
+                return Some((holders[candidates[j]].clone(), p));
             }
         }
         if sems.is_empty() {
             return None;
         }
         let waits = sems.iter().map(|s| Box::pin(s.clone().acquire_owned()));
-        let (got, i, _) = futures::future::select_all(waits).await;
+        let (got, j, _) = futures::future::select_all(waits).await;
         // The semaphores are never closed.
-        got.ok().map(|p| (holders[i].clone(), p))
+        got.ok().map(|p| (holders[candidates[j]].clone(), p))
     }
 }
 
@@ -1177,13 +1210,13 @@ mod tests {
         // Six fetches of objects every holder keeps: two at each holder, least busy first.
         let mut held = Vec::new();
         for _ in 0..6 {
-            held.push(slots.acquire(&all).await.expect("a slot is free"));
+            held.push(slots.acquire(&all, |_| true).await.expect("a slot is free"));
         }
         let mut per: Vec<&str> = held.iter().map(|(h, _)| *h).collect();
         per.sort();
         assert_eq!(per, ["a", "a", "b", "b", "c", "c"]);
         // Everyone is busy: the seventh waits until a slot of one of its holders frees.
-        let seventh = slots.acquire(&["b", "c"]);
+        let seventh = slots.acquire(&["b", "c"], |_| true);
         tokio::pin!(seventh);
         assert!(futures::poll!(seventh.as_mut()).is_pending());
         let i = held.iter().position(|(h, _)| *h == "a").expect("a holds a slot");
@@ -1194,16 +1227,42 @@ mod tests {
         let (h, _p) = seventh.await.expect("c freed a slot");
         assert_eq!(h, "c");
         // The slot a freed goes to the next object a keeps.
-        assert_eq!(slots.acquire(&["c", "a"]).await.map(|(h, _)| h), Some("a"));
-        assert!(slots.acquire(&[]).await.is_none());
+        assert_eq!(slots.acquire(&["c", "a"], |_| true).await.map(|(h, _)| h), Some("a"));
+        assert!(slots.acquire(&[], |_| true).await.is_none());
     }
 
     #[tokio::test]
     async fn the_least_busy_holder_is_chosen() {
         let slots = HolderSlots::new(2);
-        let _held = slots.acquire(&["a"]).await.expect("free");
-        let (h, _p) = slots.acquire(&["a", "b"]).await.expect("free");
+        let _held = slots.acquire(&["a"], |_| true).await.expect("free");
+        let (h, _p) = slots.acquire(&["a", "b"], |_| true).await.expect("free");
         assert_eq!(h, "b", "b has two free slots, a one");
+    }
+
+    #[tokio::test]
+    async fn a_holder_that_failed_is_asked_last_and_a_ready_one_first() {
+        let slots = HolderSlots::new(2);
+        // All idle: the one connected now goes first, whatever the order given.
+        let (h, p) = slots.acquire(&["gone", "here"], |h| *h == "here").await.expect("free");
+        assert_eq!(h, "here");
+        drop(p);
+        // "here" failed a fetch: "gone" is asked even though it is not ready…
+        slots.failed(&"here");
+        let (h, p) = slots.acquire(&["here", "gone"], |h| *h == "here").await.expect("free");
+        assert_eq!(h, "gone");
+        // …and while "gone" is busy, the next fetch waits for it rather than ask "here".
+        let (_, q) = slots.acquire(&["here", "gone"], |_| true).await.expect("free");
+        let third = slots.acquire(&["here", "gone"], |_| true);
+        tokio::pin!(third);
+        assert!(futures::poll!(third.as_mut()).is_pending());
+        drop((p, q));
+        assert_eq!(third.await.map(|(h, _)| h), Some("gone"));
+        // A failed holder is still asked when no other keeps the object.
+        assert_eq!(slots.acquire(&["here"], |_| true).await.map(|(h, _)| h), Some("here"));
+        // Once it serves again, it is an ordinary holder.
+        slots.served(&"here");
+        let (h, _p) = slots.acquire(&["gone", "here"], |h| *h == "here").await.expect("free");
+        assert_eq!(h, "here");
     }
 
     /// Packs kept in memory: placed by a backup under one live contract, fetched (and

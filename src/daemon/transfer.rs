@@ -625,15 +625,23 @@ impl PackSource for NetSource {
 }
 
 impl NetSource {
-    /// Pack `pack` from the least busy of `holders` (whole copies); on failure from the
+    /// Pack `pack` from the least busy of `holders` (whole copies), one connected now first
+    /// and one that failed in this restore last ([`HolderSlots`]); on failure from the
     /// next, until none is left.
     async fn fetch_copy(&self, pack: PackId, holders: &[Holder]) -> Result<bytes::Bytes, TransferError> {
         let mut errors = Vec::new();
         let mut left: Vec<PeerId> = holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
-        while let Some((peer, _slot)) = self.slots.acquire(&left).await {
+        let ready: HashSet<PeerId> = self.inner.net.sendable(left.clone()).await.into_iter().collect();
+        while let Some((peer, _slot)) = self.slots.acquire(&left, |p| ready.contains(p)).await {
             match self.fetch_from(peer, pack).await {
-                Ok(b) => return Ok(b),
-                Err(e) => errors.push(e),
+                Ok(b) => {
+                    self.slots.served(&peer);
+                    return Ok(b);
+                }
+                Err(e) => {
+                    self.slots.failed(&peer);
+                    errors.push(e);
+                }
             }
             left.retain(|p| *p != peer);
         }
@@ -654,18 +662,31 @@ impl NetSource {
         let mut shard_errors = Vec::new();
         let mut got: Vec<Option<Vec<u8>>> = vec![None; s.n()];
         let mut have = 0;
-        for (i, sh) in shards.iter().enumerate() {
+        // Shards at holders connected now first, at holders that failed in this restore last.
+        let mut order: Vec<(usize, PeerId)> = shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, sh)| Some((i, PeerId::from_bytes(&sh.holder.as_ref()?.peer).ok()?)))
+            .collect();
+        let ready: HashSet<PeerId> =
+            self.inner.net.sendable(order.iter().map(|(_, p)| *p).collect()).await.into_iter().collect();
+        order.sort_by_key(|(i, p)| (self.slots.has_failed(p), !ready.contains(p), *i));
+        for (i, peer) in order {
             if have == usize::from(s.k) {
                 break;
             }
-            let Some(peer) = sh.holder.as_ref().and_then(|h| PeerId::from_bytes(&h.peer).ok()) else { continue };
-            let Some((peer, _slot)) = self.slots.acquire(&[peer]).await else { continue };
+            let sh = &shards[i];
+            let Some((peer, _slot)) = self.slots.acquire(&[peer], |_| true).await else { continue };
             match self.fetch_from(peer, sh.id).await {
                 Ok(b) => {
+                    self.slots.served(&peer);
                     got[i] = Some(b.to_vec()); // decoding copies the shards anyway
                     have += 1;
                 }
-                Err(e) => shard_errors.push((i, e)),
+                Err(e) => {
+                    self.slots.failed(&peer);
+                    shard_errors.push((i, e));
+                }
             }
         }
         if have < usize::from(s.k) {

@@ -253,6 +253,7 @@ enum Command {
     RespondContract(ResponseChannel<ContractResponse>, ContractResponse),
     RespondData(ResponseChannel<DataResponse>, DataResponse),
     Status(oneshot::Sender<NetStatus>),
+    Sendable(Vec<PeerId>, oneshot::Sender<Vec<PeerId>>),
     Dial(PeerId, Vec<Multiaddr>),
     Keep(Vec<PeerId>),
     PutRecord(Vec<u8>, Vec<u8>),
@@ -366,6 +367,12 @@ impl NetHandle {
     /// Listen addresses and connected peers.
     pub async fn status(&self) -> Result<NetStatus, NetError> {
         self.call(Command::Status).await
+    }
+
+    /// Those of `peers` that a data request would reach at once: a direct connection is
+    /// open and no relayed one (protocol.md §1.10). Empty when the network task stopped.
+    pub async fn sendable(&self, peers: Vec<PeerId>) -> Vec<PeerId> {
+        self.call(|tx| Command::Sendable(peers, tx)).await.unwrap_or_default()
     }
 
     /// Dials `peer` (at `addrs` and the addresses Kademlia knows) unless connected. A peer
@@ -980,6 +987,9 @@ impl EventLoop {
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::Sendable(peers, reply) => {
+                let _ = reply.send(peers.into_iter().filter(|p| self.reach.sendable(p)).collect());
             }
             Command::Dial(peer, addrs) => {
                 let addrs = self.dialable(addrs);
