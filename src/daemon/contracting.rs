@@ -3,6 +3,7 @@
 
 use super::Inner;
 use crate::contracts;
+use crate::contracts::client::{SessionState, Step};
 use crate::control::{ErrorKind, Failure};
 use crate::id::ProposalId;
 use crate::identity::Signed;
@@ -18,6 +19,8 @@ use tokio::sync::Notify;
 
 /// How often a client republishes an unanswered proposal, seconds.
 pub const REPROPOSE_SECS: u64 = 3;
+/// How soon a search for providers looks again while it waits for hole punches or dials.
+const LOOK_AGAIN: Duration = Duration::from_millis(200);
 /// Slack allowed between a proposal's duration and an acceptance's expiry, seconds.
 pub const EXPIRY_SLACK_SECS: u64 = 3600;
 
@@ -252,22 +255,50 @@ impl Inner {
         (ready, seen)
     }
 
-    /// Dials the providers we have a contract with room at but no direct connection to (a
-    /// restart, a short outage, a hole punch to try again), so they can count before the
-    /// deadline. Returns how many had no connection at all.
-    async fn dial_away(&self, live: &[(crate::id::ContractId, ContractRecord)], seen: &Reachable) -> usize {
-        let indirect: Vec<(PeerId, Vec<Multiaddr>)> = live
-            .iter()
+    /// The providers we have a contract with room at but no direct connection to (a
+    /// restart, a short outage, a hole punch to try again), with their addresses.
+    fn indirect_providers(
+        &self,
+        live: &[(crate::id::ContractId, ContractRecord)],
+        seen: &Reachable,
+    ) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        live.iter()
             .filter(|(_, c)| has_room(c))
             .filter_map(|(_, c)| c.peer_id().map(|p| (p, c.addrs.iter().filter_map(|a| a.parse().ok()).collect())))
             .filter(|(p, _)| !seen.direct.contains(p) && self.may_contract_with(p))
-            .collect();
-        // Peers connected through relays only are dialed too: the network punches again
-        // to those whose hole punch failed or never ended a while ago.
-        for (p, addrs) in &indirect {
+            .collect()
+    }
+
+    /// Where `session` stands for [`contracts::client::next_step`]: what to ask of each
+    /// new provider while it is open (our offer `offered`, what `live` contracts hold),
+    /// and whether any provider it got is reachable only through a relay once complete.
+    fn session_state(
+        &self,
+        session: Option<&Session>,
+        live: &[(crate::id::ContractId, ContractRecord)],
+        seen: &Reachable,
+        offered: u64,
+    ) -> SessionState {
+        match session {
+            None => SessionState::None,
+            Some(s) if s.with(|s| s.complete()) => SessionState::Complete {
+                indirect: s.with(|s| s.accepted().iter().any(|p| seen.punching.contains(p) || seen.relayed_only(p))),
+            },
+            Some(s) => {
+                let held: u64 = live.iter().map(|(_, c)| c.bytes).sum();
+                let wanted = s.with(|s| s.wanted());
+                SessionState::Open { ask: contracts::client_ask(offered, self.config.contracts.ratio, held, wanted) }
+            }
+        }
+    }
+
+    /// Dials `indirect` ([`Inner::indirect_providers`]), so they can count before the
+    /// deadline. Peers connected through relays only are dialed too: the network punches
+    /// again to those whose hole punch failed or never ended a while ago.
+    async fn dial_indirect(&self, indirect: &[(PeerId, Vec<Multiaddr>)]) {
+        for (p, addrs) in indirect {
             self.net.dial(*p, addrs.clone()).await;
         }
-        indirect.iter().filter(|(p, _)| !seen.connected.contains(p)).count()
     }
 
     /// Publishes a proposal asking `ask` bytes for session `s` (protocol.md §4.1), the
@@ -319,62 +350,57 @@ impl Inner {
             let (mut ready, seen) = self.ready_providers().await;
             ready.retain(|p| !avoid.contains(p));
             let live = self.live_contracts(Role::Client);
-            if ready.len() >= n {
-                break Ok(());
-            }
             let (punching, relayed_only) = seen.indirect(&live, avoid);
-            if tokio::time::Instant::now() >= deadline {
-                break Err(ShortOfProviders::Shortfall {
-                    needed: n,
-                    ready: ready.len(),
-                    relayed: relayed_only + punching,
-                    wait_secs: wait.as_secs(),
-                    connected: seen.connected.len(),
-                    only_friends: self.config.contracts.only_friends.then(|| self.friend_count()),
-                });
-            }
-            if ready.len() + punching >= n {
-                // Hole punches under way may make enough providers direct: give them time.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            let s = match &session {
-                Some(s) => s.clone(),
-                None => {
+            let indirect = self.indirect_providers(&live, &seen);
+            let found = contracts::client::Found {
+                needed: n,
+                ready: ready.len(),
+                punching,
+                away: indirect.iter().filter(|(p, _)| !seen.connected.contains(p)).count(),
+                timed_out: tokio::time::Instant::now() >= deadline,
+            };
+            let state = self.session_state(session.as_deref(), &live, &seen, offered);
+            match contracts::client::next_step(&found, state) {
+                Step::Enough => break Ok(()),
+                Step::TimedOut => {
+                    break Err(ShortOfProviders::Shortfall {
+                        needed: n,
+                        ready: ready.len(),
+                        relayed: relayed_only + punching,
+                        wait_secs: wait.as_secs(),
+                        connected: seen.connected.len(),
+                        only_friends: self.config.contracts.only_friends.then(|| self.friend_count()),
+                    });
+                }
+                Step::AwaitPunches => tokio::time::sleep(LOOK_AGAIN).await,
+                Step::Open { wanted } => {
                     // Providers whose contracts are full may be asked for another one.
                     let with_room = live.iter().filter(|(_, c)| has_room(c)).filter_map(|(_, c)| c.peer_id());
-                    let s = Session::new(n - ready.len(), with_room.collect());
-                    session = Some(s.clone());
-                    s
+                    session = Some(Session::new(wanted, with_room.collect()));
                 }
-            };
-            if s.with(|s| s.complete()) {
-                let accepted = s.with(|s| s.accepted().to_vec());
-                if accepted.iter().any(|p| seen.punching.contains(p) || seen.relayed_only(p)) {
-                    // Some of them can be reached only through a relay: they keep their
-                    // contracts (and may become direct later), and we ask for others.
-                    session = None;
-                    continue;
+                Step::AskOthers => session = None,
+                Step::Unreachable => {
+                    let accepted = session.as_ref().map_or(0, |s| s.with(|s| s.accepted().len()));
+                    break Err(ShortOfProviders::Unreachable { accepted, ready: ready.len(), needed: n });
                 }
-                // Everyone asked for has answered, yet fewer than n are usable: stop early.
-                break Err(ShortOfProviders::Unreachable { accepted: accepted.len(), ready: ready.len(), needed: n });
-            }
-            let away = self.dial_away(&live, &seen).await;
-            let held: u64 = live.iter().map(|(_, c)| c.bytes).sum();
-            let Some(ask) = contracts::client_ask(offered, self.config.contracts.ratio, held, s.with(|s| s.wanted()))
-            else {
-                if ready.len() + away >= n {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+                Step::AwaitDials => {
+                    self.dial_indirect(&indirect).await;
+                    tokio::time::sleep(LOOK_AGAIN).await;
                 }
-                break Err(ShortOfProviders::OverRatio { offered, ratio: self.config.contracts.ratio });
-            };
-            let attempt = u32::try_from(ids.ids.len()).unwrap_or(u32::MAX);
-            ids.ids.push(self.propose(&s, ask, offered, attempt).await);
-            let step = tokio::time::Instant::now() + Duration::from_secs(REPROPOSE_SECS);
-            while !s.with(|s| s.complete()) {
-                if tokio::time::timeout_at(step.min(deadline), s.notify.notified()).await.is_err() {
-                    break;
+                Step::OverRatio => {
+                    break Err(ShortOfProviders::OverRatio { offered, ratio: self.config.contracts.ratio });
+                }
+                Step::Propose(ask) => {
+                    self.dial_indirect(&indirect).await;
+                    let Some(s) = session.clone() else { continue };
+                    let attempt = u32::try_from(ids.ids.len()).unwrap_or(u32::MAX);
+                    ids.ids.push(self.propose(&s, ask, offered, attempt).await);
+                    let step = tokio::time::Instant::now() + Duration::from_secs(REPROPOSE_SECS);
+                    while !s.with(|s| s.complete()) {
+                        if tokio::time::timeout_at(step.min(deadline), s.notify.notified()).await.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
         }
