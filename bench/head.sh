@@ -26,6 +26,7 @@ sizes=("${@:-100000 1000000}")
 read -r -a sizes <<<"${sizes[*]}"
 peers=4
 restore_max=${RESTORE_MAX:-0}
+offer=${OFFER:-4GiB}
 
 # PEER_EXE: another build to time (say, the one before a change); else this tree's release build.
 if [ -n "${PEER_EXE:-}" ]; then
@@ -72,7 +73,7 @@ PY
     h="$net/p$i"
     if [ -z "$boot" ]; then "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 >/dev/null
     else "$peer" --home "$h" init --no-mdns --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$boot" >/dev/null; fi
-    "$peer" --home "$h" offer-storage 4GiB >/dev/null
+    "$peer" --home "$h" offer-storage "$offer" >/dev/null
     start "$h"
     [ -n "$boot" ] || boot=$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$h.out")
   done
