@@ -545,6 +545,7 @@ impl Walker {
         time: u64,
     ) -> Result<Walked, BackupError> {
         let parent_root = parent.as_ref().and_then(|(_, s)| self.load_tree(&s.tree));
+        let cached_root = parent_root.as_ref().and(parent.as_ref().map(|(_, s)| s.tree));
         let mut nodes = Vec::new();
         for p in paths {
             let name = p.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_else(|| b"root".to_vec());
@@ -560,7 +561,7 @@ impl Walker {
                 }
             }
         }
-        let root = self.put_tree(Tree { nodes })?;
+        let root = self.put_tree(Tree { nodes }, cached_root)?;
         let snapshot = Snapshot {
             time,
             hostname: hostname(),
@@ -677,6 +678,8 @@ impl Walker {
     /// during this run) keeps its blobs here, so they are not stored again.
     fn forget_recorded(&mut self) -> Result<(), BackupError> {
         while let Ok((pack, ids)) = self.recorded.try_recv() {
+            self.learn_contracts(&pack)?;
+            self.packs_ok.remove(&pack);
             if self.pack_ok(&pack)? {
                 for id in &ids {
                     self.in_run.remove(id);
@@ -686,10 +689,36 @@ impl Walker {
         Ok(())
     }
 
-    fn put_tree(&mut self, t: Tree) -> Result<BlobId, BackupError> {
+    /// Adds to the live contracts those of `pack`'s holders that were made during this
+    /// run (a first backup makes its contracts while it uploads), so that the pack counts
+    /// as stored and its blobs leave the in-run set. Without this a first backup held
+    /// every blob id it made to its end: about 50 bytes per blob, 500 MB at 10,000,000.
+    fn learn_contracts(&mut self, pack: &PackId) -> Result<(), BackupError> {
+        let Some(rec) = self.state.pack(pack)? else { return Ok(()) };
+        let now = crate::protocol::now();
+        for h in rec.holders() {
+            if self.live.contains(&h.contract) {
+                continue;
+            }
+            let c = self.state.contract(&h.contract)?;
+            if c.is_some_and(|c| c.role == crate::state::Role::Client && c.is_live(now)) {
+                self.live.insert(h.contract);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the tree `t` (if new) and caches its document for later runs, unless it is
+    /// `cached`: the parent snapshot's tree at the same place, read from the cache, when
+    /// the directory is unchanged. Returns its id. Without that check an unchanged backup
+    /// of 10,000,000 files wrote all its trees (about 1 GB) to the state again.
+    fn put_tree(&mut self, t: Tree, cached: Option<BlobId>) -> Result<BlobId, BackupError> {
         let doc = tree::encode(&t);
         let id = blob_id(&self.id_key, &doc);
         self.add_blob(BlobKind::Tree, id, &doc)?;
+        if cached == Some(id) {
+            return Ok(id);
+        }
         self.trees_bytes += doc.len();
         self.trees.push((id, doc));
         if self.trees_bytes >= TREE_BATCH {
@@ -799,8 +828,9 @@ impl Walker {
     /// Walks directory `path` into its tree, stored as a blob; false when it cannot be
     /// listed (the reason recorded).
     fn dir(&mut self, path: &Path, node: &mut Node, prev: Option<&Node>) -> Result<bool, BackupError> {
-        let prev_tree =
-            prev.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree).and_then(|id| self.load_tree(&id));
+        let prev_id = prev.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree);
+        let prev_tree = prev_id.and_then(|id| self.load_tree(&id));
+        let cached = prev_tree.as_ref().and(prev_id);
         let prev_by_name: HashMap<Vec<u8>, Node> =
             prev_tree.map(|t| t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect()).unwrap_or_default();
         let mut entries = match std::fs::read_dir(path).and_then(|rd| rd.collect::<Result<Vec<_>, _>>()) {
@@ -836,7 +866,7 @@ impl Walker {
             self.ignores.pop();
         }
         result?;
-        node.subtree = Some(self.put_tree(Tree { nodes })?);
+        node.subtree = Some(self.put_tree(Tree { nodes }, cached)?);
         Ok(true)
     }
 
@@ -997,6 +1027,67 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A first backup makes its contracts while it uploads: once a pack placed under such
+    /// a contract is recorded, its blobs leave the in-run set (before, every blob of a
+    /// first backup stayed there to its end: 500 MB at 10,000,000 blobs).
+    #[test]
+    fn blobs_of_a_pack_placed_under_a_contract_made_during_the_run_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(&dir.path().join("state.redb")).unwrap();
+        let opts = BackupOptions {
+            paths: vec![],
+            copies: 1,
+            pack_size: 4096,
+            zstd_level: 3,
+            upload_concurrency: 1,
+            exclude: vec![],
+            erasure: None,
+            lock_secs: 0,
+        };
+        let (tx, _rx) = mpsc::channel(2);
+        let (recorded_tx, recorded) = std::sync::mpsc::channel();
+        let mut walker = Walker {
+            id_key: [1; 32],
+            state: state.clone(),
+            opts: opts.clone(),
+            counters: Default::default(),
+            packer: start_packer([2; 32], &opts, tx.clone()).unwrap(),
+            tx,
+            in_run: HashSet::new(),
+            recorded,
+            live: HashSet::new(), // no contract when the run started
+            packs_ok: HashMap::new(),
+            trees: Vec::new(),
+            trees_bytes: 0,
+            stats: Stats::default(),
+            exclude: exclude_matcher(&[]).unwrap(),
+            ignores: Vec::new(),
+        };
+        let (blob, pack, contract) = (BlobId([3; 32]), PackId([4; 32]), crate::id::ContractId([5; 32]));
+        walker.in_run.insert(blob);
+        // A pack checked before its contract existed is remembered as not stored…
+        assert!(!walker.pack_ok(&pack).unwrap());
+        // …then the contract is made, the pack placed under it and recorded.
+        let signed = crate::identity::Signed { body: vec![], key: [0; 32], sig: vec![] };
+        let mut c = crate::state::ContractRecord::new(
+            crate::protocol::Contract { acceptance: signed, client_sig: vec![] },
+            crate::state::Role::Client,
+            libp2p::PeerId::random(),
+            1 << 30,
+            u64::MAX / 2,
+            vec![],
+        );
+        c.peer = vec![0];
+        state.put_contract(&contract, &c).unwrap();
+        let rec = PackRecord::copies(100, vec![crate::state::Holder { peer: vec![0], contract }], 1);
+        let entry = PackEntry { id: blob, kind: BlobKind::Data, offset: 0, length: 50, raw_length: 40 };
+        state.commit_pack(&pack, &rec, &[entry]).unwrap();
+        recorded_tx.send((pack, vec![blob])).unwrap();
+        walker.forget_recorded().unwrap();
+        assert!(walker.in_run.is_empty(), "the recorded pack's blob is still held");
+        assert!(walker.known(&blob).unwrap(), "and it is found in the index instead");
+    }
 
     /// The read-ahead hands back each entry's own metadata, in order, asks ahead only for
     /// files the walk will read, and never for more than [`READ_AHEAD_FILES`] at once.
