@@ -8,8 +8,9 @@
 # size: head bytes (sealed, as held by a provider), head publication seconds (from the
 # daemon's log), index packs, bytes uploaded by the unchanged re-backup, recovery seconds
 # (daemon start to `recovering: false`), restore seconds, and the peak RSS of the client
-# daemon that backed up, of the recovered one during its recovery, and of the recovered one
-# during the restore (VmHWM reset after the recovery). Then restic backs up and restores
+# daemon during the first backup and during the unchanged re-backup (VmHWM reset between
+# them), of the recovered one during its recovery, and of the recovered one during the
+# restore (VmHWM reset after the recovery); then the unchanged re-backup's seconds. Then restic backs up and restores
 # the same tree to a local repository on the same disk, and both tools' files per second
 # are printed (first backup, restore). Before each of these four timed phases the page
 # cache is written back and dropped, so that both tools read the tree (or their packs)
@@ -50,7 +51,8 @@ start() { # start HOME: runs the daemon, waits for its first listen address
   until grep -q '^/ip4/127.0.0.1/tcp/' "$1.out"; do sleep 0.1; done
 }
 
-printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s %11s\n' files head_bytes publish_s index unchanged_up recover_s restore_s backup_mib recover_mib restore_mib
+row='%-9s %11s %9s %6s %13s %10s %9s %9s %13s %11s %11s\n'
+printf "$row" files head_bytes publish_s index unchanged_up recover_s restore_s first_mib unchanged_mib recover_mib restore_mib
 rates=()
 for n in "${sizes[@]}"; do
   data="$work/tree-$n"
@@ -81,14 +83,17 @@ PY
   cold; b0=$(now)
   "$peer" --home "$net/p0" backup "$data" --copies 2 --json | tail -1 >"$net/backup1.json"
   b1=$(now)
+  rss_first=$(awk '/VmHWM/ {print $2}' "/proc/${pids[0]}/status")
+  echo 5 >"/proc/${pids[0]}/clear_refs" # the unchanged re-backup's own peak from here
   "$peer" --home "$net/p0" backup "$data" --copies 2 --json | tail -1 >"$net/backup2.json"
+  b2=$(now)
   st=$("$peer" --home "$net/p0" status --json)
   index=$(echo "$st" | field '["index_packs"]')
   head_bytes=$(find "$net"/p[1-9]/store -name HEAD -printf '%s\n' | sort -n | tail -1)
   publish=$(grep -o 'stored at [0-9]* providers in [0-9.]* s' "$net/p0.log" | tail -1 | awk '{print $(NF-1)}')
   unchanged=$(field '["bytes_uploaded"]' <"$net/backup2.json")
   phrase=$("$peer" --home "$net/p0" key export --mnemonic)
-  rss_backup=$(awk '/VmHWM/ {print $2}' "/proc/${pids[0]}/status")
+  rss_unchanged=$(awk '/VmHWM/ {print $2}' "/proc/${pids[0]}/status")
   kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
   rm -rf "$net/p0"
   echo "$phrase" | "$peer" --home "$net/p0" init --recover --no-mdns --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$net/p1.out")" >/dev/null
@@ -97,9 +102,9 @@ PY
   t1=$(now)
   rss_recover=$(awk '/VmHWM/ {print $2}' "/proc/$client/status")
   if [ "$restore_max" -gt 0 ] && [ "$n" -gt "$restore_max" ]; then
-    printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s %11s\n' "$n" "$head_bytes" "$publish" "$index" "$unchanged" \
-      "$(secs "$t0" "$t1")" - "$((rss_backup / 1024))" "$((rss_recover / 1024))" -
-    rates+=("$(awk -v n="$n" -v pb="$(secs "$b0" "$b1")" 'BEGIN { printf "%-9s backup: peer %.0f files/s (%.1f s); no restore, no restic (RESTORE_MAX)", n, n / pb, pb }')")
+    printf "$row" "$n" "$head_bytes" "$publish" "$index" "$unchanged" "$(secs "$t0" "$t1")" - \
+      "$((rss_first / 1024))" "$((rss_unchanged / 1024))" "$((rss_recover / 1024))" -
+    rates+=("$(awk -v n="$n" -v pb="$(secs "$b0" "$b1")" -v pu="$(secs "$b1" "$b2")" 'BEGIN { printf "%-9s backup: peer %.0f files/s (%.1f s), unchanged re-backup %.1f s; no restore, no restic (RESTORE_MAX)", n, n / pb, pb, pu }')")
     cleanup
     rm -rf "$net"
     continue
@@ -109,8 +114,8 @@ PY
   "$peer" --home "$net/p0" restore latest --target "$net/back" --json | tail -1 >"$net/restore.json"; t2=$(now)
   diff -r -q "$data" "$net/back/$(basename "$data")" >/dev/null || { echo "restore of $n files differs" >&2; exit 1; }
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$client/status")
-  printf '%-9s %11s %9s %6s %13s %10s %9s %10s %11s %11s\n' "$n" "$head_bytes" "$publish" "$index" "$unchanged" \
-    "$(secs "$t0" "$t1")" "$(secs "$t3" "$t2")" "$((rss_backup / 1024))" "$((rss_recover / 1024))" "$((rss / 1024))"
+  printf "$row" "$n" "$head_bytes" "$publish" "$index" "$unchanged" "$(secs "$t0" "$t1")" "$(secs "$t3" "$t2")" \
+    "$((rss_first / 1024))" "$((rss_unchanged / 1024))" "$((rss_recover / 1024))" "$((rss / 1024))"
   cleanup
   rm -rf "$net"
   # restic on the same tree and disk.
@@ -121,7 +126,7 @@ PY
   cold; r2=$(now); restic --repo "$repo" restore latest --target "$rback" --quiet; r3=$(now)
   diff -r -q "$data" "$rback$data" >/dev/null || { echo "restic's restore of $n files differs" >&2; exit 1; }
   rm -rf "$repo" "$rback"
-  rates+=("$(awk -v n="$n" -v pb="$(secs "$b0" "$b1")" -v rb="$(secs "$r0" "$r1")" -v pr="$(secs "$t3" "$t2")" -v rr="$(secs "$r2" "$r3")" \
-    'BEGIN { printf "%-9s backup: peer %.0f files/s (%.1f s), restic %.0f files/s (%.1f s); restore: peer %.0f files/s (%.1f s), restic %.0f files/s (%.1f s)", n, n / pb, pb, n / rb, rb, n / pr, pr, n / rr, rr }')")
+  rates+=("$(awk -v n="$n" -v pb="$(secs "$b0" "$b1")" -v pu="$(secs "$b1" "$b2")" -v rb="$(secs "$r0" "$r1")" -v pr="$(secs "$t3" "$t2")" -v rr="$(secs "$r2" "$r3")" \
+    'BEGIN { printf "%-9s backup: peer %.0f files/s (%.1f s), unchanged re-backup %.1f s, restic %.0f files/s (%.1f s); restore: peer %.0f files/s (%.1f s), restic %.0f files/s (%.1f s)", n, n / pb, pb, pu, n / rb, rb, n / pr, pr, n / rr, rr }')")
 done
 printf '%s\n' "${rates[@]}"

@@ -112,21 +112,10 @@ impl<K: std::hash::Hash + Eq + Clone> HolderSlots<K> {
         holders: &[K],
         ready: impl Fn(&K) -> bool,
     ) -> Option<(K, tokio::sync::OwnedSemaphorePermit)> {
-        let mut candidates: Vec<usize> = {
-            let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            (0..holders.len()).filter(|&i| !failed.contains(&holders[i])).collect()
-        };
-        if candidates.is_empty() {
-            candidates = (0..holders.len()).collect();
+        if let Some(got) = self.try_acquire(holders, ready) {
+            return Some(got);
         }
-        let sems: Vec<_> = candidates.iter().map(|&i| self.of(&holders[i])).collect();
-        let mut order: Vec<usize> = (0..sems.len()).collect();
-        order.sort_by_key(|&j| (std::cmp::Reverse(sems[j].available_permits()), !ready(&holders[candidates[j]])));
-        for j in order {
-            if let Ok(p) = sems[j].clone().try_acquire_owned() {
-                return Some((holders[candidates[j]].clone(), p));
-            }
-        }
+        let (candidates, sems) = self.candidates(holders);
         if sems.is_empty() {
             return None;
         }
@@ -135,6 +124,114 @@ impl<K: std::hash::Hash + Eq + Clone> HolderSlots<K> {
         // The semaphores are never closed.
         got.ok().map(|p| (holders[candidates[j]].clone(), p))
     }
+
+    /// A free slot of one of `holders`, chosen as [`Self::acquire`] does, without waiting:
+    /// `None` when none of them has one free now.
+    pub fn try_acquire(
+        &self,
+        holders: &[K],
+        ready: impl Fn(&K) -> bool,
+    ) -> Option<(K, tokio::sync::OwnedSemaphorePermit)> {
+        let (candidates, sems) = self.candidates(holders);
+        let mut order: Vec<usize> = (0..sems.len()).collect();
+        order.sort_by_key(|&j| (std::cmp::Reverse(sems[j].available_permits()), !ready(&holders[candidates[j]])));
+        for j in order {
+            if let Ok(p) = sems[j].clone().try_acquire_owned() {
+                return Some((holders[candidates[j]].clone(), p));
+            }
+        }
+        None
+    }
+
+    /// The positions in `holders` of those that have not failed (all of them if every one
+    /// has), with their semaphores.
+    fn candidates(&self, holders: &[K]) -> (Vec<usize>, Vec<Arc<tokio::sync::Semaphore>>) {
+        let mut candidates: Vec<usize> = {
+            let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            (0..holders.len()).filter(|&i| !failed.contains(&holders[i])).collect()
+        };
+        if candidates.is_empty() {
+            candidates = (0..holders.len()).collect();
+        }
+        let sems = candidates.iter().map(|&i| self.of(&holders[i])).collect();
+        (candidates, sems)
+    }
+}
+
+/// How long a fetch from a holder that was not connected when it began may go unanswered
+/// before the object is also asked of another holder: 3 seconds. A holder that is
+/// reachable at all is dialed, hole punch included, well within that (BENCHMARKS.md,
+/// "Behind home routers"), while one that went away costs the dial timeout or the wait for
+/// a direct connection (`net::DIAL_TIMEOUT`, `net::DIRECT_WAIT`: 8 and 20 seconds).
+pub const HEDGE_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Fetches an object kept by each of `holders` with `fetch`, from the holder
+/// [`HolderSlots::acquire`] gives, failing over to the next until one answers; returns the
+/// first answer, or every holder's error (empty when there was no holder).
+///
+/// A hedged request (Dean and Barroso, "The Tail at Scale", CACM 56(2), 2013): when the
+/// holder asked was not `ready` (not connected when the fetch began: a dial is needed,
+/// which waits out a timeout if the holder went away) and has not answered within
+/// `hedge_after`, the next holder with a free slot is asked as well, and whichever answers
+/// first wins; the other fetch is dropped, and its slot with it. A holder that was
+/// connected is not hedged: its answer may take as long as its uplink needs, and if it
+/// stops answering its connection is closed by ping (protocol.md §1.10).
+pub async fn fetch_hedged<K, T, E, Fut>(
+    slots: &HolderSlots<K>,
+    mut left: Vec<K>,
+    ready: impl Fn(&K) -> bool,
+    hedge_after: std::time::Duration,
+    fetch: impl Fn(K) -> Fut,
+) -> Result<T, Vec<E>>
+where
+    K: std::hash::Hash + Eq + Clone,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut errors = Vec::new();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let start = |k: K, permit: tokio::sync::OwnedSemaphorePermit| {
+        let f = fetch(k.clone());
+        async move {
+            let r = f.await;
+            drop(permit);
+            (k, r)
+        }
+    };
+    let hedge = tokio::time::sleep(hedge_after);
+    tokio::pin!(hedge);
+    // Whether the holder asked last may be hedged when `hedge` fires.
+    let mut armed = false;
+    loop {
+        if running.is_empty() {
+            let Some((k, permit)) = slots.acquire(&left, &ready).await else { break };
+            left.retain(|h| *h != k);
+            armed = !ready(&k) && !left.is_empty();
+            hedge.as_mut().reset(tokio::time::Instant::now() + hedge_after);
+            running.push(start(k, permit));
+        }
+        tokio::select! {
+            Some((k, r)) = running.next() => match r {
+                Ok(v) => {
+                    slots.served(&k);
+                    return Ok(v);
+                }
+                Err(e) => {
+                    slots.failed(&k);
+                    errors.push(e);
+                }
+            },
+            () = &mut hedge, if armed => {
+                // Only a free slot: a hedge never waits while a fetch runs.
+                hedge.as_mut().reset(tokio::time::Instant::now() + hedge_after);
+                if let Some((k, permit)) = slots.try_acquire(&left, &ready) {
+                    left.retain(|h| *h != k);
+                    armed = !ready(&k) && !left.is_empty();
+                    running.push(start(k, permit));
+                }
+            }
+        }
+    }
+    Err(errors)
 }
 
 /// Errors that stop a restore before it starts writing.
@@ -1263,6 +1360,64 @@ mod tests {
         slots.served(&"here");
         let (h, _p) = slots.acquire(&["gone", "here"], |h| *h == "here").await.expect("free");
         assert_eq!(h, "here");
+    }
+
+    /// Calls of a fake fetch: the holder asked, and when (seconds after the start).
+    type Calls = Mutex<Vec<(&'static str, u64)>>;
+
+    /// A fake fetch from `holder`: "gone" fails after 60 s (a dial that waits out its
+    /// timeout), "slow" answers after 10 s, "bad"
+    /// fails at once, any other answers its own name after 1 s.
+    async fn fake_fetch(calls: &Calls, t0: tokio::time::Instant, holder: &'static str) -> Result<&'static str, String> {
+        calls.lock().unwrap().push((holder, t0.elapsed().as_secs()));
+        match holder {
+            "gone" => {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                return Err("gone".into());
+            }
+            "slow" => tokio::time::sleep(std::time::Duration::from_secs(10)).await,
+            "bad" => return Err("bad".into()),
+            _ => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+        }
+        Ok(holder)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_not_connected_that_does_not_answer_is_hedged_with_the_next() {
+        let (slots, calls, t0) = (HolderSlots::new(2), Calls::default(), tokio::time::Instant::now());
+        // Neither is connected: "gone" is asked first, "here" after HEDGE_AFTER, and wins.
+        let got: Result<_, Vec<String>> =
+            fetch_hedged(&slots, vec!["gone", "here"], |_| false, HEDGE_AFTER, |h| fake_fetch(&calls, t0, h)).await;
+        assert_eq!(got, Ok("here"));
+        assert_eq!(*calls.lock().unwrap(), vec![("gone", 0), ("here", HEDGE_AFTER.as_secs())]);
+        assert_eq!(t0.elapsed().as_secs(), HEDGE_AFTER.as_secs() + 1);
+        // The hedged fetch was dropped: both of "gone"'s slots are free again.
+        assert_eq!(slots.of(&"gone").available_permits(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connected_holder_is_not_hedged_and_a_failure_fails_over_at_once() {
+        let (slots, calls, t0) = (HolderSlots::new(2), Calls::default(), tokio::time::Instant::now());
+        // A connected holder may take its time: nobody else is asked.
+        let got: Result<_, Vec<String>> =
+            fetch_hedged(&slots, vec!["slow", "here"], |h| *h == "slow", HEDGE_AFTER, |h| fake_fetch(&calls, t0, h))
+                .await;
+        assert_eq!(got, Ok("slow"));
+        assert_eq!(*calls.lock().unwrap(), vec![("slow", 0)]);
+        // A holder that fails is followed by the next at once, and its error kept.
+        let (calls, t0) = (Calls::default(), tokio::time::Instant::now());
+        let got: Result<_, Vec<String>> =
+            fetch_hedged(&slots, vec!["bad", "here"], |_| true, HEDGE_AFTER, |h| fake_fetch(&calls, t0, h)).await;
+        assert_eq!(got, Ok("here"));
+        assert_eq!(*calls.lock().unwrap(), vec![("bad", 0), ("here", 0)]);
+        assert!(slots.has_failed(&"bad"));
+        // Every holder failed: every error comes back; no holder at all: none.
+        let got: Result<&str, _> =
+            fetch_hedged(&slots, vec!["bad"], |_| true, HEDGE_AFTER, |h| fake_fetch(&calls, t0, h)).await;
+        assert_eq!(got, Err(vec!["bad".to_string()]));
+        let got: Result<&str, Vec<String>> =
+            fetch_hedged(&slots, vec![], |_| true, HEDGE_AFTER, |h| fake_fetch(&calls, t0, h)).await;
+        assert_eq!(got, Err(vec![]));
     }
 
     /// Packs kept in memory: placed by a backup under one live contract, fetched (and

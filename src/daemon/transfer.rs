@@ -13,7 +13,7 @@ use crate::provider::StoreError;
 use crate::repo::erasure::Scheme;
 use crate::repo::merkle;
 use crate::repo::pack::{MAX_PACK_SIZE, SealedPack};
-use crate::restore::{FETCHES_PER_HOLDER, HolderSlots, PackSource};
+use crate::restore::{FETCHES_PER_HOLDER, HEDGE_AFTER, HolderSlots, PackSource, fetch_hedged};
 use crate::state::{Holder, PackRecord, Placement, Role, Shard};
 use crate::transfer::{HolderError, TransferError};
 use backon::Retryable;
@@ -627,28 +627,17 @@ impl PackSource for NetSource {
 impl NetSource {
     /// Pack `pack` from the least busy of `holders` (whole copies), one connected now first
     /// and one that failed in this restore last ([`HolderSlots`]); on failure from the
-    /// next, until none is left.
+    /// next, until none is left; a holder not connected now that has not answered within
+    /// [`HEDGE_AFTER`] is hedged with the next ([`fetch_hedged`]).
     async fn fetch_copy(&self, pack: PackId, holders: &[Holder]) -> Result<bytes::Bytes, TransferError> {
-        let mut errors = Vec::new();
-        let mut left: Vec<PeerId> = holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
+        let left: Vec<PeerId> = holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
         let ready: HashSet<PeerId> = self.inner.net.sendable(left.clone()).await.into_iter().collect();
-        while let Some((peer, _slot)) = self.slots.acquire(&left, |p| ready.contains(p)).await {
-            match self.fetch_from(peer, pack).await {
-                Ok(b) => {
-                    self.slots.served(&peer);
-                    return Ok(b);
-                }
-                Err(e) => {
-                    self.slots.failed(&peer);
-                    errors.push(e);
-                }
-            }
-            left.retain(|p| *p != peer);
+        let fetch = |peer| self.fetch_from(peer, pack);
+        match fetch_hedged(&self.slots, left, |p| ready.contains(p), HEDGE_AFTER, fetch).await {
+            Ok(b) => Ok(b),
+            Err(errors) if errors.is_empty() => Err(TransferError::NoHolder { pack: pack.short() }),
+            Err(errors) => Err(TransferError::AllHoldersFailed { errors }),
         }
-        if errors.is_empty() {
-            return Err(TransferError::NoHolder { pack: pack.short() });
-        }
-        Err(TransferError::AllHoldersFailed { errors })
     }
 
     /// Pack `pack` placed as `rec` says: from any holder of a copy, or from any K shards,
