@@ -87,13 +87,13 @@ PY
   echo 5 >"/proc/${pids[0]}/clear_refs" # the unchanged re-backup's own peak from here
   "$peer" --home "$net/p0" backup "$data" --copies 2 --json | tail -1 >"$net/backup2.json"
   b2=$(now)
+  rss_unchanged=$(awk '/VmHWM/ {print $2}' "/proc/${pids[0]}/status")
   st=$("$peer" --home "$net/p0" status --json)
   index=$(echo "$st" | field '["index_packs"]')
   head_bytes=$(find "$net"/p[1-9]/store -name HEAD -printf '%s\n' | sort -n | tail -1)
   publish=$(grep -o 'stored at [0-9]* providers in [0-9.]* s' "$net/p0.log" | tail -1 | awk '{print $(NF-1)}')
   unchanged=$(field '["bytes_uploaded"]' <"$net/backup2.json")
   phrase=$("$peer" --home "$net/p0" key export --mnemonic)
-  rss_unchanged=$(awk '/VmHWM/ {print $2}' "/proc/${pids[0]}/status")
   kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
   rm -rf "$net/p0"
   echo "$phrase" | "$peer" --home "$net/p0" init --recover --no-mdns --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$(grep -m1 '^/ip4/127.0.0.1/tcp/' "$net/p1.out")" >/dev/null

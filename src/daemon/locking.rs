@@ -23,8 +23,7 @@ fn packs_of_snapshot(state: &State, sid: &str) -> Result<Vec<(PackId, PackRecord
     let Some((id, snap)) = state.snapshots()?.into_iter().find(|(k, _)| k.to_string() == sid) else {
         return Err(Failure::new(ErrorKind::NotFound, format!("no snapshot {sid}")));
     };
-    let blobs = crate::restore::cached_snapshot_blobs(state, &id, &snap)?;
-    let (mut packs, missing) = crate::restore::packs_of(state, &blobs)?;
+    let (mut packs, missing) = crate::restore::cached_snapshot_packs(state, &id, &snap)?;
     if missing > 0 {
         return Err(Failure::new(ErrorKind::Local, format!("{missing} blobs of the snapshot are in no known pack")));
     }

@@ -89,9 +89,8 @@ fn health_of(state: &State, lv: &Liveness) -> Result<(Vec<SnapshotHealth>, Optio
     let mut complete = true;
     for (sid, snap) in state.snapshots()? {
         let mut h = SnapshotHealth { id: sid.to_string(), packs: 0, full: 0, reduced: 0, zero: 0, note: String::new() };
-        match restore::cached_snapshot_blobs(state, &sid, &snap) {
-            Ok(blobs) => {
-                let (packs, missing) = restore::packs_of(state, &blobs)?;
+        match restore::cached_snapshot_packs(state, &sid, &snap) {
+            Ok((packs, missing)) => {
                 if missing > 0 {
                     h.note = format!("{missing} blobs are in no known pack");
                     h.zero += missing;
@@ -111,6 +110,7 @@ fn health_of(state: &State, lv: &Liveness) -> Result<(Vec<SnapshotHealth>, Optio
                     }
                 }
             }
+            Err(restore::TreeError::State(e)) => return Err(e),
             Err(e) => {
                 h.note = e.to_string();
                 complete = false;
