@@ -450,107 +450,131 @@ pub async fn sample_files(
     Ok((sid, sampler.into_picks()))
 }
 
-/// Every blob snapshot `sid` needs: its own document, its trees and its files' contents.
-/// Tree documents come from the local cache, else from their pack via `source`.
-pub async fn snapshot_blobs(
+/// Blob ids looked up in the index at once by a [`PackFinder`]: 65,536 (2 MiB of ids),
+/// sorted so one read transaction visits the index's pages in order.
+const LOOKUP_BATCH: usize = 1 << 16;
+
+/// Finds the packs that snapshots need (for their own documents, their trees and their
+/// files' contents), a batch of [`LOOKUP_BATCH`] blob ids at a time, so memory stays
+/// bounded whatever the snapshots' size: the ids of the trees seen so far (a tree shared
+/// by several snapshots is read once) and one batch, not every blob id (about 900 MB at
+/// 10,000,000 files). Driven by [`cached_snapshot_packs`] (store thread, cached trees) and
+/// [`snapshot_packs`] (trees fetched when not cached).
+#[derive(Default)]
+pub struct PackFinder {
+    /// The packs found so far.
+    pub packs: HashSet<PackId>,
+    /// Blob ids in no known pack (a blob listed in several batches counts once in each).
+    pub missing: u64,
+    seen: HashSet<BlobId>,
+    batch: Vec<BlobId>,
+}
+
+impl PackFinder {
+    /// Queues snapshot `sid`'s own document; returns the stack of trees to visit.
+    fn start(&mut self, sid: &SnapshotId, snap: &Snapshot) -> Vec<BlobId> {
+        self.batch.push(BlobId(sid.0));
+        vec![snap.tree]
+    }
+
+    /// Whether tree `t` is to be read (not seen before); if so, queues it.
+    fn visit(&mut self, t: BlobId) -> bool {
+        let new = self.seen.insert(t);
+        if new {
+            self.batch.push(t);
+        }
+        new
+    }
+
+    /// Queues a tree's file contents and pushes its subtrees on `stack`; true when the
+    /// batch is full and should be looked up.
+    fn expand(&mut self, tree: tree::Tree, stack: &mut Vec<BlobId>) -> bool {
+        for n in tree.nodes {
+            match n.kind {
+                NodeKind::Dir => stack.extend(n.subtree),
+                NodeKind::File => self.batch.extend(n.content),
+                NodeKind::Symlink | NodeKind::Fifo => {}
+            }
+        }
+        self.batch.len() >= LOOKUP_BATCH
+    }
+
+    /// The queued blob ids, sorted and without repeats, for one lookup.
+    fn take_batch(&mut self) -> Vec<BlobId> {
+        let mut b = std::mem::take(&mut self.batch);
+        b.sort_unstable();
+        b.dedup();
+        b
+    }
+
+    /// Records the index entries of a batch ([`State::blobs`]).
+    fn found(&mut self, entries: Vec<Option<IndexEntry>>) {
+        for e in entries {
+            match e {
+                Some(e) => {
+                    self.packs.insert(e.pack);
+                }
+                None => self.missing += 1,
+            }
+        }
+    }
+
+    fn lookup(&mut self, state: &State) -> Result<(), StateError> {
+        let b = self.take_batch();
+        self.found(state.blobs(&b)?);
+        Ok(())
+    }
+}
+
+/// Adds to `finder` the packs snapshot `sid` needs. Tree documents come from the local
+/// cache, else from their pack via `source`. Errors: a tree in no known pack, one that
+/// cannot be fetched or decoded, or the state.
+pub async fn snapshot_packs(
     id: &Identity,
     store: &Store,
     source: &dyn PackSource,
     sid: &SnapshotId,
     snap: &Snapshot,
-) -> Result<HashSet<BlobId>, TreeError> {
+    finder: &mut PackFinder,
+) -> Result<(), TreeError> {
     let mut docs = Docs { id, store, source, last: None };
-    let mut out = HashSet::from([BlobId(sid.0)]);
-    let mut stack = vec![snap.tree];
-    while let Some(t) = stack.pop() {
-        if !out.insert(t) {
-            continue; // an identical subtree seen already
+    let mut stack = finder.start(sid, snap);
+    loop {
+        let next = stack.pop();
+        if next.is_none() || finder.batch.len() >= LOOKUP_BATCH {
+            let batch = finder.take_batch();
+            finder.found(store.call(move |s| s.blobs(&batch)).await?);
         }
-        let tree = tree::decode_tree(&docs.get(&t).await?).map_err(|e| TreeError::Bad(t.short(), e))?;
-        expand(tree, &mut out, &mut stack);
+        let Some(t) = next else { return Ok(()) };
+        if finder.visit(t) {
+            let tree = tree::decode_tree(&docs.get(&t).await?).map_err(|e| TreeError::Bad(t.short(), e))?;
+            finder.expand(tree, &mut stack);
+        }
     }
-    Ok(out)
 }
 
-/// Blob ids looked up in the index at once by [`cached_snapshot_packs`]: 65,536 (2 MiB
-/// of ids), sorted so one read transaction visits the index's pages in order.
-const LOOKUP_BATCH: usize = 1 << 16;
-
-/// The packs snapshot `sid` needs (for its own document, its trees and its files'
-/// contents), from the local tree cache and the index, for code on the store thread
-/// ([`crate::store`]); and how many of its blobs are in no known pack (a blob that
-/// several batches list is counted once in each). Memory stays bounded whatever the
-/// snapshot's size: the trees seen so far and [`LOOKUP_BATCH`] blob ids, not every blob
-/// id of the snapshot (about 900 MB at 10,000,000 files). Errors: a tree not cached here,
-/// one that does not decode, or the state.
+/// The packs snapshot `sid` needs and how many of its blobs are in no known pack
+/// ([`PackFinder`]), from the local tree cache alone, for code on the store thread
+/// ([`crate::store`]). Errors: a tree not cached here, one that does not decode, or the
+/// state.
 pub fn cached_snapshot_packs(
     state: &State,
     sid: &SnapshotId,
     snap: &Snapshot,
 ) -> Result<(HashSet<PackId>, u64), TreeError> {
-    let (mut packs, mut missing) = (HashSet::new(), 0);
-    let mut batch = vec![BlobId(sid.0)];
-    let mut lookup = |batch: &mut Vec<BlobId>| -> Result<(), StateError> {
-        batch.sort_unstable();
-        batch.dedup();
-        for e in state.blobs(batch)? {
-            match e {
-                Some(e) => {
-                    packs.insert(e.pack);
-                }
-                None => missing += 1,
-            }
-        }
-        batch.clear();
-        Ok(())
-    };
-    let mut seen = HashSet::new();
-    let mut stack = vec![snap.tree];
+    let mut finder = PackFinder::default();
+    let mut stack = finder.start(sid, snap);
     while let Some(t) = stack.pop() {
-        if !seen.insert(t) {
+        if !finder.visit(t) {
             continue; // an identical subtree seen already
         }
-        batch.push(t);
         let doc = state.tree(&t)?.ok_or_else(|| TreeError::NotCached(t.short()))?;
-        for n in tree::decode_tree(&doc).map_err(|e| TreeError::Bad(t.short(), e))?.nodes {
-            match n.kind {
-                NodeKind::Dir => stack.extend(n.subtree),
-                NodeKind::File => batch.extend(n.content),
-                NodeKind::Symlink | NodeKind::Fifo => {}
-            }
-        }
-        if batch.len() >= LOOKUP_BATCH {
-            lookup(&mut batch)?;
+        if finder.expand(tree::decode_tree(&doc).map_err(|e| TreeError::Bad(t.short(), e))?, &mut stack) {
+            finder.lookup(state)?;
         }
     }
-    lookup(&mut batch)?;
-    Ok((packs, missing))
-}
-
-/// Adds a tree's file contents to `out` and its subtrees to `stack`.
-fn expand(tree: tree::Tree, out: &mut HashSet<BlobId>, stack: &mut Vec<BlobId>) {
-    for n in tree.nodes {
-        match n.kind {
-            NodeKind::Dir => stack.extend(n.subtree),
-            NodeKind::File => out.extend(n.content),
-            NodeKind::Symlink | NodeKind::Fifo => {}
-        }
-    }
-}
-
-/// The packs holding `blobs`, from the index; blobs in no known pack are counted apart.
-pub fn packs_of(state: &State, blobs: &HashSet<BlobId>) -> Result<(HashSet<PackId>, u64), StateError> {
-    let mut packs = HashSet::new();
-    let mut missing = 0;
-    for b in blobs {
-        match state.blob(b)? {
-            Some(e) => {
-                packs.insert(e.pack);
-            }
-            None => missing += 1,
-        }
-    }
-    Ok((packs, missing))
+    finder.lookup(state)?;
+    Ok((finder.packs, finder.missing))
 }
 
 /// What to restore and where.

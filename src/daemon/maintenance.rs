@@ -180,15 +180,14 @@ impl Inner {
     async fn needed_packs(self: &Arc<Self>) -> Result<(HashSet<PackId>, u64), Failure> {
         let source = NetSource::new(self.clone());
         let snaps = self.db(|s| s.snapshots()).await?;
-        let mut blobs = HashSet::new();
+        let mut finder = restore::PackFinder::default();
         for (sid, snap) in &snaps {
-            let b = restore::snapshot_blobs(&self.id, &self.state, &source, sid, snap).await.map_err(|e| {
+            restore::snapshot_packs(&self.id, &self.state, &source, sid, snap, &mut finder).await.map_err(|e| {
                 let f = Failure::from(e);
                 Failure::new(f.kind, format!("cannot read the trees of snapshot {}: {}", sid.short(), f.message))
             })?;
-            blobs.extend(b);
         }
-        let (mut packs, missing) = self.db(move |s| restore::packs_of(s, &blobs)).await?;
+        let (mut packs, missing) = (finder.packs, finder.missing);
         if missing > 0 {
             let why = format!("{missing} blobs the snapshots need are in no known pack; run 'peer check'");
             return Err(Failure::new(ErrorKind::Unavailable, why));
