@@ -10,7 +10,8 @@
 # (daemon start to `recovering: false`), restore seconds, and the peak RSS of the client
 # daemon during the first backup and during the unchanged re-backup (VmHWM reset between
 # them), of the recovered one during its recovery, and of the recovered one during the
-# restore (VmHWM reset after the recovery); then the unchanged re-backup's seconds. Then restic backs up and restores
+# restore (VmHWM reset after the recovery); then the unchanged re-backup's seconds, and the
+# seconds and peak of the `peer status` that follows it (copy health of both snapshots). Then restic backs up and restores
 # the same tree to a local repository on the same disk, and both tools' files per second
 # are printed (first backup, restore). Before each of these four timed phases the page
 # cache is written back and dropped, so that both tools read the tree (or their packs)
@@ -88,7 +89,9 @@ PY
   "$peer" --home "$net/p0" backup "$data" --copies 2 --json | tail -1 >"$net/backup2.json"
   b2=$(now)
   rss_unchanged=$(awk '/VmHWM/ {print $2}' "/proc/${pids[0]}/status")
-  st=$("$peer" --home "$net/p0" status --json)
+  echo 5 >"/proc/${pids[0]}/clear_refs" # the status's own peak from here
+  s0=$(now); st=$("$peer" --home "$net/p0" status --json); s1=$(now)
+  rss_status=$(awk '/VmHWM/ {print $2}' "/proc/${pids[0]}/status")
   index=$(echo "$st" | field '["index_packs"]')
   head_bytes=$(find "$net"/p[1-9]/store -name HEAD -printf '%s\n' | sort -n | tail -1)
   publish=$(grep -o 'stored at [0-9]* providers in [0-9.]* s' "$net/p0.log" | tail -1 | awk '{print $(NF-1)}')
@@ -104,7 +107,7 @@ PY
   if [ "$restore_max" -gt 0 ] && [ "$n" -gt "$restore_max" ]; then
     printf "$row" "$n" "$head_bytes" "$publish" "$index" "$unchanged" "$(secs "$t0" "$t1")" - \
       "$((rss_first / 1024))" "$((rss_unchanged / 1024))" "$((rss_recover / 1024))" -
-    rates+=("$(awk -v n="$n" -v pb="$(secs "$b0" "$b1")" -v pu="$(secs "$b1" "$b2")" 'BEGIN { printf "%-9s backup: peer %.0f files/s (%.1f s), unchanged re-backup %.1f s; no restore, no restic (RESTORE_MAX)", n, n / pb, pb, pu }')")
+    rates+=("$(awk -v n="$n" -v pb="$(secs "$b0" "$b1")" -v pu="$(secs "$b1" "$b2")" -v ps="$(secs "$s0" "$s1")" -v ms="$((rss_status / 1024))" 'BEGIN { printf "%-9s backup: peer %.0f files/s (%.1f s), unchanged re-backup %.1f s, status %.1f s (%d MiB); no restore, no restic (RESTORE_MAX)", n, n / pb, pb, pu, ps, ms }')")
     cleanup
     rm -rf "$net"
     continue
@@ -126,7 +129,7 @@ PY
   cold; r2=$(now); restic --repo "$repo" restore latest --target "$rback" --quiet; r3=$(now)
   diff -r -q "$data" "$rback$data" >/dev/null || { echo "restic's restore of $n files differs" >&2; exit 1; }
   rm -rf "$repo" "$rback"
-  rates+=("$(awk -v n="$n" -v pb="$(secs "$b0" "$b1")" -v pu="$(secs "$b1" "$b2")" -v rb="$(secs "$r0" "$r1")" -v pr="$(secs "$t3" "$t2")" -v rr="$(secs "$r2" "$r3")" \
-    'BEGIN { printf "%-9s backup: peer %.0f files/s (%.1f s), unchanged re-backup %.1f s, restic %.0f files/s (%.1f s); restore: peer %.0f files/s (%.1f s), restic %.0f files/s (%.1f s)", n, n / pb, pb, pu, n / rb, rb, n / pr, pr, n / rr, rr }')")
+  rates+=("$(awk -v n="$n" -v pb="$(secs "$b0" "$b1")" -v pu="$(secs "$b1" "$b2")" -v ps="$(secs "$s0" "$s1")" -v ms="$((rss_status / 1024))" -v rb="$(secs "$r0" "$r1")" -v pr="$(secs "$t3" "$t2")" -v rr="$(secs "$r2" "$r3")" \
+    'BEGIN { printf "%-9s backup: peer %.0f files/s (%.1f s), unchanged re-backup %.1f s, status %.1f s (%d MiB), restic %.0f files/s (%.1f s); restore: peer %.0f files/s (%.1f s), restic %.0f files/s (%.1f s)", n, n / pb, pb, pu, ps, ms, n / rb, rb, n / pr, pr, n / rr, rr }')")
 done
 printf '%s\n' "${rates[@]}"
