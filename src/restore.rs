@@ -555,9 +555,32 @@ pub async fn snapshot_packs(
 
 /// The packs snapshot `sid` needs and how many of its blobs are in no known pack
 /// ([`PackFinder`]), from the local tree cache alone, for code on the store thread
-/// ([`crate::store`]). Errors: a tree not cached here, one that does not decode, or the
-/// state.
+/// ([`crate::store`]). A snapshot's packs change only when an index entry moves to
+/// another pack or leaves the index, so once found with none missing they are recorded
+/// ([`State::set_snapshot_packs`]) and read back until the next such move: `peer status`
+/// (asked every 2 s by the dashboard) then reads one record instead of the whole index
+/// (about 70 s at 10,000,000 blobs). Errors: a tree not cached here, one that does not
+/// decode, or the state.
 pub fn cached_snapshot_packs(
+    state: &State,
+    sid: &SnapshotId,
+    snap: &Snapshot,
+) -> Result<(HashSet<PackId>, u64), TreeError> {
+    if let Some(packs) = state.snapshot_packs(sid)? {
+        return Ok((packs.into_iter().collect(), 0));
+    }
+    let moves = state.index_moves()?;
+    let (packs, missing) = find_cached_snapshot_packs(state, sid, snap)?;
+    if missing == 0
+        && let Err(e) = state.set_snapshot_packs(sid, moves, &packs)
+    {
+        tracing::warn!("cannot record the packs of snapshot {}: {e}", sid.short()); // found again next time
+    }
+    Ok((packs, missing))
+}
+
+/// [`cached_snapshot_packs`] without the record: the trees and the index walked.
+fn find_cached_snapshot_packs(
     state: &State,
     sid: &SnapshotId,
     snap: &Snapshot,
@@ -1619,7 +1642,18 @@ mod tests {
             .await
             .unwrap();
         let data: HashSet<PackId> = packs.keys().filter(|p| !index_ids.contains(*p)).copied().collect();
-        assert_eq!((needed, missing), (data, 0));
+        assert_eq!((needed, missing), (data.clone(), 0));
+        // Asked again, the same packs come from the record the first call left.
+        let again = store
+            .call(|s| {
+                let (sid, snap) = resolve(s, None).map_err(|e| StateError::Corrupt(e.to_string()))?;
+                let recorded = s.snapshot_packs(&sid)?.map(|v| v.into_iter().collect::<HashSet<_>>());
+                let found = cached_snapshot_packs(s, &sid, &snap).map_err(|e| StateError::Corrupt(e.to_string()))?;
+                Ok((recorded, found))
+            })
+            .await
+            .unwrap();
+        assert_eq!(again, (Some(data.clone()), (data, 0)));
 
         // A restore in batches of 3 files: every file, link and time comes back.
         let out = d.path().join("out");

@@ -36,6 +36,12 @@ const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const DEFAULTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("defaulters");
 /// Provider side of claims (protocol.md §4.6): client PeerId bytes → blocks `0..n` it acknowledged.
 const CLAIMS: TableDefinition<&[u8], u64> = TableDefinition::new("claims");
+/// Snapshot id → the packs it needs, found while `settings."index_moves"` had the value
+/// stored with them ([`State::snapshot_packs`]).
+const SNAPSHOT_PACKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshot_packs");
+/// The settings counter bumped whenever an index entry moves to another pack or leaves
+/// the index: what a snapshot's pack list depends on.
+const INDEX_MOVES: &str = "index_moves";
 
 /// Errors of the local state.
 #[derive(Debug, thiserror::Error)]
@@ -580,6 +586,15 @@ fn last_snapshot_seq(t: &redb::Table<&[u8], &[u8]>) -> Result<u64, StateError> {
     Ok(seq)
 }
 
+/// Bumps `settings."index_moves"` in write transaction `tx`: the pack lists kept in
+/// `snapshot_packs` may be stale from then on.
+fn bump_index_moves(tx: &redb::WriteTransaction) -> Result<(), StateError> {
+    let mut t = tx.open_table(SETTINGS)?;
+    let n = t.get(INDEX_MOVES)?.map(|v| v.value()).unwrap_or(0);
+    t.insert(INDEX_MOVES, n + 1)?;
+    Ok(())
+}
+
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     crate::protocol::to_cbor(v)
 }
@@ -637,7 +652,7 @@ impl State {
         tx.open_table(CLAIMS)?;
         tx.open_table(INDEX_PACKS)?;
         tx.open_table(RECORDS)?;
-        for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS, AUDITS, SCHEDULE_RUNS, DEFAULTERS] {
+        for t in [CONTRACTS, PACKS, BLOBS, TREES, SNAPSHOTS, AUDITS, SCHEDULE_RUNS, DEFAULTERS, SNAPSHOT_PACKS] {
             tx.open_table(t)?;
         }
         tx.commit()?;
@@ -799,6 +814,7 @@ impl State {
     /// protocol.md §3.6).
     pub fn commit_pack(&self, id: &PackId, rec: &PackRecord, blobs: &[PackEntry]) -> Result<(), StateError> {
         let tx = self.db.begin_write()?;
+        let mut moved = false;
         {
             tx.open_table(PACKS)?.insert(id.as_bytes().as_slice(), enc(rec).as_slice())?;
             let mut t = tx.open_table(BLOBS)?;
@@ -810,8 +826,13 @@ impl State {
                     length: b.length,
                     raw_length: b.raw_length,
                 };
-                t.insert(b.id.as_bytes().as_slice(), enc(&e).as_slice())?;
+                let old = t.insert(b.id.as_bytes().as_slice(), enc(&e).as_slice())?;
+                moved |=
+                    old.is_some_and(|o| dec::<IndexEntry>("index entry", o.value()).map_or(true, |o| o.pack != *id));
             }
+        }
+        if moved {
+            bump_index_moves(&tx)?;
         }
         tx.commit()?;
         Ok(())
@@ -844,6 +865,7 @@ impl State {
                 blobs.remove(k.as_slice())?;
             }
         }
+        bump_index_moves(&tx)?;
         tx.commit()?;
         Ok(())
     }
@@ -860,6 +882,7 @@ impl State {
     pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<(), StateError> {
         let tx = self.db.begin_write()?;
         tx.open_table(SNAPSHOTS)?.remove(id.as_bytes().as_slice())?;
+        tx.open_table(SNAPSHOT_PACKS)?.remove(id.as_bytes().as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -1084,6 +1107,7 @@ impl State {
                 t.insert(id.as_bytes().as_slice(), enc(&e).as_slice())?;
             }
         }
+        bump_index_moves(&tx)?;
         tx.commit()?;
         Ok(())
     }
@@ -1195,6 +1219,44 @@ impl State {
         Ok(tx.open_table(BLOBS)?.len()?)
     }
 
+    /// The packs snapshot `sid` needs, as recorded by [`State::set_snapshot_packs`], if no
+    /// index entry has moved to another pack or left the index since (`None` otherwise, or
+    /// when none were recorded). Errors: the store, or a damaged record.
+    pub fn snapshot_packs(&self, sid: &SnapshotId) -> Result<Option<Vec<PackId>>, StateError> {
+        let tx = self.db.begin_read()?;
+        let moves = tx.open_table(SETTINGS)?.get(INDEX_MOVES)?.map(|v| v.value()).unwrap_or(0);
+        let Some(v) = tx.open_table(SNAPSHOT_PACKS)?.get(sid.as_bytes().as_slice())? else { return Ok(None) };
+        let bad = || StateError::Corrupt("snapshot packs".into());
+        let (at, ids) = v.value().split_first_chunk::<8>().ok_or_else(bad)?;
+        if u64::from_le_bytes(*at) != moves {
+            return Ok(None);
+        }
+        ids.chunks(32).map(|c| PackId::from_slice(c).ok_or_else(bad)).collect::<Result<_, _>>().map(Some)
+    }
+
+    /// How many times an index entry has moved to another pack or left the index (the
+    /// `settings."index_moves"` counter). Errors: the store.
+    pub fn index_moves(&self) -> Result<u64, StateError> {
+        self.counter(INDEX_MOVES)
+    }
+
+    /// Records the packs snapshot `sid` needs, found from the index when
+    /// [`State::index_moves`] was `moves` (value: `moves`, 8 bytes little-endian, then the
+    /// 32-byte pack ids). Errors: the store.
+    pub fn set_snapshot_packs(&self, sid: &SnapshotId, moves: u64, packs: &HashSet<PackId>) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut v = Vec::with_capacity(8 + 32 * packs.len());
+            v.extend_from_slice(&moves.to_le_bytes());
+            for p in packs {
+                v.extend_from_slice(p.as_bytes());
+            }
+            tx.open_table(SNAPSHOT_PACKS)?.insert(sid.as_bytes().as_slice(), v.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Caches a tree or snapshot document's plaintext.
     pub fn put_tree(&self, id: &BlobId, doc: &[u8]) -> Result<(), StateError> {
         self.put(TREES, id.as_bytes(), doc)
@@ -1245,6 +1307,39 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot's recorded packs are read back until an index entry moves to another
+    /// pack or leaves the index; new blobs do not touch them; forgetting the snapshot
+    /// removes them.
+    #[test]
+    fn snapshot_packs_are_kept_until_an_index_entry_moves() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(&d.path().join("state.redb")).unwrap();
+        let rec = PackRecord::copies(10, vec![], 1);
+        let e =
+            |blob: u8| PackEntry { id: BlobId([blob; 32]), kind: BlobKind::Data, offset: 0, length: 10, raw_length: 8 };
+        let (a, b, c, sid) = (PackId([1; 32]), PackId([2; 32]), PackId([3; 32]), SnapshotId([9; 32]));
+        s.commit_pack(&a, &rec, &[e(1), e(2)]).unwrap();
+        let record = |s: &State| s.set_snapshot_packs(&sid, s.index_moves().unwrap(), &HashSet::from([a])).unwrap();
+        assert_eq!(s.snapshot_packs(&sid).unwrap(), None);
+        record(&s);
+        assert_eq!(s.snapshot_packs(&sid).unwrap(), Some(vec![a]));
+        // New blobs in a new pack, and the same pack recorded again: nothing moved.
+        s.commit_pack(&b, &rec, &[e(3)]).unwrap();
+        s.commit_pack(&a, &rec, &[e(1), e(2)]).unwrap();
+        assert_eq!(s.snapshot_packs(&sid).unwrap(), Some(vec![a]));
+        // Blob 1 stored again in pack c: the record is stale.
+        s.commit_pack(&c, &rec, &[e(1)]).unwrap();
+        assert_eq!(s.snapshot_packs(&sid).unwrap(), None);
+        // Index entries removed with a garbage pack: stale again.
+        record(&s);
+        s.mark_garbage(&HashSet::from([c])).unwrap();
+        assert_eq!(s.snapshot_packs(&sid).unwrap(), None);
+        // A recorded snapshot's packs leave with it.
+        record(&s);
+        s.remove_snapshot(&sid).unwrap();
+        assert_eq!(s.snapshot_packs(&sid).unwrap(), None);
+    }
 
     /// The CBOR map of protocol.md §3.5, built field by field from its table.
     fn wire_map(
