@@ -1069,17 +1069,7 @@ mod tests {
         // A pack checked before its contract existed is remembered as not stored…
         assert!(!walker.pack_ok(&pack).unwrap());
         // …then the contract is made, the pack placed under it and recorded.
-        let signed = crate::identity::Signed { body: vec![], key: [0; 32], sig: vec![] };
-        let mut c = crate::state::ContractRecord::new(
-            crate::protocol::Contract { acceptance: signed, client_sig: vec![] },
-            crate::state::Role::Client,
-            libp2p::PeerId::random(),
-            1 << 30,
-            u64::MAX / 2,
-            vec![],
-        );
-        c.peer = vec![0];
-        state.put_contract(&contract, &c).unwrap();
+        state.put_contract(&contract, &crate::state::ContractRecord::live_for_tests()).unwrap();
         let rec = PackRecord::copies(100, vec![crate::state::Holder { peer: vec![0], contract }], 1);
         let entry = PackEntry { id: blob, kind: BlobKind::Data, offset: 0, length: 50, raw_length: 40 };
         state.commit_pack(&pack, &rec, &[entry]).unwrap();

@@ -1539,20 +1539,6 @@ mod tests {
         }
     }
 
-    fn live_contract() -> crate::state::ContractRecord {
-        let signed = crate::identity::Signed { body: vec![], key: [0; 32], sig: vec![] };
-        let mut rec = crate::state::ContractRecord::new(
-            crate::protocol::Contract { acceptance: signed, client_sig: vec![] },
-            crate::state::Role::Client,
-            libp2p::PeerId::random(),
-            1 << 30,
-            u64::MAX / 2,
-            vec![],
-        );
-        rec.peer = vec![0];
-        rec
-    }
-
     /// `photos/`: 150 distinct files in `a/`, each followed by its twin (more blobs than two
     /// 4 KiB packs hold, so the backup prunes its in-run set between a file and its twin),
     /// `a/b/` with the first name of a hard link whose
@@ -1602,7 +1588,7 @@ mod tests {
         let photos = make_tree(d.path());
         let (store, _thread) = Store::start(State::open(&d.path().join("state.redb")).unwrap()).unwrap();
         let contract = crate::id::ContractId([7; 32]);
-        store.call(move |s| s.put_contract(&contract, &live_contract())).await.unwrap();
+        store.call(move |s| s.put_contract(&contract, &crate::state::ContractRecord::live_for_tests())).await.unwrap();
         let id = Identity::generate();
         let memory = Arc::new(Memory { contract, packs: Mutex::new(HashMap::new()), fetches: AtomicUsize::new(0) });
         let opts = crate::backup::BackupOptions {

@@ -282,6 +282,23 @@ impl TryFrom<ContractRecordWire> for ContractRecord {
 }
 
 impl ContractRecord {
+    /// For tests: a live client contract (1 GiB, ending far in the future) with peer
+    /// bytes `[0]` and an empty, unsigned acceptance.
+    #[cfg(test)]
+    pub(crate) fn live_for_tests() -> ContractRecord {
+        let signed = crate::identity::Signed { body: vec![], key: [0; 32], sig: vec![] };
+        let mut rec = ContractRecord::new(
+            crate::protocol::Contract { acceptance: signed, client_sig: vec![] },
+            Role::Client,
+            libp2p::PeerId::random(),
+            1 << 30,
+            u64::MAX / 2,
+            vec![],
+        );
+        rec.peer = vec![0];
+        rec
+    }
+
     /// A contract just made: nothing used, live, never renewed. `peer` is the other
     /// side, `addrs` its listen addresses as it announced them.
     pub fn new(
