@@ -1237,18 +1237,19 @@ impl State {
     }
 
     /// The packs snapshot `sid` needs, as recorded by [`State::set_snapshot_packs`], if no
-    /// index entry has moved to another pack or left the index since (`None` otherwise, or
-    /// when none were recorded). Errors: the store, or a damaged record.
+    /// index entry has moved to another pack or left the index since (`None` otherwise,
+    /// when none were recorded, or when the record has not the recorded shape: it is only
+    /// a cache, found again). Errors: the store.
     pub fn snapshot_packs(&self, sid: &SnapshotId) -> Result<Option<Vec<PackId>>, StateError> {
         let tx = self.db.begin_read()?;
         let moves = tx.open_table(SETTINGS)?.get(INDEX_MOVES)?.map(|v| v.value()).unwrap_or(0);
         let Some(v) = tx.open_table(SNAPSHOT_PACKS)?.get(sid.as_bytes().as_slice())? else { return Ok(None) };
-        let bad = || StateError::Corrupt("snapshot packs".into());
-        let (at, ids) = v.value().split_first_chunk::<8>().ok_or_else(bad)?;
-        if u64::from_le_bytes(*at) != moves {
-            return Ok(None);
+        match v.value().split_first_chunk::<8>() {
+            Some((at, ids)) if u64::from_le_bytes(*at) == moves && ids.len() % 32 == 0 => {
+                Ok(ids.chunks(32).map(PackId::from_slice).collect())
+            }
+            _ => Ok(None),
         }
-        ids.chunks(32).map(|c| PackId::from_slice(c).ok_or_else(bad)).collect::<Result<_, _>>().map(Some)
     }
 
     /// How many times an index entry has moved to another pack or left the index (the
@@ -1351,6 +1352,11 @@ mod tests {
         // Index entries removed with a garbage pack: stale again.
         record(&s);
         s.mark_garbage(&HashSet::from([c])).unwrap();
+        assert_eq!(s.snapshot_packs(&sid).unwrap(), None);
+        // A record of the wrong shape is no record: found again, never an error.
+        let tx = s.db.begin_write().unwrap();
+        tx.open_table(SNAPSHOT_PACKS).unwrap().insert(sid.as_bytes().as_slice(), [1u8; 13].as_slice()).unwrap();
+        tx.commit().unwrap();
         assert_eq!(s.snapshot_packs(&sid).unwrap(), None);
         // A recorded snapshot's packs leave with it.
         record(&s);
