@@ -166,19 +166,12 @@ impl<K: std::hash::Hash + Eq + Clone> HolderSlots<K> {
 pub const HEDGE_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Fetches an object kept by each of `holders` with `fetch`, from the holder
-/// [`HolderSlots::acquire`] gives, failing over to the next until one answers; returns the
-/// first answer, or every holder's error (empty when there was no holder).
-///
-/// A hedged request (Dean and Barroso, "The Tail at Scale", CACM 56(2), 2013): when the
-/// holder asked was not `ready` (not connected when the fetch began: a dial is needed,
-/// which waits out a timeout if the holder went away) and has not answered within
-/// `hedge_after`, the next holder with a free slot is asked as well, and whichever answers
-/// first wins; the other fetch is dropped, and its slot with it. A holder that was
-/// connected is not hedged: its answer may take as long as its uplink needs, and if it
-/// stops answering its connection is closed by ping (protocol.md §1.10).
+/// [`HolderSlots::acquire`] gives, failing over to the next until one answers, and hedged
+/// as [`fetch_some`] says; returns the first answer, or every holder's error (empty when
+/// there was no holder).
 pub async fn fetch_hedged<K, T, E, Fut>(
     slots: &HolderSlots<K>,
-    mut left: Vec<K>,
+    holders: Vec<K>,
     ready: impl Fn(&K) -> bool,
     hedge_after: std::time::Duration,
     fetch: impl Fn(K) -> Fut,
@@ -187,51 +180,125 @@ where
     K: std::hash::Hash + Eq + Clone,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut errors = Vec::new();
+    let items = holders.into_iter().map(|k| ((), k)).collect();
+    let (got, errors) = fetch_some(slots, items, 1, ready, hedge_after, |(), k| fetch(k)).await;
+    got.into_iter().next().map(|((), v)| v).ok_or(errors)
+}
+
+/// Fetches `want` of `items` at once, each `(what, holder)` an object `what` kept by
+/// `holder` (the copies of one pack: `want` = 1; the shards of an erasure-coded pack:
+/// `want` = K, protocol.md §3.7), preferring the earlier of equally good items; returns
+/// the answers (`want` of them unless too many failed) and the errors of the fetches that
+/// failed.
+///
+/// Each fetch takes a slot of its holder ([`HolderSlots::try_acquire`]: the least busy
+/// holder that has not failed, one connected now first); while fewer than `want` fetches
+/// run or have answered it waits for the first slot any remaining holder frees. A fetch
+/// that fails is replaced by the next item at once.
+///
+/// A hedged request (Dean and Barroso, "The Tail at Scale", CACM 56(2), 2013): when a
+/// fetch's holder was not `ready` (not connected when the fetch began: a dial is needed,
+/// which waits out a timeout if the holder went away) and it has not answered within
+/// `hedge_after`, one more item is fetched from a holder with a free slot (tried again
+/// every `hedge_after` while none is free), and the first `want` answers win; the
+/// fetches still running then are dropped, and their slots with them. A holder that was
+/// connected is not hedged: its answer may take as long as its uplink needs, and if it
+/// stops answering its connection is closed by ping (protocol.md §1.10).
+pub async fn fetch_some<I, K, T, E, Fut>(
+    slots: &HolderSlots<K>,
+    mut left: Vec<(I, K)>,
+    want: usize,
+    ready: impl Fn(&K) -> bool,
+    hedge_after: std::time::Duration,
+    fetch: impl Fn(I, K) -> Fut,
+) -> (Vec<(I, T)>, Vec<E>)
+where
+    I: Clone,
+    K: std::hash::Hash + Eq + Clone,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let (mut got, mut errors) = (Vec::new(), Vec::new());
     let mut running = futures::stream::FuturesUnordered::new();
-    let start = |k: K, permit: tokio::sync::OwnedSemaphorePermit| {
-        let f = fetch(k.clone());
+    // Fetches from holders that were not ready, by the time they may be hedged (in the
+    // order they started, so in time order), and the ones of them still running.
+    let mut watch: std::collections::VecDeque<(tokio::time::Instant, u64)> = Default::default();
+    let mut live: HashSet<u64> = HashSet::new();
+    let mut seq = 0u64;
+    let begin = |what: I, k: K, n: u64, permit: tokio::sync::OwnedSemaphorePermit| {
+        let f = fetch(what.clone(), k.clone());
         async move {
             let r = f.await;
             drop(permit);
-            (k, r)
+            (n, what, k, r)
         }
     };
-    let hedge = tokio::time::sleep(hedge_after);
-    tokio::pin!(hedge);
-    // Whether the holder asked last may be hedged when `hedge` fires.
-    let mut armed = false;
+    // Starts the first remaining item kept by holder `$k`, in the slot `$permit`.
+    macro_rules! start {
+        ($k:expr, $permit:expr) => {
+            let k = $k;
+            if let Some(at) = left.iter().position(|(_, h)| *h == k) {
+                let (what, k) = left.remove(at);
+                seq += 1;
+                if !ready(&k) {
+                    watch.push_back((tokio::time::Instant::now() + hedge_after, seq));
+                    live.insert(seq);
+                }
+                running.push(begin(what, k, seq, $permit));
+            }
+        };
+    }
     loop {
-        if running.is_empty() {
-            let Some((k, permit)) = slots.acquire(&left, &ready).await else { break };
-            left.retain(|h| *h != k);
-            armed = !ready(&k) && !left.is_empty();
-            hedge.as_mut().reset(tokio::time::Instant::now() + hedge_after);
-            running.push(start(k, permit));
+        if got.len() >= want {
+            break;
         }
-        tokio::select! {
-            Some((k, r)) = running.next() => match r {
-                Ok(v) => {
-                    slots.served(&k);
-                    return Ok(v);
-                }
-                Err(e) => {
-                    slots.failed(&k);
-                    errors.push(e);
-                }
-            },
-            () = &mut hedge, if armed => {
-                // Only a free slot: a hedge never waits while a fetch runs.
-                hedge.as_mut().reset(tokio::time::Instant::now() + hedge_after);
-                if let Some((k, permit)) = slots.try_acquire(&left, &ready) {
-                    left.retain(|h| *h != k);
-                    armed = !ready(&k) && !left.is_empty();
-                    running.push(start(k, permit));
-                }
+        let holders: Vec<K> = left.iter().map(|(_, k)| k.clone()).collect();
+        if got.len() + running.len() < want {
+            if let Some((k, permit)) = slots.try_acquire(&holders, &ready) {
+                start!(k, permit);
+                continue;
+            }
+            if running.is_empty() {
+                // Nothing runs: wait for a slot, or stop when no item is left.
+                let Some((k, permit)) = slots.acquire(&holders, &ready).await else { break };
+                start!(k, permit);
+                continue;
             }
         }
+        while watch.front().is_some_and(|(_, n)| !live.contains(n)) {
+            watch.pop_front();
+        }
+        let hedge_at = watch.front().map(|(t, _)| *t).filter(|_| !left.is_empty());
+        let short = got.len() + running.len() < want && !left.is_empty();
+        tokio::select! {
+            Some((n, what, k, r)) = running.next() => {
+                live.remove(&n);
+                match r {
+                    Ok(v) => {
+                        slots.served(&k);
+                        got.push((what, v));
+                    }
+                    Err(e) => {
+                        slots.failed(&k);
+                        errors.push(e);
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(hedge_at.unwrap_or_else(tokio::time::Instant::now)), if hedge_at.is_some() => {
+                // Only a free slot: a hedge never waits while fetches run.
+                if let Some((_, n)) = watch.pop_front() {
+                    match slots.try_acquire(&holders, &ready) {
+                        Some((k, permit)) => {
+                            live.remove(&n);
+                            start!(k, permit);
+                        }
+                        None => watch.push_back((tokio::time::Instant::now() + hedge_after, n)),
+                    }
+                }
+            }
+            Some((k, permit)) = slots.acquire(&holders, &ready), if short => { start!(k, permit); }
+        }
     }
-    Err(errors)
+    (got, errors)
 }
 
 /// Errors that stop a restore before it starts writing.
@@ -1505,6 +1572,51 @@ mod tests {
         let got: Result<&str, Vec<String>> =
             fetch_hedged(&slots, vec![], |_| true, HEDGE_AFTER, |h| fake_fetch(&calls, t0, h)).await;
         assert_eq!(got, Err(vec![]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn k_shards_are_fetched_at_once_and_a_failed_or_silent_one_is_replaced() {
+        let slots = HolderSlots::new(2);
+        let shards = |hs: &[&'static str]| hs.iter().copied().enumerate().collect::<Vec<_>>();
+        // Two of three shards, all connected: both asked at once, the third not at all.
+        let (calls, t0) = (Calls::default(), tokio::time::Instant::now());
+        let (got, errors): (_, Vec<String>) =
+            fetch_some(&slots, shards(&["a", "b", "c"]), 2, |_| true, HEDGE_AFTER, |_, h| fake_fetch(&calls, t0, h))
+                .await;
+        assert_eq!(got, vec![(0, "a"), (1, "b")]);
+        assert!(errors.is_empty());
+        assert_eq!(*calls.lock().unwrap(), vec![("a", 0), ("b", 0)]);
+        assert_eq!(t0.elapsed().as_secs(), 1);
+        // A shard whose holder fails is replaced by the next at once.
+        let (calls, t0) = (Calls::default(), tokio::time::Instant::now());
+        let (mut got, errors): (Vec<_>, Vec<String>) =
+            fetch_some(&slots, shards(&["bad", "a", "b"]), 2, |_| true, HEDGE_AFTER, |_, h| fake_fetch(&calls, t0, h))
+                .await;
+        got.sort();
+        assert_eq!(got, vec![(1, "a"), (2, "b")]);
+        assert_eq!(errors, vec!["bad".to_string()]);
+        assert_eq!(*calls.lock().unwrap(), vec![("bad", 0), ("a", 0), ("b", 0)]);
+        // A holder not connected that stays silent is hedged with the next shard.
+        let (calls, t0) = (Calls::default(), tokio::time::Instant::now());
+        let (mut got, _): (Vec<_>, Vec<String>) = fetch_some(
+            &slots,
+            shards(&["gone", "a", "b"]),
+            2,
+            |_| false,
+            HEDGE_AFTER,
+            |_, h| fake_fetch(&calls, t0, h),
+        )
+        .await;
+        got.sort();
+        assert_eq!(got, vec![(1, "a"), (2, "b")]);
+        assert_eq!(*calls.lock().unwrap(), vec![("gone", 0), ("a", 0), ("b", HEDGE_AFTER.as_secs())]);
+        assert_eq!(t0.elapsed().as_secs(), HEDGE_AFTER.as_secs() + 1);
+        assert_eq!(slots.of(&"gone").available_permits(), 2);
+        // Too few answer: the answers and every error come back.
+        let (calls, t0) = (Calls::default(), tokio::time::Instant::now());
+        let (got, errors): (_, Vec<String>) =
+            fetch_some(&slots, shards(&["bad", "a"]), 2, |_| true, HEDGE_AFTER, |_, h| fake_fetch(&calls, t0, h)).await;
+        assert_eq!((got, errors), (vec![(1, "a")], vec!["bad".to_string()]));
     }
 
     /// Packs kept in memory: placed by a backup under one live contract, fetched (and

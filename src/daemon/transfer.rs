@@ -13,7 +13,7 @@ use crate::provider::StoreError;
 use crate::repo::erasure::Scheme;
 use crate::repo::merkle;
 use crate::repo::pack::{MAX_PACK_SIZE, SealedPack};
-use crate::restore::{FETCHES_PER_HOLDER, HEDGE_AFTER, HolderSlots, PackSource, fetch_hedged};
+use crate::restore::{FETCHES_PER_HOLDER, HEDGE_AFTER, HolderSlots, PackSource, fetch_hedged, fetch_some};
 use crate::state::{Holder, PackRecord, Placement, Role, Shard};
 use crate::transfer::{HolderError, TransferError};
 use backon::Retryable;
@@ -647,11 +647,9 @@ impl NetSource {
             Placement::Erasure { scheme, shards } => (scheme, shards),
             Placement::Copies { holders, .. } => return self.fetch_copy(pack, &holders).await,
         };
-        // Any K shards, each checked against its id, then the pack against its own.
-        let mut shard_errors = Vec::new();
-        let mut got: Vec<Option<Vec<u8>>> = vec![None; s.n()];
-        let mut have = 0;
-        // Shards at holders connected now first, at holders that failed in this restore last.
+        // Any K shards at once, each checked against its id, then the pack against its
+        // own; shards at holders connected now first, at holders that failed in this
+        // restore last, and among equals data shards before parity shards.
         let mut order: Vec<(usize, PeerId)> = shards
             .iter()
             .enumerate()
@@ -660,26 +658,19 @@ impl NetSource {
         let ready: HashSet<PeerId> =
             self.inner.net.sendable(order.iter().map(|(_, p)| *p).collect()).await.into_iter().collect();
         order.sort_by_key(|(i, p)| (self.slots.has_failed(p), !ready.contains(p), *i));
-        for (i, peer) in order {
-            if have == usize::from(s.k) {
-                break;
-            }
-            let sh = &shards[i];
-            let Some((peer, _slot)) = self.slots.acquire(&[peer], |_| true).await else { continue };
-            match self.fetch_from(peer, sh.id).await {
-                Ok(b) => {
-                    self.slots.served(&peer);
-                    got[i] = Some(b.to_vec()); // decoding copies the shards anyway
-                    have += 1;
-                }
-                Err(e) => {
-                    self.slots.failed(&peer);
-                    shard_errors.push((i, e));
-                }
-            }
+        let fetch = |i: usize, peer: PeerId| {
+            let id = shards[i].id;
+            async move { self.fetch_from(peer, id).await.map_err(|e| (i, e)) }
+        };
+        let k = usize::from(s.k);
+        let (fetched, shard_errors) =
+            fetch_some(&self.slots, order, k, |p| ready.contains(p), HEDGE_AFTER, fetch).await;
+        if fetched.len() < k {
+            return Err(TransferError::TooFewShards { have: fetched.len(), k: s.k, errors: shard_errors });
         }
-        if have < usize::from(s.k) {
-            return Err(TransferError::TooFewShards { have, k: s.k, errors: shard_errors });
+        let mut got: Vec<Option<Vec<u8>>> = vec![None; s.n()];
+        for (i, b) in fetched {
+            got[i] = Some(b.to_vec()); // decoding copies the shards anyway
         }
         let len = rec.size as usize;
         tokio::task::spawn_blocking(move || {
