@@ -173,8 +173,10 @@ impl Inner {
     }
 
     /// The packs the snapshots need, with the index packs that list them, and how many
-    /// snapshots there are. Tree documents
-    /// not cached locally are fetched from their holders.
+    /// snapshots there are: a snapshot's recorded packs while no index entry has moved
+    /// since they were found ([`crate::state::State::snapshot_packs`]), else its trees
+    /// walked and its blobs looked up ([`restore::PackFinder`]); tree documents not
+    /// cached locally are fetched from their holders.
     /// Errors: the state failed (`Local`), a tree could not be read or a blob is in no
     /// known pack (`Unavailable`).
     async fn needed_packs(self: &Arc<Self>) -> Result<(HashSet<PackId>, u64), Failure> {
@@ -182,6 +184,11 @@ impl Inner {
         let snaps = self.db(|s| s.snapshots()).await?;
         let mut finder = restore::PackFinder::default();
         for (sid, snap) in &snaps {
+            let id = *sid;
+            if let Some(recorded) = self.db(move |s| s.snapshot_packs(&id)).await? {
+                finder.packs.extend(recorded);
+                continue;
+            }
             restore::snapshot_packs(&self.id, &self.state, &source, sid, snap, &mut finder).await.map_err(|e| {
                 let f = Failure::from(e);
                 Failure::new(f.kind, format!("cannot read the trees of snapshot {}: {}", sid.short(), f.message))
