@@ -8,7 +8,8 @@
 # client daemon, for the first backup and for the restore. Every timed phase of both tools
 # starts after `sync`, so that no phase pays for the writeback of the one before (the
 # peer backup writes three copies, 2 GB, to this one disk; restic's, one). Needs: cargo,
-# restic (apt-get install restic).
+# restic (apt-get install restic). PEER_EXE: another build to time (say, the one before a
+# change); else this tree's release build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/peer-bench}
@@ -16,8 +17,12 @@ copies=3
 peers=5
 
 command -v restic >/dev/null || { echo "restic missing: apt-get install -y restic" >&2; exit 1; }
-(cd "$here" && cargo build --release --quiet)
-peer="$here/target/release/peer"
+if [ -n "${PEER_EXE:-}" ]; then
+  peer=$PEER_EXE
+else
+  (cd "$here" && cargo build --release --quiet)
+  peer="$here/target/release/peer"
+fi
 source "$here/bench/lib.sh"
 
 mkdir -p "$work"

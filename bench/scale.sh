@@ -4,6 +4,7 @@
 #   bash bench/scale.sh WORK            # COUNT=50 SETTLE=120 WINDOW=300 by default
 #   TARGET=1000 bash bench/scale.sh WORK   # network.target_peers = 1000: nothing trimmed
 #   SHARD=8 bash bench/scale.sh WORK       # network.shard_peers = 8: several proposal shards
+#   PEER_EXE=/path/peer bash bench/scale.sh WORK   # another build (say, the one before a change)
 #
 # Starts COUNT daemons (p0 is everyone's bootstrap, each offers 1GB, dashboards on
 # 17740 + i), lets the network settle for SETTLE seconds, then reads every daemon's
@@ -22,8 +23,12 @@ window=${WINDOW:-300}
 target=${TARGET:-}
 shard=${SHARD:-}
 cd "$(dirname "$0")/.."
-cargo build --release -q
-peer=$PWD/target/release/peer
+if [ -n "${PEER_EXE:-}" ]; then
+  peer=$PEER_EXE
+else
+  cargo build --release -q
+  peer=$PWD/target/release/peer
+fi
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 pids=()
