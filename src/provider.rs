@@ -7,6 +7,13 @@
 //! as a pack id) and is removed at the next start. Quotas (a contract's bytes) are the
 //! caller's business; this module only counts bytes per client.
 //!
+//! Packs are cold data: written once, read again only for an audit or a restore. After a
+//! pack is fsynced, and after it is read, its pages are dropped from the page cache
+//! (`posix_fadvise(POSIX_FADV_DONTNEED)`, as borg does for its segment files), so that
+//! storing 50 GB for others does not evict the owner's own working set, and a busy
+//! provider keeps recycling the same few pages instead of growing its cache by every pack
+//! it receives.
+//!
 //! Retention locks (protocol.md §5.9) live in `home/store/<client>/LOCKS` (CBOR
 //! [`Locks`], replaced atomically): a locked pack is never deleted before its lock ends,
 //! and a locked head is kept as `HEAD.<seq>` when a newer one replaces it, whatever a
@@ -103,8 +110,32 @@ pub struct PackStore {
     reserve: u64,
 }
 
+/// Tells the kernel that the file's cached pages will not be needed soon
+/// (`posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`, POSIX.1-2008), so clean pages go back
+/// to the free pool at once. Advice only: a failure changes nothing but the cache and is
+/// ignored; a no-op where the call does not exist.
+fn drop_cached(f: &std::fs::File) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    let _ = nix::fcntl::posix_fadvise(f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    let _ = f;
+}
+
+/// Reads a whole file and drops its pages from the cache ([`drop_cached`]): for packs,
+/// which are read once per audit or restore.
+fn read_uncached(p: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p)?;
+    let mut out = Vec::with_capacity(f.metadata().map(|m| m.len() as usize).unwrap_or(0));
+    f.read_to_end(&mut out)?;
+    drop_cached(&f);
+    Ok(out)
+}
+
 /// First half of an atomic write: `data` in a fresh temporary file `.tmp-…` next to
-/// `dest`, fsynced. Returns its path; [`commit_tmp`] finishes. Blocking.
+/// `dest`, fsynced, its pages then dropped from the page cache (the files written this way
+/// are packs, heads, claims and configuration: written once, read seldom). Returns its
+/// path; [`commit_tmp`] finishes. Blocking.
 pub fn write_tmp(dest: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
     let dir = dest.parent().ok_or_else(|| std::io::Error::other("no parent directory"))?;
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -112,7 +143,9 @@ pub fn write_tmp(dest: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()
+        f.sync_all()?;
+        drop_cached(&f);
+        Ok(())
     };
     write().inspect_err(|_| {
         discard(&tmp);
@@ -428,7 +461,7 @@ impl PackStore {
     /// Reads a pack held for `client`; `Ok(None)` when not held. Blocking.
     pub fn get(&self, client: &PeerId, pack: &PackId) -> Result<Option<Vec<u8>>, StoreError> {
         let p = self.path(client, pack);
-        match std::fs::read(&p) {
+        match read_uncached(&p) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io { path: p.display().to_string(), source: e }),
@@ -439,6 +472,38 @@ impl PackStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Resident bytes of `path` in the page cache, by util-linux's `fincore`.
+    #[cfg(target_os = "linux")]
+    fn resident(path: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(path)
+            .output()
+            .expect("fincore (util-linux) runs");
+        assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("fincore prints a byte count")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_stored_or_served_pack_leaves_no_pages_in_the_cache() {
+        // In the build directory: a tmpfs /tmp would keep every page whatever the advice.
+        let d = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let s = PackStore::open(d.path(), 0).unwrap();
+        let client = PeerId::random();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let id = merkle::root(&data);
+        s.put(&client, &id, &data).unwrap();
+        let path = s.path(&client, &id);
+        assert_eq!(resident(&path), 0, "a stored pack's pages were left in the cache");
+        // an ordinary read caches the pages (so the measure can see them) ...
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert!(resident(&path) > 0);
+        // ... and serving the pack drops them again
+        assert_eq!(s.get(&client, &id).unwrap().unwrap(), data);
+        assert_eq!(resident(&path), 0, "a served pack's pages were left in the cache");
+    }
 
     #[test]
     fn put_verifies_is_atomic_and_counts() {
