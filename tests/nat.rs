@@ -482,13 +482,24 @@ fn a_renumbered_router_is_found_again() {
         !connections(s, &p2).iter().any(|c| c["addr"].as_str().unwrap_or_default().contains("203.0.113.21"))
     });
     step("the client's connection to the old address is closed");
-    // Audits reach it again: at first perhaps only through the relay (a hole punch can fail
-    // while the sockets of the connection to its old address linger; punches are tried
-    // again every 30 s while data waits), or not at all for a while (the relay may still
-    // hold its dead connection to the old address and fail the circuit until its ping
-    // closes it), then directly. Alone on a 2-core machine the direct connection came
-    // 110 s after the first check (the whole test: 172 s); in a full test run the whole
-    // test has taken up to 370 s.
+    // Audits reach it again: at first perhaps only through the relay, or not at all for a
+    // while (the relay may still hold its dead connection to the old address and fail the
+    // circuit until its ping closes it), then directly. What the sockets and the routers'
+    // connection tracking showed in runs of this test alone (`ss -tan` in each host,
+    // `conntrack -L` in each router, every 4 s): the provider's kernel keeps retransmitting
+    // on the dead connection (its port 4001 to the client's router's port 4001), in
+    // FIN-WAIT-1 once its ping closed it, for 55 to 100 s after the renumbering; those
+    // packets, now sent from the new address, make the provider's router track that very
+    // pair of ports as an established connection (mid-stream, 300 s unless it ends). Until
+    // that socket is gone, the provider's punch cannot leave from its listen port, and the
+    // punches fail. The failure is reported only to the provider, which leads the punch;
+    // the client sees silence, and its data requests retry only after a reported failure,
+    // so the next punch came with the next relayed connection made for another reason
+    // (a contract partner kept connected), and succeeded at once: the direct connection
+    // came 158 to 161 s after the renumbering, the whole test took 172 s (up to 370 s in a
+    // full test run). Retrying a silent punch every 45 s for data requests made it slower
+    // (202 and 337 s): a punch tried while the stale entry exists left both routers
+    // tracking a half-open simultaneous open in which the answers were dropped.
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         match lab.run(1, &["check"]) {
