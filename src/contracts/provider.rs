@@ -139,6 +139,12 @@ impl Reservations {
     pub fn release(&mut self, client: &PeerId) {
         self.by_client.remove(client);
     }
+
+    /// True while an acceptance to `client` is in flight (between steps 3 and 7): a
+    /// `Store` under a contract not recorded yet may be waiting for step 5.
+    pub fn pending(&self, client: &PeerId) -> bool {
+        self.by_client.contains_key(client)
+    }
 }
 
 #[cfg(test)]

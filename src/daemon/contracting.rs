@@ -119,6 +119,7 @@ impl Inner {
             Err(e) => tracing::debug!("acceptance to {} failed: {e}", vp.client),
         }
         self.reserved.lock().unwrap_or_else(|p| p.into_inner()).release(&vp.client);
+        self.released.notify_waiters();
     }
 
     /// What we grant `vp` out of `offered` (protocol.md §4.4), reserved until the client
@@ -161,6 +162,7 @@ impl Inner {
         match self.db(move |s| s.put_contract(&id, &rec)).await {
             Ok(()) => {
                 tracing::info!("contract {} as provider for {} ({} bytes)", t.id.short(), vp.client, t.bytes);
+                self.released.notify_waiters();
                 self.publish_head().await;
             }
             Err(e) => tracing::error!("cannot persist contract: {e}"),

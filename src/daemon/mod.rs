@@ -80,6 +80,10 @@ struct Inner {
     sessions: Mutex<HashMap<ProposalId, Arc<contracting::Session>>>,
     /// Provider side: bytes promised in acceptances not yet countersigned, per client.
     reserved: Mutex<crate::contracts::Reservations>,
+    /// Provider side: woken each time a provider contract is recorded and each time a
+    /// reservation is released, for a `Store` that arrived before its contract was
+    /// recorded (protocol.md §4.3.2).
+    released: tokio::sync::Notify,
     /// Provider side: bytes of stores being written, per client.
     inflight: Mutex<HashMap<PeerId, u64>>,
     inbound: Arc<Semaphore>,
@@ -145,6 +149,7 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         net: net.clone(),
         sessions: Mutex::new(HashMap::new()),
         reserved: Mutex::new(Default::default()),
+        released: tokio::sync::Notify::new(),
         inflight: Mutex::new(HashMap::new()),
         inbound: Arc::new(Semaphore::new(INBOUND_DATA_LIMIT)),
         proposals: Arc::new(Semaphore::new(PROPOSALS_AT_ONCE)),

@@ -27,6 +27,31 @@ pub const BUSY_RETRIES: u32 = 5;
 
 /// The pauses between tries of a store or a fetch that a provider answered `Busy`
 /// (protocol.md §5.3): 250 ms, doubling, [`BUSY_RETRIES`] tries in all.
+/// The record `lookup` finds, waiting while `pending` says it may still come: each time
+/// `woken` is notified the lookup is tried again, until it finds the record, `pending` turns
+/// false, or `limit` passes. For a `Store` that arrived before its contract was recorded
+/// (protocol.md §4.3.2: the client stores as soon as it has countersigned).
+async fn await_record<T>(
+    lookup: impl Fn() -> Option<T>,
+    pending: impl Fn() -> bool,
+    woken: &tokio::sync::Notify,
+    limit: Duration,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        // Registered before the checks, so a notification between them is not lost.
+        let notified = woken.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(t) = lookup() {
+            return Some(t);
+        }
+        if !pending() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return lookup();
+        }
+    }
+}
+
 fn busy_backoff() -> backon::ExponentialBuilder {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
@@ -160,7 +185,10 @@ impl Inner {
         if data.len() > MAX_PACK_SIZE {
             return err(DataErrorCode::BadPack, format!("pack over {MAX_PACK_SIZE} bytes"));
         }
-        let Some(c) = self.state.contract(&contract) else {
+        let lookup = || self.state.contract(&contract);
+        let pending = || self.reserved.lock().unwrap_or_else(|p| p.into_inner()).pending(&peer);
+        let limit = Duration::from_secs(crate::net::CONTRACT_TIMEOUT_SECS);
+        let Some(c) = await_record(lookup, pending, &self.released, limit).await else {
             return err(DataErrorCode::NoContract, format!("no contract {contract}"));
         };
         if c.role != Role::Provider || c.peer_id() != Some(peer) || !c.is_live(now()) {
@@ -679,5 +707,42 @@ impl NetSource {
         })
         .await
         .map_err(|e| TransferError::Local(format!("erasure decoding stopped: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_waits_for_a_contract_being_recorded_and_no_longer() {
+        let woken = Arc::new(tokio::sync::Notify::new());
+        let limit = Duration::from_secs(20);
+        // Nothing in flight: the answer comes at once.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(await_record(|| None::<u32>, || false, &woken, limit).await, None);
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        // Recorded while the store waits: found when the reservation is released.
+        let recorded = Arc::new(AtomicBool::new(false));
+        let lookups = Arc::new(AtomicU32::new(0));
+        let (r, w) = (recorded.clone(), woken.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            r.store(true, Ordering::SeqCst);
+            w.notify_waiters();
+        });
+        let lookup = || {
+            lookups.fetch_add(1, Ordering::SeqCst);
+            recorded.load(Ordering::SeqCst).then_some(7u32)
+        };
+        let pending = || !recorded.load(Ordering::SeqCst);
+        assert_eq!(await_record(lookup, pending, &woken, limit).await, Some(7));
+        assert_eq!(t0.elapsed(), Duration::from_secs(2), "answered when recorded, not by polling");
+        assert_eq!(lookups.load(Ordering::SeqCst), 2);
+        // An acceptance never answered: NoContract after the limit.
+        let t1 = tokio::time::Instant::now();
+        assert_eq!(await_record(|| None::<u32>, || true, &woken, limit).await, None);
+        assert_eq!(t1.elapsed(), limit);
     }
 }
