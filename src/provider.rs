@@ -489,7 +489,9 @@ mod tests {
     #[test]
     fn a_stored_or_served_pack_leaves_no_pages_in_the_cache() {
         // In the build directory: a tmpfs /tmp would keep every page whatever the advice.
-        let d = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let build = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
+        std::fs::create_dir_all(build).unwrap();
+        let d = tempfile::tempdir_in(build).unwrap();
         let s = PackStore::open(d.path(), 0).unwrap();
         let client = PeerId::random();
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();

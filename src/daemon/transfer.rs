@@ -25,8 +25,6 @@ use std::time::Duration;
 /// Tries of one store or fetch at a busy provider before giving up on it.
 pub const BUSY_RETRIES: u32 = 5;
 
-/// The pauses between tries of a store or a fetch that a provider answered `Busy`
-/// (protocol.md §5.3): 250 ms, doubling, [`BUSY_RETRIES`] tries in all.
 /// The record `lookup` finds, waiting while `pending` says it may still come: each time
 /// `woken` is notified the lookup is tried again, until it finds the record, `pending` turns
 /// false, or `limit` passes. For a `Store` that arrived before its contract was recorded
@@ -52,6 +50,8 @@ async fn await_record<T>(
     }
 }
 
+/// The pauses between tries of a store or a fetch that a provider answered `Busy`
+/// (protocol.md §5.3): 250 ms, doubling, [`BUSY_RETRIES`] tries in all.
 fn busy_backoff() -> backon::ExponentialBuilder {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
