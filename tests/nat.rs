@@ -499,7 +499,9 @@ fn a_renumbered_router_is_found_again() {
     // came 158 to 161 s after the renumbering, the whole test took 172 s (up to 370 s in a
     // full test run). Retrying a silent punch every 45 s for data requests made it slower
     // (202 and 337 s): a punch tried while the stale entry exists left both routers
-    // tracking a half-open simultaneous open in which the answers were dropped.
+    // tracking a half-open simultaneous open in which the answers were dropped. (Those
+    // runs were before TCP connections were closed with SO_LINGER 0, a reset that leaves
+    // no socket behind.)
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         match lab.run(1, &["check"]) {

@@ -568,7 +568,15 @@ fn build_transport(
     limits: &throttle::Limits,
 ) -> Result<(BoxedTransport, relay::client::Behaviour), Box<dyn std::error::Error + Send + Sync>> {
     let (l1, l2) = (limits.clone(), limits.clone());
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+    // SO_LINGER 0 (set on the listening socket, inherited by the accepted ones): closing a
+    // TCP connection resets it and frees its pair of ports at once, instead of leaving an
+    // orphan socket retransmitting its FIN for minutes, or in TIME-WAIT. A hole punch must
+    // leave from the listen port, often towards the very address and port of a connection
+    // that just died (a home router renumbered), so that pair must be free (protocol.md
+    // §1.10). A connection is closed when idle, dead, trimmed or replaced, and in none of
+    // these cases does a byte still unsent matter. go-libp2p's TCP transport sets linger 0
+    // for the same reason.
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true).linger(Some(Duration::ZERO)))
         .upgrade(upgrade::Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())
