@@ -1022,13 +1022,54 @@ fn prepare(target: Option<&Path>, mut plan: Plan) -> Result<Plan, RestoreError> 
         }
         remove_stale_temporaries(d);
     }
-    for f in plan.files.iter_mut().filter(|f| f.failed.is_none()) {
+    let made = on_threads(&plan.files, |f| {
+        if f.failed.is_some() {
+            return None;
+        }
         let tmp = f.tmp();
-        if let Err(e) = std::fs::File::create(&tmp).and_then(|h| h.set_len(f.node.size)) {
-            f.failed = Some(format!("cannot write in {}: {e}", tmp.parent().unwrap_or(Path::new("/")).display()));
+        let made = std::fs::File::create(&tmp).and_then(|h| h.set_len(f.node.size));
+        made.err().map(|e| format!("cannot write in {}: {e}", tmp.parent().unwrap_or(Path::new("/")).display()))
+    });
+    for (f, why) in plan.files.iter_mut().zip(made) {
+        if why.is_some() {
+            f.failed = why;
         }
     }
     Ok(plan)
+}
+
+/// Threads that create, and later finish, a batch's files at once. Each file costs a few
+/// system calls that wait on the file system (creating an inode and a directory entry;
+/// renaming, owner, mode, times); on one thread, the restore of the reference dataset
+/// spent 3 s creating its 52,108 files and 1.5 s finishing them with the other core idle.
+const FS_THREADS: usize = 4;
+
+/// `f` of every item, in order, computed on up to [`FS_THREADS`] threads, each taking a
+/// run of neighbouring items (in walk order, so mostly files of other directories than
+/// the other threads': they seldom wait on one directory's lock). On this thread when
+/// the items are few or a thread cannot be started. Blocking.
+fn on_threads<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    const FEW: usize = 256;
+    if items.len() <= FEW {
+        return items.iter().map(&f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let runs = items.chunks(items.len().div_ceil(FS_THREADS));
+        let started: Vec<_> = runs
+            .map(|run| {
+                (run, std::thread::Builder::new().spawn_scoped(s, move || run.iter().map(f).collect::<Vec<R>>()))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for (run, t) in started {
+            match t {
+                Ok(t) => out.extend(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                Err(_) => out.extend(run.iter().map(f)),
+            }
+        }
+        out
+    })
 }
 
 /// Directories checked at once before a restore ([`Walk::check_dirs`]).
@@ -1141,22 +1182,35 @@ async fn fetch_all(
 
 /// Moves the batch's complete files into place, then its hard links, symlinks and pipes.
 /// Only files whose every blob was written are kept. Blocking.
-fn finish(mut plan: Plan, fetched: Fetched, mut progress: Progress) -> Progress {
+fn finish(plan: Plan, fetched: Fetched, mut progress: Progress) -> Progress {
     let overwrite = progress.overwrite;
     let summary = &mut progress.summary;
-    for (i, f) in plan.files.iter_mut().enumerate() {
+    let indexed: Vec<(usize, &FilePlan)> = plan.files.iter().enumerate().collect();
+    // Per file: why it failed before it could be finished, or how finishing it went.
+    let outcomes = on_threads(&indexed, |&(i, f)| {
         let incomplete = fetched.written[i].load(Ordering::Relaxed) != plan.remaining[i] as u64;
         let why = f
             .failed
-            .take()
+            .clone()
             .or_else(|| fetched.failures.get(&i).cloned())
             .or_else(|| incomplete.then(|| "some of its content was not written".to_string()));
-        if let Some(why) = why {
-            let _ = std::fs::remove_file(f.tmp()); // may never have been created
-            push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {why}", f.dest.display()));
-            continue;
+        match why {
+            Some(why) => {
+                let _ = std::fs::remove_file(f.tmp()); // may never have been created
+                Err(why)
+            }
+            None => Ok(finish_file(f, overwrite)),
         }
-        match finish_file(f, overwrite) {
+    });
+    for (f, outcome) in plan.files.iter().zip(outcomes) {
+        let finished = match outcome {
+            Ok(r) => r,
+            Err(why) => {
+                push_capped(&mut summary.failed, &mut summary.failed_count, format!("{}: {why}", f.dest.display()));
+                continue;
+            }
+        };
+        match finished {
             Ok(true) => {
                 summary.files += 1;
                 summary.bytes += f.node.size;
@@ -1233,14 +1287,13 @@ fn write_pack(
             f.entry(i).or_insert(why);
         }
     };
+    // One pair of buffers for all the pack's blobs (`pack::read_blob_into`).
+    let (mut scratch, mut plain) = (Vec::new(), Vec::new());
     for (entry, places) in blobs {
-        let plain = match pack::read_blob((&keys.0, &keys.1), pack, entry) {
-            Ok(p) => p,
-            Err(e) => {
-                places.iter().for_each(|(i, _)| fail(*i, e.to_string()));
-                continue;
-            }
-        };
+        if let Err(e) = pack::read_blob_into((&keys.0, &keys.1), pack, entry, &mut scratch, &mut plain) {
+            places.iter().for_each(|(i, _)| fail(*i, e.to_string()));
+            continue;
+        }
         for (i, off) in places {
             let (path, size, ok) = &tmps[*i];
             if !ok {
@@ -1402,6 +1455,23 @@ mod tests {
     use super::*;
     use crate::repo::blob::BlobKind;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn file_work_on_threads_keeps_the_order_and_uses_several_threads() {
+        let items: Vec<u32> = (0..10_000).collect();
+        let threads = Mutex::new(HashSet::new());
+        let out = on_threads(&items, |x| {
+            if let Ok(mut t) = threads.lock() {
+                t.insert(std::thread::current().id());
+            }
+            u64::from(*x) * 3
+        });
+        assert_eq!(out, items.iter().map(|x| u64::from(*x) * 3).collect::<Vec<_>>());
+        assert_eq!(threads.lock().unwrap().len(), FS_THREADS);
+        // A few items stay on the calling thread.
+        let here = std::thread::current().id();
+        assert!(on_threads(&items[..10], |_| std::thread::current().id()).iter().all(|t| *t == here));
+    }
 
     /// Counts fetches in flight; every fetch fails after yielding a few times.
     #[derive(Default)]

@@ -152,11 +152,25 @@ pub fn read_header(enc_key: &[u8; 32], pack: &[u8]) -> Result<Vec<PackEntry>, Re
 
 /// Extracts and opens one blob of a pack whose header gave `entry`.
 pub fn read_blob(keys: (&[u8; 32], &[u8; 32]), pack: &[u8], entry: &PackEntry) -> Result<Vec<u8>, RepoError> {
+    let mut out = Vec::new();
+    read_blob_into(keys, pack, entry, &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
+/// [`read_blob`] into `out`, with `scratch` for the decrypted bytes: both reused from blob
+/// to blob (see [`blob::open_into`]).
+pub fn read_blob_into(
+    keys: (&[u8; 32], &[u8; 32]),
+    pack: &[u8],
+    entry: &PackEntry,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), RepoError> {
     let start = entry.offset as usize;
     let sealed = pack
         .get(start..start + entry.length as usize)
         .ok_or_else(|| RepoError::CorruptPack(format!("blob {} lies outside the pack", entry.id)))?;
-    blob::open(keys, entry.kind, &entry.id, sealed, entry.raw_length)
+    blob::open_into(keys, entry.kind, &entry.id, sealed, entry.raw_length, scratch, out)
 }
 
 #[cfg(test)]
