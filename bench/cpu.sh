@@ -3,13 +3,17 @@
 #
 # Where the time of a first backup and of a restore goes: starts 5 `peer daemon`s on
 # 127.0.0.1 (as bench/run.sh), backs the reference dataset up from the first with
-# `--copies 3`, then restores it into a fresh directory, and prints for each phase the wall
-# seconds, the CPU seconds (user + system, from /proc/PID/stat) of each daemon, and what the
-# disk read and wrote meanwhile (/proc/diskstats, MiB, and the milliseconds it was busy).
-# Then the same for restic (Debian package) on the same data, its CPU seconds from
-# getrusage: CPU seconds move far less from run to run than wall seconds on a shared
-# machine. Every phase starts after `sync`. Needs the dataset of bench/run.sh in
-# WORKDIR/dataset. PEER_EXE: another build to measure; else this tree's release build.
+# `--copies 3`, and restic (Debian package) the same data to a local repository; then
+# ROUNDS times (default 1) restores each into a fresh file system, peer then restic, the
+# peer restore compared with the dataset by `diff -r`. For each peer phase it prints the
+# wall seconds, the CPU seconds (user + system, from /proc/PID/stat) of each daemon, and
+# what the disk read and wrote meanwhile (/proc/diskstats, MiB, and the milliseconds it
+# was busy); for restic the wall seconds and its CPU seconds from getrusage. CPU seconds
+# move far less from run to run than wall seconds on a shared machine, and alternating
+# the restores lets both meet the same state of it. The daemons stay up, idle, while
+# restic runs. Every phase starts after `sync`. Needs the dataset of bench/run.sh in
+# WORKDIR/dataset; root (it mounts the restores' file systems). PEER_EXE: another build
+# to measure; else this tree's release build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/peer-bench}
@@ -45,15 +49,11 @@ phase() {
   echo "$name: wall $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s; CPU $(awk -v t="$total" -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}') s over the daemons:$line (p0 is the client)"
   echo "  disk: read $((r1 - r0)) MiB, wrote $((w1 - w0)) MiB, busy $((b1 - b0)) ms"
 }
-rm -rf "$work/cpu-restore"
 phase "peer backup" "$peer" --home "$work/cpu-net/p0" backup "$data" --copies 3
-phase "peer restore" "$peer" --home "$work/cpu-net/p0" restore latest --target "$work/cpu-restore"
-diff -r -q "$data" "$work/cpu-restore/dataset" >/dev/null && echo "  restore verified: yes" || echo "  restore verified: NO"
-cleanup; pids=()
 
 command -v restic >/dev/null || { echo "restic missing: apt-get install -y restic" >&2; exit 1; }
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY="$work/cpu-restic"
-rm -rf "$RESTIC_REPOSITORY" "$work/cpu-restic-restore"
+rm -rf "$RESTIC_REPOSITORY"
 restic init --quiet
 # restic CMD...: wall and CPU seconds (user + system of restic and its children).
 rusage() {
@@ -68,4 +68,24 @@ print(f"wall {wall:.2f} s; CPU {r.ru_utime + r.ru_stime:.2f} s")
 PY
 }
 echo "restic backup: $(rusage restic backup --quiet "$data")"
-echo "restic restore: $(rusage restic restore --quiet latest --target "$work/cpu-restic-restore")"
+
+# ROUNDS restores of each, alternating, so that both meet the same state of the machine,
+# each into a fresh ext4 file system (a sparse image on a loop device, made for it and
+# removed after): creating files just after many were deleted costs the kernel far more
+# (the inode allocator skips recently deleted inodes), and a file system used by many runs
+# before would make one tool pay for the other's leftovers. A new disk after a lost one
+# is also what a restore usually meets.
+img="$work/cpu-target.img" mnt="$work/cpu-target"
+unmount() { mountpoint -q "$mnt" && umount "$mnt"; rm -f "$img"; }
+trap 'cleanup; unmount' EXIT
+fresh_fs() {
+  unmount; mkdir -p "$mnt"
+  truncate -s 8G "$img" && mkfs.ext4 -q -F "$img" && mount -o loop "$img" "$mnt"
+}
+for round in $(seq "${ROUNDS:-1}"); do
+  fresh_fs
+  phase "peer restore $round" "$peer" --home "$work/cpu-net/p0" restore latest --target "$mnt/r"
+  diff -r -q "$data" "$mnt/r/dataset" >/dev/null && echo "  restore verified: yes" || echo "  restore verified: NO"
+  fresh_fs
+  echo "restic restore $round: $(rusage restic restore --quiet latest --target "$mnt/r")"
+done
