@@ -780,19 +780,24 @@ impl Writing {
     /// Blocking.
     fn write(&self, i: usize, data: &[u8], off: u64) -> Result<(), String> {
         let f = &self.files[i];
-        if off + data.len() as u64 > f.node.size {
+        let end = off + data.len() as u64;
+        if end > f.node.size {
             return Err("write failed: content longer than the recorded size".into());
         }
         let tmp = f.tmp();
         let h = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&tmp);
         let h = h.map_err(|e| cannot_write_in(&tmp, e))?;
-        if !self.sized[i].swap(true, Ordering::AcqRel) {
+        // A file of one write needs no length set first: the write gives it one.
+        let single = self.remaining[i] == 1;
+        if !single && !self.sized[i].swap(true, Ordering::AcqRel) {
             h.set_len(f.node.size).map_err(|e| cannot_write_in(&tmp, e))?;
         }
-        write_sparse(&h, data, off).map_err(|e| format!("write failed: {e}"))?;
-        drop(h);
+        let ends_in_hole = write_sparse(&h, data, off).map_err(|e| format!("write failed: {e}"))?;
+        if single && (ends_in_hole || end < f.node.size) {
+            h.set_len(f.node.size).map_err(|e| cannot_write_in(&tmp, e))?;
+        }
         if self.written[i].fetch_add(1, Ordering::AcqRel) + 1 == self.remaining[i] as u64 {
-            let _ = self.finished[i].set(finish_file(f, self.overwrite).map_err(|e| e.to_string()));
+            let _ = self.finished[i].set(finish_file(f, self.overwrite, Some(&h)).map_err(|e| e.to_string()));
         }
         Ok(())
     }
@@ -1266,7 +1271,7 @@ fn finish(plan: Plan, writing: Arc<Writing>, mut progress: Progress) -> Progress
                 let _ = std::fs::remove_file(f.tmp()); // may never have been created
                 Err(why)
             }
-            None => Ok(finish_file(f, overwrite).map_err(|e| e.to_string())),
+            None => Ok(finish_file(f, overwrite, None).map_err(|e| e.to_string())),
         }
     });
     for (f, outcome) in writing.files.iter().zip(outcomes) {
@@ -1362,16 +1367,19 @@ fn write_pack(keys: ([u8; 32], [u8; 32]), pack: &[u8], blobs: &PackPlan, writing
     }
 }
 
-/// Writes `data` at `off`, leaving every all-zero 64 KiB piece unwritten: the file was
-/// created at its full length, so those stay holes and a sparse file comes back sparse.
-fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
+/// Writes `data` at `off`, leaving every all-zero 64 KiB piece unwritten: the file is
+/// given its full length, so those stay holes and a sparse file comes back sparse.
+/// Returns whether the last piece was such a hole (the write did not reach its end).
+fn write_sparse(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<bool> {
     const PIECE: usize = 64 << 10;
+    let mut hole = false;
     for (n, piece) in data.chunks(PIECE).enumerate() {
-        if piece.iter().any(|b| *b != 0) {
+        hole = piece.iter().all(|b| *b == 0);
+        if !hole {
             f.write_all_at(piece, off + (n * PIECE) as u64)?;
         }
     }
-    Ok(())
+    Ok(hole)
 }
 
 fn ft(ns: i64) -> filetime::FileTime {
@@ -1398,9 +1406,42 @@ fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// Moves a complete temporary file into place. `Ok(false)`: an existing different file was kept.
-fn finish_file(f: &FilePlan, overwrite: bool) -> std::io::Result<bool> {
+/// Moves a complete temporary file into place, its owner, mode, extended attributes and
+/// time set first (through `open`, the handle its last write used, when given: no path
+/// lookups). `Ok(false)`: an existing different file was kept. The rename refuses to
+/// replace anything (`RENAME_NOREPLACE`), so the common case, nothing at the destination,
+/// costs no look at it; only when something is there (or the file system cannot refuse)
+/// is it compared and replaced or kept.
+fn finish_file(f: &FilePlan, overwrite: bool, open: Option<&std::fs::File>) -> std::io::Result<bool> {
     let tmp = f.tmp();
+    let mtime = ft(f.node.mtime_ns);
+    // The owner first: changing it clears set-user-id and set-group-id bits.
+    match open {
+        Some(h) => {
+            if let Some((uid, gid)) = f.node.owner
+                && nix::unistd::geteuid().is_root()
+            {
+                std::os::unix::fs::fchown(h, Some(uid), Some(gid))?;
+            }
+            h.set_permissions(std::fs::Permissions::from_mode(f.node.mode))?;
+            for x in &f.node.xattrs {
+                xattr::FileExt::set_xattr(h, std::ffi::OsStr::from_bytes(&x.name), &x.value)?;
+            }
+            filetime::set_file_handle_times(h, None, Some(mtime))?;
+        }
+        None => {
+            set_owner(&tmp, &f.node)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.node.mode))?;
+            set_xattrs(&tmp, &f.node)?;
+            filetime::set_file_mtime(&tmp, mtime)?;
+        }
+    }
+    let cwd = nix::fcntl::AT_FDCWD;
+    match nix::fcntl::renameat2(cwd, &tmp, cwd, &f.dest, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => return Ok(true),
+        Err(nix::errno::Errno::EEXIST | nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(e.into()),
+    }
     if let Ok(m) = std::fs::symlink_metadata(&f.dest) {
         let identical = m.is_file() && same_content(&f.dest, &tmp)?;
         if !identical && !overwrite {
@@ -1412,11 +1453,6 @@ fn finish_file(f: &FilePlan, overwrite: bool) -> std::io::Result<bool> {
             return Err(std::io::Error::other("a directory is in the way"));
         }
     }
-    // The owner first: changing it clears set-user-id and set-group-id bits.
-    set_owner(&tmp, &f.node)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.node.mode))?;
-    set_xattrs(&tmp, &f.node)?;
-    filetime::set_file_mtime(&tmp, ft(f.node.mtime_ns))?;
     std::fs::rename(&tmp, &f.dest)?;
     Ok(true)
 }
