@@ -232,6 +232,7 @@ async fn start_walk(
     let (recorded_tx, recorded) = std::sync::mpsc::channel();
     let walker = Walker {
         id_key: id.id_key,
+        read_buf: Vec::new(),
         state: store.blocking().clone(),
         opts: opts.clone(),
         counters: counters.clone(),
@@ -464,6 +465,9 @@ struct Stats {
 
 struct Walker {
     id_key: [u8; 32],
+    /// The content of the file being chunked, reused from file to file
+    /// ([`chunker::for_each_chunk_in`]).
+    read_buf: Vec<u8>,
     state: State,
     opts: BackupOptions,
     counters: Arc<Counters>,
@@ -902,7 +906,8 @@ impl Walker {
         let f = std::fs::File::open(path).map_err(ReadError::Io)?;
         let mut size = 0u64;
         let len = f.metadata().map_err(ReadError::Io)?.len();
-        chunker::for_each_chunk(f, len, |chunk| {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let read = chunker::for_each_chunk_in(f, len, &mut buf, |chunk| {
             size += chunk.len() as u64;
             self.stats.bytes_read += chunk.len() as u64;
             self.counters.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -910,7 +915,9 @@ impl Walker {
             self.add_blob(BlobKind::Data, id, chunk).map_err(ReadError::Fatal)?;
             node.content.push(id);
             Ok::<(), ReadError>(())
-        })?;
+        });
+        self.read_buf = buf;
+        read?;
         // The file may have changed size while read: record what was read.
         self.stats.bytes = self.stats.bytes - node.size + size;
         node.size = size;
@@ -1049,6 +1056,7 @@ mod tests {
         let (recorded_tx, recorded) = std::sync::mpsc::channel();
         let mut walker = Walker {
             id_key: [1; 32],
+            read_buf: Vec::new(),
             state: state.clone(),
             opts: opts.clone(),
             counters: Default::default(),
