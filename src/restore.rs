@@ -2,16 +2,17 @@
 //!
 //! The includes and every directory to create are checked first; then the snapshot's
 //! trees are walked, in the backup's order, into plans of at most [`BATCH_FILES`] files
-//! (directories, files with their content blobs, symlinks), each fetched and written
-//! before the next is planned, so memory does not grow with the snapshot. Every file is
-//! written to a temporary file beside its destination;
+//! (directories, files with their content blobs, symlinks), the next planned while one
+//! is fetched and written, so memory does not grow with the snapshot. Every file is
+//! written to a temporary file beside its destination, created by its first write;
 //! the needed blobs are grouped by pack so each pack is fetched once per batch (a pack
 //! the next batch continues is carried over), from whichever of its
 //! holders has a free slot ([`HolderSlots`]: every holder serves at once),
 //! verified against its id by the [`PackSource`], and its blobs written at their offsets.
 //! A file is renamed into place only when all its content arrived, so a failure never
 //! leaves a half-written file under the real name. Existing files that differ are left
-//! alone unless `overwrite`; modes and mtimes are set last, directories deepest first.
+//! alone unless `overwrite`; a file gets its mode and time once complete, directories last,
+//! deepest first.
 //! The index and the tree cache are read through the store actor ([`crate::store`]);
 //! every file-system step runs on a blocking thread.
 
@@ -705,8 +706,8 @@ fn push_capped(v: &mut Vec<String>, n: &mut u64, s: String) {
 /// Where the blobs of one pack go: (blob entry, list of (file index, offset)).
 type PackPlan = Vec<(PackEntry, Vec<(usize, u64)>)>;
 
-/// Files in one batch of a restore. Each batch is planned, fetched and written before the
-/// next is planned, so a restore holds one batch's paths, nodes and blob places (about
+/// Files in one batch of a restore. The next batch is planned while one is fetched and
+/// written, so a restore holds two batches' paths, nodes and blob places at most (about
 /// 1 KiB per file) whatever the size of the snapshot. A pack with blobs in two batches is
 /// fetched once for each; the walk follows the backup's order, so that is rare.
 pub const BATCH_FILES: usize = 50_000;
@@ -823,9 +824,11 @@ struct Progress {
 /// batches already written left in place.
 ///
 /// Batch by batch ([`BATCH_FILES`]): the walk plans a batch (trees and index, through
-/// the store), the file system is prepared on a blocking thread, packs are fetched and
-/// written a few at a time, and the batch's files are finished on a blocking thread;
-/// directories get their modes and times at the end. No file I/O runs on the runtime.
+/// the store), its directories are made on a blocking thread, packs are fetched and
+/// written a few at a time on blocking threads while the walk plans the next batch (each
+/// file moved into place by the write that completes it), and what is left of the batch
+/// (failures, links, pipes) is finished on a blocking thread; directories get their
+/// modes and times at the end. No file I/O runs on the runtime.
 pub async fn run(
     id: &Identity,
     store: &Store,
@@ -860,28 +863,44 @@ async fn run_batched(
         linked: HashSet::new(),
     };
     let mut carry = Carry::new();
-    while let Some(plan) = walk.next_batch().await? {
-        if what.include.is_empty() {
-            total.fetch_sub(plan.linked_bytes.min(total.load(Ordering::Relaxed)), Ordering::Relaxed);
-        } else {
-            total.fetch_add(plan.files.iter().map(|f| f.node.size).sum(), Ordering::Relaxed);
-        }
-        let plan = locate(store, plan).await?;
+    let mut next = plan_batch(&mut walk, store, what, total).await?;
+    while let Some(plan) = next.take() {
         let (target, dirs_before) = (what.target.clone(), progress.dirs.len());
         let mut plan = blocking(move || prepare(target.as_deref(), plan)).await??;
         progress.dirs.extend(std::mem::take(&mut plan.dirs));
         let writing =
             Writing::new(std::mem::take(&mut plan.files), std::mem::take(&mut plan.remaining), progress.overwrite);
         let keys = (id.id_key, id.enc_key);
-        let (writing, kept) =
-            fetch_all(keys, source.clone(), &mut plan, writing, done.clone(), std::mem::take(&mut carry)).await;
+        // The next batch is planned (trees walked and decoded, blobs looked up in the
+        // index) while this one is fetched and written; an error planning it stops the
+        // restore once this batch is finished.
+        let fetching = fetch_all(keys, source.clone(), &mut plan, writing, done.clone(), std::mem::take(&mut carry));
+        let ((writing, kept), planned) = tokio::join!(fetching, plan_batch(&mut walk, store, what, total));
         carry = kept;
         progress = blocking(move || finish(plan, writing, progress)).await?;
         tracing::debug!("restore: batch done, {} directories new", progress.dirs.len() - dirs_before);
+        next = planned?;
     }
     let mut summary = blocking(move || finish_dirs(progress)).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The walk's next batch with every blob located ([`locate`]), `total` adjusted to it;
+/// `None` once the walk is over.
+async fn plan_batch(
+    walk: &mut Walk<'_>,
+    store: &Store,
+    what: &RestoreWhat,
+    total: &AtomicU64,
+) -> Result<Option<Plan>, RestoreError> {
+    let Some(plan) = walk.next_batch().await? else { return Ok(None) };
+    if what.include.is_empty() {
+        total.fetch_sub(plan.linked_bytes.min(total.load(Ordering::Relaxed)), Ordering::Relaxed);
+    } else {
+        total.fetch_add(plan.files.iter().map(|f| f.node.size).sum(), Ordering::Relaxed);
+    }
+    Ok(Some(locate(store, plan).await?))
 }
 
 /// Runs file-system work on a blocking thread.
@@ -999,14 +1018,20 @@ impl<'a> Walk<'a> {
     }
 
     /// The next batch: nodes in walk order until `batch` files or content blobs
-    /// ([`BATCH_FILES`], [`BATCH_BLOBS`]); `None` once the walk is over.
+    /// ([`BATCH_FILES`], [`BATCH_BLOBS`]), a sixteenth of that for the first batch, so
+    /// that fetching starts early and the next, full batch is planned meanwhile; `None`
+    /// once the walk is over.
     async fn next_batch(&mut self) -> Result<Option<Plan>, RestoreError> {
         if self.stack.is_empty() {
             return Ok(None);
         }
+        let (most_files, most_blobs) = match self.seq {
+            0 => ((self.batch.0 / 16).max(1), (self.batch.1 / 16).max(1)),
+            _ => self.batch,
+        };
         let mut plan = Plan::default();
         let mut blobs = 0;
-        while plan.files.len() < self.batch.0 && blobs < self.batch.1 {
+        while plan.files.len() < most_files && blobs < most_blobs {
             let Some((dest, orig, rel, n)) = self.stack.pop() else { break };
             if !self.what.wants(&orig, &rel, n.kind == NodeKind::Dir) {
                 continue;
