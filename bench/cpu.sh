@@ -13,7 +13,9 @@
 # the restores lets both meet the same state of it. The daemons stay up, idle, while
 # restic runs. Every phase starts after `sync`. Needs the dataset of bench/run.sh in
 # WORKDIR/dataset; root (it mounts the restores' file systems). PEER_EXE: another build
-# to measure; else this tree's release build.
+# to measure; else this tree's release build. TIMELINE=SECONDS: also writes, for each peer
+# phase, WORKDIR/timeline-<phase>.txt, the cores each daemon and the whole machine used in
+# every step of that many seconds (bench/timeline.py).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/peer-bench}
@@ -40,8 +42,14 @@ phase() {
   local name=$1 before=() total=0 line="" i d r0 w0 b0 r1 w1 b1 t0 t1; shift
   for p in "${pids[@]}"; do before+=("$(ticks "$p")"); done
   sync; read -r r0 w0 b0 < <(disk); t0=$(date +%s.%N)
+  local sampler=""
+  if [ -n "${TIMELINE:-}" ]; then
+    python3 "$here/bench/timeline.py" "$(IFS=,; echo "${pids[*]}")" "$TIMELINE" >"$work/timeline-${name// /-}.txt" &
+    sampler=$!
+  fi
   "$@" >/dev/null
   t1=$(date +%s.%N); read -r r1 w1 b1 < <(disk)
+  if [ -n "$sampler" ]; then kill "$sampler"; wait "$sampler" || true; fi
   for i in "${!pids[@]}"; do
     d=$(( $(ticks "${pids[$i]}") - before[i] )); total=$((total + d))
     line+=" p$i $(awk -v t="$d" -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')"

@@ -10,6 +10,7 @@
 //! | `peer_test_restores_total{result}` | counter | test restores ([`crate::drill`]): `success`, `failure` |
 //! | `peer_audits_total{result}` | counter | challenges this peer sent: `pass`, `wrong`, `unreachable` |
 //! | `peer_repairs_total` | counter | copies or shards placed again by repair |
+//! | `peer_proposals_total` | counter | contract proposals this peer made as a client (protocol.md §4.1), each once, published or held for a first subscriber (§1.6) |
 //! | `peer_offered_bytes` | gauge | disk offered to others |
 //! | `peer_stored_for_others_bytes` | gauge | bytes others store here |
 //! | `peer_held_at_others_bytes` | gauge | bytes of our packs at others, all copies counted |
@@ -63,6 +64,8 @@ pub struct Metrics {
     pub audits: Family<ResultLabel, Counter>,
     /// Copies or shards placed by repair.
     pub repairs: Counter,
+    /// Contract proposals made as a client.
+    pub proposals: Counter,
     /// Bytes offered.
     pub offered: Gauge,
     /// Bytes others store here.
@@ -94,6 +97,7 @@ impl Metrics {
             test_restores: Family::default(),
             audits: Family::default(),
             repairs: Counter::default(),
+            proposals: Counter::default(),
             offered: Gauge::default(),
             stored_for_others: Gauge::default(),
             held_at_others: Gauge::default(),
@@ -109,6 +113,7 @@ impl Metrics {
         r.register("test_restores", "Test restores ended, by result", m.test_restores.clone());
         r.register("audits", "Audit challenges sent to holders and clients, by result", m.audits.clone());
         r.register("repairs", "Copies or shards placed again by repair", m.repairs.clone());
+        r.register("proposals", "Contract proposals made as a client", m.proposals.clone());
         r.register_with_unit(
             "offered",
             "Disk offered to others",

@@ -1589,9 +1589,8 @@ fn a_young_network_holds_together_when_its_bootstrap_peer_leaves() {
     }
 }
 
-/// The proposal metrics of daemon `i` (`/metrics` of its dashboard): messages received per
-/// gossip topic.
-fn proposals_by_topic(net: &LocalNet, i: usize) -> Vec<(String, u64)> {
+/// The text of daemon `i`'s `/metrics` (on its dashboard's port), the HTTP response whole.
+fn metrics_text(net: &LocalNet, i: usize) -> String {
     use std::io::{Read, Write};
     let url = net.run(i, &["dashboard"]).unwrap().trim().to_string();
     let (base, token) = url.split_once("#token=").unwrap();
@@ -1601,7 +1600,13 @@ fn proposals_by_topic(net: &LocalNet, i: usize) -> Vec<(String, u64)> {
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{body}");
-    body.lines()
+    body
+}
+
+/// The proposal metrics of daemon `i`: messages received per gossip topic.
+fn proposals_by_topic(net: &LocalNet, i: usize) -> Vec<(String, u64)> {
+    metrics_text(net, i)
+        .lines()
         .filter_map(|l| l.strip_prefix("peer_gossip_messages_total{topic=\""))
         .filter(|l| l.starts_with("peer/proposals/"))
         .filter_map(|l| l.split_once("\"} "))
@@ -1645,4 +1650,23 @@ fn a_client_finds_providers_in_its_own_shard_and_then_in_another() {
     let out = net.run(1, &["restore", "--target", target.to_str().unwrap(), "--json"]).unwrap();
     assert_eq!(json_last(&out)["failed_count"], 0, "{out}");
     assert!(compare_trees(&src, &target.join("data")).is_empty());
+}
+
+/// A daemon subscribes to its proposal shards as it starts (protocol.md §1.6), so a client
+/// backing up the moment its providers are connected finds them all with its first
+/// proposal; before, a provider younger than a second had not subscribed yet, missed it,
+/// and the client lost three seconds before proposing again.
+#[test]
+fn a_backup_made_as_soon_as_its_providers_connect_needs_one_proposal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f.bin"), noise(12, 1 << 16)).unwrap();
+    let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, |_, _| {}).unwrap();
+    wait_status(&net, 0, 60, |s| s["connected"].as_array().map_or(0, |c| c.len()) == 3);
+    let b = backup(&net, 0, &src, 3);
+    assert!(b["packs"].as_u64() >= Some(1), "{b}");
+    let metrics = metrics_text(&net, 0);
+    let made: Vec<&str> = metrics.lines().filter(|l| l.starts_with("peer_proposals_total")).collect();
+    assert_eq!(made, ["peer_proposals_total 1"], "{metrics}");
 }

@@ -322,6 +322,7 @@ impl Inner {
         if let Ok(mut m) = self.sessions.lock() {
             m.insert(pid, s.clone());
         }
+        self.metrics.proposals.inc();
         if let Err(e) = self.net.propose(protocol::to_cbor(&signed), attempt).await {
             tracing::debug!("proposal not published yet: {e}");
         }

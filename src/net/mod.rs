@@ -785,6 +785,9 @@ struct EventLoop {
 
 impl EventLoop {
     async fn run(mut self) {
+        // Our shards' topics from the start, so that peers connecting now learn them with
+        // our first subscriptions rather than a tick later.
+        self.reshard();
         let mut bootstrap = tokio::time::interval(Duration::from_secs(30));
         let second = Duration::from_secs(1);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
