@@ -10,7 +10,7 @@
 //! | `peer_test_restores_total{result}` | counter | test restores ([`crate::drill`]): `success`, `failure` |
 //! | `peer_audits_total{result}` | counter | challenges this peer sent: `pass`, `wrong`, `unreachable` |
 //! | `peer_repairs_total` | counter | copies or shards placed again by repair |
-//! | `peer_proposals_total` | counter | contract proposals this peer made as a client (protocol.md §4.1), each once, published or held for a first subscriber (§1.6) |
+//! | `peer_proposals_total` | counter | contract proposals this peer made as a client (protocol.md §4.1, published as §1.6 says) |
 //! | `peer_offered_bytes` | gauge | disk offered to others |
 //! | `peer_stored_for_others_bytes` | gauge | bytes others store here |
 //! | `peer_held_at_others_bytes` | gauge | bytes of our packs at others, all copies counted |
