@@ -672,7 +672,10 @@ impl Walker {
         if self.known(&id)? {
             return Ok(());
         }
-        self.packer.add(kind, id, plain.to_vec()).map_err(packer_error)?;
+        let mut buf = self.packer.buffer();
+        crate::repo::blob::fresh(&mut buf, plain.len());
+        buf.extend_from_slice(plain);
+        self.packer.add(kind, id, buf).map_err(packer_error)?;
         self.in_run.insert(id);
         Ok(())
     }

@@ -85,8 +85,46 @@ pub fn seal(
     plaintext: &[u8],
     zstd: &mut zstd::bulk::Compressor<'static>,
 ) -> Vec<u8> {
-    let compressed = zstd.compress(plaintext).expect("zstd compression of an in-memory buffer cannot fail");
-    encrypt(enc_key, &aad(kind, id), &compressed)
+    let mut out = Vec::new();
+    seal_into(enc_key, kind, id, plaintext, zstd, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Empties `v` and gives it room for `n` bytes: a new buffer when it has too little, as
+/// growing it would copy its stale bytes along (`realloc` does not know they are unused).
+pub(crate) fn fresh(v: &mut Vec<u8>, n: usize) {
+    v.clear();
+    if v.capacity() < n {
+        *v = Vec::with_capacity(n);
+    }
+}
+
+/// [`seal`] into `out` (replacing what it held), with `scratch` for the compressed bytes:
+/// a backup's sealing threads reuse both from blob to blob, so a blob costs no new
+/// buffers (each new one over glibc's mmap threshold is mapped, faulted in page by page
+/// and unmapped again) and one copy of its compressed bytes, encrypted in place. The
+/// stored form is [`seal`]'s: `nonce || ciphertext || tag`.
+pub fn seal_into(
+    enc_key: &[u8; 32],
+    kind: BlobKind,
+    id: &BlobId,
+    plaintext: &[u8],
+    zstd: &mut zstd::bulk::Compressor<'static>,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
+    use chacha20poly1305::aead::AeadInPlace;
+    fresh(scratch, zstd::zstd_safe::compress_bound(plaintext.len()));
+    zstd.compress_to_buffer(plaintext, scratch).expect("zstd compression into a buffer of its bound cannot fail");
+    let mut nonce = [0u8; 24];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut nonce);
+    fresh(out, BLOB_OVERHEAD + scratch.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(scratch);
+    let tag = XChaCha20Poly1305::new(enc_key.into())
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad(kind, id), &mut out[24..])
+        .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+    out.extend_from_slice(&tag);
 }
 
 thread_local! {
@@ -182,5 +220,28 @@ mod tests {
         assert!(open((&ik, &ek), BlobKind::Data, &id, &s[..10], 5).is_err());
         // the id is keyed: another id-key gives another id
         assert_ne!(blob_id(&[9; 32], &data), id);
+    }
+
+    #[test]
+    fn sealing_into_reused_buffers_gives_blobs_that_open() {
+        let (ik, ek) = ([1u8; 32], [2u8; 32]);
+        let (mut z, mut scratch, mut out) = (compressor(3), Vec::new(), Vec::new());
+        // A large compressible blob, then a small random one into the same buffers: the
+        // second must not carry bytes of the first.
+        let big = b"0123456789abcdef".repeat(100_000);
+        let mut x = 7u64;
+        let small: Vec<u8> = (0..5000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (x >> 33) as u8
+            })
+            .collect();
+        for data in [&big, &small] {
+            let id = blob_id(&ik, data);
+            seal_into(&ek, BlobKind::Tree, &id, data, &mut z, &mut scratch, &mut out);
+            assert_eq!(open((&ik, &ek), BlobKind::Tree, &id, &out, data.len() as u32).unwrap(), *data);
+            assert!(open((&ik, &ek), BlobKind::Data, &id, &out, data.len() as u32).is_err(), "kind is bound");
+        }
+        assert!(out.len() > small.len(), "random bytes do not shrink: {} of {}", out.len(), small.len());
     }
 }
