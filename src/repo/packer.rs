@@ -42,8 +42,8 @@ pub enum PackerError {
 }
 
 /// Largest buffer (bytes of capacity) kept for reuse: twice the average chunk. Bigger
-/// ones (chunks up to 8 MiB are rare) are freed, so idle pooled buffers stay within
-/// `2 × POOL_LEN × 2 MiB`.
+/// ones (chunks up to 8 MiB are rare) are freed, so the two pools' idle buffers stay
+/// within `2 pools × POOL_PER_THREAD × threads × 2 MiB` (16 MiB with 2 sealing threads).
 const POOLED_MAX: usize = 2 * crate::repo::chunker::AVG_CHUNK as usize;
 
 /// Buffers kept for reuse in each [`Pool`], per sealing thread.
