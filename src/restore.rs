@@ -752,6 +752,12 @@ struct Writing {
     /// Per file, why it cannot be completed.
     failures: Mutex<HashMap<usize, String>>,
     overwrite: bool,
+    /// Decryption and decompression buffers free for the next pack ([`write_pack`]): one
+    /// pair per pack being written at once, each as long as the longest blob it held
+    /// (chunks reach 8 MiB, protocol.md §3.2). A new pair for every pack would be mapped,
+    /// faulted in and unmapped again for each (they pass the allocator's 1 MiB mapping
+    /// threshold).
+    buffers: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl Writing {
@@ -765,6 +771,7 @@ impl Writing {
             finished: (0..n).map(|_| OnceLock::new()).collect(),
             failures: Mutex::new(HashMap::new()),
             overwrite,
+            buffers: Mutex::new(Vec::new()),
         }
     }
 
@@ -1371,8 +1378,9 @@ fn finish_dirs(mut progress: Progress) -> RestoreSummary {
 
 /// Decrypts the needed blobs of one fetched pack and writes each at its places. Blocking.
 fn write_pack(keys: ([u8; 32], [u8; 32]), pack: &[u8], blobs: &PackPlan, writing: &Writing, done: &AtomicU64) {
-    // One pair of buffers for all the pack's blobs (`pack::read_blob_into`).
-    let (mut scratch, mut plain) = (Vec::new(), Vec::new());
+    // One pair of buffers for all the pack's blobs (`pack::read_blob_into`), left by an
+    // earlier pack if one is free.
+    let (mut scratch, mut plain) = writing.buffers.lock().ok().and_then(|mut b| b.pop()).unwrap_or_default();
     for (entry, places) in blobs {
         if let Err(e) = pack::read_blob_into((&keys.0, &keys.1), pack, entry, &mut scratch, &mut plain) {
             places.iter().for_each(|(i, _)| writing.fail(*i, e.to_string()));
@@ -1389,6 +1397,9 @@ fn write_pack(keys: ([u8; 32], [u8; 32]), pack: &[u8], blobs: &PackPlan, writing
                 Err(why) => writing.fail(i, why),
             }
         }
+    }
+    if let Ok(mut b) = writing.buffers.lock() {
+        b.push((scratch, plain));
     }
 }
 

@@ -90,29 +90,119 @@ impl<Req, Resp> Clone for CborCodec<Req, Resp> {
     }
 }
 
+/// A message this long or longer is read into a pooled buffer ([`take_buffer`]); a
+/// shorter one is copied out of it into a buffer of its own length (bytes). 1 MiB: the
+/// allocator's mapping threshold (`M_MMAP_THRESHOLD`, set by the binary), above which a
+/// buffer of its own is mapped, faulted in page by page, zeroed and unmapped on every
+/// message.
+pub const POOLED_FROM: usize = 1 << 20;
+/// Most free message buffers kept for reuse. Buffers are only ever allocated when none is
+/// free, so the pool never holds more buffers than were in use at once before; this
+/// bounds what it keeps while nothing is received (each buffer at most twice the last
+/// message it held; packs are 16 MiB by default, protocol.md §3.3).
+pub const POOL_MAX: usize = 4;
+/// A message is read into a pooled buffer once it is longer than this many bytes (the
+/// first read's size): small messages never touch the pool.
+const FIRST_READ: usize = 64 * 1024;
+
+/// Free message buffers, emptied, each with the capacity of the largest message it held.
+static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// An empty buffer from the pool, or a new one.
+fn take_buffer() -> Vec<u8> {
+    POOL.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default()
+}
+
+/// Gives `buf` back to the pool, emptied, unless the pool already holds [`POOL_MAX`]
+/// buffers or `buf` is more than twice as long as the message it held (its pages, up to
+/// its capacity, stay in memory: a buffer grown for a 16 MiB pack is not kept to hold
+/// shards of a quarter of that).
+fn give_buffer(mut buf: Vec<u8>) {
+    if buf.len().saturating_mul(2) < buf.capacity() {
+        return;
+    }
+    buf.clear();
+    if let Ok(mut p) = POOL.lock()
+        && p.len() < POOL_MAX
+    {
+        p.push(buf);
+    }
+}
+
+/// Frees every pooled message buffer (the binary calls it every 30 seconds, before it
+/// hands freed memory back to the kernel), so that a daemon that has stopped receiving
+/// large messages does not keep their buffers.
+pub fn release_buffers() {
+    let free = POOL.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+    drop(free);
+}
+
+/// A received message in a pooled buffer: the slices of [`Bytes`](bytes::Bytes) made from
+/// it keep it alive, and the last one dropped gives it back to the pool.
+struct Pooled(Vec<u8>);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        give_buffer(std::mem::take(&mut self.0));
+    }
+}
+
 /// Reads at most `max` bytes to the end of the stream, 64 KiB at a time (each taken from
 /// `budget` if given), and decodes them. Errors: over the cap, budget exhausted, bad CBOR.
+/// A message longer than 64 KiB is read into a pooled buffer; at least [`POOLED_FROM`]
+/// bytes long, it is decoded in place and its buffer goes back to the pool once every
+/// field sliced from it is dropped.
 async fn read_capped<T: DeserializeOwned, R: AsyncRead + Unpin + Send>(
     io: &mut R,
     max: u64,
     budget: Option<&InboundBudget>,
 ) -> io::Result<T> {
     let mut buf = Vec::new();
+    let mut pooled = false;
     let mut taken = Taken(budget, 0);
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let n = io.read(&mut chunk).await?;
-        if n == 0 {
-            break;
+    let mut chunk = vec![0u8; FIRST_READ];
+    let read = async {
+        loop {
+            let n = io.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            if (buf.len() + n) as u64 > max {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("message over the {max}-byte limit")));
+            }
+            taken.take(n as u64)?;
+            if !pooled && buf.len() + n > FIRST_READ {
+                let mut p = take_buffer();
+                p.extend_from_slice(&buf);
+                buf = p;
+                pooled = true;
+            }
+            buf.extend_from_slice(&chunk[..n]);
         }
-        if (buf.len() + n) as u64 > max {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("message over the {max}-byte limit")));
+    };
+    if let Err(e) = read.await {
+        if pooled {
+            give_buffer(buf);
         }
-        taken.take(n as u64)?;
-        buf.extend_from_slice(&chunk[..n]);
+        return Err(e);
     }
-    buf.shrink_to_fit(); // a pack's fields are slices of it and keep it alive
-    super::shared::from_cbor_shared("message", buf.into())
+    let bytes = if !pooled {
+        buf.shrink_to_fit(); // a message's fields are slices of it and keep it alive
+        bytes::Bytes::from(buf)
+    } else if buf.len() < POOLED_FROM {
+        let own = bytes::Bytes::copy_from_slice(&buf);
+        give_buffer(buf);
+        own
+    } else {
+        bytes::Bytes::from_owner(Pooled(buf))
+    };
+    super::shared::from_cbor_shared("message", bytes)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
@@ -189,6 +279,48 @@ mod tests {
             assert_eq!(budget.used.load(Ordering::Relaxed), 0, "budget given back");
             let junk = [0xffu8, 0x00, 0x13];
             assert!(read_capped::<crate::protocol::DataRequest, _>(&mut &junk[..], 100, None).await.is_err());
+        });
+    }
+
+    #[test]
+    fn large_messages_are_read_into_pooled_buffers_that_stay_theirs_while_sliced() {
+        use crate::protocol::DataResponse;
+        futures::executor::block_on(async {
+            let pack = |b: u8, n: usize| crate::protocol::to_cbor(&DataResponse::Pack(vec![b; n].into()));
+            let read = |m: Vec<u8>| async move {
+                match read_capped::<DataResponse, _>(&mut &m[..], 64 << 20, None).await.unwrap() {
+                    DataResponse::Pack(b) => b,
+                    other => panic!("not a pack: {other:?}"),
+                }
+            };
+            let a = read(pack(7, 3 << 20)).await;
+            // a is a slice of a pooled buffer: reading more messages must not reuse it
+            let b = read(pack(9, 2 << 20)).await;
+            let middle = read(pack(5, 300 << 10)).await; // pooled while read, then copied out
+            assert!(a.len() == 3 << 20 && a.iter().all(|x| *x == 7));
+            assert!(b.len() == 2 << 20 && b.iter().all(|x| *x == 9));
+            assert!(middle.len() == 300 << 10 && middle.iter().all(|x| *x == 5));
+            let a_at = a.as_ptr() as usize;
+            drop(a);
+            // once every slice is gone its buffer is the next one taken
+            let c = read(pack(3, 1 << 20)).await;
+            assert!(c.iter().all(|x| *x == 3));
+            // (same head length, so the bytes sit at the same place in it)
+            assert_eq!(c.as_ptr() as usize, a_at, "the freed buffer is reused");
+            assert!(b.iter().all(|x| *x == 9), "a buffer still sliced is left alone");
+            drop((b, c, middle));
+            assert!(POOL.lock().unwrap().len() >= 2);
+            release_buffers();
+            assert!(POOL.lock().unwrap().is_empty());
+            // a buffer much longer than its last message is not kept
+            drop(read(pack(2, 3 << 20)).await); // grows a buffer to 4 MiB
+            assert_eq!(POOL.lock().unwrap().len(), 1);
+            drop(read(pack(2, (1 << 20) + 1)).await);
+            assert!(POOL.lock().unwrap().is_empty());
+            // a message cut off by its cap gives its buffer back too
+            let e = read_capped::<DataResponse, _>(&mut &pack(1, 2 << 20)[..], 1 << 20, None).await.unwrap_err();
+            assert!(e.to_string().contains("limit"));
+            assert_eq!(POOL.lock().unwrap().len(), 1);
         });
     }
 }
