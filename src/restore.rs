@@ -752,11 +752,10 @@ struct Writing {
     /// Per file, why it cannot be completed.
     failures: Mutex<HashMap<usize, String>>,
     overwrite: bool,
-    /// Decryption and decompression buffers free for the next pack ([`write_pack`]): one
-    /// pair per pack being written at once, each as long as the longest blob it held
-    /// (chunks reach 8 MiB, protocol.md §3.2). A new pair for every pack would be mapped,
-    /// faulted in and unmapped again for each (they pass the allocator's 1 MiB mapping
-    /// threshold).
+    /// Decryption and decompression buffers free for the next pack ([`write_pack`]), at
+    /// most [`KEPT_BUFFERS`] pairs, each as long as the longest blob it held (chunks reach
+    /// 8 MiB, protocol.md §3.2). A new pair for every pack would be mapped, faulted in and
+    /// unmapped again for each (they pass the allocator's 1 MiB mapping threshold).
     buffers: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
@@ -1376,6 +1375,11 @@ fn finish_dirs(mut progress: Progress) -> RestoreSummary {
     progress.summary
 }
 
+/// Most pairs of blob buffers a restore keeps for its next packs ([`write_pack`]): packs
+/// are written on blocking threads, several at once, but a few pairs serve them all in
+/// turn, and each kept pair holds memory (up to 16 MiB) for the rest of the batch.
+const KEPT_BUFFERS: usize = 2;
+
 /// Decrypts the needed blobs of one fetched pack and writes each at its places. Blocking.
 fn write_pack(keys: ([u8; 32], [u8; 32]), pack: &[u8], blobs: &PackPlan, writing: &Writing, done: &AtomicU64) {
     // One pair of buffers for all the pack's blobs (`pack::read_blob_into`), left by an
@@ -1398,7 +1402,9 @@ fn write_pack(keys: ([u8; 32], [u8; 32]), pack: &[u8], blobs: &PackPlan, writing
             }
         }
     }
-    if let Ok(mut b) = writing.buffers.lock() {
+    if let Ok(mut b) = writing.buffers.lock()
+        && b.len() < KEPT_BUFFERS
+    {
         b.push((scratch, plain));
     }
 }

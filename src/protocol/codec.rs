@@ -100,7 +100,7 @@ pub const POOLED_FROM: usize = 1 << 20;
 /// free, so the pool never holds more buffers than were in use at once before; this
 /// bounds what it keeps while nothing is received (each buffer at most twice the last
 /// message it held; packs are 16 MiB by default, protocol.md §3.3).
-pub const POOL_MAX: usize = 4;
+pub const POOL_MAX: usize = 2;
 /// A message is read into a pooled buffer once it is longer than this many bytes (the
 /// first read's size): small messages never touch the pool.
 const FIRST_READ: usize = 64 * 1024;
