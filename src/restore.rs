@@ -26,7 +26,7 @@ use crate::store::Store;
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -792,7 +792,10 @@ impl Writing {
             return Err("write failed: content longer than the recorded size".into());
         }
         let tmp = f.tmp();
-        let h = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&tmp);
+        // Created with the recorded permission bits (and the owner's read and write, for
+        // the next writes), so that [`finish_file`] seldom has to change them.
+        let mode = (f.node.mode & 0o777) | 0o600;
+        let h = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(mode).open(&tmp);
         let h = h.map_err(|e| cannot_write_in(&tmp, e))?;
         // A file of one write needs no length set first: the write gives it one.
         let single = self.remaining[i] == 1;
@@ -1460,12 +1463,18 @@ fn finish_file(f: &FilePlan, overwrite: bool, open: Option<&std::fs::File>) -> s
     // The owner first: changing it clears set-user-id and set-group-id bits.
     match open {
         Some(h) => {
+            // Owner and mode are only changed where they differ from what the file was
+            // created with: each change is an inode update in the file system's journal.
+            let now = h.metadata()?;
             if let Some((uid, gid)) = f.node.owner
+                && (now.uid(), now.gid()) != (uid, gid)
                 && nix::unistd::geteuid().is_root()
             {
                 std::os::unix::fs::fchown(h, Some(uid), Some(gid))?;
             }
-            h.set_permissions(std::fs::Permissions::from_mode(f.node.mode))?;
+            if now.mode() & 0o7777 != f.node.mode & 0o7777 {
+                h.set_permissions(std::fs::Permissions::from_mode(f.node.mode))?;
+            }
             for x in &f.node.xattrs {
                 xattr::FileExt::set_xattr(h, std::ffi::OsStr::from_bytes(&x.name), &x.value)?;
             }
@@ -1660,6 +1669,40 @@ mod tests {
         assert_eq!(progress.summary.failed_count, 1);
         assert!(progress.summary.failed[0].contains("some of its content was not written"), "{:?}", progress.summary);
         assert!(!tmp_b.exists());
+    }
+
+    #[test]
+    fn a_restored_file_gets_its_recorded_mode_and_owner_whatever_it_was_created_with() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = nix::unistd::geteuid().is_root();
+        // (mode, owner, writes): read-only, set-user-id under another owner, the usual
+        // mode, and read-only again in two writes (the second reopens the file to write)
+        let cases = [(0o400, None), (0o4755, Some((1234, 5678))), (0o644, Some((0, 0))), (0o444, None)];
+        let files = (0..cases.len())
+            .map(|k| FilePlan {
+                dest: dir.path().join(format!("f{k}")),
+                tmp_name: (k as u64, 9),
+                node: Node { mode: cases[k].0, owner: cases[k].1, mtime_ns: 2_000_000_000, size: 2, ..Node::default() },
+                failed: None,
+            })
+            .collect();
+        let w = Writing::new(files, vec![1, 1, 1, 2], false);
+        for k in 0..3 {
+            w.write(k, b"ab", 0).unwrap();
+        }
+        w.write(3, b"a", 0).unwrap();
+        w.write(3, b"b", 1).unwrap();
+        for (k, (mode, owner)) in cases.iter().enumerate() {
+            assert_eq!(w.finished[k].get(), Some(&Ok(true)), "file {k}");
+            let meta = std::fs::metadata(dir.path().join(format!("f{k}"))).unwrap();
+            assert_eq!(meta.mode() & 0o7777, *mode, "file {k}");
+            assert_eq!(meta.mtime(), 2);
+            if let (Some((uid, gid)), true) = (owner, root) {
+                assert_eq!((meta.uid(), meta.gid()), (*uid, *gid), "file {k}");
+            }
+            assert_eq!(std::fs::read(dir.path().join(format!("f{k}"))).unwrap(), b"ab");
+        }
     }
 
     #[tokio::test]
