@@ -1676,8 +1676,8 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let root = nix::unistd::geteuid().is_root();
-        // (mode, owner, writes): read-only, set-user-id under another owner, the usual
-        // mode, and read-only again in two writes (the second reopens the file to write)
+        // (mode, owner): read-only, set-user-id under another owner, the usual mode, and
+        // read-only again in two writes (the second reopens the file to write)
         let cases = [(0o400, None), (0o4755, Some((1234, 5678))), (0o644, Some((0, 0))), (0o444, None)];
         let files = (0..cases.len())
             .map(|k| FilePlan {

@@ -99,7 +99,8 @@ pub const POOLED_FROM: usize = 1 << 20;
 /// Most free message buffers kept for reuse. Buffers are only ever allocated when none is
 /// free, so the pool never holds more buffers than were in use at once before; this
 /// bounds what it keeps while nothing is received (each buffer at most twice the last
-/// message it held; packs are 16 MiB by default, protocol.md §3.3).
+/// message it held, as a message of [`POOLED_FROM`] bytes or more is given a buffer
+/// trimmed to twice its length; packs are 16 MiB by default, protocol.md §3.3).
 pub const POOL_MAX: usize = 2;
 /// A message is read into a pooled buffer once it is longer than this many bytes (the
 /// first read's size): small messages never touch the pool.
@@ -200,6 +201,9 @@ async fn read_capped<T: DeserializeOwned, R: AsyncRead + Unpin + Send>(
         give_buffer(buf);
         own
     } else {
+        // A buffer grown for a larger message is trimmed to twice this one (a mapped
+        // buffer shrinks in place), so no message holds much more memory than its size.
+        buf.shrink_to(buf.len().saturating_mul(2));
         bytes::Bytes::from_owner(Pooled(buf))
     };
     super::shared::from_cbor_shared("message", bytes)
@@ -312,11 +316,15 @@ mod tests {
             assert!(POOL.lock().unwrap().len() >= 2);
             release_buffers();
             assert!(POOL.lock().unwrap().is_empty());
-            // a buffer much longer than its last message is not kept
-            drop(read(pack(2, 3 << 20)).await); // grows a buffer to 4 MiB
-            assert_eq!(POOL.lock().unwrap().len(), 1);
-            drop(read(pack(2, (1 << 20) + 1)).await);
-            assert!(POOL.lock().unwrap().is_empty());
+            // a buffer grown for a larger message is trimmed to twice the next one
+            drop(read(pack(2, 6 << 20)).await); // grows a buffer to 8 MiB
+            assert!(POOL.lock().unwrap()[0].capacity() >= 6 << 20);
+            let d = read(pack(4, (1 << 20) + 1)).await;
+            assert!(d.iter().all(|x| *x == 4));
+            drop(d);
+            let kept = POOL.lock().unwrap().iter().map(Vec::capacity).collect::<Vec<_>>();
+            assert!(kept.len() == 1 && kept[0] <= 2 * ((1 << 20) + 1 + 16), "{kept:?}");
+            release_buffers();
             // a message cut off by its cap gives its buffer back too
             let e = read_capped::<DataResponse, _>(&mut &pack(1, 2 << 20)[..], 1 << 20, None).await.unwrap_err();
             assert!(e.to_string().contains("limit"));
