@@ -45,13 +45,24 @@ pub const MAX_FETCHES: usize = 12;
 /// bounded by bytes rather than by a count of packs whose size the client does not choose.
 pub const FETCH_BUDGET: usize = 96 << 20;
 
-/// Supplies verified packs (implemented by the daemon: picks a holder, checks the Merkle
-/// root, fails over to the next holder).
+/// Supplies packs (implemented by the daemon: picks a holder, checks the Merkle root,
+/// fails over to the next holder).
 #[async_trait::async_trait]
 pub trait PackSource: Send + Sync {
     /// The bytes of `pack`, already checked against its id; the error carries what each
     /// holder asked answered.
     async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, crate::transfer::TransferError>;
+
+    /// The bytes of `pack` as the first holder that answers sent them, *not* checked
+    /// against its id, for a caller that checks everything it reads: a restore opens each
+    /// blob it needs with its AEAD tag, whose associated data binds the blob's id
+    /// (protocol.md §3.2), and on any failure asks [`Self::fetch`], which checks the copy
+    /// and fails over to the next holder. This spares the pack's Merkle root on the
+    /// common path, a SHA-256 pass over every byte fetched. Same errors as
+    /// [`Self::fetch`], which it defaults to.
+    async fn fetch_unchecked(&self, pack: PackId) -> Result<bytes::Bytes, crate::transfer::TransferError> {
+        self.fetch(pack).await
+    }
 
     /// How many packs to fetch at once; at most [`MAX_FETCHES`] is used.
     fn concurrency(&self) -> usize {
@@ -1254,11 +1265,50 @@ async fn fetch_all(
                 };
                 let fetched = match carried.get(&pack_id) {
                     Some(b) => Ok(b.clone()),
-                    None => source.fetch(pack_id).await,
+                    None => source.fetch_unchecked(pack_id).await,
                 };
                 let bytes = match fetched {
                     Ok(b) => b,
                     Err(e) => return fail_all(format!("pack {} unavailable: {e}", pack_id.short())),
+                };
+                // Every blob is checked as it is opened; a copy with a blob that does not
+                // open is fetched again, checked against the pack id, from the holders.
+                let w = writing.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    let bad = write_pack(keys, &bytes, &blobs, &w, &done, false);
+                    (bytes, bad, done)
+                })
+                .await;
+                let Ok((bytes, bad, done)) = written.inspect_err(|e| tracing::warn!("restore worker failed: {e}"))
+                else {
+                    // `blobs` went with the worker: every file of the batch not yet
+                    // complete is failed by [`finish`] as incomplete.
+                    return;
+                };
+                if bad.is_empty() {
+                    if keep.contains(&pack_id)
+                        && let Ok(mut n) = next.lock()
+                    {
+                        n.insert(pack_id, bytes);
+                    }
+                    return;
+                }
+                drop(bytes);
+                tracing::warn!(
+                    "pack {} came with {} blobs that do not open: fetching a checked copy",
+                    pack_id.short(),
+                    bad.len()
+                );
+                let bytes = match source.fetch(pack_id).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        for (_, places) in &bad {
+                            places.iter().for_each(|(i, _)| {
+                                writing.fail(*i, format!("pack {} unavailable: {e}", pack_id.short()))
+                            });
+                        }
+                        return;
+                    }
                 };
                 if keep.contains(&pack_id)
                     && let Ok(mut n) = next.lock()
@@ -1266,10 +1316,8 @@ async fn fetch_all(
                     n.insert(pack_id, bytes.clone());
                 }
                 let w = writing.clone();
-                let r = tokio::task::spawn_blocking(move || write_pack(keys, &bytes, &blobs, &w, &done)).await;
+                let r = tokio::task::spawn_blocking(move || write_pack(keys, &bytes, &bad, &w, &done, true)).await;
                 if let Err(e) = r {
-                    // `blobs` went with the worker: every file of the batch not yet
-                    // complete is failed by [`finish`] as incomplete.
                     tracing::warn!("restore worker failed: {e}");
                 }
             }
@@ -1383,14 +1431,29 @@ fn finish_dirs(mut progress: Progress) -> RestoreSummary {
 /// turn, and each kept pair holds memory (up to 16 MiB) for the rest of the batch.
 const KEPT_BUFFERS: usize = 2;
 
-/// Decrypts the needed blobs of one fetched pack and writes each at its places. Blocking.
-fn write_pack(keys: ([u8; 32], [u8; 32]), pack: &[u8], blobs: &PackPlan, writing: &Writing, done: &AtomicU64) {
+/// Decrypts the needed blobs of one fetched pack and writes each at its places. A blob
+/// that does not open (its AEAD tag, its id or its place in the pack is wrong) fails its
+/// files when `last`; else it is returned, with its places, for another copy of the pack.
+/// Blocking.
+fn write_pack(
+    keys: ([u8; 32], [u8; 32]),
+    pack: &[u8],
+    blobs: &PackPlan,
+    writing: &Writing,
+    done: &AtomicU64,
+    last: bool,
+) -> PackPlan {
     // One pair of buffers for all the pack's blobs (`pack::read_blob_into`), left by an
     // earlier pack if one is free.
     let (mut scratch, mut plain) = writing.buffers.lock().ok().and_then(|mut b| b.pop()).unwrap_or_default();
+    let mut bad = PackPlan::new();
     for (entry, places) in blobs {
         if let Err(e) = pack::read_blob_into((&keys.0, &keys.1), pack, entry, &mut scratch, &mut plain) {
-            places.iter().for_each(|(i, _)| writing.fail(*i, e.to_string()));
+            if last {
+                places.iter().for_each(|(i, _)| writing.fail(*i, e.to_string()));
+            } else {
+                bad.push((entry.clone(), places.clone()));
+            }
             continue;
         }
         for &(i, off) in places {
@@ -1410,6 +1473,7 @@ fn write_pack(keys: ([u8; 32], [u8; 32]), pack: &[u8], blobs: &PackPlan, writing
     {
         b.push((scratch, plain));
     }
+    bad
 }
 
 /// Writes `data` at `off`, leaving every all-zero 64 KiB piece unwritten: the file is
@@ -1974,11 +2038,11 @@ mod tests {
         all
     }
 
-    #[tokio::test]
-    async fn a_backup_indexes_as_it_goes_and_a_restore_in_small_batches_brings_back_everything() {
-        let d = tempfile::tempdir().unwrap();
-        let photos = make_tree(d.path());
-        let (store, _thread) = Store::start(State::open(&d.path().join("state.redb")).unwrap()).unwrap();
+    /// [`make_tree`] in `dir`, backed up in 4 KiB packs kept in a [`Memory`]: the tree,
+    /// the state store (and its thread), the identity and the packs.
+    async fn backed_up(dir: &Path) -> (PathBuf, Store, std::thread::JoinHandle<()>, Identity, Arc<Memory>) {
+        let photos = make_tree(dir);
+        let (store, thread) = Store::start(State::open(&dir.join("state.redb")).unwrap()).unwrap();
         let contract = crate::id::ContractId([7; 32]);
         store.call(move |s| s.put_contract(&contract, &crate::state::ContractRecord::live_for_tests())).await.unwrap();
         let id = Identity::generate();
@@ -1995,6 +2059,13 @@ mod tests {
         };
         let summary = crate::backup::run(&id, &store, opts, memory.clone(), Default::default()).await.expect("backup");
         assert_eq!(summary.error_count, 0, "{:?}", summary.errors);
+        (photos, store, thread, id, memory)
+    }
+
+    #[tokio::test]
+    async fn a_backup_indexes_as_it_goes_and_a_restore_in_small_batches_brings_back_everything() {
+        let d = tempfile::tempdir().unwrap();
+        let (photos, store, _thread, id, memory) = backed_up(d.path()).await;
 
         // The index went out in several index packs during the run, and they cover every
         // data pack, blob for blob (what a recovery from the phrase reads back).
@@ -2084,5 +2155,77 @@ mod tests {
         let r = run_batched(&id, &store, memory.clone(), &what, (&total, done), (3, 1000)).await;
         assert!(matches!(r, Err(RestoreError::NotInSnapshot(ref m)) if m.contains("photos/nope")), "{r:?}");
         assert!(!nowhere.exists());
+    }
+
+    /// Copies as a holder that flips every byte sends them, unchecked; checked copies
+    /// from [`Memory`], flipped too when `checked_bad` (a pack whose blobs do not open
+    /// under its own id).
+    struct Tampered {
+        memory: Arc<Memory>,
+        checked_bad: bool,
+        unchecked: Mutex<Vec<PackId>>,
+        checked: Mutex<Vec<PackId>>,
+    }
+
+    #[async_trait::async_trait]
+    impl PackSource for Tampered {
+        async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, crate::transfer::TransferError> {
+            self.checked.lock().unwrap().push(pack);
+            let b = self.memory.fetch(pack).await?;
+            Ok(if self.checked_bad { b.iter().map(|x| !x).collect() } else { b })
+        }
+        async fn fetch_unchecked(&self, pack: PackId) -> Result<bytes::Bytes, crate::transfer::TransferError> {
+            self.unchecked.lock().unwrap().push(pack);
+            Ok(self.memory.fetch(pack).await?.iter().map(|x| !x).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_whose_blobs_do_not_open_is_fetched_again_checked_and_only_then_fails_its_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (photos, store, _thread, id, memory) = backed_up(d.path()).await;
+        for checked_bad in [false, true] {
+            let source = Arc::new(Tampered {
+                memory: memory.clone(),
+                checked_bad,
+                unchecked: Mutex::default(),
+                checked: Mutex::default(),
+            });
+            let out = d.path().join(format!("out-{checked_bad}"));
+            let what = RestoreWhat { target: Some(out.clone()), ..Default::default() };
+            let (total, done) = (AtomicU64::new(0), Arc::new(AtomicU64::new(0)));
+            let r = run_batched(&id, &store, source.clone(), &what, (&total, done), (1000, 100_000)).await.unwrap();
+            // Every data pack came tampered first, then checked (the snapshot's trees are
+            // read checked only).
+            let unchecked = source.unchecked.lock().unwrap().clone();
+            let checked = source.checked.lock().unwrap().clone();
+            assert!(unchecked.len() > 3, "{unchecked:?}");
+            for p in &unchecked {
+                let times = |v: &[PackId]| v.iter().filter(|c| *c == p).count();
+                assert!(times(&checked) >= times(&unchecked), "{p:?}: {checked:?}");
+            }
+            let walk = |p: &Path| ignore::WalkBuilder::new(p).standard_filters(false).build().map(|e| e.unwrap());
+            let files: Vec<PathBuf> = walk(&photos)
+                .filter(|e| e.file_type().is_some_and(|t| t.is_file()))
+                .map(|e| e.path().strip_prefix(&photos).unwrap().to_path_buf())
+                .collect();
+            if !checked_bad {
+                assert!(r.failed.is_empty(), "{:?}", r.failed);
+                for f in &files {
+                    assert_eq!(
+                        std::fs::read(photos.join(f)).unwrap(),
+                        std::fs::read(out.join("photos").join(f)).unwrap()
+                    );
+                }
+                continue;
+            }
+            // No good copy: every file with content fails, naming the blob (a hard link's
+            // second name, its first); none is left under its name or as a temporary.
+            assert!(r.failed_count >= 300, "{}", r.failed_count);
+            let why = |f: &String| f.contains("is corrupt: authentication failed") || f.contains("was not restored");
+            assert!(r.failed.iter().all(why), "{:?}", r.failed.iter().filter(|f| !why(f)).collect::<Vec<_>>());
+            let left: Vec<_> = walk(&out).filter(|e| e.file_type().is_some_and(|t| t.is_file())).collect();
+            assert!(left.iter().all(|e| e.metadata().unwrap().len() == 0), "{left:?}");
+        }
     }
 }

@@ -586,7 +586,8 @@ impl PackSink for NetSink {
     }
 }
 
-/// Fetches packs from their holders, verifying each against its id, failing over.
+/// Fetches packs from their holders, verifying each against its id (but for
+/// [`PackSource::fetch_unchecked`]), failing over.
 pub(super) struct NetSource {
     inner: Arc<Inner>,
     /// Fetches in flight per holder, shared by every fetch through this source.
@@ -600,8 +601,9 @@ impl NetSource {
         NetSource { inner, slots: HolderSlots::new(FETCHES_PER_HOLDER) }
     }
 
-    /// Object `id` (a pack or a shard) from `peer`, checked against its id.
-    async fn fetch_from(&self, peer: PeerId, id: PackId) -> Result<bytes::Bytes, HolderError> {
+    /// Object `id` (a pack or a shard) from `peer`, checked against its id when `check`
+    /// (else as the holder sent it: [`PackSource::fetch_unchecked`]).
+    async fn fetch_from(&self, peer: PeerId, id: PackId, check: bool) -> Result<bytes::Bytes, HolderError> {
         let addrs = self.inner.addrs_of(&peer);
         // A busy holder is asked again after a pause, like a store (§5.3).
         let attempt = || async {
@@ -615,6 +617,7 @@ impl NetSource {
             Err(message) => Ok(DataResponse::Error { code: DataErrorCode::Busy, message }),
         };
         match answer {
+            Ok(DataResponse::Pack(b)) if !check => Ok(b),
             Ok(DataResponse::Pack(b)) => {
                 let checked = tokio::task::spawn_blocking(move || (merkle::root(&b) == id).then_some(b)).await;
                 match checked {
@@ -635,13 +638,19 @@ impl NetSource {
 #[async_trait::async_trait]
 impl PackSource for NetSource {
     async fn fetch(&self, pack: PackId) -> Result<bytes::Bytes, TransferError> {
-        let rec = self
-            .inner
-            .db(move |s| s.pack(&pack))
-            .await
-            .map_err(|e| TransferError::Local(e.to_string()))?
-            .ok_or_else(|| TransferError::NoHolder { pack: pack.short() })?;
+        let rec = self.record(pack).await?;
         self.fetch_placed(pack, rec).await
+    }
+
+    /// A whole copy as its holder sent it; a pack placed as shards is joined and checked
+    /// as by [`Self::fetch`] (a wrong shard would spoil the decoding).
+    async fn fetch_unchecked(&self, pack: PackId) -> Result<bytes::Bytes, TransferError> {
+        match self.record(pack).await? {
+            PackRecord { placement: Placement::Copies { holders, .. }, .. } => {
+                self.fetch_copy(pack, &holders, false).await
+            }
+            rec => self.fetch_placed(pack, rec).await,
+        }
     }
 
     /// Two fetches per provider we hold contracts with, so every holder serves at once.
@@ -653,14 +662,24 @@ impl PackSource for NetSource {
 }
 
 impl NetSource {
+    /// Where `pack` is placed, from the state.
+    async fn record(&self, pack: PackId) -> Result<PackRecord, TransferError> {
+        self.inner
+            .db(move |s| s.pack(&pack))
+            .await
+            .map_err(|e| TransferError::Local(e.to_string()))?
+            .ok_or_else(|| TransferError::NoHolder { pack: pack.short() })
+    }
+
     /// Pack `pack` from the least busy of `holders` (whole copies), one connected now first
     /// and one that failed in this restore last ([`HolderSlots`]); on failure from the
     /// next, until none is left; a holder not connected now that has not answered within
-    /// [`HEDGE_AFTER`] is hedged with the next ([`fetch_hedged`]).
-    async fn fetch_copy(&self, pack: PackId, holders: &[Holder]) -> Result<bytes::Bytes, TransferError> {
+    /// [`HEDGE_AFTER`] is hedged with the next ([`fetch_hedged`]). Each copy is checked
+    /// against the pack id when `check`.
+    async fn fetch_copy(&self, pack: PackId, holders: &[Holder], check: bool) -> Result<bytes::Bytes, TransferError> {
         let left: Vec<PeerId> = holders.iter().filter_map(|h| PeerId::from_bytes(&h.peer).ok()).collect();
         let ready: HashSet<PeerId> = self.inner.net.sendable(left.clone()).await.into_iter().collect();
-        let fetch = |peer| self.fetch_from(peer, pack);
+        let fetch = |peer| self.fetch_from(peer, pack, check);
         match fetch_hedged(&self.slots, left, |p| ready.contains(p), HEDGE_AFTER, fetch).await {
             Ok(b) => Ok(b),
             Err(errors) if errors.is_empty() => Err(TransferError::NoHolder { pack: pack.short() }),
@@ -673,7 +692,7 @@ impl NetSource {
     pub(super) async fn fetch_placed(&self, pack: PackId, rec: PackRecord) -> Result<bytes::Bytes, TransferError> {
         let (s, shards) = match rec.placement {
             Placement::Erasure { scheme, shards } => (scheme, shards),
-            Placement::Copies { holders, .. } => return self.fetch_copy(pack, &holders).await,
+            Placement::Copies { holders, .. } => return self.fetch_copy(pack, &holders, true).await,
         };
         // Any K shards at once, each checked against its id, then the pack against its
         // own; shards at holders connected now first, at holders that failed in this
@@ -688,7 +707,7 @@ impl NetSource {
         order.sort_by_key(|(i, p)| (self.slots.has_failed(p), !ready.contains(p), *i));
         let fetch = |i: usize, peer: PeerId| {
             let id = shards[i].id;
-            async move { self.fetch_from(peer, id).await.map_err(|e| (i, e)) }
+            async move { self.fetch_from(peer, id, true).await.map_err(|e| (i, e)) }
         };
         let k = usize::from(s.k);
         let (fetched, shard_errors) =
