@@ -1358,10 +1358,11 @@ fn a_backup_spreads_its_packs_over_more_providers_than_its_copies_need() {
     };
     let net = LocalNet::start(EXE.as_ref(), &tmp.path().join("net"), 4, GIB, configure).unwrap();
     net.wait_connected(3, Duration::from_secs(60)).unwrap();
-    // A backup that lasts a few seconds (12 MiB at 4 MiB/s), while the other two providers
-    // are sought.
+    // A backup that lasts about 6 s (12 MiB at 2 MiB/s), while the other two providers are
+    // sought: longer than one re-proposal (REPROPOSE_SECS = 3), as a proposal that no
+    // provider accepted in time is sent again after it.
     let out =
-        net.run(0, &["backup", src.to_str().unwrap(), "--copies", "1", "--json", "--limit-upload", "4096"]).unwrap();
+        net.run(0, &["backup", src.to_str().unwrap(), "--copies", "1", "--json", "--limit-upload", "2048"]).unwrap();
     assert!(json_last(&out)["packs"].as_u64() >= Some(6), "{out}");
     let s = status(&net, 0);
     let providers: std::collections::HashSet<&str> = s["contracts"]
