@@ -121,15 +121,16 @@ fn drop_cached(f: &std::fs::File) {
     let _ = f;
 }
 
-/// Reads a whole file and drops its pages from the cache ([`drop_cached`]): for packs,
-/// which are read once per audit or restore.
-fn read_uncached(p: &Path) -> std::io::Result<Vec<u8>> {
+/// Reads a whole file into `out` (its content replaced) and drops its pages from the cache
+/// ([`drop_cached`]): for packs, which are read once per audit or restore.
+fn read_uncached(p: &Path, out: &mut Vec<u8>) -> std::io::Result<()> {
     use std::io::Read;
     let mut f = std::fs::File::open(p)?;
-    let mut out = Vec::with_capacity(f.metadata().map(|m| m.len() as usize).unwrap_or(0));
-    f.read_to_end(&mut out)?;
+    out.clear();
+    out.reserve(f.metadata().map(|m| m.len() as usize).unwrap_or(0));
+    f.read_to_end(out)?;
     drop_cached(&f);
-    Ok(out)
+    Ok(())
 }
 
 /// First half of an atomic write: `data` in a fresh temporary file `.tmp-…` next to
@@ -460,10 +461,20 @@ impl PackStore {
 
     /// Reads a pack held for `client`; `Ok(None)` when not held. Blocking.
     pub fn get(&self, client: &PeerId, pack: &PackId) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        Ok(self.get_into(client, pack, &mut out)?.then_some(out))
+    }
+
+    /// [`Self::get`] into `out` (its content replaced): `Ok(false)`, `out` empty, when
+    /// the pack is not held. Blocking.
+    pub fn get_into(&self, client: &PeerId, pack: &PackId, out: &mut Vec<u8>) -> Result<bool, StoreError> {
         let p = self.path(client, pack);
-        match read_uncached(&p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        match read_uncached(&p, out) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                out.clear();
+                Ok(false)
+            }
             Err(e) => Err(StoreError::Io { path: p.display().to_string(), source: e }),
         }
     }
@@ -521,6 +532,12 @@ mod tests {
         assert_eq!(s.used(&client), 200_000);
         assert_eq!(s.get(&client, &id).unwrap().unwrap(), data);
         assert!(s.get(&PeerId::random(), &id).unwrap().is_none());
+        // Into a buffer: its content replaced, emptied when the pack is not held.
+        let mut buf = vec![9u8; 3];
+        assert!(s.get_into(&client, &id, &mut buf).unwrap());
+        assert_eq!(buf, data);
+        assert!(!s.get_into(&PeerId::random(), &id, &mut buf).unwrap());
+        assert!(buf.is_empty());
         // a leftover temporary file is removed and not counted at the next open
         std::fs::write(d.path().join(client.to_string()).join(".tmp-x"), b"partial").unwrap();
         let s2 = PackStore::open(d.path(), 0).unwrap();

@@ -268,8 +268,10 @@ impl Inner {
     async fn on_fetch(&self, peer: PeerId, pack: PackId) -> DataResponse {
         let err = |code, message: String| DataResponse::Error { code, message };
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.get(&peer, &pack)).await {
-            Ok(Ok(Some(b))) => DataResponse::Pack(b.into()),
+        // Read into a reused message buffer: a restore fetches pack after pack.
+        let read = move || crate::protocol::codec::pooled(|buf| store.get_into(&peer, &pack, buf));
+        match tokio::task::spawn_blocking(read).await.map(|r| r.map(|(held, b)| held.then_some(b))) {
+            Ok(Ok(Some(b))) => DataResponse::Pack(b),
             Ok(Ok(None)) => err(DataErrorCode::NotFound, format!("no pack {pack} held for {peer}")),
             Ok(Err(e)) => {
                 tracing::error!("read failed: {e}");

@@ -138,6 +138,23 @@ pub fn release_buffers() {
     drop(free);
 }
 
+/// A message body to send, read by `fill` into an emptied buffer from the same pool as
+/// received messages (a provider's answer to `Fetch`, a whole pack: protocol.md §5.2), so
+/// that a provider serving a restore does not map, fault in and zero a new 16 MiB buffer
+/// for every pack. The buffer goes back to the pool when the last clone of the returned
+/// [`Bytes`](bytes::Bytes) is dropped, once the response is written. Returns what `fill`
+/// returned with the bytes; `fill`'s error as it is.
+pub fn pooled<T, E>(fill: impl FnOnce(&mut Vec<u8>) -> Result<T, E>) -> Result<(T, bytes::Bytes), E> {
+    let mut buf = take_buffer();
+    match fill(&mut buf) {
+        Ok(t) => Ok((t, bytes::Bytes::from_owner(Pooled(buf)))),
+        Err(e) => {
+            give_buffer(buf);
+            Err(e)
+        }
+    }
+}
+
 /// A received message in a pooled buffer: the slices of [`Bytes`](bytes::Bytes) made from
 /// it keep it alive, and the last one dropped gives it back to the pool.
 struct Pooled(Vec<u8>);
@@ -268,6 +285,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_to_send_is_read_into_a_pooled_buffer_given_back_after_its_last_clone() {
+        release_buffers();
+        let fill = |byte: u8| {
+            move |b: &mut Vec<u8>| {
+                assert!(b.is_empty(), "a buffer from the pool comes emptied");
+                b.extend_from_slice(&vec![byte; 2 << 20]);
+                Ok::<_, io::Error>(b.len())
+            }
+        };
+        let (n, a) = pooled(fill(3)).unwrap();
+        assert_eq!((n, a.len()), (2 << 20, 2 << 20));
+        let (at, slice) = (a.as_ptr(), a.slice(10..20));
+        drop(a);
+        assert!(POOL.lock().unwrap().is_empty(), "a slice still holds the buffer");
+        drop(slice);
+        assert_eq!(POOL.lock().unwrap().len(), 1);
+        let (_, b) = pooled(fill(4)).unwrap();
+        assert_eq!(b.as_ptr(), at, "the same buffer serves the next body");
+        assert!(b.iter().all(|&x| x == 4));
+        let e = pooled(|b| {
+            b.push(1);
+            Err::<(), _>(io::Error::other("disk gone"))
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "disk gone");
+    }
 
     #[test]
     fn caps_and_budget_refuse_before_decoding() {
