@@ -155,8 +155,9 @@ pub fn pooled<T, E>(fill: impl FnOnce(&mut Vec<u8>) -> Result<T, E>) -> Result<(
     }
 }
 
-/// A received message in a pooled buffer: the slices of [`Bytes`](bytes::Bytes) made from
-/// it keep it alive, and the last one dropped gives it back to the pool.
+/// A message in a pooled buffer, received or to be sent ([`pooled`]): the slices of
+/// [`Bytes`](bytes::Bytes) made from it keep it alive, and the last one dropped gives it
+/// back to the pool.
 struct Pooled(Vec<u8>);
 
 impl AsRef<[u8]> for Pooled {
