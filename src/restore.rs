@@ -1258,8 +1258,10 @@ async fn fetch_all(
                 let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
                 let kib = (end >> 10).clamp(1, (FETCH_BUDGET >> 10) as u64) as u32;
                 let _room = budget.acquire_many(kib).await; // never closed
-                let fail_all = |why: String| {
-                    for (_, places) in &blobs {
+                // Fails every place of the blobs in `plan` (the pack could not be had).
+                let fail = |plan: &PackPlan, e: crate::transfer::TransferError| {
+                    let why = format!("pack {} unavailable: {e}", pack_id.short());
+                    for (_, places) in plan {
                         places.iter().for_each(|(i, _)| writing.fail(*i, why.clone()));
                     }
                 };
@@ -1269,7 +1271,7 @@ async fn fetch_all(
                 };
                 let bytes = match fetched {
                     Ok(b) => b,
-                    Err(e) => return fail_all(format!("pack {} unavailable: {e}", pack_id.short())),
+                    Err(e) => return fail(&blobs, e),
                 };
                 // Every blob is checked as it is opened; a copy with a blob that does not
                 // open is fetched again, checked against the pack id, from the holders.
@@ -1285,40 +1287,30 @@ async fn fetch_all(
                     // complete is failed by [`finish`] as incomplete.
                     return;
                 };
-                if bad.is_empty() {
-                    if keep.contains(&pack_id)
-                        && let Ok(mut n) = next.lock()
-                    {
-                        n.insert(pack_id, bytes);
+                let carry = if bad.is_empty() {
+                    bytes
+                } else {
+                    drop(bytes);
+                    tracing::warn!(
+                        "pack {} came with {} blobs that do not open: fetching a checked copy",
+                        pack_id.short(),
+                        bad.len()
+                    );
+                    let bytes = match source.fetch(pack_id).await {
+                        Ok(b) => b,
+                        Err(e) => return fail(&bad, e),
+                    };
+                    let (w, b) = (writing.clone(), bytes.clone());
+                    let r = tokio::task::spawn_blocking(move || write_pack(keys, &b, &bad, &w, &done, true)).await;
+                    if let Err(e) = r {
+                        tracing::warn!("restore worker failed: {e}");
                     }
-                    return;
-                }
-                drop(bytes);
-                tracing::warn!(
-                    "pack {} came with {} blobs that do not open: fetching a checked copy",
-                    pack_id.short(),
-                    bad.len()
-                );
-                let bytes = match source.fetch(pack_id).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        for (_, places) in &bad {
-                            places.iter().for_each(|(i, _)| {
-                                writing.fail(*i, format!("pack {} unavailable: {e}", pack_id.short()))
-                            });
-                        }
-                        return;
-                    }
+                    bytes
                 };
                 if keep.contains(&pack_id)
                     && let Ok(mut n) = next.lock()
                 {
-                    n.insert(pack_id, bytes.clone());
-                }
-                let w = writing.clone();
-                let r = tokio::task::spawn_blocking(move || write_pack(keys, &bytes, &bad, &w, &done, true)).await;
-                if let Err(e) = r {
-                    tracing::warn!("restore worker failed: {e}");
+                    n.insert(pack_id, carry);
                 }
             }
         })
