@@ -11,7 +11,8 @@
 # was busy); for restic the wall seconds and its CPU seconds from getrusage. CPU seconds
 # move far less from run to run than wall seconds on a shared machine, and alternating
 # the restores lets both meet the same state of it. The daemons stay up, idle, while
-# restic runs. Every phase starts after `sync`. Needs the dataset of bench/run.sh in
+# restic runs. Every phase starts after `sync`; the dataset is read once before the
+# backups, so that both find it in the page cache. Needs the dataset of bench/run.sh in
 # WORKDIR/dataset; root (it mounts the restores' file systems). PEER_EXE: another build
 # to measure; else this tree's release build. TIMELINE=SECONDS: also writes, for each peer
 # phase, WORKDIR/timeline-<phase>.txt, the cores each daemon and the whole machine used in
@@ -57,13 +58,17 @@ phase() {
   echo "$name: wall $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s; CPU $(awk -v t="$total" -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}') s over the daemons:$line (p0 is the client)"
   echo "  disk: read $((r1 - r0)) MiB, wrote $((w1 - w0)) MiB, busy $((b1 - b0)) ms"
 }
+# Both backups read the dataset from the page cache: read it once first. Otherwise the
+# first run after a reboot (or after other work pushed it out) makes peer read it from the
+# disk while restic, which comes second, finds it cached.
+find "$data" -type f -print0 | xargs -0 cat >/dev/null
 phase "peer backup" "$peer" --home "$work/cpu-net/p0" backup "$data" --copies 3
 
 command -v restic >/dev/null || { echo "restic missing: apt-get install -y restic" >&2; exit 1; }
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY="$work/cpu-restic"
 rm -rf "$RESTIC_REPOSITORY"
 restic init --quiet
-# restic CMD...: wall and CPU seconds (user + system of restic and its children).
+# rusage CMD...: wall and CPU seconds (user + system of restic and its children).
 rusage() {
   python3 - "$@" <<'PY'
 import resource, subprocess, sys, time
