@@ -7,7 +7,8 @@
 # for each (dataset bytes / wall seconds, MB = 10^6 bytes) and the peak RSS (VmHWM) of the
 # client daemon, for the first backup and for the restore. Every timed phase of both tools
 # starts after `sync`, so that no phase pays for the writeback of the one before (the
-# peer backup writes three copies, 2 GB, to this one disk; restic's, one). Needs: cargo,
+# peer backup writes three copies, 2 GB, to this one disk; restic's, one), and the dataset
+# is read once before, so that both first backups find it in the page cache. Needs: cargo,
 # restic (apt-get install restic). PEER_EXE: another build to time (say, the one before a
 # change); else this tree's release build.
 set -euo pipefail
@@ -33,6 +34,9 @@ fi
 bytes=$(find "$data" -type f -printf '%s\n' | awk '{t+=$1} END {print t}')
 files=$(find "$data" -type f | wc -l)
 echo "dataset: $files files, $bytes bytes"
+# Both first backups read the dataset from the page cache: read it once now, or peer's,
+# which comes first, may read it from the disk while restic's finds it cached.
+find "$data" -type f -print0 | xargs -0 cat >/dev/null
 
 now() { date +%s.%N; }
 rate() { awk -v b="$bytes" -v s="$1" 'BEGIN { printf "%.1f", b / s / 1e6 }'; }
