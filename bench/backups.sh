@@ -20,6 +20,7 @@ data="$work/dataset"
 command -v restic >/dev/null || { echo "restic missing: apt-get install -y restic" >&2; exit 1; }
 hz=$(getconf CLK_TCK)
 pids=()
+source "$here/bench/lib.sh"
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 find "$data" -type f -print0 | xargs -0 cat >/dev/null
@@ -29,15 +30,7 @@ restic_backup() {
   export RESTIC_PASSWORD=bench RESTIC_REPOSITORY="$work/backups-restic"
   rm -rf "$RESTIC_REPOSITORY"
   restic init --quiet
-  python3 - restic backup --quiet "$data" <<'PY'
-import resource, subprocess, sys, time
-subprocess.run(["sync"], check=True)
-t = time.monotonic()
-subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
-wall = time.monotonic() - t
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"wall {wall:.2f} s; CPU {r.ru_utime + r.ru_stime:.2f} s")
-PY
+  rusage restic backup --quiet "$data"
 }
 
 level=3
@@ -50,7 +43,6 @@ for run in "$@"; do
   peer=${run%@*}; level=3
   [ "$peer" = "$run" ] || level=${run##*@}
   pids=()
-  source "$here/bench/lib.sh"
   start_network "$work/backups-net" 5 20GB set_level
   sync
   t0=$(date +%s.%N)

@@ -68,18 +68,6 @@ command -v restic >/dev/null || { echo "restic missing: apt-get install -y resti
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY="$work/cpu-restic"
 rm -rf "$RESTIC_REPOSITORY"
 restic init --quiet
-# rusage CMD...: wall and CPU seconds (user + system of restic and its children).
-rusage() {
-  python3 - "$@" <<'PY'
-import resource, subprocess, sys, time
-subprocess.run(["sync"], check=True)
-t = time.monotonic()
-subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
-wall = time.monotonic() - t
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"wall {wall:.2f} s; CPU {r.ru_utime + r.ru_stime:.2f} s")
-PY
-}
 echo "restic backup: $(rusage restic backup --quiet "$data")"
 
 # ROUNDS restores of each, alternating, so that both meet the same state of the machine,

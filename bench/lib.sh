@@ -22,3 +22,17 @@ start_network() {
   local want=$((count - 1)); [ "$want" -le 16 ] || want=16
   until [ "$("$peer" --home "$net/p0" status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["connected"]))')" -ge "$want" ]; do sleep 0.2; done
 }
+
+# rusage CMD...: runs CMD after `sync`, its output discarded, and prints its wall seconds and
+# CPU seconds (user + system of it and its children, from getrusage).
+rusage() {
+  python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+subprocess.run(["sync"], check=True)
+t = time.monotonic()
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+wall = time.monotonic() - t
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"wall {wall:.2f} s; CPU {r.ru_utime + r.ru_stime:.2f} s")
+PY
+}
