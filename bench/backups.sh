@@ -6,11 +6,12 @@
 # `restic` (restic backs the dataset up into a new local repository) or
 # `EXE[@LEVEL]`: a peer binary (a path) that starts 5 new `peer daemon`s on 127.0.0.1
 # (bench/lib.sh), backs the dataset up from the first with `--copies 3` and, with @LEVEL,
-# `backup.zstd_level = LEVEL` in the client's config (default 3, restic's level).
+# `backup.zstd_level = LEVEL` in the client's config (otherwise 3, the default).
 # Prints one line per run: the wall seconds, the CPU seconds (user + system; for peer the
-# five daemons' from /proc/PID/stat, then each daemon's, p0 the client; for restic from
-# getrusage), and for peer the bytes the four providers stored. The dataset is read once
-# first so that every run finds it in the page cache, and every run starts after `sync`.
+# five daemons' since they started, from /proc/PID/stat, then each daemon's, p0 the client;
+# for restic from getrusage), and for peer the bytes the four providers stored. The
+# dataset is read once first so that every run finds it in the page cache, and every run
+# starts after `sync`.
 # Needs the dataset of bench/run.sh in WORKDIR/dataset and restic (Debian package).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
